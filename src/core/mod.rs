@@ -1,0 +1,3 @@
+//! Core mechanisms: addresses, records, epochs, allocation, status.
+pub mod alloc;
+pub mod status;

@@ -1,0 +1,90 @@
+//! What a caller sees of an operation ([`Status`]) and what can go wrong ([`Error`]).
+//!
+//! `Status` is the public outcome of a context operation, as in FASTER's `Status`. Internal
+//! outcomes of one attempt (retry now, retry later, record on disk) never leak out: they are
+//! `ops::Step` values that the drivers in `ops::pending` resolve.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Outcome of a context operation (`RsKv::read`, `RsKv::upsert`, a `Session` operation, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[must_use]
+pub enum Status {
+    /// The operation completed; for a read, the value was handed to the context.
+    Ok,
+    /// The key has no live value (never written, or deleted).
+    NotFound,
+    /// The operation is waiting for the disk. Only a [`Session`](crate::Session) operation returns
+    /// this; the session owns the context and finishes it in `complete_pending`.
+    Pending,
+    /// The operation failed; the store's `last_error`/the `Result` API says why.
+    Error,
+}
+
+/// Errors of RsKv. Every failure a caller can meet is one of these, never a panic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error, with what RsKv was doing when it happened.
+    #[error("I/O error while {context}: {source}")]
+    Io {
+        /// What RsKv was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The data directory (or a file in it) could not be created or opened.
+    #[error("cannot use path {path}: {source}")]
+    Path {
+        /// The path in question.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration `{field}`: {reason}")]
+    Config {
+        /// The field of [`Config`](crate::Config) at fault.
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A record (header, key and value) does not fit into one log page.
+    #[error("record of {size} bytes does not fit a log page of {page_size} bytes")]
+    RecordTooLarge {
+        /// Bytes the record needs.
+        size: usize,
+        /// Bytes of one log page.
+        page_size: usize,
+    },
+    /// A key or value could not be encoded or decoded.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// Bytes read back from the disk are not a valid record.
+    #[error("corrupt record at log address {address:#x}: {reason}")]
+    Corrupt {
+        /// Logical log address of the record.
+        address: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An earlier write to the device failed; the store refuses further work instead of risking
+    /// silent data loss. Reopen (recover) the store to continue.
+    #[error("store is poisoned by an earlier I/O failure: {0}")]
+    Poisoned(String),
+    /// More threads use the store at once than its epoch table has slots for.
+    #[error("too many threads: the epoch table has {0} slots")]
+    TooManyThreads(usize),
+}
+
+/// Result type of RsKv.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}

@@ -1,0 +1,94 @@
+//! Devices: where log pages go when they leave memory.
+//!
+//! All I/O of the store goes through the [`Disk`] trait; it is the seam for fault injection
+//! ([`faulty_disk::FaultyDisk`]) and for the purely in-memory [`null_disk::NullDisk`].
+//!
+//! Contract every implementation keeps:
+//! - Offsets are logical log offsets (bytes from log address 0). The device maps them to its own
+//!   storage (segment files for [`file_system_disk::FileSystemDisk`]).
+//! - Offsets, lengths and buffer addresses passed to the I/O calls are multiples of
+//!   [`Disk::alignment`]; the store guarantees it, a device may reject anything else with
+//!   `InvalidInput`.
+//! - Each callback runs exactly once, on any thread, after the I/O finished or failed. It may run
+//!   before the call returns. It must not block for long (it runs on the device's I/O threads).
+//! - A read of a range never written returns zeros (or a short count); it is not an error.
+//! - [`Disk::flush`] returns only once every write whose callback has already run is durable.
+
+use std::io;
+
+pub mod faulty_disk;
+pub mod file_system_disk;
+pub mod null_disk;
+
+/// Completion of an asynchronous I/O: the byte count, or the error.
+pub type IoCallback = Box<dyn FnOnce(io::Result<usize>) + Send + 'static>;
+
+/// A block device under the hybrid log.
+pub trait Disk: Send + Sync + 'static {
+    /// Required alignment (bytes, a power of two) of offsets, lengths and buffer addresses.
+    fn alignment(&self) -> usize;
+
+    /// Writes `len` bytes from `buf` at log offset `offset`, then calls `callback`.
+    ///
+    /// # Safety
+    /// `buf` must be valid for reads of `len` bytes, and those bytes must stay allocated and
+    /// unmodified until `callback` has been called. `offset`, `len` and `buf` must be multiples of
+    /// [`Disk::alignment`].
+    unsafe fn write_async(&self, offset: u64, buf: *const u8, len: usize, callback: IoCallback);
+
+    /// Reads `len` bytes at log offset `offset` into `buf`, then calls `callback`.
+    ///
+    /// # Safety
+    /// `buf` must be valid for writes of `len` bytes and not accessed by anyone else until
+    /// `callback` has been called. `offset`, `len` and `buf` must be multiples of
+    /// [`Disk::alignment`].
+    unsafe fn read_async(&self, offset: u64, buf: *mut u8, len: usize, callback: IoCallback);
+
+    /// Makes every write that has completed so far durable (fsync of the files written).
+    ///
+    /// # Errors
+    /// The error of the underlying sync.
+    fn flush(&self) -> io::Result<()>;
+
+    /// Releases storage wholly below log offset `offset` (deletes whole segment files). Reads
+    /// below it afterwards return zeros.
+    ///
+    /// # Errors
+    /// The error of removing a file.
+    fn truncate_before(&self, offset: u64) -> io::Result<()>;
+
+    /// Whether pages written here really leave memory (false for [`null_disk::NullDisk`], which
+    /// keeps nothing: a store over it must never evict).
+    fn is_persistent(&self) -> bool {
+        true
+    }
+
+    /// A short description of the backend for reports, e.g. `"io_uring, O_DIRECT"`.
+    fn describe(&self) -> String;
+}
+
+impl<D: Disk + ?Sized> Disk for std::sync::Arc<D> {
+    fn alignment(&self) -> usize {
+        (**self).alignment()
+    }
+    unsafe fn write_async(&self, offset: u64, buf: *const u8, len: usize, callback: IoCallback) {
+        // SAFETY: forwarded with the caller's contract unchanged.
+        unsafe { (**self).write_async(offset, buf, len, callback) }
+    }
+    unsafe fn read_async(&self, offset: u64, buf: *mut u8, len: usize, callback: IoCallback) {
+        // SAFETY: forwarded with the caller's contract unchanged.
+        unsafe { (**self).read_async(offset, buf, len, callback) }
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn truncate_before(&self, offset: u64) -> io::Result<()> {
+        (**self).truncate_before(offset)
+    }
+    fn is_persistent(&self) -> bool {
+        (**self).is_persistent()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}

@@ -1,0 +1,3 @@
+//! Operating-system files: opening with O_DIRECT where possible, aligned positional I/O, and
+//! atomic replacement of small metadata files.
+pub mod file;

@@ -1,0 +1,8 @@
+//! RsKv: Microsoft FASTER rewritten in Rust.
+#![warn(unsafe_op_in_unsafe_fn)]
+
+pub mod core;
+pub mod device;
+pub mod environment;
+
+pub use crate::core::status::{Error, Result, Status};
