@@ -4,5 +4,7 @@
 pub mod core;
 pub mod device;
 pub mod environment;
+pub mod index;
+pub(crate) mod sync;
 
 pub use crate::core::status::{Error, Result, Status};

@@ -83,7 +83,10 @@ impl Drop for AlignedBuf {
 
 impl std::fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlignedBuf").field("len", &self.len()).field("align", &self.layout.align()).finish()
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len())
+            .field("align", &self.layout.align())
+            .finish()
     }
 }
 

@@ -1,0 +1,477 @@
+//! LightEpoch: FASTER's epoch protection with trigger actions.
+//!
+//! A thread *protects* itself before touching shared log memory or the index and *unprotects*
+//! after. A writer that changes shared state (moves a log marker, retires a bucket) then calls
+//! [`LightEpoch::bump_epoch`] with an *action*; the action runs once every thread that could
+//! have seen the old state has moved past the old epoch.
+//!
+//! # Invariants
+//! 1. `current` only grows; it starts at 1. An entry's `local` is 0 (unprotected) or an epoch
+//!    value read from `current`.
+//! 2. `safe_to_reclaim` only grows and is always `< min(local of protected entries)` at the time
+//!    it was computed, and `< current`.
+//! 3. An action bumped at epoch `e` (the value of `current` before the bump) runs exactly once,
+//!    and only after `safe_to_reclaim >= e`, i.e. after every thread protected at `<= e` has
+//!    refreshed or unprotected.
+//! 4. Protect is a Dekker handshake with bumpers: the protecting thread stores its `local` and
+//!    then issues a SeqCst fence before reading shared state; a bumper changes shared state,
+//!    bumps (SeqCst RMW) and fences before scanning the table. So either the scan sees the
+//!    thread's epoch (and its action waits), or the thread sees the new shared state.
+//! 5. A drain slot is `FREE`, `LOCKED` (being filled or emptied by one thread) or holds the
+//!    epoch of its action; only the thread that CASed it to `LOCKED` touches the action cell.
+//!
+//! Per-thread *phase acknowledgement* (`ack_phase`, `all_acked`) is the hook the checkpoint and
+//! index-growth state machines use: a global phase moves on only after every protected thread has
+//! acknowledged the current one.
+
+use crossbeam_utils::CachePadded;
+
+use crate::core::status::{Error, Result};
+use crate::sync::{fence, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
+
+/// Maximum number of threads that may be inside one store at once (the table's size).
+pub const MAX_THREADS: usize = 128;
+/// Number of trigger actions that may wait at once before a bumper has to drain first.
+const DRAIN_SLOTS: usize = 256;
+
+const FREE: u64 = u64::MAX;
+const LOCKED: u64 = u64::MAX - 1;
+const UNPROTECTED: u64 = 0;
+
+/// An epoch number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct Epoch(pub u64);
+
+type Action = Box<dyn FnOnce() + Send + 'static>;
+
+#[derive(Default)]
+struct Entry {
+    /// The epoch this thread is protected at, or 0.
+    local: AtomicU64,
+    /// Nesting depth of protect calls; touched only by the owning thread.
+    depth: AtomicU64,
+    /// The last global phase word this thread acknowledged.
+    phase: AtomicU64,
+}
+
+struct DrainSlot {
+    epoch: AtomicU64,
+    action: UnsafeCell<Option<Action>>,
+}
+
+/// The epoch framework of one store.
+pub struct LightEpoch {
+    table: Box<[CachePadded<Entry>]>,
+    current: CachePadded<AtomicU64>,
+    safe_to_reclaim: CachePadded<AtomicU64>,
+    drain: Box<[DrainSlot]>,
+    drain_count: CachePadded<AtomicUsize>,
+}
+
+// SAFETY: all shared state is atomic except the action cells, which are only accessed by the
+// single thread that owns the slot's LOCKED state (invariant 5); actions are `Send`.
+unsafe impl Sync for LightEpoch {}
+// SAFETY: as above; the actions moved across threads are `Send`.
+unsafe impl Send for LightEpoch {}
+
+impl Default for LightEpoch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LightEpoch {
+    /// An epoch table of [`MAX_THREADS`] entries.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_capacity(MAX_THREADS, DRAIN_SLOTS)
+    }
+
+    /// An epoch table with `threads` entries and `drain_slots` action slots (loom models use
+    /// tiny ones).
+    #[must_use]
+    pub fn with_capacity(threads: usize, drain_slots: usize) -> Self {
+        Self {
+            table: (0..threads)
+                .map(|_| CachePadded::new(Entry::default()))
+                .collect(),
+            current: CachePadded::new(AtomicU64::new(1)),
+            safe_to_reclaim: CachePadded::new(AtomicU64::new(0)),
+            drain: (0..drain_slots.max(1))
+                .map(|_| DrainSlot {
+                    epoch: AtomicU64::new(FREE),
+                    action: UnsafeCell::new(None),
+                })
+                .collect(),
+            drain_count: CachePadded::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Number of thread slots.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The current epoch.
+    #[must_use]
+    pub fn current(&self) -> Epoch {
+        Epoch(self.current.load(Ordering::Acquire))
+    }
+
+    /// The newest epoch all of whose actions may run.
+    #[must_use]
+    pub fn safe_to_reclaim(&self) -> Epoch {
+        Epoch(self.safe_to_reclaim.load(Ordering::Acquire))
+    }
+
+    /// Protects the calling thread (its slot from [`thread_slot`]); returns a guard that
+    /// unprotects on drop. Nested guards are allowed.
+    ///
+    /// # Errors
+    /// [`Error::TooManyThreads`] when more threads than the table holds use the store at once.
+    pub fn protect(&self) -> Result<EpochGuard<'_>> {
+        let slot = thread_slot()?;
+        if slot >= self.table.len() {
+            return Err(Error::TooManyThreads(self.table.len()));
+        }
+        self.protect_at(slot);
+        Ok(EpochGuard { epoch: self, slot })
+    }
+
+    /// Protects slot `slot` (explicit-slot form, for models and tests).
+    ///
+    /// # Panics
+    /// If `slot >= capacity()`.
+    pub fn protect_at(&self, slot: usize) -> Epoch {
+        let entry = &self.table[slot];
+        let depth = entry.depth.load(Ordering::Relaxed);
+        entry.depth.store(depth + 1, Ordering::Relaxed);
+        if depth > 0 {
+            return Epoch(entry.local.load(Ordering::Relaxed));
+        }
+        let e = self.current.load(Ordering::Acquire);
+        entry.local.store(e, Ordering::Relaxed);
+        // Invariant 4: publish `local` before reading any shared state.
+        fence(Ordering::SeqCst);
+        Epoch(e)
+    }
+
+    /// Unprotects slot `slot` (the outermost of nested protections clears it).
+    pub fn unprotect_at(&self, slot: usize) {
+        let entry = &self.table[slot];
+        let depth = entry.depth.load(Ordering::Relaxed);
+        debug_assert!(depth > 0, "unprotect without protect");
+        entry
+            .depth
+            .store(depth.saturating_sub(1), Ordering::Relaxed);
+        if depth <= 1 {
+            entry.local.store(UNPROTECTED, Ordering::Release);
+        }
+    }
+
+    /// Whether `slot` is protected.
+    #[must_use]
+    pub fn is_protected_at(&self, slot: usize) -> bool {
+        self.table[slot].local.load(Ordering::Relaxed) != UNPROTECTED
+    }
+
+    /// Moves a protected slot to the current epoch and runs the actions that became ready.
+    pub fn refresh_at(&self, slot: usize) {
+        let entry = &self.table[slot];
+        if entry.local.load(Ordering::Relaxed) != UNPROTECTED {
+            let e = self.current.load(Ordering::Acquire);
+            entry.local.store(e, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+        }
+        if self.drain_count.load(Ordering::Acquire) > 0 {
+            self.drain();
+        }
+    }
+
+    /// Increments the epoch and queues `action` to run once every thread has left the old one.
+    /// The action may run inside this call (when no thread holds the old epoch) or later, on
+    /// whichever thread refreshes, unprotects through a guard or drains.
+    pub fn bump_epoch(&self, action: impl FnOnce() + Send + 'static) {
+        let prior = self.current.fetch_add(1, Ordering::SeqCst);
+        let mut action: Option<Action> = Some(Box::new(action));
+        let mut round = 0;
+        'place: loop {
+            for slot in self.drain.iter() {
+                if slot
+                    .epoch
+                    .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    // SAFETY: this thread moved the slot FREE -> LOCKED, so it alone owns the cell
+                    // until it publishes the epoch below (invariant 5).
+                    slot.action
+                        .with_mut(|cell| unsafe { *cell = action.take() });
+                    self.drain_count.fetch_add(1, Ordering::AcqRel);
+                    slot.epoch.store(prior, Ordering::Release);
+                    break 'place;
+                }
+            }
+            // Every slot is busy: run what is ready, then look again.
+            self.drain();
+            crate::sync::backoff(&mut round);
+        }
+        self.drain();
+    }
+
+    /// Increments the epoch without an action.
+    pub fn bump(&self) -> Epoch {
+        Epoch(self.current.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Recomputes the safe-to-reclaim epoch and runs every action it makes ready.
+    pub fn drain(&self) {
+        let safe = self.compute_safe_to_reclaim();
+        for slot in self.drain.iter() {
+            let e = slot.epoch.load(Ordering::Acquire);
+            if e >= LOCKED || e > safe {
+                continue;
+            }
+            if slot
+                .epoch
+                .compare_exchange(e, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                // SAFETY: this thread moved the slot to LOCKED, so it alone owns the cell.
+                let action = slot.action.with_mut(|cell| unsafe { (*cell).take() });
+                slot.epoch.store(FREE, Ordering::Release);
+                self.drain_count.fetch_sub(1, Ordering::AcqRel);
+                if let Some(action) = action {
+                    action();
+                }
+            }
+        }
+    }
+
+    /// Number of actions waiting.
+    #[must_use]
+    pub fn pending_actions(&self) -> usize {
+        self.drain_count.load(Ordering::Acquire)
+    }
+
+    fn compute_safe_to_reclaim(&self) -> u64 {
+        // Invariant 4, bumper side: the shared-state change and the bump precede this scan.
+        fence(Ordering::SeqCst);
+        let mut oldest = self.current.load(Ordering::Acquire);
+        for entry in self.table.iter() {
+            let local = entry.local.load(Ordering::Acquire);
+            if local != UNPROTECTED && local < oldest {
+                oldest = local;
+            }
+        }
+        let safe = oldest - 1;
+        self.safe_to_reclaim
+            .fetch_max(safe, Ordering::AcqRel)
+            .max(safe)
+    }
+
+    /// Records that `slot` has acknowledged global phase word `phase`.
+    pub fn ack_phase(&self, slot: usize, phase: u64) {
+        self.table[slot].phase.store(phase, Ordering::Release);
+    }
+
+    /// Whether every protected thread has acknowledged `phase` (unprotected threads pick up the
+    /// new phase when they next protect, so they count as acknowledged).
+    #[must_use]
+    pub fn all_acked(&self, phase: u64) -> bool {
+        self.table.iter().all(|e| {
+            e.local.load(Ordering::Acquire) == UNPROTECTED
+                || e.phase.load(Ordering::Acquire) == phase
+        })
+    }
+}
+
+impl Drop for LightEpoch {
+    fn drop(&mut self) {
+        // Whatever is still queued runs now: no thread can be protected any more.
+        for slot in self.drain.iter() {
+            // SAFETY: &mut self: no other thread can access the cells.
+            let action = slot.action.with_mut(|cell| unsafe { (*cell).take() });
+            if let Some(action) = action {
+                action();
+            }
+        }
+    }
+}
+
+/// An epoch protection of the calling thread; unprotects (and drains ready actions) on drop.
+pub struct EpochGuard<'a> {
+    epoch: &'a LightEpoch,
+    slot: usize,
+}
+
+impl EpochGuard<'_> {
+    /// The thread's slot in the epoch table.
+    #[must_use]
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// Moves to the current epoch and runs ready actions (call in long loops and while waiting).
+    pub fn refresh(&self) {
+        self.epoch.refresh_at(self.slot);
+    }
+}
+
+impl Drop for EpochGuard<'_> {
+    fn drop(&mut self) {
+        self.epoch.unprotect_at(self.slot);
+        if self.epoch.drain_count.load(Ordering::Acquire) > 0 {
+            self.epoch.drain();
+        }
+    }
+}
+
+// ---- thread slots --------------------------------------------------------------------------
+//
+// One process-wide registry maps live threads to slot numbers `0..MAX_THREADS`, shared by every
+// store's epoch table. A thread takes the lowest free slot on first use and returns it when it
+// exits, so short-lived threads do not exhaust the table.
+
+mod slots {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::MAX_THREADS;
+
+    static TAKEN: [AtomicBool; MAX_THREADS] = [const { AtomicBool::new(false) }; MAX_THREADS];
+
+    struct Slot(Cell<usize>);
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            let s = self.0.get();
+            if s < MAX_THREADS {
+                TAKEN[s].store(false, Ordering::Release);
+            }
+        }
+    }
+
+    thread_local! {
+        static SLOT: Slot = const { Slot(Cell::new(usize::MAX)) };
+    }
+
+    pub(super) fn get() -> Option<usize> {
+        SLOT.try_with(|slot| {
+            let s = slot.0.get();
+            if s != usize::MAX {
+                return Some(s);
+            }
+            let s = TAKEN.iter().position(|t| {
+                t.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })?;
+            slot.0.set(s);
+            Some(s)
+        })
+        .ok()
+        .flatten()
+    }
+}
+
+/// The calling thread's slot number, shared by every store's epoch table.
+///
+/// # Errors
+/// [`Error::TooManyThreads`] when [`MAX_THREADS`] threads already hold slots.
+pub fn thread_slot() -> Result<usize> {
+    slots::get().ok_or(Error::TooManyThreads(MAX_THREADS))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    #[test]
+    fn action_waits_for_protected_thread() {
+        let epoch = LightEpoch::with_capacity(4, 4);
+        let ran = Arc::new(AtomicBool::new(false));
+        epoch.protect_at(1);
+        let r = ran.clone();
+        epoch.bump_epoch(move || r.store(true, std::sync::atomic::Ordering::SeqCst));
+        epoch.drain();
+        assert!(
+            !ran.load(std::sync::atomic::Ordering::SeqCst),
+            "ran while slot 1 held the old epoch"
+        );
+        epoch.refresh_at(1);
+        assert!(
+            ran.load(std::sync::atomic::Ordering::SeqCst),
+            "did not run after slot 1 refreshed"
+        );
+        epoch.unprotect_at(1);
+    }
+
+    #[test]
+    fn nested_protection_keeps_epoch_until_outermost() {
+        let epoch = LightEpoch::with_capacity(2, 2);
+        epoch.protect_at(0);
+        epoch.protect_at(0);
+        epoch.unprotect_at(0);
+        assert!(epoch.is_protected_at(0));
+        epoch.unprotect_at(0);
+        assert!(!epoch.is_protected_at(0));
+    }
+
+    #[test]
+    fn full_drain_list_does_not_lose_actions() {
+        let epoch = LightEpoch::with_capacity(2, 2);
+        let count = Arc::new(AtomicUsize::new(0));
+        for _ in 0..100 {
+            let c = count.clone();
+            epoch.bump_epoch(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        epoch.drain();
+        assert_eq!(count.load(Ordering::SeqCst), 100);
+    }
+
+    #[test]
+    fn phases_need_every_protected_thread() {
+        let epoch = LightEpoch::with_capacity(3, 2);
+        epoch.protect_at(0);
+        epoch.protect_at(2);
+        epoch.ack_phase(0, 7);
+        assert!(!epoch.all_acked(7));
+        epoch.ack_phase(2, 7);
+        assert!(epoch.all_acked(7));
+    }
+
+    #[test]
+    fn concurrent_bumps_and_protection() {
+        let epoch = Arc::new(LightEpoch::new());
+        let count = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let epoch = epoch.clone();
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2_000 {
+                        let g = epoch.protect().unwrap();
+                        if i % 10 == 0 {
+                            let c = count.clone();
+                            epoch.bump_epoch(move || {
+                                c.fetch_add(1, Ordering::SeqCst);
+                            });
+                        }
+                        g.refresh();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        epoch.drain();
+        assert_eq!(count.load(Ordering::SeqCst), 4 * 200);
+        assert_eq!(epoch.pending_actions(), 0);
+    }
+}

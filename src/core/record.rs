@@ -1,0 +1,623 @@
+//! Record layout in the hybrid log.
+//!
+//! A record is a run of 8-byte words inside one log page (records never straddle pages):
+//!
+//! | word | content |
+//! |------|---------|
+//! | 0 | [`RecordInfo`]: previous address (48 bits), version (13), invalid bit |
+//! | 1 | key length in bytes (low 32 bits), value capacity in bytes (high 32 bits) |
+//! | 2 | [`ValueState`]: value length (32), sequence (29), tombstone, sealed, locked bits |
+//! | 3.. | key bytes, zero-padded to a word |
+//! | .. | value bytes, zero-padded to the capacity (a multiple of 8) |
+//!
+//! # Invariants
+//! - Word 0 of a written record is never 0 (versions start at 1), so a zero word marks the unused
+//!   end of a page.
+//! - Words 0 and 1 are written once, before the record is published by the index CAS (Release);
+//!   afterwards only the invalid bit of word 0 may be set, by the record's creator, before it
+//!   leaves the mutable region.
+//! - The key never changes. The value and word 2 change only under the record's lock bit
+//!   (in-place updates in the mutable region); readers copy optimistically and retry if word 2
+//!   changed meanwhile (a seqlock), so they never see a torn value and never block a writer.
+//! - A *sealed* record has been superseded by a copy at the tail; in-place writers that find it
+//!   sealed retry from the index, so no update can land in a record nobody will read again.
+//! - All log memory is accessed through `AtomicU64`, so concurrent in-place updates and reads are
+//!   not data races in Rust's model. The byte order is little-endian (the crate only builds there).
+
+use crate::core::address::Address;
+use crate::core::codec::Encoded;
+use crate::sync::{fence, AtomicU64, Ordering};
+
+#[cfg(target_endian = "big")]
+compile_error!("RsKv's log format is little-endian; big-endian targets are not supported");
+
+/// Words before the key.
+pub const HEADER_WORDS: usize = 3;
+/// Bytes before the key.
+pub const HEADER_BYTES: usize = HEADER_WORDS * 8;
+
+/// A record's version: the checkpoint version it was written in (13 bits, never 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct Version(pub u16);
+
+impl Version {
+    /// Number of version bits in a record header.
+    pub const BITS: u32 = 13;
+    /// The first version of a new store.
+    pub const FIRST: Version = Version(1);
+    /// Versions wrap inside 13 bits, skipping 0.
+    #[must_use]
+    pub fn next(self) -> Version {
+        let n = (u32::from(self.0) + 1) % (1 << Self::BITS);
+        Version(if n == 0 { 1 } else { n as u16 })
+    }
+}
+
+/// Word 0 of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct RecordInfo(u64);
+
+impl RecordInfo {
+    const VERSION_SHIFT: u32 = 48;
+    const VERSION_MASK: u64 = (1 << Version::BITS) - 1;
+    const INVALID: u64 = 1 << 61;
+
+    /// A header pointing at `prev`, written in `version`.
+    #[must_use]
+    pub fn new(prev: Address, version: Version) -> Self {
+        RecordInfo(prev.raw() | (u64::from(version.0) & Self::VERSION_MASK) << Self::VERSION_SHIFT)
+    }
+    /// From the raw word.
+    #[must_use]
+    pub const fn from_raw(raw: u64) -> Self {
+        RecordInfo(raw)
+    }
+    /// The raw word.
+    #[must_use]
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+    /// Whether the word is an unused page end rather than a record.
+    #[must_use]
+    pub const fn is_null(self) -> bool {
+        self.0 == 0
+    }
+    /// The previous record in the hash chain.
+    #[must_use]
+    pub const fn prev(self) -> Address {
+        Address::new(self.0)
+    }
+    /// The version the record was written in.
+    #[must_use]
+    pub const fn version(self) -> Version {
+        Version(((self.0 >> Self::VERSION_SHIFT) & Self::VERSION_MASK) as u16)
+    }
+    /// Whether the record was abandoned (its index CAS failed) and must be skipped.
+    #[must_use]
+    pub const fn invalid(self) -> bool {
+        self.0 & Self::INVALID != 0
+    }
+}
+
+/// Word 2 of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct ValueState(u64);
+
+impl ValueState {
+    const LEN_MASK: u64 = 0xffff_ffff;
+    const SEQ_ONE: u64 = 1 << 32;
+    const SEQ_MASK: u64 = ((1 << 29) - 1) << 32;
+    const TOMBSTONE: u64 = 1 << 61;
+    const SEALED: u64 = 1 << 62;
+    const LOCKED: u64 = 1 << 63;
+
+    /// A fresh state: live value of `len` bytes, or a tombstone.
+    #[must_use]
+    pub fn new(len: usize, tombstone: bool) -> Self {
+        ValueState(len as u64 | if tombstone { Self::TOMBSTONE } else { 0 })
+    }
+    /// From the raw word.
+    #[must_use]
+    pub const fn from_raw(raw: u64) -> Self {
+        ValueState(raw)
+    }
+    /// Length of the value in bytes.
+    #[must_use]
+    pub const fn len(self) -> usize {
+        (self.0 & Self::LEN_MASK) as usize
+    }
+    /// Whether the value is empty.
+    #[must_use]
+    pub const fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+    /// Whether the record marks a deletion.
+    #[must_use]
+    pub const fn tombstone(self) -> bool {
+        self.0 & Self::TOMBSTONE != 0
+    }
+    /// Whether a newer copy of the record exists at the tail.
+    #[must_use]
+    pub const fn sealed(self) -> bool {
+        self.0 & Self::SEALED != 0
+    }
+    /// Whether an in-place writer holds the record.
+    #[must_use]
+    pub const fn locked(self) -> bool {
+        self.0 & Self::LOCKED != 0
+    }
+    /// The state after a write: next sequence number, new length and tombstone, unlocked.
+    fn after_write(self, len: usize, tombstone: bool, sealed: bool) -> Self {
+        let seq = (self.0 & Self::SEQ_MASK).wrapping_add(Self::SEQ_ONE) & Self::SEQ_MASK;
+        ValueState(
+            seq | len as u64
+                | if tombstone { Self::TOMBSTONE } else { 0 }
+                | if sealed { Self::SEALED } else { 0 },
+        )
+    }
+}
+
+/// Bytes a record with these key and value sizes occupies.
+#[must_use]
+pub const fn record_size(key_len: usize, value_cap: usize) -> usize {
+    HEADER_BYTES + key_len.next_multiple_of(8) + value_cap.next_multiple_of(8)
+}
+
+/// A record in log memory. The slice covers exactly the record's words.
+#[derive(Clone, Copy)]
+pub struct RecordRef<'a> {
+    words: &'a [AtomicU64],
+    key_len: usize,
+    value_cap: usize,
+}
+
+/// What an optimistic value read saw.
+pub enum ValueRead {
+    /// A live value (its bytes are in the buffer).
+    Live,
+    /// A deletion marker.
+    Tombstone,
+}
+
+impl<'a> RecordRef<'a> {
+    /// Parses the record at the start of `rest` (the words from the record to the page end).
+    /// `None` for unused page space; `Err` if the lengths do not fit the page.
+    ///
+    /// # Errors
+    /// A description of the corruption.
+    pub fn parse(rest: &'a [AtomicU64]) -> Result<Option<Self>, &'static str> {
+        if rest.len() < HEADER_WORDS {
+            return Ok(None);
+        }
+        if rest[0].load(Ordering::Acquire) == 0 {
+            return Ok(None);
+        }
+        let lens = rest[1].load(Ordering::Relaxed);
+        let key_len = (lens & 0xffff_ffff) as usize;
+        let value_cap = (lens >> 32) as usize;
+        let size = record_size(key_len, value_cap) / 8;
+        if size > rest.len() {
+            return Err("record lengths run past the end of its page");
+        }
+        Ok(Some(RecordRef {
+            words: &rest[..size],
+            key_len,
+            value_cap,
+        }))
+    }
+
+    /// Writes a new record into `words` (exactly [`record_size`] words of fresh tail space that
+    /// this thread alone owns until it publishes the address).
+    #[must_use]
+    pub fn write_new(
+        words: &'a [AtomicU64],
+        info: RecordInfo,
+        key: &Encoded,
+        value: Option<&Encoded>,
+    ) -> Self {
+        let value_len = value.map_or(0, Encoded::len);
+        let value_cap = value_len.next_multiple_of(8);
+        debug_assert_eq!(words.len() * 8, record_size(key.len(), value_cap));
+        words[1].store(
+            key.len() as u64 | (value_cap as u64) << 32,
+            Ordering::Relaxed,
+        );
+        words[2].store(
+            ValueState::new(value_len, value.is_none()).0,
+            Ordering::Relaxed,
+        );
+        let key_words = key.words();
+        for (w, k) in words[HEADER_WORDS..].iter().zip(key_words) {
+            w.store(*k, Ordering::Relaxed);
+        }
+        if let Some(v) = value {
+            for (w, x) in words[HEADER_WORDS + key_words.len()..]
+                .iter()
+                .zip(v.words())
+            {
+                w.store(*x, Ordering::Relaxed);
+            }
+        }
+        // Header last: a non-zero word 0 is what makes the space a record.
+        words[0].store(info.0, Ordering::Release);
+        RecordRef {
+            words,
+            key_len: key.len(),
+            value_cap,
+        }
+    }
+
+    /// Size in bytes.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.words.len() * 8
+    }
+
+    /// Word 0.
+    #[must_use]
+    pub fn info(&self) -> RecordInfo {
+        RecordInfo(self.words[0].load(Ordering::Acquire))
+    }
+
+    /// Marks an abandoned record (creator only, before it leaves the mutable region).
+    pub fn set_invalid(&self) {
+        self.words[0].fetch_or(RecordInfo::INVALID, Ordering::Release);
+    }
+
+    /// Word 2.
+    #[must_use]
+    pub fn state(&self) -> ValueState {
+        ValueState(self.words[2].load(Ordering::Acquire))
+    }
+
+    /// Value capacity in bytes.
+    #[must_use]
+    pub fn value_cap(&self) -> usize {
+        self.value_cap
+    }
+
+    fn key_words(&self) -> &'a [AtomicU64] {
+        &self.words[HEADER_WORDS..HEADER_WORDS + self.key_len.div_ceil(8)]
+    }
+
+    fn value_words(&self) -> &'a [AtomicU64] {
+        &self.words[HEADER_WORDS + self.key_len.div_ceil(8)..]
+    }
+
+    /// Whether the record's key is `key` (compared in encoded form).
+    #[must_use]
+    pub fn key_is(&self, key: &Encoded) -> bool {
+        self.key_len == key.len()
+            && self
+                .key_words()
+                .iter()
+                .zip(key.words())
+                .all(|(w, k)| w.load(Ordering::Relaxed) == *k)
+    }
+
+    /// The key's bytes.
+    #[must_use]
+    pub fn key_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.key_len.next_multiple_of(8));
+        for w in self.key_words() {
+            out.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        out.truncate(self.key_len);
+        out
+    }
+
+    /// Copies the value into `out` consistently (seqlock read: retries while a writer is inside
+    /// and if one came and went during the copy).
+    pub fn read_value(&self, out: &mut ValueBuf) -> ValueRead {
+        let mut round = 0;
+        loop {
+            let s1 = self.state();
+            if s1.locked() {
+                crate::sync::backoff(&mut round);
+                continue;
+            }
+            let len = s1.len().min(self.value_cap);
+            out.fill_from(&self.value_words()[..len.div_ceil(8)], len);
+            fence(Ordering::Acquire);
+            let s2 = ValueState(self.words[2].load(Ordering::Relaxed));
+            if s1 == s2 {
+                return if s1.tombstone() {
+                    ValueRead::Tombstone
+                } else {
+                    ValueRead::Live
+                };
+            }
+        }
+    }
+
+    /// Takes the record's write lock; `None` if the record is sealed (a newer copy exists).
+    #[must_use]
+    pub fn lock(&self) -> Option<RecordLock<'a>> {
+        let mut round = 0;
+        loop {
+            let s = self.state();
+            if s.sealed() {
+                return None;
+            }
+            if s.locked() {
+                crate::sync::backoff(&mut round);
+                continue;
+            }
+            if self.words[2]
+                .compare_exchange_weak(
+                    s.0,
+                    s.0 | ValueState::LOCKED,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                // Seqlock writer side: the lock bit is visible before any value store.
+                fence(Ordering::Release);
+                return Some(RecordLock {
+                    rec: *self,
+                    state: s,
+                    new_state: None,
+                });
+            }
+        }
+    }
+}
+
+/// The write lock of one record, for an in-place update. Unlocks on drop.
+pub struct RecordLock<'a> {
+    rec: RecordRef<'a>,
+    state: ValueState,
+    new_state: Option<ValueState>,
+}
+
+impl RecordLock<'_> {
+    /// The state when the lock was taken.
+    #[must_use]
+    pub fn state(&self) -> ValueState {
+        self.state
+    }
+
+    /// Copies the current value (no other writer can be inside).
+    pub fn read_value(&self, out: &mut ValueBuf) {
+        let len = self.state.len().min(self.rec.value_cap);
+        out.fill_from(&self.rec.value_words()[..len.div_ceil(8)], len);
+    }
+
+    /// Whether a value of `len` bytes fits in place.
+    #[must_use]
+    pub fn fits(&self, len: usize) -> bool {
+        len <= self.rec.value_cap
+    }
+
+    /// Replaces the value in place; the caller checked [`RecordLock::fits`].
+    pub fn write_value(&mut self, v: &Encoded) {
+        debug_assert!(self.fits(v.len()));
+        for (w, x) in self.rec.value_words().iter().zip(v.words()) {
+            w.store(*x, Ordering::Relaxed);
+        }
+        self.new_state = Some(self.state.after_write(v.len(), false, false));
+    }
+
+    /// Marks the record deleted in place.
+    pub fn write_tombstone(&mut self) {
+        self.new_state = Some(self.state.after_write(0, true, false));
+    }
+
+    /// Seals the record: a newer copy has been published at the tail.
+    pub fn seal(&mut self) {
+        let s = self.new_state.unwrap_or(self.state);
+        self.new_state = Some(s.after_write(s.len(), s.tombstone(), true));
+    }
+}
+
+impl Drop for RecordLock<'_> {
+    fn drop(&mut self) {
+        let s = self.new_state.unwrap_or(self.state);
+        self.rec.words[2].store(s.0 & !ValueState::LOCKED, Ordering::Release);
+    }
+}
+
+/// Scratch space for a value copied out of the log: inline up to 256 bytes.
+pub struct ValueBuf {
+    inline: [u64; 32],
+    heap: Vec<u64>,
+    len: usize,
+}
+
+impl Default for ValueBuf {
+    fn default() -> Self {
+        Self {
+            inline: [0; 32],
+            heap: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl ValueBuf {
+    fn fill_from(&mut self, words: &[AtomicU64], len: usize) {
+        let dst: &mut [u64] = if words.len() <= self.inline.len() {
+            &mut self.inline[..words.len()]
+        } else {
+            self.heap.resize(words.len(), 0);
+            &mut self.heap[..]
+        };
+        for (d, w) in dst.iter_mut().zip(words) {
+            *d = w.load(Ordering::Relaxed);
+        }
+        self.len = len;
+    }
+
+    /// Fills from plain bytes (a record read from disk).
+    pub fn fill_from_bytes(&mut self, bytes: &[u8]) {
+        let n = bytes.len().div_ceil(8);
+        let dst: &mut [u64] = if n <= self.inline.len() {
+            &mut self.inline[..n]
+        } else {
+            self.heap.resize(n, 0);
+            &mut self.heap[..]
+        };
+        bytemuck::cast_slice_mut::<u64, u8>(dst)[..bytes.len()].copy_from_slice(bytes);
+        self.len = bytes.len();
+    }
+
+    /// The copied bytes.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        let n = self.len.div_ceil(8);
+        let words = if n <= self.inline.len() {
+            &self.inline[..n]
+        } else {
+            &self.heap[..n]
+        };
+        &bytemuck::cast_slice::<u64, u8>(words)[..self.len]
+    }
+}
+
+/// A record read from disk: a plain byte copy, parsed with the same layout.
+pub struct DiskRecord<'a> {
+    bytes: &'a [u8],
+    key_len: usize,
+}
+
+impl<'a> DiskRecord<'a> {
+    /// Parses the record at the start of `bytes`; `Ok(None)` for unused page space.
+    ///
+    /// # Errors
+    /// A description of the corruption (lengths past the buffer).
+    pub fn parse(bytes: &'a [u8]) -> Result<Option<Self>, &'static str> {
+        if bytes.len() < HEADER_BYTES {
+            return Err("record header cut short");
+        }
+        let w =
+            |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        if w(0) == 0 {
+            return Ok(None);
+        }
+        let lens = w(1);
+        let key_len = (lens & 0xffff_ffff) as usize;
+        let value_cap = (lens >> 32) as usize;
+        let size = record_size(key_len, value_cap);
+        if size > bytes.len() {
+            return Err("record runs past the bytes read");
+        }
+        let state = ValueState(w(2));
+        if state.len() > value_cap {
+            return Err("value length exceeds its capacity");
+        }
+        Ok(Some(DiskRecord {
+            bytes: &bytes[..size],
+            key_len,
+        }))
+    }
+
+    /// Size the record needs, from its first 16 bytes (to know how much to read).
+    #[must_use]
+    pub fn size_from_prefix(prefix: &[u8]) -> Option<usize> {
+        let lens = u64::from_le_bytes(prefix.get(8..16)?.try_into().ok()?);
+        Some(record_size(
+            (lens & 0xffff_ffff) as usize,
+            (lens >> 32) as usize,
+        ))
+    }
+
+    /// Word 0.
+    #[must_use]
+    pub fn info(&self) -> RecordInfo {
+        RecordInfo(u64::from_le_bytes(
+            self.bytes[0..8].try_into().unwrap_or_default(),
+        ))
+    }
+
+    /// Word 2.
+    #[must_use]
+    pub fn state(&self) -> ValueState {
+        ValueState(u64::from_le_bytes(
+            self.bytes[16..24].try_into().unwrap_or_default(),
+        ))
+    }
+
+    /// The key bytes.
+    #[must_use]
+    pub fn key(&self) -> &'a [u8] {
+        &self.bytes[HEADER_BYTES..HEADER_BYTES + self.key_len]
+    }
+
+    /// The value bytes (empty for a tombstone).
+    #[must_use]
+    pub fn value(&self) -> &'a [u8] {
+        let start = HEADER_BYTES + self.key_len.next_multiple_of(8);
+        &self.bytes[start..start + self.state().len()]
+    }
+
+    /// Size in bytes.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn page(words: usize) -> Vec<AtomicU64> {
+        (0..words).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    #[test]
+    fn write_parse_update_and_disk_view_agree() {
+        let mem = page(64);
+        let key = Encoded::new(&42u64).unwrap();
+        let val = Encoded::new(&"hello world".to_string()).unwrap();
+        let size = record_size(key.len(), val.len().next_multiple_of(8)) / 8;
+        let info = RecordInfo::new(Address::new(4096), Version::FIRST);
+        let r = RecordRef::write_new(&mem[..size], info, &key, Some(&val));
+        let p = RecordRef::parse(&mem).unwrap().unwrap();
+        assert!(p.key_is(&key));
+        assert!(!p.key_is(&Encoded::new(&43u64).unwrap()));
+        assert_eq!(p.info().prev(), Address::new(4096));
+        assert_eq!(p.info().version(), Version::FIRST);
+        let mut buf = ValueBuf::default();
+        assert!(matches!(p.read_value(&mut buf), ValueRead::Live));
+        assert_eq!(buf.bytes(), val.bytes());
+
+        let mut l = r.lock().unwrap();
+        let short = Encoded::new(&"bye".to_string()).unwrap();
+        assert!(l.fits(short.len()));
+        l.write_value(&short);
+        drop(l);
+        assert!(matches!(p.read_value(&mut buf), ValueRead::Live));
+        assert_eq!(buf.bytes(), short.bytes());
+
+        let bytes: Vec<u8> = mem
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .collect();
+        let d = DiskRecord::parse(&bytes).unwrap().unwrap();
+        assert_eq!(d.key(), key.bytes());
+        assert_eq!(d.value(), short.bytes());
+        assert_eq!(d.size(), p.size());
+
+        let mut l = r.lock().unwrap();
+        l.write_tombstone();
+        l.seal();
+        drop(l);
+        assert!(matches!(p.read_value(&mut buf), ValueRead::Tombstone));
+        assert!(r.lock().is_none(), "sealed record must refuse writers");
+    }
+
+    #[test]
+    fn corrupt_lengths_are_refused() {
+        let mut bytes = vec![0u8; 64];
+        bytes[0] = 1;
+        bytes[8..16].copy_from_slice(&(1000u64).to_le_bytes());
+        assert!(DiskRecord::parse(&bytes).is_err());
+        assert!(DiskRecord::parse(&bytes[..10]).is_err());
+        assert!(DiskRecord::parse(&[0u8; 64]).unwrap().is_none());
+    }
+}
