@@ -23,6 +23,7 @@ const INLINE_WORDS: usize = 32;
 
 /// An encoded key or value in 8-byte words (so it can be copied into the log word by word),
 /// inline up to 256 bytes. Bytes past `len` up to the next word boundary are zero.
+#[derive(Clone)]
 pub struct Encoded {
     inline: [u64; INLINE_WORDS],
     heap: Vec<u64>,

@@ -137,7 +137,11 @@ impl LightEpoch {
             return Err(Error::TooManyThreads(self.table.len()));
         }
         self.protect_at(slot);
-        Ok(EpochGuard { epoch: self, slot })
+        Ok(EpochGuard {
+            epoch: self,
+            slot,
+            _not_send: std::marker::PhantomData,
+        })
     }
 
     /// Protects slot `slot` (explicit-slot form, for models and tests).
@@ -301,9 +305,12 @@ impl Drop for LightEpoch {
 }
 
 /// An epoch protection of the calling thread; unprotects (and drains ready actions) on drop.
+/// Not `Send`: the protection belongs to the thread's slot, so it must not cross an `.await`
+/// onto another thread.
 pub struct EpochGuard<'a> {
     epoch: &'a LightEpoch,
     slot: usize,
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl EpochGuard<'_> {

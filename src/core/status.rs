@@ -75,6 +75,15 @@ pub enum Error {
     /// silent data loss. Reopen (recover) the store to continue.
     #[error("store is poisoned by an earlier I/O failure: {0}")]
     Poisoned(String),
+    /// The log memory is full and the device cannot take pages (a `NullDisk` store).
+    #[error("log memory of {memory} bytes is full and the device keeps nothing (NullDisk)")]
+    LogFull {
+        /// Bytes of log memory.
+        memory: usize,
+    },
+    /// The index cannot allocate another overflow bucket.
+    #[error("hash index is full: no overflow bucket left")]
+    IndexFull,
     /// More threads use the store at once than its epoch table has slots for.
     #[error("too many threads: the epoch table has {0} slots")]
     TooManyThreads(usize),

@@ -1,1 +1,341 @@
-//! placeholder
+//! A device wrapper that injects failures, for testing how the store copes with a failing disk.
+//!
+//! Invariants: every knob is an atomic, so tests may flip them from any thread while I/O runs.
+//! An injected failure never reaches the inner device (except the first half of a torn write), and
+//! every callback still runs exactly once. The counters count calls (failed ones included), not
+//! bytes.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::{Disk, IoCallback};
+use crate::core::alloc::align_down;
+
+/// Write budget meaning "no limit".
+const UNLIMITED: u64 = u64::MAX;
+
+/// Wraps a [`Disk`] and fails its operations on demand.
+#[derive(Debug)]
+pub struct FaultyDisk<D: Disk> {
+    inner: D,
+    /// Writes still allowed before they start failing ([`UNLIMITED`]: no limit).
+    write_budget: AtomicU64,
+    fail_reads: AtomicBool,
+    fail_flush: AtomicBool,
+    tear_next: AtomicBool,
+    writes: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl<D: Disk> FaultyDisk<D> {
+    /// Wraps `inner`, initially without any faults.
+    pub fn new(inner: D) -> Self {
+        Self {
+            inner,
+            write_budget: AtomicU64::new(UNLIMITED),
+            fail_reads: AtomicBool::new(false),
+            fail_flush: AtomicBool::new(false),
+            tear_next: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+        }
+    }
+
+    /// The wrapped device.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    /// Lets the next `n` writes through, counted from this call; the (n+1)-th and every later
+    /// write fails (with an `ENOSPC`-kind error saying it was injected) without reaching the inner
+    /// device. `fail_writes_after(0)` fails every write from now on; `u64::MAX` lifts the limit.
+    pub fn fail_writes_after(&self, n: u64) {
+        self.write_budget.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every read fail (`true`) or pass through again (`false`).
+    pub fn fail_reads(&self, fail: bool) {
+        self.fail_reads.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every flush fail (`true`) or pass through again (`false`).
+    pub fn fail_flush(&self, fail: bool) {
+        self.fail_flush.store(fail, Ordering::SeqCst);
+    }
+
+    /// The next write that is not failed outright writes only its first half (rounded down to the
+    /// alignment, so possibly nothing) and then reports an error.
+    pub fn tear_next_write(&self) {
+        self.tear_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Removes every fault: unlimited writes, reads and flushes pass, no pending tear.
+    pub fn heal(&self) {
+        self.fail_writes_after(UNLIMITED);
+        self.fail_reads(false);
+        self.fail_flush(false);
+        self.tear_next.store(false, Ordering::SeqCst);
+    }
+
+    /// Write calls so far, including failed ones.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Read calls so far, including failed ones.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    /// Takes one write from the budget; false if it is exhausted.
+    fn take_write(&self) -> bool {
+        self.write_budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
+                UNLIMITED => Some(b),
+                0 => None,
+                _ => Some(b - 1),
+            })
+            .is_ok()
+    }
+}
+
+fn injected_write_failure() -> io::Error {
+    io::Error::new(
+        io::Error::from_raw_os_error(libc::ENOSPC).kind(),
+        "injected write failure (FaultyDisk): no space left on device",
+    )
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::other(format!("injected {what} failure (FaultyDisk)"))
+}
+
+impl<D: Disk> Disk for FaultyDisk<D> {
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+
+    unsafe fn write_async(&self, offset: u64, buf: *const u8, len: usize, callback: IoCallback) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if !self.take_write() {
+            return callback(Err(injected_write_failure()));
+        }
+        if !self.tear_next.swap(false, Ordering::SeqCst) {
+            // SAFETY: forwarded with the caller's contract unchanged.
+            return unsafe { self.inner.write_async(offset, buf, len, callback) };
+        }
+        let half = align_down(len as u64 / 2, self.inner.alignment() as u64) as usize;
+        if half == 0 {
+            return callback(Err(injected("torn write")));
+        }
+        // SAFETY: the first `half` bytes are a prefix of the caller's buffer, whose contract lasts
+        // until `callback` runs, which is after the inner write completed.
+        unsafe {
+            self.inner.write_async(
+                offset,
+                buf,
+                half,
+                Box::new(move |_| callback(Err(injected("torn write")))),
+            );
+        }
+    }
+
+    unsafe fn read_async(&self, offset: u64, buf: *mut u8, len: usize, callback: IoCallback) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return callback(Err(injected("read")));
+        }
+        // SAFETY: forwarded with the caller's contract unchanged.
+        unsafe { self.inner.read_async(offset, buf, len, callback) }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.fail_flush.load(Ordering::SeqCst) {
+            return Err(injected("flush"));
+        }
+        self.inner.flush()
+    }
+
+    fn truncate_before(&self, offset: u64) -> io::Result<()> {
+        self.inner.truncate_before(offset)
+    }
+
+    fn is_persistent(&self) -> bool {
+        self.inner.is_persistent()
+    }
+
+    fn describe(&self) -> String {
+        format!("faulty ({})", self.inner.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::alloc::AlignedBuf;
+    use crate::device::file_system_disk::{Backend, DiskOptions, FileSystemDisk};
+    use crate::device::null_disk::NullDisk;
+    use std::time::Duration;
+
+    const PAGE: usize = 4096;
+
+    fn write(disk: &dyn Disk, offset: u64, buf: &AlignedBuf) -> io::Result<usize> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // SAFETY: `buf` outlives the call, which waits for the callback.
+        unsafe {
+            disk.write_async(
+                offset,
+                buf.as_ptr(),
+                buf.len(),
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+        }
+        rx.recv_timeout(Duration::from_secs(60)).unwrap()
+    }
+
+    fn read(disk: &dyn Disk, offset: u64, len: usize) -> (io::Result<usize>, AlignedBuf) {
+        let mut buf = AlignedBuf::zeroed(len, PAGE);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // SAFETY: `buf` outlives the call, which waits for the callback.
+        unsafe {
+            disk.read_async(
+                offset,
+                buf.as_mut_ptr(),
+                len,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+        }
+        let r = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        (r, buf)
+    }
+
+    fn filled(len: usize, byte: u8) -> AlignedBuf {
+        let mut b = AlignedBuf::zeroed(len, PAGE);
+        b.as_mut_slice().fill(byte);
+        b
+    }
+
+    #[test]
+    fn writes_fail_exactly_after_the_budget() {
+        let disk = FaultyDisk::new(NullDisk::new());
+        let page = filled(PAGE, 1);
+        write(&disk, 0, &page).unwrap(); // no budget set yet: passes
+        disk.fail_writes_after(3);
+        for i in 0..3 {
+            assert_eq!(
+                write(&disk, i * PAGE as u64, &page).unwrap(),
+                PAGE,
+                "write {i}"
+            );
+        }
+        for _ in 0..2 {
+            let err = write(&disk, 0, &page).unwrap_err();
+            assert!(err.to_string().contains("injected"), "{err}");
+            assert_eq!(
+                err.kind(),
+                io::Error::from_raw_os_error(libc::ENOSPC).kind()
+            );
+        }
+        assert_eq!(disk.writes(), 6);
+        disk.fail_writes_after(u64::MAX);
+        write(&disk, 0, &page).unwrap();
+        disk.fail_writes_after(0);
+        assert!(write(&disk, 0, &page).is_err());
+        disk.heal();
+        write(&disk, 0, &page).unwrap();
+        assert_eq!(disk.writes(), 9);
+    }
+
+    #[test]
+    fn failed_write_does_not_reach_the_inner_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = FileSystemDisk::with_options(
+            dir.path(),
+            DiskOptions::default()
+                .with_segment_size(1 << 20)
+                .with_backend(Backend::ThreadPool),
+        )
+        .unwrap();
+        let disk = FaultyDisk::new(inner);
+        disk.fail_writes_after(0);
+        assert!(write(&disk, 0, &filled(PAGE, 7)).is_err());
+        assert!(!disk.inner().segment_path(0).exists());
+    }
+
+    #[test]
+    fn reads_and_flush_fail_while_told() {
+        let disk = FaultyDisk::new(NullDisk::new());
+        assert!(read(&disk, 0, PAGE).0.is_ok());
+        disk.fail_reads(true);
+        assert!(read(&disk, 0, PAGE)
+            .0
+            .unwrap_err()
+            .to_string()
+            .contains("injected"));
+        disk.fail_reads(false);
+        assert!(read(&disk, 0, PAGE).0.is_ok());
+        assert_eq!(disk.reads(), 3);
+        disk.flush().unwrap();
+        disk.fail_flush(true);
+        assert!(disk.flush().is_err());
+        disk.fail_flush(false);
+        disk.flush().unwrap();
+        assert!(!disk.is_persistent());
+        assert_eq!(disk.describe(), "faulty (null (in memory only))");
+    }
+
+    #[test]
+    fn torn_write_writes_the_first_half_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = FileSystemDisk::with_options(
+            dir.path(),
+            DiskOptions::default().with_segment_size(1 << 20),
+        )
+        .unwrap();
+        let disk = FaultyDisk::new(inner);
+        assert_eq!(write(&disk, 0, &filled(4 * PAGE, 1)).unwrap(), 4 * PAGE);
+        disk.tear_next_write();
+        assert!(write(&disk, 0, &filled(4 * PAGE, 2)).is_err());
+        let (r, got) = read(&disk, 0, 4 * PAGE);
+        assert_eq!(r.unwrap(), 4 * PAGE);
+        assert!(got.as_slice()[..2 * PAGE].iter().all(|&b| b == 2));
+        assert!(got.as_slice()[2 * PAGE..].iter().all(|&b| b == 1));
+        // Only the next write was torn.
+        assert_eq!(write(&disk, 0, &filled(4 * PAGE, 3)).unwrap(), 4 * PAGE);
+        let (_, got) = read(&disk, 0, 4 * PAGE);
+        assert!(got.as_slice().iter().all(|&b| b == 3));
+        // A single page cannot be split at an aligned point: nothing is written, error reported.
+        disk.tear_next_write();
+        assert!(write(&disk, 0, &filled(PAGE, 4)).is_err());
+        let (_, got) = read(&disk, 0, PAGE);
+        assert!(got.as_slice().iter().all(|&b| b == 3));
+        disk.flush().unwrap();
+    }
+
+    #[test]
+    fn knobs_work_under_concurrent_writers() {
+        let disk = std::sync::Arc::new(FaultyDisk::new(NullDisk::new()));
+        disk.fail_writes_after(100);
+        let ok = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let disk = std::sync::Arc::clone(&disk);
+                let ok = &ok;
+                s.spawn(move || {
+                    let page = filled(PAGE, 9);
+                    for _ in 0..50 {
+                        if write(&*disk, 0, &page).is_ok() {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(ok.load(Ordering::SeqCst), 100);
+        assert_eq!(disk.writes(), 200);
+    }
+}

@@ -19,6 +19,10 @@ use std::io;
 pub mod faulty_disk;
 pub mod file_system_disk;
 pub mod null_disk;
+mod segment;
+mod thread_pool;
+#[cfg(target_os = "linux")]
+mod uring;
 
 /// Completion of an asynchronous I/O: the byte count, or the error.
 pub type IoCallback = Box<dyn FnOnce(io::Result<usize>) + Send + 'static>;

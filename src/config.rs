@@ -1,0 +1,192 @@
+//! Store configuration: a plain struct with `Default`, builder-style setters, and validation
+//! that names the bad field.
+
+use crate::core::status::{Error, Result};
+use crate::hlog::persistent_memory_malloc::{MAX_PAGE_BITS, MIN_FRAMES, MIN_PAGE_BITS};
+
+/// Configuration of an [`RsKv`](crate::RsKv) store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Hash buckets (64 bytes each, 7 entries); rounded up to a power of two.
+    /// Default `1 << 16` (4 MiB of index). FASTER sizes it at about #keys / 2 entries.
+    pub table_size: u64,
+    /// Bytes of log memory (the in-memory pages of the hybrid log). Default 256 MiB.
+    pub log_memory_size: u64,
+    /// Bytes of one log page, a power of two from 4 KiB to 256 MiB; also the largest record.
+    /// Default: `log_memory_size / 16` rounded down to a power of two, clamped to 4 KiB..32 MiB.
+    pub page_size: Option<u64>,
+    /// Fraction of in-memory pages that are mutable (updated in place). Default 0.9.
+    pub mutable_fraction: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            table_size: 1 << 16,
+            log_memory_size: 256 << 20,
+            page_size: None,
+            mutable_fraction: 0.9,
+        }
+    }
+}
+
+/// The geometry a [`Config`] resolves to (after rounding), as the store uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// log2 of the bucket count.
+    pub index_bits: u32,
+    /// log2 of the page size.
+    pub page_bits: u32,
+    /// In-memory page frames.
+    pub frames: u64,
+}
+
+impl Resolved {
+    /// Bytes of log memory actually used (frames × page size).
+    #[must_use]
+    pub fn log_memory_size(&self) -> u64 {
+        self.frames << self.page_bits
+    }
+    /// Bytes of one page.
+    #[must_use]
+    pub fn page_size(&self) -> u64 {
+        1 << self.page_bits
+    }
+    /// Buckets in the index.
+    #[must_use]
+    pub fn table_size(&self) -> u64 {
+        1 << self.index_bits
+    }
+}
+
+impl Config {
+    /// The defaults.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets [`Config::table_size`] (buckets).
+    #[must_use]
+    pub fn table_size(mut self, buckets: u64) -> Self {
+        self.table_size = buckets;
+        self
+    }
+    /// Sets [`Config::log_memory_size`] (bytes).
+    #[must_use]
+    pub fn log_memory_size(mut self, bytes: u64) -> Self {
+        self.log_memory_size = bytes;
+        self
+    }
+    /// Sets [`Config::page_size`] (bytes).
+    #[must_use]
+    pub fn page_size(mut self, bytes: u64) -> Self {
+        self.page_size = Some(bytes);
+        self
+    }
+    /// Sets [`Config::mutable_fraction`].
+    #[must_use]
+    pub fn mutable_fraction(mut self, fraction: f64) -> Self {
+        self.mutable_fraction = fraction;
+        self
+    }
+
+    /// Checks the values and rounds them to what the store will use. Too small a log memory is
+    /// rounded up to the minimum of 4 pages of 4 KiB; `Resolved` reports the result.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the field that is out of range.
+    pub fn resolve(&self) -> Result<Resolved> {
+        if self.table_size == 0 || self.table_size > 1 << 36 {
+            return Err(Error::Config {
+                field: "table_size",
+                reason: format!("{} buckets is not in 1..=2^36", self.table_size),
+            });
+        }
+        let index_bits = self.table_size.next_power_of_two().trailing_zeros();
+        if !(0.0..=1.0).contains(&self.mutable_fraction) || self.mutable_fraction.is_nan() {
+            return Err(Error::Config {
+                field: "mutable_fraction",
+                reason: format!("{} is not in 0..=1", self.mutable_fraction),
+            });
+        }
+        let page_bits = match self.page_size {
+            Some(p) => {
+                if !p.is_power_of_two()
+                    || !(MIN_PAGE_BITS..=MAX_PAGE_BITS).contains(&p.trailing_zeros())
+                {
+                    return Err(Error::Config {
+                        field: "page_size",
+                        reason: format!("{p} is not a power of two from 4 KiB to 256 MiB"),
+                    });
+                }
+                p.trailing_zeros()
+            }
+            None => {
+                let per_page = (self.log_memory_size / 16).max(1);
+                (63 - per_page.leading_zeros()).clamp(MIN_PAGE_BITS, 25)
+            }
+        };
+        let frames = self
+            .log_memory_size
+            .div_ceil(1 << page_bits)
+            .max(MIN_FRAMES);
+        if frames > 1 << 20 {
+            return Err(Error::Config {
+                field: "log_memory_size",
+                reason: format!("{frames} pages is too many; raise page_size"),
+            });
+        }
+        Ok(Resolved {
+            index_bits,
+            page_bits,
+            frames,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_sizes_resolve() {
+        let r = Config::new()
+            .table_size(1 << 20)
+            .log_memory_size(1 << 16)
+            .resolve()
+            .unwrap();
+        assert_eq!((r.index_bits, r.page_bits, r.frames), (20, 12, 16));
+        let tiny = Config::new().log_memory_size(100).resolve().unwrap();
+        assert_eq!(tiny.log_memory_size(), 4 * 4096);
+        let big = Config::new().log_memory_size(1 << 30).resolve().unwrap();
+        assert_eq!(big.page_size(), 32 << 20);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = Config::new().page_size(5000).resolve().unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Config {
+                field: "page_size",
+                ..
+            }
+        ));
+        let e = Config::new().mutable_fraction(1.5).resolve().unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Config {
+                field: "mutable_fraction",
+                ..
+            }
+        ));
+        let e = Config::new().table_size(0).resolve().unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Config {
+                field: "table_size",
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,605 @@
+//! The HybridLog: one logical address space whose tail lives in memory and whose past lives on
+//! the device (FASTER's `PersistentMemoryMalloc`).
+//!
+//! ```text
+//!  begin        head   safe_ro   read_only              tail
+//!    |  on disk   |  read-only |   fuzzy   |   mutable    |
+//! ```
+//!
+//! # Invariants
+//! 1. Markers only move forward (CAS-max). `begin <= head <= safe_head`... precisely:
+//!    `begin <= safe_head <= head <= flushed_until <= safe_read_only <= read_only <= tail`.
+//! 2. Moving `read_only` or `head` is "move the marker, then bump the epoch with an action that
+//!    moves its safe twin". So once the safe twin has moved, no thread that saw the old marker is
+//!    still inside an operation: nobody updates in place below `safe_read_only`, nobody reads
+//!    memory below `safe_head`.
+//! 3. Pages are flushed only below `safe_read_only` (the safe-read-only action issues the
+//!    writes), so their bytes no longer change while the device reads them.
+//! 4. `head` never passes `flushed_until`: a record below `head` is on the device.
+//! 5. Page `p` lives in frame `p % frames`. The frame is zeroed and reused for `p` only after
+//!    `safe_head` has passed page `p - frames` (so it was flushed and nobody reads it).
+//! 6. Records never straddle pages. The tail word is `page << 32 | offset`; an offset past the
+//!    page size means the page is closed and the next one not yet open. Exactly one thread (the
+//!    one that wins the `opening` claim) zeroes the frame and opens the next page.
+//! 7. An allocation never waits inside an operation: when the next page cannot be opened yet it
+//!    returns `RetryLater`, and the operation refreshes its epoch (which runs the actions that
+//!    flush and evict) and starts over.
+//! 8. Epoch actions and I/O callbacks reach the log through a raw pointer. The log is heap-pinned
+//!    (it lives inside the store's `Arc`), and its `Drop` drains the epoch and waits until no I/O
+//!    is in flight before any field is freed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+use std::sync::{Arc, OnceLock};
+
+use crossbeam_utils::CachePadded;
+
+use crate::core::address::{Address, PageGeometry};
+use crate::core::alloc::{align_down, align_up, AlignedBuf};
+use crate::core::light_epoch::LightEpoch;
+use crate::core::record::{DiskRecord, RecordRef};
+use crate::core::status::{Error, Result};
+use crate::device::Disk;
+use crate::sync::{AtomicU64, Ordering};
+
+/// Smallest page: one 4 KiB sector (O_DIRECT granularity).
+pub const MIN_PAGE_BITS: u32 = 12;
+/// Largest page: 256 MiB (the tail word's 32-bit offset must absorb concurrent overshoot).
+pub const MAX_PAGE_BITS: u32 = 28;
+/// Fewest in-memory frames a log may have.
+pub const MIN_FRAMES: u64 = 4;
+
+/// Why an allocation did not succeed now.
+#[derive(Debug)]
+pub enum AllocError {
+    /// The next page is not open yet (its frame is still being flushed/evicted): refresh the
+    /// epoch and retry the operation.
+    RetryLater,
+    /// A hard failure.
+    Fatal(Error),
+}
+
+/// A page frame: aligned, zero-initialised memory accessed only through atomics (and by the
+/// device, which reads it only under invariant 3).
+struct Frame {
+    buf: AlignedBuf,
+}
+
+impl Frame {
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the buffer is 4096-aligned, its length a multiple of 8, zero-initialised, and
+        // AtomicU64 has the size and alignment of u64 with every bit pattern valid. After
+        // construction the memory is only touched through these atomics, by `zero` while no
+        // thread can reach it (invariant 5), and by device I/O under invariant 3.
+        unsafe {
+            std::slice::from_raw_parts(self.buf.as_ptr().cast::<AtomicU64>(), self.buf.len() / 8)
+        }
+    }
+}
+
+/// The hybrid log over device `D`.
+pub struct HybridLog<D: Disk> {
+    disk: D,
+    epoch: Arc<LightEpoch>,
+    geo: PageGeometry,
+    frames: Box<[Frame]>,
+    mutable_pages: u64,
+    tail: CachePadded<AtomicU64>,
+    opening: CachePadded<AtomicU64>,
+    begin: CachePadded<AtomicU64>,
+    head: CachePadded<AtomicU64>,
+    safe_head: CachePadded<AtomicU64>,
+    read_only: CachePadded<AtomicU64>,
+    safe_read_only: CachePadded<AtomicU64>,
+    flushed_until: CachePadded<AtomicU64>,
+    head_target: AtomicU64,
+    /// For each frame: 1 + the highest page whose flush from this frame completed.
+    frame_flushed: Box<[AtomicU64]>,
+    inflight: StdAtomicU64,
+    poison: OnceLock<String>,
+    poisoned: AtomicBool,
+    bytes_written: StdAtomicU64,
+    bytes_read: StdAtomicU64,
+}
+
+/// Snapshot of the markers, for reports and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMarkers {
+    /// First address still in the log.
+    pub begin: Address,
+    /// Below this, records are on disk only.
+    pub head: Address,
+    /// Flushed to the device up to here.
+    pub flushed_until: Address,
+    /// Below this (and above head), records are copied on update.
+    pub safe_read_only: Address,
+    /// Below this, no new in-place update starts.
+    pub read_only: Address,
+    /// Next address to allocate.
+    pub tail: Address,
+}
+
+fn tail_word(page: u64, offset: u64) -> u64 {
+    page << 32 | offset
+}
+
+impl<D: Disk> HybridLog<D> {
+    /// A log of `frames` pages of `2^page_bits` bytes over `disk`, with `mutable_fraction` of
+    /// the in-memory pages mutable.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a page size or frame count out of range.
+    pub fn new(
+        disk: D,
+        epoch: Arc<LightEpoch>,
+        page_bits: u32,
+        frames: u64,
+        mutable_fraction: f64,
+    ) -> Result<Self> {
+        if !(MIN_PAGE_BITS..=MAX_PAGE_BITS).contains(&page_bits) {
+            return Err(Error::Config {
+                field: "page_size",
+                reason: format!(
+                    "must be 2^{MIN_PAGE_BITS}..=2^{MAX_PAGE_BITS} bytes, got 2^{page_bits}"
+                ),
+            });
+        }
+        if frames < MIN_FRAMES {
+            return Err(Error::Config {
+                field: "log_memory_size",
+                reason: format!("needs at least {MIN_FRAMES} pages"),
+            });
+        }
+        if !(0.0..=1.0).contains(&mutable_fraction) {
+            return Err(Error::Config {
+                field: "mutable_fraction",
+                reason: format!("{mutable_fraction} is not in 0..=1"),
+            });
+        }
+        if (1u64 << page_bits) % disk.alignment() as u64 != 0 {
+            return Err(Error::Config {
+                field: "page_size",
+                reason: format!(
+                    "must be a multiple of the device alignment {}",
+                    disk.alignment()
+                ),
+            });
+        }
+        let geo = PageGeometry { page_bits, frames };
+        // At least one page stays mutable; head keeps one frame free ahead of the tail, so
+        // read-only can sit at most frames - 2 pages behind the tail page.
+        let mutable_pages =
+            ((frames as f64 * mutable_fraction).floor() as u64).clamp(1, frames - 2);
+        let frames_vec: Box<[Frame]> = (0..frames)
+            .map(|_| Frame {
+                buf: AlignedBuf::zeroed(1 << page_bits, 4096),
+            })
+            .collect();
+        let first = Address::FIRST_VALID.raw();
+        Ok(Self {
+            disk,
+            epoch,
+            geo,
+            frames: frames_vec,
+            mutable_pages,
+            tail: CachePadded::new(AtomicU64::new(tail_word(0, first))),
+            opening: CachePadded::new(AtomicU64::new(0)),
+            begin: CachePadded::new(AtomicU64::new(first)),
+            head: CachePadded::new(AtomicU64::new(first)),
+            safe_head: CachePadded::new(AtomicU64::new(first)),
+            read_only: CachePadded::new(AtomicU64::new(first)),
+            safe_read_only: CachePadded::new(AtomicU64::new(first)),
+            flushed_until: CachePadded::new(AtomicU64::new(0)),
+            head_target: AtomicU64::new(first),
+            frame_flushed: (0..frames).map(|_| AtomicU64::new(0)).collect(),
+            inflight: StdAtomicU64::new(0),
+            poison: OnceLock::new(),
+            poisoned: AtomicBool::new(false),
+            bytes_written: StdAtomicU64::new(0),
+            bytes_read: StdAtomicU64::new(0),
+        })
+    }
+
+    /// Page geometry.
+    #[must_use]
+    pub fn geometry(&self) -> PageGeometry {
+        self.geo
+    }
+
+    /// Bytes of one page (the largest record).
+    #[must_use]
+    pub fn page_size(&self) -> usize {
+        1 << self.geo.page_bits
+    }
+
+    /// The device.
+    #[must_use]
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    /// Bytes of in-memory frames.
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        self.frames.len() << self.geo.page_bits
+    }
+
+    /// Bytes written to and read from the device so far.
+    #[must_use]
+    pub fn io_bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_written.load(StdOrdering::Relaxed),
+            self.bytes_read.load(StdOrdering::Relaxed),
+        )
+    }
+
+    /// The error that poisoned the log, if any.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] once a device write has failed.
+    pub fn check_poison(&self) -> Result<()> {
+        if self.poisoned.load(StdOrdering::Acquire) {
+            let why = self.poison.get().cloned().unwrap_or_default();
+            return Err(Error::Poisoned(why));
+        }
+        Ok(())
+    }
+
+    fn set_poison(&self, why: String) {
+        let _ = self.poison.set(why);
+        self.poisoned.store(true, StdOrdering::Release);
+    }
+
+    /// Current marker values.
+    #[must_use]
+    pub fn markers(&self) -> LogMarkers {
+        LogMarkers {
+            begin: Address::new(self.begin.load(Ordering::Acquire)),
+            head: Address::new(self.head.load(Ordering::Acquire)),
+            flushed_until: Address::new(self.flushed_until.load(Ordering::Acquire)),
+            safe_read_only: Address::new(self.safe_read_only.load(Ordering::Acquire)),
+            read_only: Address::new(self.read_only.load(Ordering::Acquire)),
+            tail: self.tail_address(),
+        }
+    }
+
+    /// First address still in the log.
+    #[inline]
+    #[must_use]
+    pub fn begin(&self) -> Address {
+        Address::new(self.begin.load(Ordering::Acquire))
+    }
+
+    /// Below this address records are on the device only.
+    #[inline]
+    #[must_use]
+    pub fn head(&self) -> Address {
+        Address::new(self.head.load(Ordering::Acquire))
+    }
+
+    /// Below this address (and at or above head) records are immutable.
+    #[inline]
+    #[must_use]
+    pub fn safe_read_only(&self) -> Address {
+        Address::new(self.safe_read_only.load(Ordering::Acquire))
+    }
+
+    /// At or above this address records may be updated in place.
+    #[inline]
+    #[must_use]
+    pub fn read_only(&self) -> Address {
+        Address::new(self.read_only.load(Ordering::Acquire))
+    }
+
+    /// The next address to be allocated.
+    #[must_use]
+    pub fn tail_address(&self) -> Address {
+        let t = self.tail.load(Ordering::Acquire);
+        let offset = (t & 0xffff_ffff).min(self.page_size() as u64);
+        Address::new(((t >> 32) << self.geo.page_bits) + offset)
+    }
+
+    /// The record at `address`, which the caller (epoch-protected) saw at or above `head`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the bytes there are not a record.
+    pub fn record(&self, address: Address) -> Result<RecordRef<'_>> {
+        let frame = &self.frames[self.geo.frame(self.geo.page(address))];
+        let off = (self.geo.offset(address) / 8) as usize;
+        match RecordRef::parse(&frame.words()[off..]) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(Error::Corrupt {
+                address: address.raw(),
+                reason: "no record at this address".into(),
+            }),
+            Err(reason) => Err(Error::Corrupt {
+                address: address.raw(),
+                reason: reason.into(),
+            }),
+        }
+    }
+
+    /// The words of freshly allocated space at `address` (the caller owns them until it
+    /// publishes the record).
+    #[must_use]
+    pub fn space(&self, address: Address, size: usize) -> &[AtomicU64] {
+        let frame = &self.frames[self.geo.frame(self.geo.page(address))];
+        let off = (self.geo.offset(address) / 8) as usize;
+        &frame.words()[off..off + size / 8]
+    }
+
+    /// Allocates `size` bytes (a multiple of 8, at most a page) at the tail.
+    ///
+    /// # Errors
+    /// [`AllocError::RetryLater`] when the next page is not ready (invariant 7);
+    /// [`AllocError::Fatal`] when the log is poisoned or cannot evict.
+    pub fn allocate(&self, size: usize) -> Result<Address, AllocError> {
+        debug_assert!(size % 8 == 0 && size <= self.page_size());
+        let page_size = self.page_size() as u64;
+        let size = size as u64;
+        loop {
+            let cur = self.tail.load(Ordering::Acquire);
+            let (page, offset) = (cur >> 32, cur & 0xffff_ffff);
+            if offset > page_size {
+                self.open_page(page + 1)?;
+                continue;
+            }
+            let old = self.tail.fetch_add(size, Ordering::AcqRel);
+            let (page, offset) = (old >> 32, old & 0xffff_ffff);
+            if offset + size <= page_size {
+                return Ok(Address::new((page << self.geo.page_bits) + offset));
+            }
+            // The page is full: this or a later round opens the next one.
+        }
+    }
+
+    /// Opens page `page` once its frame is free (invariants 5 and 6).
+    fn open_page(&self, page: u64) -> Result<(), AllocError> {
+        self.check_poison().map_err(AllocError::Fatal)?;
+        if self.tail.load(Ordering::Acquire) >> 32 >= page {
+            return Ok(());
+        }
+        let frames = self.geo.frames;
+        if page >= frames {
+            let must_be_gone = self.geo.page_start(page - frames + 1).raw();
+            if self.safe_head.load(Ordering::Acquire) < must_be_gone {
+                if !self.disk.is_persistent() {
+                    return Err(AllocError::Fatal(Error::LogFull {
+                        memory: self.memory_bytes(),
+                    }));
+                }
+                self.shift_markers(page - 1);
+                return Err(AllocError::RetryLater);
+            }
+        }
+        if self
+            .opening
+            .compare_exchange(page - 1, page, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(AllocError::RetryLater);
+        }
+        if page >= frames {
+            let frame = &self.frames[self.geo.frame(page)];
+            // SAFETY: invariant 5: safe_head passed the frame's old page, so no thread can read
+            // it, and it was flushed (head <= flushed_until), so the device no longer reads it.
+            // Only this thread (winner of `opening`) writes the frame until the tail opens it.
+            unsafe { std::ptr::write_bytes(frame.buf.as_ptr().cast_mut(), 0, frame.buf.len()) };
+        }
+        self.tail.store(tail_word(page, 0), Ordering::Release);
+        self.shift_markers(page);
+        Ok(())
+    }
+
+    /// Moves read-only and the head target for a tail now in page `tail_page`.
+    fn shift_markers(&self, tail_page: u64) {
+        if tail_page >= self.mutable_pages {
+            self.shift_read_only(self.geo.page_start(tail_page - self.mutable_pages));
+        }
+        if tail_page + 2 > self.geo.frames {
+            let target = self.geo.page_start(tail_page + 2 - self.geo.frames).raw();
+            self.head_target.fetch_max(target, Ordering::AcqRel);
+            self.try_shift_head();
+        }
+    }
+
+    /// Moves read-only forward to `to` (page aligned) and schedules the flush.
+    pub fn shift_read_only(&self, to: Address) {
+        let prev = self.read_only.fetch_max(to.raw(), Ordering::AcqRel);
+        if prev >= to.raw() {
+            return;
+        }
+        let me = self as *const Self as usize;
+        self.epoch.bump_epoch(move || {
+            // SAFETY: invariant 8: the log outlives every action of its epoch.
+            let this = unsafe { &*(me as *const Self) };
+            this.on_safe_read_only(to);
+        });
+    }
+
+    fn on_safe_read_only(&self, to: Address) {
+        let old = self.safe_read_only.fetch_max(to.raw(), Ordering::AcqRel);
+        if old >= to.raw() {
+            return;
+        }
+        let first = self.geo.page(Address::new(old));
+        let last = self.geo.page(to); // exclusive: `to` is page aligned
+        for page in first..last {
+            self.flush_page(page);
+        }
+    }
+
+    fn flush_page(&self, page: u64) {
+        let frame = &self.frames[self.geo.frame(page)];
+        let me = self as *const Self as usize;
+        let len = frame.buf.len();
+        self.inflight.fetch_add(1, StdOrdering::AcqRel);
+        let callback = Box::new(move |r: std::io::Result<usize>| {
+            // SAFETY: invariant 8: Drop waits for `inflight` to reach zero, and this callback
+            // touches the log only before its decrement below.
+            let this = unsafe { &*(me as *const Self) };
+            match r {
+                Ok(n) if n == len => {
+                    this.bytes_written.fetch_add(n as u64, StdOrdering::Relaxed);
+                    this.frame_flushed[this.geo.frame(page)].fetch_max(page + 1, Ordering::AcqRel);
+                    this.advance_flushed_until();
+                    this.try_shift_head();
+                }
+                Ok(n) => this.set_poison(format!("short write of page {page}: {n} of {len} bytes")),
+                Err(e) => this.set_poison(format!("write of page {page} failed: {e}")),
+            }
+            this.inflight.fetch_sub(1, StdOrdering::AcqRel);
+        });
+        // SAFETY: invariant 3: the page is below safe_read_only, so its bytes stay unchanged,
+        // and its frame is not reused before this flush completes (invariants 4 and 5); offset,
+        // length and address are page aligned, and pages are multiples of the device alignment.
+        unsafe {
+            self.disk.write_async(
+                self.geo.page_start(page).raw(),
+                frame.buf.as_ptr(),
+                len,
+                callback,
+            );
+        }
+    }
+
+    fn advance_flushed_until(&self) {
+        loop {
+            let f = self.flushed_until.load(Ordering::Acquire);
+            let page = self.geo.page(Address::new(f));
+            if self.frame_flushed[self.geo.frame(page)].load(Ordering::Acquire) < page + 1 {
+                return;
+            }
+            let next = self.geo.page_start(page + 1).raw();
+            let _ =
+                self.flushed_until
+                    .compare_exchange(f, next, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    fn try_shift_head(&self) {
+        let target = self
+            .head_target
+            .load(Ordering::Acquire)
+            .min(self.flushed_until.load(Ordering::Acquire));
+        let prev = self.head.fetch_max(target, Ordering::AcqRel);
+        if prev >= target {
+            return;
+        }
+        let me = self as *const Self as usize;
+        self.epoch.bump_epoch(move || {
+            // SAFETY: invariant 8.
+            let this = unsafe { &*(me as *const Self) };
+            this.safe_head.fetch_max(target, Ordering::AcqRel);
+        });
+    }
+
+    /// Reads the record at `address` (below head) from the device and calls `done` with it.
+    pub fn read_record_async(
+        &self,
+        address: Address,
+        done: Box<dyn FnOnce(Result<RecordBytes>) + Send>,
+    ) {
+        let align = self.disk.alignment().max(4096) as u64;
+        let start = align_down(address.raw(), align);
+        let page_end = self.geo.page_start(self.geo.page(address) + 1).raw();
+        let len = (align * 2).min(page_end - start);
+        self.read_range(address, start, len, done, true);
+    }
+
+    fn read_range(
+        &self,
+        address: Address,
+        start: u64,
+        len: u64,
+        done: Box<dyn FnOnce(Result<RecordBytes>) + Send>,
+        first: bool,
+    ) {
+        let mut buf = AlignedBuf::zeroed(len as usize, self.disk.alignment().max(4096));
+        let ptr = buf.as_mut_ptr();
+        let me = self as *const Self as usize;
+        self.inflight.fetch_add(1, StdOrdering::AcqRel);
+        let callback = Box::new(move |r: std::io::Result<usize>| {
+            // SAFETY: invariant 8 (see flush_page).
+            let this = unsafe { &*(me as *const Self) };
+            let offset = (address.raw() - start) as usize;
+            let result = match r {
+                Err(e) => Err(Error::io(
+                    format!("reading the record at log address {address}"),
+                    e,
+                )),
+                Ok(n) => {
+                    this.bytes_read.fetch_add(n as u64, StdOrdering::Relaxed);
+                    match DiskRecord::size_from_prefix(&buf.as_slice()[offset..]) {
+                        Some(size) if first && offset + size > len as usize => {
+                            let end =
+                                align_up(address.raw() + size as u64, this.disk.alignment() as u64);
+                            let page_end = this.geo.page_start(this.geo.page(address) + 1).raw();
+                            if size > this.page_size() || end > page_end {
+                                Err(Error::Corrupt {
+                                    address: address.raw(),
+                                    reason: format!("record size {size} runs past its page"),
+                                })
+                            } else {
+                                this.read_range(address, start, end - start, done, false);
+                                this.inflight.fetch_sub(1, StdOrdering::AcqRel);
+                                return;
+                            }
+                        }
+                        _ => Ok(RecordBytes { buf, offset }),
+                    }
+                }
+            };
+            done(result);
+            this.inflight.fetch_sub(1, StdOrdering::AcqRel);
+        });
+        // SAFETY: `buf` is moved into the callback, so its heap memory stays allocated and is
+        // touched by nobody else until the device calls back; offset/length/address aligned.
+        unsafe { self.disk.read_async(start, ptr, len as usize, callback) };
+    }
+
+    /// Waits until every flush issued so far has completed (for shutdown and tests). The caller
+    /// must not be epoch-protected.
+    pub fn wait_for_io(&self) {
+        let mut round = 0;
+        while self.inflight.load(StdOrdering::Acquire) > 0 {
+            self.epoch.drain();
+            crate::sync::backoff(&mut round);
+        }
+    }
+}
+
+impl<D: Disk> Drop for HybridLog<D> {
+    fn drop(&mut self) {
+        // Invariant 8: nothing may reach the log after this returns. No thread is protected
+        // (nobody can hold a reference to a store being dropped), so every action is ready.
+        self.epoch.drain();
+        self.wait_for_io();
+        self.epoch.drain();
+    }
+}
+
+/// A record read from the device: the buffer and the record's offset in it.
+pub struct RecordBytes {
+    buf: AlignedBuf,
+    offset: usize,
+}
+
+impl RecordBytes {
+    /// Parses the record.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the bytes are not a record.
+    pub fn record(&self, address: Address) -> Result<DiskRecord<'_>> {
+        match DiskRecord::parse(&self.buf.as_slice()[self.offset..]) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(Error::Corrupt {
+                address: address.raw(),
+                reason: "no record on disk at this address".into(),
+            }),
+            Err(reason) => Err(Error::Corrupt {
+                address: address.raw(),
+                reason: reason.into(),
+            }),
+        }
+    }
+}

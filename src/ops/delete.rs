@@ -1,0 +1,39 @@
+//! Delete: a tombstone. In the mutable region the newest record is marked deleted in place;
+//! otherwise a tombstone record goes to the tail. Reads that meet a tombstone stop with
+//! NotFound; compaction (later) drops it with the records it hides.
+
+use crate::core::codec::Encoded;
+use crate::core::light_epoch::EpochGuard;
+use crate::core::status::{Result, Status};
+use crate::device::Disk;
+use crate::index::{HashIndex, KeyHash};
+use crate::ops::{Engine, Stop};
+
+impl<D: Disk> Engine<D> {
+    /// Deletes `key`. `NotFound` when the index has no entry for it (nothing to delete).
+    pub(crate) fn delete(
+        &self,
+        g: &EpochGuard<'_>,
+        key: &Encoded,
+        hash: KeyHash,
+    ) -> Result<Status> {
+        self.retry(g, || {
+            let Some(mut entry) = self.index.find_entry(hash).map_err(Stop::from)? else {
+                return Ok(Status::NotFound);
+            };
+            let read_only = self.hlog.read_only();
+            if let (_, Some(rec)) = self.trace(entry.address(), key, read_only)? {
+                let Some(mut lock) = rec.lock() else {
+                    return Err(Stop::Retry);
+                };
+                if lock.state().tombstone() {
+                    return Ok(Status::NotFound);
+                }
+                lock.write_tombstone();
+                return Ok(Status::Ok);
+            }
+            self.append_and_swing(&mut entry, key, None)?;
+            Ok(Status::Ok)
+        })
+    }
+}

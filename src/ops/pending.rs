@@ -1,0 +1,179 @@
+//! Finishing operations whose records are on disk.
+//!
+//! The continuation of each operation after its first in-memory attempt is written once, as an
+//! `async fn` that awaits device reads ([`Engine::fetch`]). Three drivers run it:
+//! - the blocking API (`RsKv::read`, `RsKv::get`, ...) drives it with `block_on` on the calling
+//!   thread, so the caller gets the final status;
+//! - the async API awaits it;
+//! - a [`Session`](crate::Session) keeps it, with the context it owns, and polls it in
+//!   `complete_pending`.
+//!
+//! No epoch protection is held across an `.await` (`EpochGuard` is not `Send`, and the futures
+//! must be), so a thread waiting for the disk never holds back flushing or eviction.
+
+use crate::core::address::Address;
+use crate::core::codec::Encoded;
+use crate::core::record::ValueBuf;
+use crate::core::status::{Error, Result, Status};
+use crate::device::Disk;
+use crate::hlog::RecordBytes;
+use crate::index::hash_bucket::HashBucketEntry;
+use crate::index::KeyHash;
+use crate::ops::read::ReadStep;
+use crate::ops::rmw::{Decision, DiskTrace, Latest, UpdateStep};
+use crate::ops::Engine;
+
+impl<D: Disk> Engine<D> {
+    /// Reads the record at `address` from the device.
+    pub(crate) async fn fetch(&self, address: Address) -> Result<RecordBytes> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.hlog.read_record_async(
+            address,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| {
+            Error::io(
+                "waiting for a device read",
+                std::io::Error::other("device dropped the read callback"),
+            )
+        })?
+    }
+
+    /// Continues a read at `address` until it resolves.
+    pub(crate) async fn read_pending(
+        &self,
+        key: &Encoded,
+        mut address: Address,
+        out: &mut ValueBuf,
+    ) -> Result<bool> {
+        loop {
+            let bytes = self.fetch(address).await?;
+            match self.read_disk(key, address, &bytes, out)? {
+                ReadStep::Found => return Ok(true),
+                ReadStep::NotFound => return Ok(false),
+                ReadStep::Disk(next) => address = next,
+            }
+        }
+    }
+
+    /// A whole read: in memory, then on disk if needed.
+    pub(crate) async fn read_async(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        out: &mut ValueBuf,
+    ) -> Result<bool> {
+        let step = {
+            let g = self.protect()?;
+            self.read_mem(&g, key, hash, out)?
+        };
+        match step {
+            ReadStep::Found => Ok(true),
+            ReadStep::NotFound => Ok(false),
+            ReadStep::Disk(a) => self.read_pending(key, a, out).await,
+        }
+    }
+
+    /// A whole read, blocking the calling thread while the disk works.
+    pub(crate) fn read_blocking(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        out: &mut ValueBuf,
+    ) -> Result<bool> {
+        let step = {
+            let g = self.protect()?;
+            self.read_mem(&g, key, hash, out)?
+        };
+        match step {
+            ReadStep::Found => Ok(true),
+            ReadStep::NotFound => Ok(false),
+            ReadStep::Disk(a) => futures_executor::block_on(self.read_pending(key, a, out)),
+        }
+    }
+
+    /// Continues an update that went to disk at `address` having seen index entry `seen`.
+    pub(crate) async fn update_pending(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        floor: Address,
+        in_place: bool,
+        mut address: Address,
+        mut seen: HashBucketEntry,
+        decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
+    ) -> Result<Status> {
+        loop {
+            let found = loop {
+                let bytes = self.fetch(address).await?;
+                match self.update_disk(key, address, &bytes, floor)? {
+                    DiskTrace::Next(next) => address = next,
+                    done => break done,
+                }
+            };
+            let step = {
+                let g = self.protect()?;
+                if let Some(status) = self.update_after_disk(&g, key, hash, seen, &found, decide)? {
+                    return Ok(status);
+                }
+                // The entry changed while we were on disk: start over from memory.
+                self.update_mem(&g, key, hash, floor, in_place, decide)?
+            };
+            match step {
+                UpdateStep::Done(s) => return Ok(s),
+                UpdateStep::Disk {
+                    address: a,
+                    seen: s,
+                } => {
+                    address = a;
+                    seen = s;
+                }
+            }
+        }
+    }
+
+    /// A whole update (RMW or conditional insert), async.
+    pub(crate) async fn update_async(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        floor: Address,
+        in_place: bool,
+        decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
+    ) -> Result<Status> {
+        let step = {
+            let g = self.protect()?;
+            self.update_mem(&g, key, hash, floor, in_place, decide)?
+        };
+        match step {
+            UpdateStep::Done(s) => Ok(s),
+            UpdateStep::Disk { address, seen } => {
+                self.update_pending(key, hash, floor, in_place, address, seen, decide)
+                    .await
+            }
+        }
+    }
+
+    /// A whole update, blocking while the disk works.
+    pub(crate) fn update_blocking(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        floor: Address,
+        in_place: bool,
+        decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
+    ) -> Result<Status> {
+        let step = {
+            let g = self.protect()?;
+            self.update_mem(&g, key, hash, floor, in_place, decide)?
+        };
+        match step {
+            UpdateStep::Done(s) => Ok(s),
+            UpdateStep::Disk { address, seen } => futures_executor::block_on(
+                self.update_pending(key, hash, floor, in_place, address, seen, decide),
+            ),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Read: find the key's newest record; in memory copy the value out, on disk fetch and follow
+//! the chain.
+
+use crate::core::address::Address;
+use crate::core::codec::Encoded;
+use crate::core::light_epoch::EpochGuard;
+use crate::core::record::{ValueBuf, ValueRead};
+use crate::core::status::{Error, Result};
+use crate::device::Disk;
+use crate::hlog::RecordBytes;
+use crate::index::{HashIndex, KeyHash};
+use crate::ops::{Engine, Stop};
+
+/// Where a read stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStep {
+    /// The value is in the buffer.
+    Found,
+    /// No live value.
+    NotFound,
+    /// Continue with the record at this disk address.
+    Disk(Address),
+}
+
+impl<D: Disk> Engine<D> {
+    /// The in-memory part of a read.
+    pub(crate) fn read_mem(
+        &self,
+        g: &EpochGuard<'_>,
+        key: &Encoded,
+        hash: KeyHash,
+        out: &mut ValueBuf,
+    ) -> Result<ReadStep> {
+        self.retry(g, || {
+            let Some(entry) = self.index.find_entry(hash).map_err(Stop::from)? else {
+                return Ok(ReadStep::NotFound);
+            };
+            let head = self.hlog.head();
+            let (a, rec) = self.trace(entry.address(), key, head)?;
+            if let Some(rec) = rec {
+                return Ok(match rec.read_value(out) {
+                    ValueRead::Live => ReadStep::Found,
+                    ValueRead::Tombstone => ReadStep::NotFound,
+                });
+            }
+            Ok(if self.on_disk(a) {
+                ReadStep::Disk(a)
+            } else {
+                ReadStep::NotFound
+            })
+        })
+    }
+
+    /// Continues a read with the record fetched from `address`.
+    pub(crate) fn read_disk(
+        &self,
+        key: &Encoded,
+        address: Address,
+        bytes: &RecordBytes,
+        out: &mut ValueBuf,
+    ) -> Result<ReadStep> {
+        match self.disk_match(key, address, bytes)? {
+            DiskMatch::Value(v) => {
+                out.fill_from_bytes(v);
+                Ok(ReadStep::Found)
+            }
+            DiskMatch::Tombstone | DiskMatch::End => Ok(ReadStep::NotFound),
+            DiskMatch::Next(prev) => Ok(ReadStep::Disk(prev)),
+        }
+    }
+
+    /// Checks a fetched record against `key`.
+    pub(crate) fn disk_match<'b>(
+        &self,
+        key: &Encoded,
+        address: Address,
+        bytes: &'b RecordBytes,
+    ) -> Result<DiskMatch<'b>> {
+        let rec = bytes.record(address)?;
+        let info = rec.info();
+        if !info.invalid() && rec.key() == key.bytes() {
+            let state = rec.state();
+            return Ok(if state.tombstone() {
+                DiskMatch::Tombstone
+            } else {
+                DiskMatch::Value(rec.value())
+            });
+        }
+        let prev = info.prev();
+        if !prev.is_invalid() && prev >= address {
+            return Err(Error::Corrupt {
+                address: address.raw(),
+                reason: "chain does not go backwards".into(),
+            });
+        }
+        Ok(if self.on_disk(prev) {
+            DiskMatch::Next(prev)
+        } else {
+            DiskMatch::End
+        })
+    }
+}
+
+/// What a fetched record says about a key.
+pub(crate) enum DiskMatch<'b> {
+    /// The key's newest value.
+    Value(&'b [u8]),
+    /// The key's newest record is a deletion.
+    Tombstone,
+    /// Another key: follow the chain to this address.
+    Next(Address),
+    /// The chain ends: the key has no record.
+    End,
+}

@@ -1,0 +1,198 @@
+//! Read-modify-write and conditional insert: find the key's newest record, decide the new value
+//! from it, write.
+//!
+//! Where the newest record is decides how (FASTER's RMW):
+//! - mutable region: under the record's lock, in place if the new value fits, else copied to
+//!   the tail and the old record sealed before the lock is released;
+//! - fuzzy region `[safe_read_only, read_only)`: another thread may still update it in place,
+//!   so the attempt retries after a refresh (by then the record is safely read-only);
+//! - read-only region: copy-update to the tail with a CAS on the index entry;
+//! - on disk: the caller fetches it (the operation goes pending), then the update is appended
+//!   with a CAS against the entry seen *before* the fetch; if the entry changed meanwhile, the
+//!   whole operation starts over, since a newer record may now exist.
+//!
+//! Conditional insert (used by compaction and the two-tier store) is the same walk with a
+//! floor: it writes only if no record of the key exists above the floor address.
+
+use crate::core::address::Address;
+use crate::core::codec::Encoded;
+use crate::core::light_epoch::EpochGuard;
+use crate::core::record::{ValueBuf, ValueRead};
+use crate::core::status::{Result, Status};
+use crate::device::Disk;
+use crate::hlog::RecordBytes;
+use crate::index::hash_bucket::HashBucketEntry;
+use crate::index::KeyHash;
+use crate::ops::read::DiskMatch;
+use crate::ops::{Engine, Stop};
+
+/// The key's newest value as an update sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Latest<'a> {
+    /// No record (or the newest is below the floor).
+    Absent,
+    /// The newest record is a deletion.
+    Deleted,
+    /// The newest value's bytes.
+    Value(&'a [u8]),
+}
+
+/// What an update decided.
+pub enum Decision {
+    /// Write this value.
+    Write(Encoded),
+    /// Write nothing (conditional insert found a newer record).
+    Abort,
+}
+
+/// Where an update stands.
+pub enum UpdateStep {
+    /// Finished: `Ok` (written) or `NotFound` (aborted).
+    Done(Status),
+    /// The newest record may be on disk: fetch `address`; `seen` is the index entry observed.
+    Disk {
+        /// Record to fetch.
+        address: Address,
+        /// Entry seen before going to disk.
+        seen: HashBucketEntry,
+    },
+}
+
+/// The result of following a chain on disk.
+pub enum DiskTrace {
+    /// Found the key's newest record (value bytes, or `None` for a tombstone).
+    Found(Option<Vec<u8>>),
+    /// The chain ended (or went below the floor) without the key.
+    Absent,
+    /// Fetch this address next.
+    Next(Address),
+}
+
+impl<D: Disk> Engine<D> {
+    /// The in-memory part of an update. `floor`: records at or below it do not count
+    /// (`Address::INVALID` for RMW). `in_place`: whether a mutable record may be rewritten.
+    pub(crate) fn update_mem(
+        &self,
+        g: &EpochGuard<'_>,
+        key: &Encoded,
+        hash: KeyHash,
+        floor: Address,
+        in_place: bool,
+        decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
+    ) -> Result<UpdateStep> {
+        let mut buf = ValueBuf::default();
+        self.retry(g, || {
+            let mut entry = self.entry_for_update(hash)?;
+            let head = self.hlog.head();
+            let walk_floor = if floor >= head { floor.add(1) } else { head };
+            let (a, rec) = self.trace(entry.address(), key, walk_floor)?;
+            let Some(rec) = rec else {
+                if a > floor && self.on_disk(a) {
+                    return Ok(UpdateStep::Disk {
+                        address: a,
+                        seen: entry.entry,
+                    });
+                }
+                return Ok(UpdateStep::Done(self.write_decided(
+                    &mut entry,
+                    key,
+                    decide(Latest::Absent)?,
+                )?));
+            };
+            if in_place && a >= self.hlog.read_only() {
+                let Some(mut lock) = rec.lock() else {
+                    return Err(Stop::Retry);
+                };
+                lock.read_value(&mut buf);
+                let latest = if lock.state().tombstone() {
+                    Latest::Deleted
+                } else {
+                    Latest::Value(buf.bytes())
+                };
+                let Decision::Write(v) = decide(latest)? else {
+                    return Ok(UpdateStep::Done(Status::NotFound));
+                };
+                if lock.fits(v.len()) {
+                    lock.write_value(&v);
+                } else {
+                    self.append_and_swing(&mut entry, key, Some(&v))?;
+                    lock.seal();
+                }
+                return Ok(UpdateStep::Done(Status::Ok));
+            }
+            if in_place && a >= self.hlog.safe_read_only() {
+                // Fuzzy region: a thread that saw the old read-only marker may be updating it.
+                return Err(Stop::Retry);
+            }
+            let latest = match rec.read_value(&mut buf) {
+                ValueRead::Live => Latest::Value(buf.bytes()),
+                ValueRead::Tombstone => Latest::Deleted,
+            };
+            let decision = decide(latest)?;
+            Ok(UpdateStep::Done(
+                self.write_decided(&mut entry, key, decision)?,
+            ))
+        })
+    }
+
+    fn write_decided(
+        &self,
+        entry: &mut crate::index::EntrySlot<'_>,
+        key: &Encoded,
+        decision: Decision,
+    ) -> Result<Status, Stop> {
+        match decision {
+            Decision::Abort => Ok(Status::NotFound),
+            Decision::Write(v) => {
+                self.append_and_swing(entry, key, Some(&v))?;
+                Ok(Status::Ok)
+            }
+        }
+    }
+
+    /// Follows an update's chain on disk one record at a time.
+    pub(crate) fn update_disk(
+        &self,
+        key: &Encoded,
+        address: Address,
+        bytes: &RecordBytes,
+        floor: Address,
+    ) -> Result<DiskTrace> {
+        Ok(match self.disk_match(key, address, bytes)? {
+            DiskMatch::Value(v) => DiskTrace::Found(Some(v.to_vec())),
+            DiskMatch::Tombstone => DiskTrace::Found(None),
+            DiskMatch::Next(prev) if prev > floor => DiskTrace::Next(prev),
+            DiskMatch::Next(_) | DiskMatch::End => DiskTrace::Absent,
+        })
+    }
+
+    /// Finishes an update after its disk trace: writes the decision if the index entry is
+    /// still the one seen; `None` means it changed and the update must start over.
+    pub(crate) fn update_after_disk(
+        &self,
+        g: &EpochGuard<'_>,
+        key: &Encoded,
+        hash: KeyHash,
+        seen: HashBucketEntry,
+        found: &DiskTrace,
+        decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
+    ) -> Result<Option<Status>> {
+        self.retry(g, || {
+            let mut entry = self.entry_for_update(hash)?;
+            if entry.entry != seen {
+                return Ok(None);
+            }
+            let latest = match found {
+                DiskTrace::Found(Some(v)) => Latest::Value(v),
+                DiskTrace::Found(None) => Latest::Deleted,
+                DiskTrace::Absent | DiskTrace::Next(_) => Latest::Absent,
+            };
+            match self.write_decided(&mut entry, key, decide(latest)?) {
+                Ok(s) => Ok(Some(s)),
+                // The entry moved under us: the newest record may have changed, start over.
+                Err(Stop::Retry) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}

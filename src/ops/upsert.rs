@@ -1,0 +1,47 @@
+//! Upsert: a blind write. In the mutable region the newest record of the key is overwritten in
+//! place when the new value fits its capacity; otherwise a new record goes to the tail and the
+//! index entry is swung to it. Upserts never need the disk: older records are not read.
+
+use crate::core::codec::Encoded;
+use crate::core::light_epoch::EpochGuard;
+use crate::core::record::RecordLock;
+use crate::core::status::Result;
+use crate::device::Disk;
+use crate::index::KeyHash;
+use crate::ops::{Engine, Stop};
+
+impl<D: Disk> Engine<D> {
+    /// Writes `value` for `key`. `in_place` may rewrite the locked newest record itself (the
+    /// context API's `put_atomic`); it returns the value to write in place, or `None` to write
+    /// `value`.
+    pub(crate) fn upsert(
+        &self,
+        g: &EpochGuard<'_>,
+        key: &Encoded,
+        hash: KeyHash,
+        value: &Encoded,
+        in_place: &mut dyn FnMut(&RecordLock<'_>) -> Result<Option<Encoded>>,
+    ) -> Result<()> {
+        self.retry(g, || {
+            let mut entry = self.entry_for_update(hash)?;
+            let read_only = self.hlog.read_only();
+            if let (_, Some(rec)) = self.trace(entry.address(), key, read_only)? {
+                let Some(mut lock) = rec.lock() else {
+                    return Err(Stop::Retry);
+                };
+                let own = in_place(&lock)?;
+                let v = own.as_ref().unwrap_or(value);
+                if lock.fits(v.len()) {
+                    lock.write_value(v);
+                    return Ok(());
+                }
+                // Grows past its capacity: copy to the tail, then seal the old record while
+                // still holding its lock, so no in-place writer can land in it afterwards.
+                self.append_and_swing(&mut entry, key, Some(v))?;
+                lock.seal();
+                return Ok(());
+            }
+            self.append_and_swing(&mut entry, key, Some(value))
+        })
+    }
+}

@@ -1,0 +1,489 @@
+//! [`RsKv`]: the single-tier store, with the seed's context API and a plain Rust facade.
+//!
+//! Two ways in, over one engine:
+//! - **Contexts** (FASTER's model, as the seed uses them): [`RsKv::upsert`], [`RsKv::read`],
+//!   [`RsKv::rmw_context`], [`RsKv::delete`] take a context that names the key, its hash and
+//!   what to do with values. They return the final [`Status`], waiting for the disk when a
+//!   record is not in memory; only a [`Session`] returns [`Status::Pending`].
+//! - **Facade**: [`RsKv::get`], [`RsKv::insert`], [`RsKv::rmw`], [`RsKv::remove`],
+//!   [`RsKv::conditional_insert`], each returning a [`Result`], plus `async` forms.
+//!
+//! One key must always get one hash: a context's `key_hash()` (default [`hash_key`]) and the
+//! facade (always [`hash_key`]) agree unless a context overrides `key_hash`, as the seed's do
+//! (identity hash of a `u64`). Such a store should be used through contexts only.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::config::{Config, Resolved};
+use crate::core::address::Address;
+use crate::core::codec::{decode, Codec, Encoded};
+use crate::core::light_epoch::LightEpoch;
+use crate::core::record::ValueBuf;
+use crate::core::status::{Error, Result, Status};
+use crate::device::file_system_disk::FileSystemDisk;
+use crate::device::Disk;
+use crate::hlog::{HybridLog, LogMarkers};
+use crate::index::KeyHash;
+use crate::ops::rmw::{Decision, Latest};
+use crate::ops::Engine;
+use crate::session::Session;
+
+/// RsKv's hash of a key: xxh3 of its encoding. The default `key_hash` of every context.
+#[must_use]
+pub fn hash_key<K: serde::Serialize + ?Sized>(key: &K) -> u64 {
+    match Encoded::new(key) {
+        Ok(e) => xxhash_rust::xxh3::xxh3_64(e.bytes()),
+        // Unencodable keys fail later, when the operation encodes them; any hash will do here.
+        Err(_) => 0,
+    }
+}
+
+/// An upsert: write `value()` for `key()`.
+pub trait UpsertContext {
+    /// Key type.
+    type Key: Codec;
+    /// Value type.
+    type Value: Codec;
+    /// The key.
+    fn key(&self) -> &Self::Key;
+    /// The value to write.
+    fn value(&self) -> &Self::Value;
+    /// The key's 64-bit hash (finalized by RsKv, so an identity hash is fine).
+    fn key_hash(&self) -> u64 {
+        hash_key(self.key())
+    }
+    /// In-place hook, called with the current value when the key's newest record is in the
+    /// mutable region. Return `true` after changing `value` to what should be stored; the
+    /// default `false` lets RsKv store `self.value()` (in place when its encoding fits).
+    fn put_atomic(&self, _value: &mut Self::Value) -> bool {
+        false
+    }
+    /// Called once when a [`Session`] operation finishes.
+    fn complete(self, _status: Status)
+    where
+        Self: Sized,
+    {
+    }
+}
+
+/// A read: `get` receives the value.
+pub trait ReadContext {
+    /// Key type.
+    type Key: Codec;
+    /// Value type.
+    type Value: Codec;
+    /// The key.
+    fn key(&self) -> &Self::Key;
+    /// The key's 64-bit hash.
+    fn key_hash(&self) -> u64 {
+        hash_key(self.key())
+    }
+    /// Receives the value when the key is found.
+    fn get(&mut self, value: &Self::Value);
+    /// Called once when a [`Session`] operation finishes (after `get`, if found).
+    fn complete(self, _status: Status)
+    where
+        Self: Sized,
+    {
+    }
+}
+
+/// A read-modify-write.
+pub trait RmwContext {
+    /// Key type.
+    type Key: Codec;
+    /// Value type.
+    type Value: Codec;
+    /// The key.
+    fn key(&self) -> &Self::Key;
+    /// The key's 64-bit hash.
+    fn key_hash(&self) -> u64 {
+        hash_key(self.key())
+    }
+    /// The value for a key that has none.
+    fn rmw_initial(&self) -> Self::Value;
+    /// The new value computed from the old (copy-update to a new record).
+    fn rmw_copy(&self, old: &Self::Value) -> Self::Value;
+    /// Updates `value` in place (mutable region); `false` falls back to [`RmwContext::rmw_copy`].
+    /// May run more than once per operation (retries), so it must be a pure function of `value`.
+    fn rmw_atomic(&self, value: &mut Self::Value) -> bool {
+        *value = self.rmw_copy(value);
+        true
+    }
+    /// Called once when a [`Session`] operation finishes.
+    fn complete(self, _status: Status)
+    where
+        Self: Sized,
+    {
+    }
+}
+
+/// A delete.
+pub trait DeleteContext {
+    /// Key type.
+    type Key: Codec;
+    /// Value type.
+    type Value: Codec;
+    /// The key.
+    fn key(&self) -> &Self::Key;
+    /// The key's 64-bit hash.
+    fn key_hash(&self) -> u64 {
+        hash_key(self.key())
+    }
+    /// Called once when a [`Session`] operation finishes.
+    fn complete(self, _status: Status)
+    where
+        Self: Sized,
+    {
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<Option<Error>> = const { RefCell::new(None) };
+}
+
+/// The error behind the last [`Status::Error`] this thread got from a context operation.
+#[must_use]
+pub fn take_last_error() -> Option<Error> {
+    LAST_ERROR.with(|e| e.borrow_mut().take())
+}
+
+pub(crate) fn status_of(r: Result<Status>) -> Status {
+    r.unwrap_or_else(|e| {
+        LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(e));
+        Status::Error
+    })
+}
+
+/// Decodes a value handed to an update into what the typed closure wants.
+pub(crate) fn decode_latest<V: Codec>(latest: Latest<'_>) -> Result<Option<V>> {
+    match latest {
+        Latest::Value(bytes) => decode(bytes).map(Some),
+        Latest::Absent | Latest::Deleted => Ok(None),
+    }
+}
+
+/// Sizes and counters of a store.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// The log markers.
+    pub markers: LogMarkers,
+    /// Buckets of the index.
+    pub index_buckets: u64,
+    /// Overflow buckets in use.
+    pub overflow_buckets: u64,
+    /// Bytes of index memory.
+    pub index_memory: usize,
+    /// Bytes of log memory.
+    pub log_memory: usize,
+    /// Bytes written to the device.
+    pub bytes_written: u64,
+    /// Bytes read from the device.
+    pub bytes_read: u64,
+}
+
+/// The single-tier store: a latch-free hash index over a HybridLog on device `D`.
+///
+/// `RsKv` is `Send + Sync`; share it with `Arc`. Every operation takes `&self`.
+pub struct RsKv<K, V, D: Disk = FileSystemDisk> {
+    pub(crate) engine: Arc<Engine<D>>,
+    resolved: Resolved,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
+    /// The seed's constructor: `table_size` hash buckets and `log_size` bytes of log memory.
+    /// Sizes are rounded (see [`Config::resolve`]); [`RsKv::resolved`] tells what was used.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for sizes out of range.
+    pub fn new(table_size: u64, log_size: u64, disk: D) -> Result<Self> {
+        Self::open(
+            Config::new()
+                .table_size(table_size)
+                .log_memory_size(log_size),
+            disk,
+        )
+    }
+
+    /// Opens a new, empty store with `config` over `disk`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad field.
+    pub fn open(config: Config, disk: D) -> Result<Self> {
+        let resolved = config.resolve()?;
+        let epoch = Arc::new(LightEpoch::new());
+        let hlog = HybridLog::new(
+            disk,
+            epoch.clone(),
+            resolved.page_bits,
+            resolved.frames,
+            config.mutable_fraction,
+        )?;
+        let engine = Arc::new(Engine::new(epoch, resolved.index_bits, hlog));
+        Ok(Self {
+            engine,
+            resolved,
+            _types: PhantomData,
+        })
+    }
+
+    /// The geometry the store resolved its configuration to.
+    #[must_use]
+    pub fn resolved(&self) -> Resolved {
+        self.resolved
+    }
+
+    /// Sizes and counters.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let (w, r) = self.engine.hlog.io_bytes();
+        Stats {
+            markers: self.engine.hlog.markers(),
+            index_buckets: 1 << self.engine.index.bits(),
+            overflow_buckets: self.engine.index.overflow_buckets(),
+            index_memory: self.engine.index.memory_bytes(),
+            log_memory: self.engine.hlog.memory_bytes(),
+            bytes_written: w,
+            bytes_read: r,
+        }
+    }
+
+    /// The device's description (backend, direct I/O).
+    #[must_use]
+    pub fn device_description(&self) -> String {
+        self.engine.hlog.disk().describe()
+    }
+
+    /// Starts an explicit session (serial numbers, pending operations owned by the session).
+    #[must_use]
+    pub fn start_session(&self) -> Session<'_, K, V, D> {
+        Session::new(self)
+    }
+
+    /// Doubles the hash index while other threads keep operating. Call from a thread that is
+    /// not inside an operation of this store.
+    ///
+    /// # Errors
+    /// [`Error::IndexFull`] if overflow buckets ran out during the split.
+    pub fn grow_index(&self) -> Result<()> {
+        self.engine
+            .index
+            .grow()
+            .map(|_| ())
+            .map_err(|_| Error::IndexFull)
+    }
+
+    // ---- context API ------------------------------------------------------------------------
+
+    /// Upserts through a context; returns the final status.
+    pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&self, ctx: &C) -> Status {
+        status_of(self.upsert_ctx(ctx).map(|()| Status::Ok))
+    }
+
+    pub(crate) fn upsert_ctx<C: UpsertContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<()> {
+        let key = Encoded::new(ctx.key())?;
+        let value = Encoded::new(ctx.value())?;
+        let hash = KeyHash::new(ctx.key_hash());
+        let g = self.engine.protect()?;
+        let mut buf = ValueBuf::default();
+        self.engine.upsert(&g, &key, hash, &value, &mut |lock| {
+            if lock.state().tombstone() {
+                return Ok(None);
+            }
+            lock.read_value(&mut buf);
+            let mut current: V = decode(buf.bytes())?;
+            Ok(if ctx.put_atomic(&mut current) {
+                Some(Encoded::new(&current)?)
+            } else {
+                None
+            })
+        })
+    }
+
+    /// Reads through a context: `ctx.get` receives the value. Waits for the disk if needed.
+    pub fn read<C: ReadContext<Key = K, Value = V>>(&self, ctx: &mut C) -> Status {
+        status_of(self.read_ctx(ctx))
+    }
+
+    fn read_ctx<C: ReadContext<Key = K, Value = V>>(&self, ctx: &mut C) -> Result<Status> {
+        let key = Encoded::new(ctx.key())?;
+        let mut buf = ValueBuf::default();
+        if self
+            .engine
+            .read_blocking(&key, KeyHash::new(ctx.key_hash()), &mut buf)?
+        {
+            ctx.get(&decode(buf.bytes())?);
+            Ok(Status::Ok)
+        } else {
+            Ok(Status::NotFound)
+        }
+    }
+
+    /// Read-modify-write through a context. Waits for the disk if needed.
+    pub fn rmw_context<C: RmwContext<Key = K, Value = V>>(&self, ctx: &C) -> Status {
+        status_of(self.rmw_ctx(ctx))
+    }
+
+    fn rmw_ctx<C: RmwContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
+        let key = Encoded::new(ctx.key())?;
+        let hash = KeyHash::new(ctx.key_hash());
+        self.engine
+            .update_blocking(&key, hash, Address::INVALID, true, &mut rmw_decider(ctx))
+    }
+
+    /// Deletes through a context. `NotFound` if the key was not in the store.
+    pub fn delete<C: DeleteContext<Key = K, Value = V>>(&self, ctx: &C) -> Status {
+        status_of(self.delete_ctx(ctx))
+    }
+
+    fn delete_ctx<C: DeleteContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
+        let key = Encoded::new(ctx.key())?;
+        let g = self.engine.protect()?;
+        self.engine.delete(&g, &key, KeyHash::new(ctx.key_hash()))
+    }
+
+    // ---- facade -------------------------------------------------------------------------------
+
+    /// The value of `key`, if any.
+    ///
+    /// # Errors
+    /// Device, codec or corruption errors.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        let key = Encoded::new(key)?;
+        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let mut buf = ValueBuf::default();
+        if self.engine.read_blocking(&key, hash, &mut buf)? {
+            Ok(Some(decode(buf.bytes())?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Sets `key` to `value`.
+    ///
+    /// # Errors
+    /// [`Error::RecordTooLarge`], [`Error::Poisoned`], codec errors.
+    pub fn insert(&self, key: &K, value: &V) -> Result<()> {
+        let key = Encoded::new(key)?;
+        let value = Encoded::new(value)?;
+        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let g = self.engine.protect()?;
+        self.engine
+            .upsert(&g, &key, hash, &value, &mut |_| Ok(None))
+    }
+
+    /// Replaces the value of `key` with `f(old)` atomically and returns the new value. `f` may
+    /// run more than once (when a concurrent update forces a retry): keep it pure.
+    ///
+    /// # Errors
+    /// Device, codec or size errors.
+    pub fn rmw(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
+        let key = Encoded::new(key)?;
+        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let mut last = None;
+        let _written =
+            self.engine
+                .update_blocking(&key, hash, Address::INVALID, true, &mut |latest| {
+                    let new = f(decode_latest(latest)?);
+                    let enc = Encoded::new(&new)?;
+                    last = Some(new);
+                    Ok(Decision::Write(enc))
+                })?;
+        last.ok_or_else(|| Error::Codec("rmw finished without computing a value".into()))
+    }
+
+    /// Deletes `key` (a no-op if it has no value).
+    ///
+    /// # Errors
+    /// Device errors.
+    pub fn remove(&self, key: &K) -> Result<()> {
+        let key = Encoded::new(key)?;
+        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let g = self.engine.protect()?;
+        self.engine.delete(&g, &key, hash).map(|_| ())
+    }
+
+    /// Writes `key = value` only if no record of `key` is newer than log address `floor`
+    /// (FASTER's ConditionalInsert, used by compaction). Returns whether it wrote.
+    ///
+    /// # Errors
+    /// Device, codec or size errors.
+    pub fn conditional_insert(&self, key: &K, value: &V, floor: Address) -> Result<bool> {
+        let key = Encoded::new(key)?;
+        let value = Encoded::new(value)?;
+        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let status = self
+            .engine
+            .update_blocking(&key, hash, floor, false, &mut |latest| {
+                Ok(match latest {
+                    Latest::Absent => Decision::Write(value.clone()),
+                    Latest::Deleted | Latest::Value(_) => Decision::Abort,
+                })
+            })?;
+        Ok(status == Status::Ok)
+    }
+
+    /// The log's tail address: a floor for [`RsKv::conditional_insert`] that admits only keys
+    /// not written after this call.
+    #[must_use]
+    pub fn tail_address(&self) -> Address {
+        self.engine.hlog.tail_address()
+    }
+
+    /// Async [`RsKv::get`]: does not block the executor while the disk works.
+    ///
+    /// # Errors
+    /// As [`RsKv::get`].
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>> {
+        let key = Encoded::new(key)?;
+        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let mut buf = ValueBuf::default();
+        if self.engine.read_async(&key, hash, &mut buf).await? {
+            Ok(Some(decode(buf.bytes())?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Async [`RsKv::rmw`].
+    ///
+    /// # Errors
+    /// As [`RsKv::rmw`].
+    pub async fn rmw_async(&self, key: &K, mut f: impl FnMut(Option<V>) -> V + Send) -> Result<V> {
+        let key = Encoded::new(key)?;
+        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let mut last = None;
+        let _written = self
+            .engine
+            .update_async(&key, hash, Address::INVALID, true, &mut |latest| {
+                let new = f(decode_latest(latest)?);
+                let enc = Encoded::new(&new)?;
+                last = Some(new);
+                Ok(Decision::Write(enc))
+            })
+            .await?;
+        last.ok_or_else(|| Error::Codec("rmw finished without computing a value".into()))
+    }
+}
+
+/// The decision function of a context RMW.
+pub(crate) fn rmw_decider<C: RmwContext>(
+    ctx: &C,
+) -> impl FnMut(Latest<'_>) -> Result<Decision> + '_ {
+    move |latest| {
+        let new = match decode_latest::<C::Value>(latest)? {
+            None => ctx.rmw_initial(),
+            Some(mut v) => {
+                if ctx.rmw_atomic(&mut v) {
+                    v
+                } else {
+                    ctx.rmw_copy(&v)
+                }
+            }
+        };
+        Ok(Decision::Write(Encoded::new(&new)?))
+    }
+}

@@ -1,0 +1,254 @@
+//! Explicit sessions: FASTER's model of a thread's stream of operations.
+//!
+//! A session numbers its operations with a monotonic serial number (checkpoints will record,
+//! per session, the serial number they cover). Its operations take *owned* contexts. An
+//! operation that needs the disk returns [`Status::Pending`]; the session keeps the context and
+//! the operation's continuation, and [`Session::complete_pending`] finishes it. Every operation
+//! ends with one call of its context's `complete(status)`: before the operation returns when it
+//! finished in memory, inside `complete_pending` when it went to disk.
+//!
+//! Invariants: a pending continuation holds no epoch protection (it is a `Send` future), so a
+//! session that never calls `complete_pending` delays only its own operations, never the store.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Wake, Waker};
+
+use crate::core::address::Address;
+use crate::core::codec::{decode, Codec, Encoded};
+use crate::core::record::ValueBuf;
+use crate::core::status::{Result, Status};
+use crate::device::Disk;
+use crate::index::KeyHash;
+use crate::ops::read::ReadStep;
+use crate::ops::rmw::UpdateStep;
+use crate::rskv_core::{
+    rmw_decider, status_of, DeleteContext, ReadContext, RmwContext, RsKv, UpsertContext,
+};
+
+/// A session's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+/// An operation's serial number within its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SerialNum(pub u64);
+
+type PendingOp<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+struct Notifier {
+    thread: std::thread::Thread,
+    woken: AtomicBool,
+}
+
+impl Wake for Notifier {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// A session on a store. Not shared between threads; `Send`, so it may move between them.
+pub struct Session<'a, K, V, D: Disk> {
+    kv: &'a RsKv<K, V, D>,
+    id: SessionId,
+    serial: SerialNum,
+    pending: Vec<PendingOp<'a>>,
+}
+
+fn new_session_id() -> SessionId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
+    pub(crate) fn new(kv: &'a RsKv<K, V, D>) -> Self {
+        Self {
+            kv,
+            id: new_session_id(),
+            serial: SerialNum(0),
+            pending: Vec::new(),
+        }
+    }
+
+    /// This session's identity.
+    #[must_use]
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Serial number of the last operation issued.
+    #[must_use]
+    pub fn serial_num(&self) -> SerialNum {
+        self.serial
+    }
+
+    /// Operations waiting for the disk.
+    #[must_use]
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn next_serial(&mut self) -> SerialNum {
+        self.serial.0 += 1;
+        self.serial
+    }
+
+    /// Upserts (never pending: upserts do not read the disk).
+    pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&mut self, ctx: C) -> Status {
+        self.next_serial();
+        let status = status_of(self.kv.upsert_ctx(&ctx).map(|()| Status::Ok));
+        ctx.complete(status);
+        status
+    }
+
+    /// Deletes (never pending).
+    pub fn delete<C: DeleteContext<Key = K, Value = V>>(&mut self, ctx: C) -> Status {
+        self.next_serial();
+        let status = status_of((|| {
+            let key = Encoded::new(ctx.key())?;
+            let g = self.kv.engine.protect()?;
+            self.kv
+                .engine
+                .delete(&g, &key, KeyHash::new(ctx.key_hash()))
+        })());
+        ctx.complete(status);
+        status
+    }
+
+    /// Reads; `Pending` if the record is on disk (finish with [`Session::complete_pending`]).
+    pub fn read<C: ReadContext<Key = K, Value = V> + Send + 'a>(&mut self, ctx: C) -> Status {
+        self.next_serial();
+        let engine = &*self.kv.engine;
+        let started = (|| -> Result<(Encoded, ReadStep, ValueBuf)> {
+            let key = Encoded::new(ctx.key())?;
+            let mut buf = ValueBuf::default();
+            let g = engine.protect()?;
+            let step = engine.read_mem(&g, &key, KeyHash::new(ctx.key_hash()), &mut buf)?;
+            Ok((key, step, buf))
+        })();
+        let (key, step, mut buf) = match started {
+            Ok(s) => s,
+            Err(e) => return finish_read(ctx, Err(e), &ValueBuf::default()),
+        };
+        match step {
+            ReadStep::Found => finish_read(ctx, Ok(true), &buf),
+            ReadStep::NotFound => finish_read(ctx, Ok(false), &buf),
+            ReadStep::Disk(address) => {
+                self.pending.push(Box::pin(async move {
+                    let found = engine.read_pending(&key, address, &mut buf).await;
+                    let _ = finish_read(ctx, found, &buf);
+                }));
+                Status::Pending
+            }
+        }
+    }
+
+    /// Read-modify-write; `Pending` if the newest record may be on disk.
+    pub fn rmw<C: RmwContext<Key = K, Value = V> + Send + Sync + 'a>(&mut self, ctx: C) -> Status {
+        self.next_serial();
+        let engine = &*self.kv.engine;
+        let started = (|| -> Result<(Encoded, KeyHash, UpdateStep)> {
+            let key = Encoded::new(ctx.key())?;
+            let hash = KeyHash::new(ctx.key_hash());
+            let g = engine.protect()?;
+            let step = engine.update_mem(
+                &g,
+                &key,
+                hash,
+                Address::INVALID,
+                true,
+                &mut rmw_decider(&ctx),
+            )?;
+            Ok((key, hash, step))
+        })();
+        match started {
+            Err(e) => {
+                let status = status_of(Err(e));
+                ctx.complete(status);
+                status
+            }
+            Ok((_, _, UpdateStep::Done(status))) => {
+                ctx.complete(status);
+                status
+            }
+            Ok((key, hash, UpdateStep::Disk { address, seen })) => {
+                self.pending.push(Box::pin(async move {
+                    let r = engine
+                        .update_pending(
+                            &key,
+                            hash,
+                            Address::INVALID,
+                            true,
+                            address,
+                            seen,
+                            &mut rmw_decider(&ctx),
+                        )
+                        .await;
+                    ctx.complete(status_of(r));
+                }));
+                Status::Pending
+            }
+        }
+    }
+
+    /// Drives pending operations. With `wait`, returns only when none is left; without, polls
+    /// once. Returns whether none is left.
+    pub fn complete_pending(&mut self, wait: bool) -> bool {
+        let notifier = Arc::new(Notifier {
+            thread: std::thread::current(),
+            woken: AtomicBool::new(false),
+        });
+        let waker = Waker::from(notifier.clone());
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            notifier.woken.store(false, Ordering::Release);
+            self.pending
+                .retain_mut(|op| op.as_mut().poll(&mut cx).is_pending());
+            if self.pending.is_empty() || !wait {
+                return self.pending.is_empty();
+            }
+            while !notifier.woken.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+fn finish_read<C: ReadContext>(mut ctx: C, found: Result<bool>, buf: &ValueBuf) -> Status {
+    let status = status_of(found.and_then(|found| {
+        if found {
+            ctx.get(&decode::<C::Value>(buf.bytes())?);
+            Ok(Status::Ok)
+        } else {
+            Ok(Status::NotFound)
+        }
+    }));
+    ctx.complete(status);
+    status
+}
+
+impl<K, V, D: Disk> Drop for Session<'_, K, V, D> {
+    fn drop(&mut self) {
+        // Pending operations still own their contexts; finish them so every context completes.
+        let notifier = Arc::new(Notifier {
+            thread: std::thread::current(),
+            woken: AtomicBool::new(false),
+        });
+        let waker = Waker::from(notifier.clone());
+        let mut cx = Context::from_waker(&waker);
+        while !self.pending.is_empty() {
+            notifier.woken.store(false, Ordering::Release);
+            self.pending
+                .retain_mut(|op| op.as_mut().poll(&mut cx).is_pending());
+            while !self.pending.is_empty() && !notifier.woken.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! First end-to-end checks: values survive eviction to disk and come back.
+use rskv::device::file_system_disk::FileSystemDisk;
+use rskv::{Config, RsKv};
+
+#[test]
+fn records_leave_memory_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = FileSystemDisk::new(dir.path()).unwrap();
+    let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(
+        Config::new().table_size(1 << 10).log_memory_size(64 << 10),
+        disk,
+    )
+    .unwrap();
+    let n = 5_000u64;
+    for k in 0..n {
+        kv.insert(&k, &vec![(k % 251) as u8; 100]).unwrap();
+    }
+    let stats = kv.stats();
+    assert!(
+        stats.markers.head.raw() > 64,
+        "nothing was evicted: {stats:?}"
+    );
+    assert!(stats.bytes_written > 0);
+    for k in 0..n {
+        assert_eq!(
+            kv.get(&k).unwrap(),
+            Some(vec![(k % 251) as u8; 100]),
+            "key {k}"
+        );
+    }
+    assert!(kv.stats().bytes_read > 0, "no read went to disk");
+    for k in (0..n).step_by(3) {
+        kv.rmw(&k, |old| {
+            let mut v = old.unwrap();
+            v[0] = 255;
+            v
+        })
+        .unwrap();
+    }
+    for k in (0..n).step_by(7) {
+        kv.remove(&k).unwrap();
+    }
+    for k in 0..n {
+        let got = kv.get(&k).unwrap();
+        if k % 7 == 0 {
+            assert_eq!(got, None, "deleted key {k}");
+        } else {
+            let mut want = vec![(k % 251) as u8; 100];
+            if k % 3 == 0 {
+                want[0] = 255;
+            }
+            assert_eq!(got, Some(want), "key {k}");
+        }
+    }
+}
