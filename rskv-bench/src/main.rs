@@ -1,1 +1,239 @@
-fn main() {}
+//! rskv-bench: YCSB-style workloads over RsKv and, with cargo features, its peers.
+//!
+//! The parent process expands the command line into runs and starts each in a fresh child
+//! process of this binary (`--child SPEC`), so every run's peak RSS is its own and no run
+//! inherits another's heap, page cache pressure or background threads. The child prints one
+//! tagged JSON line with its result; the parent prints the tables.
+
+mod cli;
+mod report;
+mod runner;
+mod sizing;
+mod stores;
+mod sysinfo;
+mod values;
+mod workload;
+
+use std::io::{Read as _, Write as _};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::cli::{Args, RunLength, RunSpec, Warmup};
+use crate::report::RunResult;
+use crate::sysinfo::human_bytes;
+
+/// Marks the child's result line on its stdout.
+const RESULT_TAG: &str = "RSKV_BENCH_RESULT ";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(spec) = &args.child {
+        return child_main(spec);
+    }
+    match parent_main(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("rskv-bench: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A child: runs one spec and prints its result.
+fn child_main(spec_json: &str) -> ExitCode {
+    let spec: RunSpec = match serde_json::from_str(spec_json) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rskv-bench: bad --child spec: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = run_one(&spec);
+    match serde_json::to_string(&result) {
+        Ok(json) => println!("{RESULT_TAG}{json}"),
+        Err(e) => {
+            eprintln!("rskv-bench: cannot encode the result: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if result.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Runs one spec in this process, in a fresh data directory that is removed afterwards.
+fn run_one(spec: &RunSpec) -> RunResult {
+    let outcome = (|| {
+        let plan = sizing::plan(spec)?;
+        if spec.data_dir.exists() {
+            std::fs::remove_dir_all(&spec.data_dir)
+                .with_context(|| format!("clearing {}", spec.data_dir.display()))?;
+        }
+        std::fs::create_dir_all(&spec.data_dir)
+            .with_context(|| format!("creating {}", spec.data_dir.display()))?;
+        stores::run(spec, &plan)
+    })();
+    if !spec.keep_data {
+        // Best effort: a leftover directory is only disk space.
+        let _ = std::fs::remove_dir_all(&spec.data_dir);
+    }
+    match outcome {
+        Ok(r) => r,
+        Err(e) => RunResult::failed(spec, format!("{e:#}")),
+    }
+}
+
+/// Runs one spec in a child process and collects its result; kills the child after
+/// `timeout`.
+fn run_child(spec: &RunSpec, timeout: Duration) -> anyhow::Result<RunResult> {
+    let exe = std::env::current_exe().context("finding this binary to start a child")?;
+    let mut child = Command::new(exe)
+        .arg("--child")
+        .arg(serde_json::to_string(spec)?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting a child process")?;
+    // Read stdout on a thread so the child never blocks on a full pipe while we poll.
+    let mut stdout = child.stdout.take().context("the child has no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            // Only our own child, by its handle.
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = reader.join().unwrap_or_default();
+    let line = stdout.lines().find_map(|l| l.strip_prefix(RESULT_TAG));
+    Ok(match (status, line) {
+        (None, _) => RunResult::failed(
+            spec,
+            format!("killed after --run-timeout {timeout:?}: the run did not finish (a hang?)"),
+        ),
+        (Some(_), Some(json)) => {
+            serde_json::from_str(json).context("reading the child's result")?
+        }
+        (Some(status), None) => RunResult::failed(
+            spec,
+            format!("the child process ended without a result ({status})"),
+        ),
+    })
+}
+
+fn parent_main(args: &Args) -> anyhow::Result<bool> {
+    let runs = args.runs()?;
+    // Refuse a budget that cannot be split before starting anything.
+    if let Some(first) = runs.first() {
+        sizing::plan(first)?;
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating --dir {}", args.dir.display()))?;
+    print_header(args, &runs)?;
+    let mut json_file = match &args.json {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening --json {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut results = Vec::new();
+    for spec in &runs {
+        let result = if args.in_process {
+            run_one(spec)
+        } else {
+            run_child(spec, args.run_timeout)?
+        };
+        let json = serde_json::to_string(&result)?;
+        let mut out = std::io::stdout().lock();
+        write!(out, "{}", report::run_table(&result))?;
+        writeln!(out, "{json}")?;
+        out.flush()?;
+        if let Some(f) = json_file.as_mut() {
+            writeln!(f, "{json}")?;
+        }
+        results.push(result);
+    }
+    // Only removes the directory if it is empty (ours, with nothing kept).
+    let _ = std::fs::remove_dir(&args.dir);
+    print_footer(&results);
+    Ok(results.iter().all(RunResult::ok))
+}
+
+fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
+    let Some(first) = runs.first() else {
+        anyhow::bail!("nothing to run");
+    };
+    let plan = sizing::plan(first)?;
+    let length = match first.length {
+        RunLength::Ops(n) => format!("{n} ops"),
+        RunLength::Seconds(s) => format!(
+            "{s} s (streams of {} ops per thread, replayed cyclically)",
+            first.op_buffer
+        ),
+    };
+    let warmup = match first.warmup {
+        Warmup::Fraction(f) => format!("{}% of the run", f * 100.0),
+        Warmup::Seconds(s) => format!("{s} s"),
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "rskv-bench: {} run(s), {} cores, {}",
+        runs.len(),
+        cores,
+        if args.in_process {
+            "in this process"
+        } else {
+            "each in a fresh child process"
+        }
+    );
+    println!("  keys        {} loaded in shuffled order (seed {}), key {} B as {}, value {} B as {} (in RsKv)",
+        first.keys, first.seed, first.key_size, values::key_type_name(first.key_size), first.value_size, values::value_type_name(first.value_size));
+    println!(
+        "  run         {length}; warm-up {warmup}; latency sampled on 1 op in {}",
+        first.sample_every
+    );
+    if plan.explicit {
+        println!("  memory      budget {} per store; RsKv: index {} ({} buckets) + log {} (pages of {}); record ~{} B",
+            human_bytes(plan.budget), human_bytes(plan.index_bytes), plan.table_size, human_bytes(plan.log_bytes), human_bytes(plan.page_size), plan.record_bytes);
+    } else {
+        println!("  memory      in-memory: RsKv index {} ({} buckets) + log {} (2x the ~{} B records, pages of {}); peers get the same {}",
+            human_bytes(plan.index_bytes), plan.table_size, human_bytes(plan.log_bytes), plan.record_bytes, human_bytes(plan.page_size), human_bytes(plan.budget));
+    }
+    println!("  data dir    {}", args.dir.display());
+    Ok(())
+}
+
+fn print_footer(results: &[RunResult]) {
+    println!("{}", "=".repeat(100));
+    println!("summary (latencies sampled; disk W/R: the store's own counters where it has them, else /proc/self/io, warm-up + run)");
+    print!("{}", report::summary_table(results));
+    if let Some(ratios) = report::ratio_table(results) {
+        println!("\nthroughput of each peer relative to RsKv (same workload, distribution, threads, key stream)");
+        print!("{ratios}");
+    }
+    let failed = results.iter().filter(|r| !r.ok()).count();
+    if failed > 0 {
+        println!("\n{failed} run(s) FAILED");
+    }
+}

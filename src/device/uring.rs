@@ -481,7 +481,7 @@ mod tests {
     use crate::core::alloc::AlignedBuf;
     use crate::device::segment::Segment;
     use crate::environment::file::File;
-    use std::os::unix::fs::FileExt;
+    use std::io::Write;
     use std::sync::{Arc, Mutex};
 
     type Slot = Arc<Mutex<Vec<io::Result<usize>>>>;
@@ -644,24 +644,21 @@ mod tests {
         };
         engine.submit(req);
         let r = rx.recv_timeout(std::time::Duration::from_secs(10));
-        assert_eq!(r.expect("read stuck behind the FIFO read").unwrap(), 4096);
-        assert!(buf.as_slice().iter().all(|&b| b == 3));
-        assert!(
-            stuck_rx.try_recv().is_err(),
-            "FIFO read finished without data"
-        );
+        let stuck_early = stuck_rx.try_recv().is_ok();
 
-        // Release the FIFO read, so the engine can shut down.
+        // Release the FIFO read before asserting anything: the engine's drop waits for it.
         std::fs::OpenOptions::new()
             .write(true)
             .open(&fifo)
             .unwrap()
-            .write_all_at(&[9u8; 4096], 0)
+            .write_all(&[9u8; 4096])
             .unwrap();
-        let r = stuck_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .unwrap();
-        assert_eq!(r.unwrap(), 4096);
+        let stuck_result = stuck_rx.recv_timeout(std::time::Duration::from_secs(10));
+
+        assert_eq!(r.expect("read stuck behind the FIFO read").unwrap(), 4096);
+        assert!(buf.as_slice().iter().all(|&b| b == 3));
+        assert!(!stuck_early, "FIFO read finished without data");
+        assert_eq!(stuck_result.unwrap().unwrap(), 4096);
         assert!(stuck_buf.as_slice().iter().all(|&b| b == 9));
         drop(engine);
     }

@@ -1,0 +1,411 @@
+//! Command line, and the list of runs it expands to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::stores::StoreKind;
+use crate::values::{validate_key_size, validate_value_size};
+use crate::workload::{Distribution, Mix, Workload};
+
+/// YCSB-style benchmark of RsKv (and, with cargo features, of peers on the same key streams).
+///
+/// Every combination of --store, --threads, --workload and --distribution is one run: a fresh
+/// store (in a fresh child process unless --in-process) is loaded with --keys keys in shuffled
+/// order, warmed up, then measured. Reads are verified; any wrong or missing value marks the
+/// run FAILED and makes the exit code non-zero.
+#[derive(Parser, Debug)]
+#[command(name = "rskv-bench", version, about, long_about = None)]
+pub struct Args {
+    /// Stores to run, in order: rskv, and with their cargo features rocksdb, fjall, redb,
+    /// dashmap (feature `peers` enables all).
+    #[arg(long, value_delimiter = ',', default_value = "rskv")]
+    pub store: Vec<String>,
+
+    /// Keys loaded before the run phase (suffixes k, M, G = 10^3, 10^6, 10^9; Ki, Mi, Gi = 2^10..).
+    #[arg(long, value_parser = parse_count, default_value = "1M")]
+    pub keys: u64,
+
+    /// Measured operations per run (all threads together). Conflicts with --duration.
+    #[arg(long, value_parser = parse_count, conflicts_with = "duration")]
+    pub ops: Option<u64>,
+
+    /// Measured duration per run (e.g. 10s, 500ms, 1m). Default 10s when --ops is not given.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Warm-up before measuring: a share of the run (`10%`) or a duration (`1s`, `0`).
+    #[arg(long, default_value = "10%")]
+    pub warmup: String,
+
+    /// Thread counts to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub threads: Vec<usize>,
+
+    /// Workloads: a (50% read, 50% upsert), b (95/5), c (100% read), f (50% read, 50% RMW),
+    /// rmw (100% RMW), custom (see --mix).
+    #[arg(long, value_delimiter = ',', default_value = "a")]
+    pub workload: Vec<String>,
+
+    /// Mix of workload `custom`, e.g. read=50,upsert=30,rmw=10,delete=10 (percentages).
+    #[arg(long)]
+    pub mix: Option<String>,
+
+    /// Key distributions: uniform, zipf (scrambled zipfian), latest (recently loaded keys hot).
+    #[arg(long, value_delimiter = ',', default_value = "uniform")]
+    pub distribution: Vec<String>,
+
+    /// Zipfian constant of zipf and latest, in (0, 1).
+    #[arg(long, default_value_t = 0.99)]
+    pub theta: f64,
+
+    /// Key size in bytes (8 = u64 keys; more = byte-string keys).
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+
+    /// Value size in bytes (8, or 16 and more).
+    #[arg(long, default_value_t = 8)]
+    pub value_size: usize,
+
+    /// Memory budget of each store (e.g. 128MiB): a larger-than-memory run. Default: enough
+    /// to keep everything in memory (RsKv's log sized to twice the data), and the same for peers.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+
+    /// Directory for the stores' data (a fresh subdirectory per run, removed afterwards).
+    #[arg(long, default_value = "rskv-bench-data")]
+    pub dir: PathBuf,
+
+    /// RsKv's device: file (FileSystemDisk: O_DIRECT and io_uring when available) or null
+    /// (NullDisk: in memory only; the log must fit in memory).
+    #[arg(long, value_enum, default_value_t = DiskKind::File)]
+    pub disk: DiskKind,
+
+    /// RsKv hash buckets (64 bytes, 7 entries each). Default: #keys / 8 rounded up to a power of two.
+    #[arg(long, value_parser = parse_count)]
+    pub table_size: Option<u64>,
+
+    /// RsKv log page size (e.g. 4MiB). Default: log memory / 16, from 4 KiB to 32 MiB.
+    #[arg(long, value_parser = parse_bytes)]
+    pub page_size: Option<u64>,
+
+    /// Seed of the load order and the operation streams.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Time one operation in this many (a power of two) for the latency histogram.
+    #[arg(long, default_value_t = 64)]
+    pub sample_every: u64,
+
+    /// Operations pre-generated per thread for --duration runs (replayed cyclically).
+    #[arg(long, value_parser = parse_count, default_value = "16M")]
+    pub op_buffer: u64,
+
+    /// After the run, read every key once more and verify it (slow on disk-bound runs).
+    #[arg(long)]
+    pub verify_all: bool,
+
+    /// Also append each run's JSON line to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Run every store in this process instead of a fresh child process per run (peak RSS
+    /// then covers all runs so far; the RSS growth of each run is still reported).
+    #[arg(long)]
+    pub in_process: bool,
+
+    /// Kill a run's child process after this long (e.g. 10m) and mark the run FAILED: a hang
+    /// shows up as a failure instead of a stuck benchmark. Not used with --in-process.
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    pub run_timeout: Duration,
+
+    /// Keep each run's data directory.
+    #[arg(long)]
+    pub keep_data: bool,
+
+    /// No progress bars (they are off anyway when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// Internal: run one spec (JSON) and print its result; used by the parent process.
+    #[arg(long, hide = true)]
+    pub child: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub enum DiskKind {
+    File,
+    Null,
+}
+
+/// How long the measured phase lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum RunLength {
+    Ops(u64),
+    Seconds(f64),
+}
+
+/// How long the warm-up lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Warmup {
+    /// A share of the measured phase (of its ops or its duration).
+    Fraction(f64),
+    Seconds(f64),
+}
+
+impl Warmup {
+    fn parse(s: &str) -> anyhow::Result<Warmup> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            let pct: f64 = p
+                .trim()
+                .parse()
+                .with_context(|| format!("--warmup `{s}`"))?;
+            if !(0.0..=1000.0).contains(&pct) {
+                bail!("--warmup {pct}% is out of range");
+            }
+            return Ok(Warmup::Fraction(pct / 100.0));
+        }
+        if s == "0" {
+            return Ok(Warmup::Seconds(0.0));
+        }
+        Ok(Warmup::Seconds(parse_duration(s)?.as_secs_f64()))
+    }
+}
+
+/// Everything one run needs; the parent hands it to a child process as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub index: usize,
+    pub store: StoreKind,
+    pub workload: Workload,
+    pub distribution: Distribution,
+    pub threads: usize,
+    pub keys: u64,
+    pub length: RunLength,
+    pub warmup: Warmup,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub memory: Option<u64>,
+    pub data_dir: PathBuf,
+    pub disk: DiskKind,
+    pub table_size: Option<u64>,
+    pub page_size: Option<u64>,
+    pub seed: u64,
+    pub sample_every: u64,
+    pub op_buffer: u64,
+    pub verify_all: bool,
+    pub keep_data: bool,
+    pub progress: bool,
+}
+
+impl Args {
+    /// Checks the arguments and expands them into runs: stores outermost (so peers' runs
+    /// follow RsKv's), then threads, workloads, distributions.
+    pub fn runs(&self) -> anyhow::Result<Vec<RunSpec>> {
+        let stores = self
+            .store
+            .iter()
+            .map(|s| StoreKind::parse(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let custom = self.mix.as_deref().map(Mix::parse).transpose()?;
+        let workloads = self
+            .workload
+            .iter()
+            .map(|w| Workload::parse(w, custom.as_ref()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let dists = self
+            .distribution
+            .iter()
+            .map(|d| Distribution::parse(d, self.theta))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.validate()?;
+        let length = match (self.ops, self.duration) {
+            (Some(ops), _) => RunLength::Ops(ops),
+            (None, Some(d)) => RunLength::Seconds(d.as_secs_f64()),
+            (None, None) => RunLength::Seconds(10.0),
+        };
+        let warmup = Warmup::parse(&self.warmup)?;
+        let progress = !self.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut runs = Vec::new();
+        for &store in &stores {
+            for &threads in &self.threads {
+                for workload in &workloads {
+                    for &distribution in &dists {
+                        let index = runs.len();
+                        runs.push(RunSpec {
+                            index,
+                            store,
+                            workload: workload.clone(),
+                            distribution,
+                            threads,
+                            keys: self.keys,
+                            length,
+                            warmup,
+                            key_size: self.key_size,
+                            value_size: self.value_size,
+                            memory: self.memory,
+                            data_dir: self.dir.join(format!(
+                                "{}-{}-{index}",
+                                store.name(),
+                                std::process::id()
+                            )),
+                            disk: self.disk,
+                            table_size: self.table_size,
+                            page_size: self.page_size,
+                            seed: self.seed,
+                            sample_every: self.sample_every,
+                            op_buffer: self.op_buffer,
+                            verify_all: self.verify_all,
+                            keep_data: self.keep_data,
+                            progress,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.keys == 0 || self.keys >= 1 << 62 {
+            bail!("--keys {} must be in 1..2^62", self.keys);
+        }
+        if self.threads.is_empty() || self.threads.iter().any(|&t| t == 0 || t > 1024) {
+            bail!("--threads must be between 1 and 1024");
+        }
+        if self.ops == Some(0) {
+            bail!("--ops must be positive");
+        }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            bail!("--duration must be positive");
+        }
+        if !self.sample_every.is_power_of_two() {
+            bail!(
+                "--sample-every {} must be a power of two",
+                self.sample_every
+            );
+        }
+        if self.op_buffer == 0 {
+            bail!("--op-buffer must be positive");
+        }
+        validate_key_size(self.key_size)?;
+        validate_value_size(self.value_size)?;
+        if self.disk == DiskKind::Null && self.memory.is_some() {
+            bail!("--disk null keeps everything in memory and cannot honour --memory; use --disk file");
+        }
+        Ok(())
+    }
+}
+
+/// `8M` = 8,000,000; `8Mi` = 8 × 2^20; plain numbers may use `_` separators.
+pub fn parse_count(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim().replace('_', "");
+    let (digits, mult) = split_suffix(
+        &t,
+        &[
+            ("Ki", 1 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+            ("k", 1_000),
+            ("K", 1_000),
+            ("M", 1_000_000),
+            ("G", 1_000_000_000),
+        ],
+    );
+    scaled(digits, mult).with_context(|| format!("`{s}` is not a count (e.g. 100000, 8M, 1Mi)"))
+}
+
+/// `128MiB`, `128M` (binary), `100MB` (decimal), `4096`.
+pub fn parse_bytes(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim().replace('_', "");
+    let (digits, mult) = split_suffix(
+        &t,
+        &[
+            ("KiB", 1 << 10),
+            ("MiB", 1 << 20),
+            ("GiB", 1 << 30),
+            ("TiB", 1 << 40),
+            ("KB", 1_000),
+            ("MB", 1_000_000),
+            ("GB", 1_000_000_000),
+            ("K", 1 << 10),
+            ("M", 1 << 20),
+            ("G", 1 << 30),
+            ("B", 1),
+        ],
+    );
+    scaled(digits, mult).with_context(|| format!("`{s}` is not a size (e.g. 128MiB, 1GiB, 4096)"))
+}
+
+fn split_suffix<'a>(s: &'a str, suffixes: &[(&str, u64)]) -> (&'a str, u64) {
+    for (suffix, mult) in suffixes {
+        if let Some(d) = s.strip_suffix(suffix) {
+            return (d.trim(), *mult);
+        }
+    }
+    (s, 1)
+}
+
+fn scaled(digits: &str, mult: u64) -> anyhow::Result<u64> {
+    if let Ok(n) = digits.parse::<u64>() {
+        return n.checked_mul(mult).context("too large");
+    }
+    let f: f64 = digits.parse()?;
+    if !(f >= 0.0) || f * mult as f64 > u64::MAX as f64 {
+        bail!("out of range");
+    }
+    Ok((f * mult as f64).round() as u64)
+}
+
+/// `10s`, `1.5s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    let (digits, secs_per_unit) = if let Some(d) = t.strip_suffix("ms") {
+        (d, 0.001)
+    } else if let Some(d) = t.strip_suffix("us") {
+        (d, 0.000_001)
+    } else if let Some(d) = t.strip_suffix('s') {
+        (d, 1.0)
+    } else if let Some(d) = t.strip_suffix('m') {
+        (d, 60.0)
+    } else if let Some(d) = t.strip_suffix('h') {
+        (d, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = digits
+        .trim()
+        .parse()
+        .with_context(|| format!("`{s}` is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    if !(v >= 0.0 && v * secs_per_unit < 1e9) {
+        bail!("duration `{s}` is out of range");
+    }
+    Ok(Duration::from_secs_f64(v * secs_per_unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_sizes_durations() {
+        assert_eq!(parse_count("8M").unwrap(), 8_000_000);
+        assert_eq!(parse_count("1Mi").unwrap(), 1 << 20);
+        assert_eq!(parse_count("100_000").unwrap(), 100_000);
+        assert_eq!(parse_count("1.5k").unwrap(), 1500);
+        assert!(parse_count("lots").is_err());
+        assert_eq!(parse_bytes("128MiB").unwrap(), 128 << 20);
+        assert_eq!(parse_bytes("128M").unwrap(), 128 << 20);
+        assert_eq!(parse_bytes("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(
+            matches!(Warmup::parse("10%").unwrap(), Warmup::Fraction(f) if (f - 0.1).abs() < 1e-9)
+        );
+        assert!(matches!(Warmup::parse("1s").unwrap(), Warmup::Seconds(s) if s == 1.0));
+    }
+}

@@ -1,0 +1,418 @@
+//! Results of runs: the JSON line of each, the table of each, the summary and the ratios.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::RunSpec;
+use crate::sizing::MemoryPlan;
+use crate::stores::StoreInfo;
+use crate::sysinfo::{human_bytes, ProcIo};
+
+/// Latency percentiles of the sampled operations, in microseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub sample_every: u64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+/// Resident memory of the run's process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Rss {
+    /// Before the store was opened (operation streams already generated).
+    pub before_store: u64,
+    pub after_load: u64,
+    pub after_run: u64,
+    /// VmHWM: the process's peak (includes the operation streams, and in --in-process mode
+    /// every earlier run).
+    pub peak: u64,
+    /// after_run - before_store: what the store itself holds at the end.
+    pub store_growth: i64,
+}
+
+/// Bytes read from and written to the storage device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Io {
+    /// /proc/self/io during the load phase.
+    pub load: ProcIo,
+    /// /proc/self/io during warm-up and the measured phase.
+    pub run: ProcIo,
+    /// The store's own counters (RsKv's stats), load phase: (written, read).
+    pub store_load: Option<(u64, u64)>,
+    /// The store's own counters, warm-up and measured phase: (written, read).
+    pub store_run: Option<(u64, u64)>,
+    /// Bytes the data directory occupies at the end.
+    pub disk_usage: u64,
+}
+
+/// What the reads found, over load, warm-up, measured phase and --verify-all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Verify {
+    pub reads_ok: u64,
+    /// Reads (and RMWs) that found no value.
+    pub missing: u64,
+    /// Reads (and RMWs) that found a value that does not verify.
+    pub wrong: u64,
+    /// Operations that returned an error.
+    pub errors: u64,
+    /// Whether missing values are expected (the mix deletes keys).
+    pub missing_allowed: bool,
+    /// Keys checked by --verify-all (0 if not asked).
+    pub verify_all_checked: u64,
+    pub first_problem: Option<String>,
+}
+
+impl Verify {
+    pub fn failures(&self) -> u64 {
+        self.wrong
+            + self.errors
+            + if self.missing_allowed {
+                0
+            } else {
+                self.missing
+            }
+    }
+}
+
+/// One run's result: printed as a table and as one JSON line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunResult {
+    pub bench: String,
+    pub index: usize,
+    pub status: String,
+    pub failure: Option<String>,
+    pub store: String,
+    pub workload: String,
+    pub mix: String,
+    pub distribution: String,
+    pub threads: usize,
+    pub keys: u64,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub store_info: StoreInfo,
+    pub memory_budget: u64,
+    pub memory_budget_explicit: bool,
+    pub rskv_plan: Option<MemoryPlan>,
+    pub generate_secs: f64,
+    pub load_secs: f64,
+    pub load_mops: f64,
+    pub warmup_secs: f64,
+    pub warmup_ops: u64,
+    pub run_secs: f64,
+    pub run_ops: u64,
+    pub mops: f64,
+    pub latency: Latency,
+    pub rss: Rss,
+    pub io: Io,
+    pub verify: Verify,
+    pub extra: serde_json::Value,
+}
+
+impl RunResult {
+    /// The fields known before running (so a failed run still says what it was).
+    pub fn skeleton(spec: &RunSpec) -> RunResult {
+        RunResult {
+            bench: "rskv-bench".into(),
+            index: spec.index,
+            status: "FAILED".into(),
+            store: spec.store.name().into(),
+            workload: spec.workload.name.clone(),
+            mix: spec.workload.mix.label(),
+            distribution: spec.distribution.label(),
+            threads: spec.threads,
+            keys: spec.keys,
+            key_size: spec.key_size,
+            value_size: spec.value_size,
+            memory_budget: spec.memory.unwrap_or(0),
+            memory_budget_explicit: spec.memory.is_some(),
+            ..RunResult::default()
+        }
+    }
+
+    pub fn failed(spec: &RunSpec, why: String) -> RunResult {
+        RunResult {
+            failure: Some(why),
+            ..RunResult::skeleton(spec)
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.status == "OK"
+    }
+
+    /// Sets the status from the verification counts.
+    pub fn settle(&mut self) {
+        let failures = self.verify.failures();
+        if failures > 0 && self.failure.is_none() {
+            self.failure =
+                Some(format!(
+                "{failures} verification failure(s): {} wrong, {} missing{}, {} errors; first: {}",
+                self.verify.wrong,
+                self.verify.missing,
+                if self.verify.missing_allowed { " (allowed: deletes)" } else { "" },
+                self.verify.errors,
+                self.verify.first_problem.as_deref().unwrap_or("-")
+            ));
+        }
+        self.status = if self.failure.is_none() {
+            "OK"
+        } else {
+            "FAILED"
+        }
+        .into();
+    }
+
+    fn title(&self) -> String {
+        format!(
+            "run {} | {} | workload {} ({}) | {} | {} thread{} | {} keys | key {} B, value {} B",
+            self.index,
+            self.store,
+            self.workload,
+            self.mix,
+            self.distribution,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.keys,
+            self.key_size,
+            self.value_size
+        )
+    }
+}
+
+fn us(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} ms", v / 1000.0)
+    } else {
+        format!("{v:.2} us")
+    }
+}
+
+fn io_pair(p: Option<(u64, u64)>) -> String {
+    match p {
+        Some((w, r)) => format!("written {}, read {}", human_bytes(w), human_bytes(r)),
+        None => "-".into(),
+    }
+}
+
+/// The table of one run.
+pub fn run_table(r: &RunResult) -> String {
+    let mut s = String::new();
+    let rule = "-".repeat(100);
+    let _ = writeln!(s, "{rule}\n{}\n{rule}", r.title());
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(s, "  {k:<14} {v}");
+    };
+    row(
+        "status",
+        match &r.failure {
+            None => "OK".into(),
+            Some(f) => format!("FAILED: {f}"),
+        },
+    );
+    if r.run_ops == 0 && r.failure.is_some() {
+        return s;
+    }
+    row("store", r.store_info.description.clone());
+    row("memory knob", r.store_info.memory_knob.clone());
+    row(
+        "types",
+        format!(
+            "key {}, value {}",
+            r.store_info.key_type, r.store_info.value_type
+        ),
+    );
+    row(
+        "load",
+        format!(
+            "{} keys in {:.2} s = {:.3} Mops/s (streams generated in {:.2} s, not timed)",
+            r.keys, r.load_secs, r.load_mops, r.generate_secs
+        ),
+    );
+    row(
+        "warm-up",
+        format!("{} ops in {:.2} s", r.warmup_ops, r.warmup_secs),
+    );
+    row(
+        "THROUGHPUT",
+        format!(
+            "{:.3} Mops/s ({} ops in {:.2} s)",
+            r.mops, r.run_ops, r.run_secs
+        ),
+    );
+    let l = &r.latency;
+    row(
+        "latency",
+        format!(
+            "p50 {}  p99 {}  p99.9 {}  max {}  mean {} ({} samples, 1 op in {})",
+            us(l.p50_us),
+            us(l.p99_us),
+            us(l.p999_us),
+            us(l.max_us),
+            us(l.mean_us),
+            l.samples,
+            l.sample_every
+        ),
+    );
+    let m = &r.rss;
+    row(
+        "memory",
+        format!(
+            "peak RSS {} | RSS before store {}, after load {}, after run {} (store ~{})",
+            human_bytes(m.peak),
+            human_bytes(m.before_store),
+            human_bytes(m.after_load),
+            human_bytes(m.after_run),
+            if m.store_growth >= 0 {
+                human_bytes(m.store_growth as u64)
+            } else {
+                format!("-{}", human_bytes(m.store_growth.unsigned_abs()))
+            }
+        ),
+    );
+    if let Some(e) = rskv_stats(&r.extra) {
+        row("rskv stats", e);
+    }
+    let io = &r.io;
+    row(
+        "disk (store)",
+        format!(
+            "load: {} | run: {}",
+            io_pair(io.store_load),
+            io_pair(io.store_run)
+        ),
+    );
+    row(
+        "disk (proc)",
+        format!(
+            "load: written {}, read {} | run: written {}, read {} | data dir {}",
+            human_bytes(io.load.write_bytes),
+            human_bytes(io.load.read_bytes),
+            human_bytes(io.run.write_bytes),
+            human_bytes(io.run.read_bytes),
+            human_bytes(io.disk_usage)
+        ),
+    );
+    let v = &r.verify;
+    row(
+        "verify",
+        format!(
+            "{} reads ok, {} missing{}, {} wrong, {} errors{}",
+            v.reads_ok,
+            v.missing,
+            if v.missing_allowed {
+                " (allowed: the mix deletes)"
+            } else {
+                ""
+            },
+            v.wrong,
+            v.errors,
+            if v.verify_all_checked > 0 {
+                format!(", --verify-all checked {} keys", v.verify_all_checked)
+            } else {
+                String::new()
+            }
+        ),
+    );
+    s
+}
+
+/// RsKv's own view at the end of the run: the index as allocated (overflow buckets come on
+/// top of the budgeted table) and the log markers.
+fn rskv_stats(extra: &serde_json::Value) -> Option<String> {
+    let n = |k: &str| extra.get(k).and_then(serde_json::Value::as_u64);
+    Some(format!(
+        "index memory {} ({} overflow buckets), log memory {}, log tail {}, on disk below head {}",
+        human_bytes(n("index_memory")?),
+        n("overflow_buckets")?,
+        human_bytes(n("log_memory")?),
+        human_bytes(n("log_tail")?),
+        human_bytes(n("log_head")?),
+    ))
+}
+
+/// One row per run.
+pub fn summary_table(results: &[RunResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<4} {:<8} {:<7} {:<11} {:>3} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}  {}",
+        "run",
+        "store",
+        "wl",
+        "dist",
+        "thr",
+        "Mops/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "peak RSS",
+        "disk W",
+        "disk R",
+        "load Mop/s",
+        "status"
+    );
+    for r in results {
+        let (w, rd) =
+            r.io.store_run
+                .unwrap_or((r.io.run.write_bytes, r.io.run.read_bytes));
+        let _ = writeln!(
+            s,
+            "{:<4} {:<8} {:<7} {:<11} {:>3} {:>9.3} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10.3}  {}",
+            r.index,
+            r.store,
+            r.workload,
+            r.distribution,
+            r.threads,
+            r.mops,
+            us(r.latency.p50_us),
+            us(r.latency.p99_us),
+            us(r.latency.p999_us),
+            human_bytes(r.rss.peak),
+            human_bytes(w),
+            human_bytes(rd),
+            r.load_mops,
+            r.status
+        );
+    }
+    s
+}
+
+/// Throughput of each peer over RsKv's on the same workload, distribution and threads.
+pub fn ratio_table(results: &[RunResult]) -> Option<String> {
+    let key = |r: &RunResult| (r.workload.clone(), r.distribution.clone(), r.threads);
+    let base: BTreeMap<_, f64> = results
+        .iter()
+        .filter(|r| r.store == "rskv" && r.ok())
+        .map(|r| (key(r), r.mops))
+        .collect();
+    let peers: Vec<&RunResult> = results.iter().filter(|r| r.store != "rskv").collect();
+    if base.is_empty() || peers.is_empty() {
+        return None;
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<8} {:<7} {:<11} {:>3} {:>12} {:>12} {:>14}",
+        "store", "wl", "dist", "thr", "Mops/s", "rskv Mops/s", "peer / rskv"
+    );
+    for p in peers {
+        let Some(b) = base.get(&key(p)) else { continue };
+        let ratio = if p.ok() && *b > 0.0 {
+            format!("{:.3}x", p.mops / b)
+        } else {
+            "FAILED".into()
+        };
+        let _ = writeln!(
+            s,
+            "{:<8} {:<7} {:<11} {:>3} {:>12.3} {:>12.3} {:>14}",
+            p.store, p.workload, p.distribution, p.threads, p.mops, b, ratio
+        );
+    }
+    Some(s)
+}

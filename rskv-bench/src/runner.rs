@@ -1,0 +1,805 @@
+//! One run: generate the streams, open the store, load, warm up, measure, verify.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::{RunLength, RunSpec, Warmup};
+use crate::report::{Io, Latency, Rss, RunResult, Verify};
+use crate::sizing::MemoryPlan;
+use crate::stores::{ReadCheck, Store, StoreKind};
+use crate::sysinfo::{disk_usage, peak_rss, rss, ProcIo};
+use crate::workload::{generate_stream, stream_seed, KeyGen, Op, OpKind, Permutation};
+
+/// Operations between two looks at the stop flag: small, so a slow (disk-bound) store stops
+/// promptly; a relaxed load of an unchanging line costs next to nothing.
+const STOP_CHECK_MASK: u64 = 15;
+/// Operations between two updates of the shared progress counter.
+const PROGRESS_EVERY: u64 = 1 << 14;
+/// Largest latency the histogram records (an hour, in nanoseconds).
+const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
+
+/// Verification counts of one thread.
+#[derive(Default)]
+struct Counters {
+    reads_ok: u64,
+    missing: u64,
+    wrong: u64,
+    errors: u64,
+    first_problem: Option<String>,
+    panicked: bool,
+}
+
+impl Counters {
+    fn note(&mut self, what: impl FnOnce() -> String) {
+        if self.first_problem.is_none() {
+            self.first_problem = Some(what());
+        }
+    }
+
+    fn check(&mut self, op: &str, key: u64, found: ReadCheck, missing_allowed: bool) {
+        match found {
+            ReadCheck::Ok => self.reads_ok += 1,
+            ReadCheck::Missing => {
+                self.missing += 1;
+                if !missing_allowed {
+                    self.note(|| format!("{op} of loaded key {key} found nothing"));
+                }
+            }
+            ReadCheck::Wrong => {
+                self.wrong += 1;
+                self.note(|| format!("{op} of key {key} returned a value that does not verify"));
+            }
+            ReadCheck::Unchecked => {}
+        }
+    }
+
+    fn error(&mut self, op: &str, key: u64, e: &anyhow::Error) {
+        self.errors += 1;
+        self.note(|| format!("{op} of key {key} failed: {e:#}"));
+    }
+
+    fn merge(&mut self, o: Counters) {
+        self.reads_ok += o.reads_ok;
+        self.missing += o.missing;
+        self.wrong += o.wrong;
+        self.errors += o.errors;
+        self.panicked |= o.panicked;
+        if self.first_problem.is_none() {
+            self.first_problem = o.first_problem;
+        }
+    }
+}
+
+/// Runs `spec` on the store `open` makes.
+pub fn execute<S: Store>(
+    spec: &RunSpec,
+    plan: &MemoryPlan,
+    open: impl FnOnce() -> anyhow::Result<S>,
+) -> anyhow::Result<RunResult> {
+    let mut result = RunResult::skeleton(spec);
+    result.memory_budget = plan.budget;
+    result.memory_budget_explicit = plan.explicit;
+    result.rskv_plan = (spec.store == StoreKind::Rskv).then_some(*plan);
+
+    let gen_start = Instant::now();
+    let order = Permutation::new(spec.keys, spec.seed);
+    let keygen = KeyGen::new(spec.distribution, spec.keys, order);
+    let streams = generate_streams(spec, &keygen);
+    result.generate_secs = gen_start.elapsed().as_secs_f64();
+
+    let before_store = rss();
+    let io0 = ProcIo::now();
+    let store = open()?;
+    result.store_info = store.info();
+    let store_io0 = store.store_io();
+
+    let mut counters = Counters::default();
+    let (load_secs, load_counters) = load(&store, spec, order);
+    counters.merge(load_counters);
+    result.load_secs = load_secs;
+    result.load_mops = spec.keys as f64 / load_secs.max(1e-9) / 1e6;
+    let io1 = ProcIo::now();
+    let store_io1 = store.store_io();
+    let after_load = rss();
+
+    let missing_allowed = spec.workload.mix.delete > 0;
+    let run = run_phases(&store, spec, &streams, missing_allowed);
+    counters.merge(run.counters);
+    result.warmup_secs = run.warmup_secs;
+    result.warmup_ops = run.warmup_ops;
+    result.run_secs = run.secs;
+    result.run_ops = run.ops;
+    result.mops = run.ops as f64 / run.secs.max(1e-9) / 1e6;
+    result.latency = latency(&run.hist, spec.sample_every);
+    let io2 = ProcIo::now();
+    let store_io2 = store.store_io();
+    // Measured while the streams are still alive, so the difference is the store's.
+    let after_run = rss();
+    drop(streams);
+
+    let mut verify_all_checked = 0;
+    if spec.verify_all {
+        let (checked, c) = verify_all(&store, spec, missing_allowed);
+        verify_all_checked = checked;
+        counters.merge(c);
+    }
+
+    result.rss = Rss {
+        before_store,
+        after_load,
+        after_run,
+        // VmHWM is updated lazily by the kernel and can trail a fresh VmRSS reading.
+        peak: peak_rss().max(after_load).max(after_run),
+        store_growth: after_run as i64 - before_store as i64,
+    };
+    result.io = Io {
+        load: io1.since(io0),
+        run: io2.since(io1),
+        store_load: delta(store_io0, store_io1),
+        store_run: delta(store_io1, store_io2),
+        disk_usage: disk_usage(&spec.data_dir),
+    };
+    result.extra = store.extra();
+    result.verify = Verify {
+        reads_ok: counters.reads_ok,
+        missing: counters.missing,
+        wrong: counters.wrong,
+        errors: counters.errors,
+        missing_allowed,
+        verify_all_checked,
+        first_problem: counters.first_problem,
+    };
+    drop(store);
+    result.settle();
+    Ok(result)
+}
+
+fn delta(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    Some((b?.0.saturating_sub(a?.0), b?.1.saturating_sub(a?.1)))
+}
+
+/// Operations of thread `t` in a run of `total` operations.
+fn share(total: u64, threads: usize, t: usize) -> u64 {
+    let threads = threads as u64;
+    total / threads + u64::from((t as u64) < total % threads)
+}
+
+/// One stream per thread, generated in parallel. Ops runs get exactly their operations;
+/// duration runs get `op_buffer` operations, replayed cyclically.
+fn generate_streams(spec: &RunSpec, keygen: &KeyGen) -> Vec<Vec<Op>> {
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..spec.threads)
+            .map(|t| {
+                let len = match spec.length {
+                    RunLength::Ops(n) => share(n, spec.threads, t).max(1),
+                    RunLength::Seconds(_) => spec.op_buffer,
+                } as usize;
+                let seed = stream_seed(spec.seed, t, &spec.workload, spec.distribution);
+                s.spawn(move || generate_stream(len, spec.workload.mix, keygen, seed))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+fn progress_bar(spec: &RunSpec, len: u64, what: &str) -> ProgressBar {
+    if !spec.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(5));
+    let style = ProgressStyle::with_template(
+        "{prefix:>12} [{elapsed_precise}] {bar:40.cyan/blue} {pos:>12}/{len:12} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(format!("{} {what}", spec.store.name()));
+    bar
+}
+
+/// Loads every key once, in the shuffled load order, each thread a contiguous slice of it.
+/// Returns the seconds taken and what went wrong.
+fn load<S: Store>(store: &S, spec: &RunSpec, order: Permutation) -> (f64, Counters) {
+    let bar = progress_bar(spec, spec.keys, "load");
+    let done = AtomicU64::new(0);
+    let finished = AtomicUsize::new(0);
+    let start = Instant::now();
+    let counters = thread::scope(|s| {
+        let handles: Vec<_> = (0..spec.threads)
+            .map(|t| {
+                let (done, finished) = (&done, &finished);
+                let from = spec.keys * t as u64 / spec.threads as u64;
+                let to = spec.keys * (t as u64 + 1) / spec.threads as u64;
+                s.spawn(move || {
+                    let mut c = Counters::default();
+                    // Caught so that `finished` is always counted and the progress loop ends.
+                    guarded(&mut c, "load", |c| {
+                        for i in from..to {
+                            let key = order.at(i);
+                            if let Err(e) = store.upsert(key, 0) {
+                                c.error("load upsert", key, &e);
+                            }
+                            if (i - from) % PROGRESS_EVERY == PROGRESS_EVERY - 1 {
+                                done.fetch_add(PROGRESS_EVERY, Ordering::Relaxed);
+                            }
+                        }
+                        to - from
+                    });
+                    finished.fetch_add(1, Ordering::Release);
+                    (c, Instant::now())
+                })
+            })
+            .collect();
+        while finished.load(Ordering::Acquire) < spec.threads {
+            bar.set_position(done.load(Ordering::Relaxed));
+            thread::sleep(Duration::from_millis(50));
+        }
+        join_all(handles, || (Counters::panicked("load"), Instant::now()))
+    });
+    bar.finish_and_clear();
+    // The threads' own end times: the progress loop above only polls.
+    let mut secs = 0f64;
+    let mut all = Counters::default();
+    for (c, end) in counters {
+        all.merge(c);
+        secs = secs.max(end.duration_since(start).as_secs_f64());
+    }
+    (secs, all)
+}
+
+/// Joins threads; a thread that panicked yields `on_panic()` (which counts as an error).
+fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, T>>, on_panic: impl Fn() -> T) -> Vec<T> {
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or_else(|_| on_panic()))
+        .collect()
+}
+
+impl Counters {
+    fn panicked(what: &str) -> Counters {
+        Counters {
+            errors: 1,
+            first_problem: Some(format!("a thread panicked during {what}")),
+            ..Counters::default()
+        }
+    }
+}
+
+/// When a phase of one thread ends.
+#[derive(Clone, Copy)]
+enum Until<'a> {
+    Count(u64),
+    Flag(&'a AtomicBool),
+}
+
+/// Shared state of the run phases.
+struct Shared<'a> {
+    barrier: Barrier,
+    done: AtomicU64,
+    finished: AtomicUsize,
+    stop_warmup: AtomicBool,
+    stop_run: AtomicBool,
+    missing_allowed: bool,
+    sample_mask: u64,
+    spec: &'a RunSpec,
+}
+
+struct ThreadRun {
+    warmup_ops: u64,
+    ops: u64,
+    end: Option<Instant>,
+    hist: Option<Histogram<u64>>,
+    counters: Counters,
+}
+
+impl ThreadRun {
+    fn panicked() -> Self {
+        ThreadRun {
+            warmup_ops: 0,
+            ops: 0,
+            end: None,
+            hist: None,
+            counters: Counters::panicked("the run"),
+        }
+    }
+}
+
+struct RunOutcome {
+    warmup_ops: u64,
+    warmup_secs: f64,
+    ops: u64,
+    secs: f64,
+    hist: Histogram<u64>,
+    counters: Counters,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// Warm-up, then the measured phase, on every thread at once.
+fn run_phases<S: Store>(
+    store: &S,
+    spec: &RunSpec,
+    streams: &[Vec<Op>],
+    missing_allowed: bool,
+) -> RunOutcome {
+    let shared = Shared {
+        barrier: Barrier::new(spec.threads + 1),
+        done: AtomicU64::new(0),
+        finished: AtomicUsize::new(0),
+        stop_warmup: AtomicBool::new(false),
+        stop_run: AtomicBool::new(false),
+        missing_allowed,
+        sample_mask: spec.sample_every - 1,
+        spec,
+    };
+    let (warmup_secs, start, threads) = thread::scope(|s| {
+        let handles: Vec<_> = streams
+            .iter()
+            .enumerate()
+            .map(|(t, ops)| {
+                let shared = &shared;
+                s.spawn(move || worker(store, ops, t, shared))
+            })
+            .collect();
+        let (warmup_secs, start) = coordinate(&shared);
+        (warmup_secs, start, join_all(handles, ThreadRun::panicked))
+    });
+    let mut out = RunOutcome {
+        warmup_ops: 0,
+        warmup_secs,
+        ops: 0,
+        secs: 0.0,
+        hist: new_histogram(),
+        counters: Counters::default(),
+    };
+    for t in threads {
+        out.warmup_ops += t.warmup_ops;
+        out.ops += t.ops;
+        if let Some(end) = t.end {
+            out.secs = out.secs.max(end.duration_since(start).as_secs_f64());
+        }
+        if let Some(h) = &t.hist {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = out.hist.add(h);
+        }
+        out.counters.merge(t.counters);
+    }
+    out
+}
+
+/// The warm-up length of thread `t`.
+fn warmup_until<'a>(spec: &RunSpec, t: usize, flag: &'a AtomicBool) -> Until<'a> {
+    match (spec.warmup, spec.length) {
+        (Warmup::Fraction(f), RunLength::Ops(n)) => {
+            Until::Count((share(n, spec.threads, t) as f64 * f).round() as u64)
+        }
+        (Warmup::Seconds(s), _) if s == 0.0 => Until::Count(0),
+        _ => Until::Flag(flag),
+    }
+}
+
+fn worker<S: Store>(store: &S, ops: &[Op], t: usize, sh: &Shared<'_>) -> ThreadRun {
+    let spec = sh.spec;
+    let mut counters = Counters::default();
+    let mut pos = 0usize;
+    sh.barrier.wait();
+    let warm = warmup_until(spec, t, &sh.stop_warmup);
+    // A panic inside the store must not leave the other threads waiting at the barrier: it
+    // is caught, counted as an error, and this thread sits out the rest of the run.
+    let warmup_ops = guarded(&mut counters, "warm-up", |c| {
+        run_ops(store, ops, &mut pos, warm, None, c, sh)
+    });
+    sh.barrier.wait();
+    let measure = match spec.length {
+        RunLength::Ops(n) => Until::Count(share(n, spec.threads, t)),
+        RunLength::Seconds(_) => Until::Flag(&sh.stop_run),
+    };
+    let mut hist = new_histogram();
+    let ops_done = if counters.panicked {
+        0
+    } else {
+        guarded(&mut counters, "the measured phase", |c| {
+            run_ops(store, ops, &mut pos, measure, Some(&mut hist), c, sh)
+        })
+    };
+    let end = Instant::now();
+    sh.finished.fetch_add(1, Ordering::Release);
+    ThreadRun {
+        warmup_ops,
+        ops: ops_done,
+        end: Some(end),
+        hist: Some(hist),
+        counters,
+    }
+}
+
+/// Runs `f`, turning a panic into a counted error (and 0 operations).
+fn guarded(c: &mut Counters, phase: &str, f: impl FnOnce(&mut Counters) -> u64) -> u64 {
+    let mut inner = Counters::default();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut inner)));
+    c.merge(inner);
+    match r {
+        Ok(n) => n,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            c.errors += 1;
+            c.panicked = true;
+            c.note(|| format!("panic during {phase}: {msg}"));
+            0
+        }
+    }
+}
+
+/// The coordinator's side: ends the timed phases and draws progress. Returns the warm-up's
+/// seconds and the start of the measured phase.
+fn coordinate(sh: &Shared<'_>) -> (f64, Instant) {
+    let spec = sh.spec;
+    let run_secs = match spec.length {
+        RunLength::Seconds(s) => Some(s),
+        RunLength::Ops(_) => None,
+    };
+    let warm_secs = match (spec.warmup, run_secs) {
+        (Warmup::Seconds(s), _) => Some(s),
+        (Warmup::Fraction(f), Some(r)) => Some(f * r),
+        (Warmup::Fraction(_), None) => None,
+    };
+    sh.barrier.wait();
+    let warm_start = Instant::now();
+    if let Some(w) = warm_secs {
+        let bar = progress_bar(spec, (w * 1000.0) as u64, "warm-up ms");
+        sleep_with_progress(w, &bar, sh);
+        bar.finish_and_clear();
+    }
+    sh.stop_warmup.store(true, Ordering::Relaxed);
+    sh.barrier.wait();
+    let start = Instant::now();
+    let warmup_secs = start.duration_since(warm_start).as_secs_f64();
+    sh.done.store(0, Ordering::Relaxed);
+    match (spec.length, run_secs) {
+        (_, Some(r)) => {
+            let bar = progress_bar(spec, (r * 1000.0) as u64, "run ms");
+            sleep_with_progress(r, &bar, sh);
+            sh.stop_run.store(true, Ordering::Relaxed);
+            bar.finish_and_clear();
+        }
+        (RunLength::Ops(n), None) => {
+            let bar = progress_bar(spec, n, "run ops");
+            while sh.finished.load(Ordering::Acquire) < spec.threads {
+                bar.set_position(sh.done.load(Ordering::Relaxed));
+                thread::sleep(Duration::from_millis(20));
+            }
+            bar.finish_and_clear();
+        }
+        (RunLength::Seconds(_), None) => unreachable!("run_secs is Some for duration runs"),
+    }
+    (warmup_secs, start)
+}
+
+/// Sleeps `secs`, showing elapsed milliseconds and operations so far.
+fn sleep_with_progress(secs: f64, bar: &ProgressBar, sh: &Shared<'_>) {
+    let start = Instant::now();
+    let total = Duration::from_secs_f64(secs);
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= total {
+            break;
+        }
+        bar.set_position(elapsed.as_millis() as u64);
+        bar.set_message(format!("{} ops", sh.done.load(Ordering::Relaxed)));
+        thread::sleep((total - elapsed).min(Duration::from_millis(50)));
+    }
+}
+
+/// Runs operations from the cyclic stream `ops`, starting at `pos`, until `until`. Times one
+/// operation in `sample_every` into `hist` when given. Returns the operations run.
+fn run_ops<S: Store>(
+    store: &S,
+    ops: &[Op],
+    pos: &mut usize,
+    until: Until<'_>,
+    mut hist: Option<&mut Histogram<u64>>,
+    c: &mut Counters,
+    sh: &Shared<'_>,
+) -> u64 {
+    let limit = match until {
+        Until::Count(n) => n,
+        Until::Flag(_) => u64::MAX,
+    };
+    let flag = match until {
+        Until::Flag(f) => Some(f),
+        Until::Count(_) => None,
+    };
+    let mut n = 0u64;
+    while n < limit {
+        if n & STOP_CHECK_MASK == 0 {
+            if flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                break;
+            }
+            if n % PROGRESS_EVERY == 0 && n > 0 {
+                sh.done.fetch_add(PROGRESS_EVERY, Ordering::Relaxed);
+            }
+        }
+        let op = ops[*pos];
+        *pos += 1;
+        if *pos == ops.len() {
+            *pos = 0;
+        }
+        match hist.as_deref_mut() {
+            Some(h) if n & sh.sample_mask == 0 => {
+                let t0 = Instant::now();
+                execute_op(store, op, n, c, sh.missing_allowed);
+                h.saturating_record(t0.elapsed().as_nanos() as u64);
+            }
+            _ => execute_op(store, op, n, c, sh.missing_allowed),
+        }
+        n += 1;
+    }
+    n
+}
+
+#[inline(always)]
+fn execute_op<S: Store>(store: &S, op: Op, n: u64, c: &mut Counters, missing_allowed: bool) {
+    let key = op.key();
+    match op.kind() {
+        OpKind::Read => match store.read(key) {
+            Ok(found) => c.check("read", key, found, missing_allowed),
+            Err(e) => c.error("read", key, &e),
+        },
+        OpKind::Upsert => {
+            // Any version verifies; a moving one makes each upsert write new bytes.
+            if let Err(e) = store.upsert(key, n + 1) {
+                c.error("upsert", key, &e);
+            }
+        }
+        OpKind::Rmw => match store.rmw(key) {
+            Ok(found) => c.check("rmw", key, found, missing_allowed),
+            Err(e) => c.error("rmw", key, &e),
+        },
+        OpKind::Delete => {
+            if let Err(e) = store.delete(key) {
+                c.error("delete", key, &e);
+            }
+        }
+    }
+}
+
+/// Reads every key once more, in key order, on the run's threads.
+fn verify_all<S: Store>(store: &S, spec: &RunSpec, missing_allowed: bool) -> (u64, Counters) {
+    let bar = progress_bar(spec, spec.keys, "verify");
+    let done = AtomicU64::new(0);
+    let counters = thread::scope(|s| {
+        let handles: Vec<_> = (0..spec.threads)
+            .map(|t| {
+                let done = &done;
+                let bar = &bar;
+                s.spawn(move || {
+                    let mut c = Counters::default();
+                    let from = spec.keys * t as u64 / spec.threads as u64;
+                    let to = spec.keys * (t as u64 + 1) / spec.threads as u64;
+                    for key in from..to {
+                        match store.read(key) {
+                            Ok(found) => c.check("verify-all read", key, found, missing_allowed),
+                            Err(e) => c.error("verify-all read", key, &e),
+                        }
+                        if key % PROGRESS_EVERY == 0 {
+                            let d = done.fetch_add(PROGRESS_EVERY, Ordering::Relaxed);
+                            bar.set_position(d);
+                        }
+                    }
+                    c
+                })
+            })
+            .collect();
+        join_all(handles, || Counters::panicked("verify-all"))
+    });
+    bar.finish_and_clear();
+    let mut all = Counters::default();
+    for c in counters {
+        all.merge(c);
+    }
+    (spec.keys, all)
+}
+
+fn latency(h: &Histogram<u64>, sample_every: u64) -> Latency {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Latency {
+        samples: h.len(),
+        sample_every,
+        mean_us: h.mean() / 1000.0,
+        p50_us: us(h.value_at_quantile(0.50)),
+        p99_us: us(h.value_at_quantile(0.99)),
+        p999_us: us(h.value_at_quantile(0.999)),
+        max_us: us(h.max()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Args;
+    use crate::values::{bump_value, fill_value, value_ok};
+
+    /// A store over a locked map that can lose keys or corrupt values on purpose.
+    struct MapStore {
+        map: Mutex<HashMap<u64, Vec<u8>>>,
+        size: usize,
+        lose_key: Option<u64>,
+        corrupt_key: Option<u64>,
+    }
+
+    impl MapStore {
+        fn new(size: usize) -> MapStore {
+            MapStore {
+                map: Mutex::new(HashMap::new()),
+                size,
+                lose_key: None,
+                corrupt_key: None,
+            }
+        }
+        fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<u8>>> {
+            self.map
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
+
+    impl Store for MapStore {
+        fn upsert(&self, key: u64, version: u64) -> anyhow::Result<()> {
+            if self.lose_key == Some(key) {
+                return Ok(());
+            }
+            let mut v = vec![0; self.size];
+            fill_value(&mut v, key, version);
+            if self.corrupt_key == Some(key) {
+                v[0] ^= 1;
+            }
+            self.map().insert(key, v);
+            Ok(())
+        }
+        fn read(&self, key: u64) -> anyhow::Result<ReadCheck> {
+            Ok(match self.map().get(&key) {
+                None => ReadCheck::Missing,
+                Some(v) if value_ok(v, key, self.size) => ReadCheck::Ok,
+                Some(_) => ReadCheck::Wrong,
+            })
+        }
+        fn rmw(&self, key: u64) -> anyhow::Result<ReadCheck> {
+            let mut map = self.map();
+            Ok(match map.get_mut(&key) {
+                Some(v) if value_ok(v, key, self.size) => {
+                    bump_value(v);
+                    ReadCheck::Ok
+                }
+                Some(_) => ReadCheck::Wrong,
+                None => ReadCheck::Missing,
+            })
+        }
+        fn delete(&self, key: u64) -> anyhow::Result<()> {
+            self.map().remove(&key);
+            Ok(())
+        }
+        fn info(&self) -> crate::stores::StoreInfo {
+            crate::stores::StoreInfo::default()
+        }
+    }
+
+    fn spec(extra: &[&str]) -> RunSpec {
+        let mut argv = vec![
+            "rskv-bench",
+            "--keys",
+            "2000",
+            "--threads",
+            "2",
+            "--no-progress",
+            "--dir",
+            "/nonexistent-rskv-bench",
+        ];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).unwrap();
+        args.runs().unwrap().remove(0)
+    }
+
+    fn run(spec: &RunSpec, store: MapStore) -> RunResult {
+        let plan = crate::sizing::plan(spec).unwrap();
+        execute(spec, &plan, || Ok(store)).unwrap()
+    }
+
+    #[test]
+    fn a_faithful_store_passes() {
+        let s = spec(&[
+            "--ops",
+            "20000",
+            "--workload",
+            "f",
+            "--distribution",
+            "zipf",
+            "--value-size",
+            "100",
+        ]);
+        let r = run(&s, MapStore::new(100));
+        assert!(r.ok(), "{:?}", r.failure);
+        assert_eq!(r.run_ops, 20_000);
+        assert!(r.verify.reads_ok > 0 && r.latency.samples > 0);
+    }
+
+    #[test]
+    fn a_lost_key_fails_the_run() {
+        let s = spec(&["--ops", "20000", "--workload", "c", "--verify-all"]);
+        let mut store = MapStore::new(8);
+        store.lose_key = Some(17);
+        let r = run(&s, store);
+        assert!(!r.ok());
+        assert!(r.verify.missing > 0);
+        assert!(r.failure.unwrap().contains("key 17"));
+    }
+
+    #[test]
+    fn a_wrong_value_fails_the_run() {
+        let s = spec(&[
+            "--ops",
+            "20000",
+            "--workload",
+            "b",
+            "--distribution",
+            "zipf",
+            "--verify-all",
+        ]);
+        let mut store = MapStore::new(8);
+        store.corrupt_key = Some(5);
+        let r = run(&s, store);
+        assert!(!r.ok());
+        assert!(r.verify.wrong > 0);
+    }
+
+    #[test]
+    fn deletes_make_missing_reads_expected() {
+        let s = spec(&[
+            "--ops",
+            "20000",
+            "--workload",
+            "custom",
+            "--mix",
+            "read=50,delete=25,upsert=25",
+        ]);
+        let r = run(&s, MapStore::new(16));
+        assert!(r.ok(), "{:?}", r.failure);
+        assert!(r.verify.missing_allowed && r.verify.missing > 0);
+    }
+
+    #[test]
+    fn duration_runs_stop() {
+        // A duration run replays its (small) buffer until the time is up.
+        let s = spec(&[
+            "--duration",
+            "200ms",
+            "--warmup",
+            "50ms",
+            "--op-buffer",
+            "1000",
+        ]);
+        let r = run(&s, MapStore::new(8));
+        assert!(r.ok(), "{:?}", r.failure);
+        assert!(r.run_secs >= 0.19 && r.run_secs < 1.0, "{}", r.run_secs);
+        assert!(r.run_ops > 1000, "the buffer is replayed");
+    }
+}

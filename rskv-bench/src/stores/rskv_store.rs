@@ -1,0 +1,192 @@
+//! RsKv through its plain facade (`get`, `insert`, `rmw`, `remove`), as a user would call it.
+
+use std::marker::PhantomData;
+
+use anyhow::Context;
+use rskv::device::file_system_disk::FileSystemDisk;
+use rskv::device::null_disk::NullDisk;
+use rskv::{Config, RsKv};
+
+use super::{ReadCheck, Store, StoreInfo};
+use crate::cli::{DiskKind, RunSpec};
+use crate::report::RunResult;
+use crate::sizing::MemoryPlan;
+use crate::sysinfo::human_bytes;
+use crate::values::{BenchKey, BenchValue, TypedVisitor};
+
+/// One store, over either device (a `match` per operation is cheaper than compiling the whole
+/// benchmark loop twice).
+enum Kv<K, V> {
+    File(RsKv<K, V, FileSystemDisk>),
+    Null(RsKv<K, V, NullDisk>),
+}
+
+macro_rules! with_kv {
+    ($self:expr, $kv:ident => $body:expr) => {
+        match &$self.kv {
+            Kv::File($kv) => $body,
+            Kv::Null($kv) => $body,
+        }
+    };
+}
+
+pub struct RsKvStore<K, V> {
+    kv: Kv<K, V>,
+    key_size: usize,
+    value_size: usize,
+    plan: MemoryPlan,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: BenchKey, V: BenchValue> RsKvStore<K, V> {
+    pub fn open(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<Self> {
+        let config = Config::new()
+            .table_size(plan.table_size)
+            .log_memory_size(plan.log_bytes)
+            .page_size(plan.page_size);
+        let kv = match spec.disk {
+            DiskKind::File => {
+                let disk = FileSystemDisk::new(&spec.data_dir).with_context(|| {
+                    format!("opening FileSystemDisk in {}", spec.data_dir.display())
+                })?;
+                Kv::File(RsKv::open(config, disk).context("opening RsKv")?)
+            }
+            DiskKind::Null => {
+                Kv::Null(RsKv::open(config, NullDisk::new()).context("opening RsKv")?)
+            }
+        };
+        Ok(RsKvStore {
+            kv,
+            key_size: spec.key_size,
+            value_size: spec.value_size,
+            plan: *plan,
+            _types: PhantomData,
+        })
+    }
+
+    #[inline]
+    fn key(&self, id: u64) -> K {
+        K::make(id, self.key_size)
+    }
+}
+
+impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
+    #[inline]
+    fn upsert(&self, key: u64, version: u64) -> anyhow::Result<()> {
+        let k = self.key(key);
+        let v = V::make(key, version, self.value_size);
+        with_kv!(self, kv => kv.insert(&k, &v))?;
+        Ok(())
+    }
+
+    #[inline]
+    fn read(&self, key: u64) -> anyhow::Result<ReadCheck> {
+        let k = self.key(key);
+        let got = with_kv!(self, kv => kv.get(&k))?;
+        Ok(match got {
+            None => ReadCheck::Missing,
+            Some(v) if v.ok(key, self.value_size) => ReadCheck::Ok,
+            Some(_) => ReadCheck::Wrong,
+        })
+    }
+
+    #[inline]
+    fn rmw(&self, key: u64) -> anyhow::Result<ReadCheck> {
+        let k = self.key(key);
+        let size = self.value_size;
+        // The closure may run more than once (retries): the last run's observation counts.
+        let mut seen = ReadCheck::Missing;
+        let update = |old: Option<V>| match old {
+            Some(v) if v.ok(key, size) => {
+                seen = ReadCheck::Ok;
+                v.bumped()
+            }
+            Some(_) => {
+                seen = ReadCheck::Wrong;
+                V::make(key, 1, size)
+            }
+            None => {
+                seen = ReadCheck::Missing;
+                V::make(key, 1, size)
+            }
+        };
+        with_kv!(self, kv => kv.rmw(&k, update))?;
+        Ok(seen)
+    }
+
+    #[inline]
+    fn delete(&self, key: u64) -> anyhow::Result<()> {
+        let k = self.key(key);
+        with_kv!(self, kv => kv.remove(&k))?;
+        Ok(())
+    }
+
+    fn info(&self) -> StoreInfo {
+        let r = with_kv!(self, kv => kv.resolved());
+        let device = with_kv!(self, kv => kv.device_description());
+        let kind = match self.kv {
+            Kv::File(_) => "FileSystemDisk",
+            Kv::Null(_) => "NullDisk",
+        };
+        StoreInfo {
+            description: format!("RsKv facade over {kind}: {device}"),
+            memory_knob: format!(
+                "Config::log_memory_size {} ({} pages of {}) + index {} ({} buckets){}",
+                human_bytes(r.log_memory_size()),
+                r.frames,
+                human_bytes(r.page_size()),
+                human_bytes(r.table_size() * 64),
+                r.table_size(),
+                if self.plan.explicit {
+                    format!(" = budget {}", human_bytes(self.plan.budget))
+                } else {
+                    " (sized to fit the data)".to_string()
+                }
+            ),
+            key_type: K::TYPE.to_string(),
+            value_type: V::TYPE.to_string(),
+        }
+    }
+
+    fn store_io(&self) -> Option<(u64, u64)> {
+        let s = with_kv!(self, kv => kv.stats());
+        Some((s.bytes_written, s.bytes_read))
+    }
+
+    fn extra(&self) -> serde_json::Value {
+        let s = with_kv!(self, kv => kv.stats());
+        let m = s.markers;
+        serde_json::json!({
+            "index_buckets": s.index_buckets,
+            "overflow_buckets": s.overflow_buckets,
+            "index_memory": s.index_memory,
+            "log_memory": s.log_memory,
+            "bytes_written": s.bytes_written,
+            "bytes_read": s.bytes_read,
+            "log_begin": m.begin.raw(),
+            "log_head": m.head.raw(),
+            "log_read_only": m.read_only.raw(),
+            "log_tail": m.tail.raw(),
+            "log_flushed_until": m.flushed_until.raw(),
+        })
+    }
+}
+
+struct Visit<'a> {
+    spec: &'a RunSpec,
+    plan: &'a MemoryPlan,
+}
+
+impl TypedVisitor for Visit<'_> {
+    type Out = anyhow::Result<RunResult>;
+    fn visit<K: BenchKey, V: BenchValue>(self) -> Self::Out {
+        crate::runner::execute(self.spec, self.plan, || {
+            RsKvStore::<K, V>::open(self.spec, self.plan)
+        })
+    }
+}
+
+/// Runs RsKv with the key and value types that fit the sizes asked.
+pub fn run(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<RunResult> {
+    crate::values::with_types(spec.key_size, spec.value_size, Visit { spec, plan })
+}

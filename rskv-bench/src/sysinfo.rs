@@ -1,0 +1,90 @@
+//! What the kernel tells about this process: resident memory and storage I/O.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A `kB` field of /proc/self/status (`VmRSS`, `VmHWM`), in bytes.
+pub fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    })
+}
+
+/// Current resident set size.
+pub fn rss() -> u64 {
+    status_bytes("VmRSS").unwrap_or(0)
+}
+
+/// Peak resident set size of this process so far.
+pub fn peak_rss() -> u64 {
+    status_bytes("VmHWM").unwrap_or(0)
+}
+
+/// Bytes this process made the storage layer read and write (/proc/self/io), which counts
+/// O_DIRECT and write-back alike but not page-cache hits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcIo {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+impl ProcIo {
+    pub fn now() -> ProcIo {
+        let Ok(io) = std::fs::read_to_string("/proc/self/io") else {
+            return ProcIo::default();
+        };
+        let field = |name: &str| {
+            io.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        ProcIo {
+            read_bytes: field("read_bytes:"),
+            write_bytes: field("write_bytes:"),
+        }
+    }
+
+    pub fn since(self, earlier: ProcIo) -> ProcIo {
+        ProcIo {
+            read_bytes: self.read_bytes.saturating_sub(earlier.read_bytes),
+            write_bytes: self.write_bytes.saturating_sub(earlier.write_bytes),
+        }
+    }
+}
+
+/// Bytes the files under `dir` occupy on disk (allocated blocks, so sparse files count what
+/// they use).
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_usage(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// `1.50 GiB`-style size.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
+}

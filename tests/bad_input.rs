@@ -1,0 +1,178 @@
+//! Bad input and bad luck get a clear error, and the store stays right for every other key.
+mod common;
+
+use rskv::device::faulty_disk::FaultyDisk;
+use rskv::device::file_system_disk::FileSystemDisk;
+use rskv::{Config, DeleteContext, Error, ReadContext, RsKv, Status, UpsertContext};
+
+#[test]
+fn value_larger_than_a_page_is_refused() {
+    let (_dir, kv) = common::small_store::<u64, Vec<u8>>(64 << 10);
+    kv.insert(&1, &vec![1; 10]).unwrap();
+    let err = kv.insert(&2, &vec![0; 5000]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RecordTooLarge {
+                page_size: 4096,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = kv.rmw(&1, |_| vec![0; 5000]).unwrap_err();
+    assert!(matches!(err, Error::RecordTooLarge { .. }), "{err}");
+    assert_eq!(kv.get(&1).unwrap(), Some(vec![1; 10]));
+    assert_eq!(kv.get(&2).unwrap(), None);
+}
+
+struct Colliding(u64, u64);
+impl UpsertContext for Colliding {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn value(&self) -> &u64 {
+        &self.1
+    }
+    fn key_hash(&self) -> u64 {
+        42
+    }
+}
+struct CollidingRead(u64, Option<u64>);
+impl ReadContext for CollidingRead {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn key_hash(&self) -> u64 {
+        42
+    }
+    fn get(&mut self, v: &u64) {
+        self.1 = Some(*v);
+    }
+}
+struct CollidingDelete(u64);
+impl DeleteContext for CollidingDelete {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn key_hash(&self) -> u64 {
+        42
+    }
+}
+
+#[test]
+fn thousands_of_keys_with_one_hash_stay_correct() {
+    // One chain of 2,000 records (plus tombstones); the log memory holds most of it, since a
+    // chain that long on disk costs one device read per record walked.
+    let (_dir, kv) = common::small_store::<u64, u64>(1 << 20);
+    let n = 2_000u64;
+    for k in 0..n {
+        assert_eq!(kv.upsert(&Colliding(k, k * 10)), Status::Ok);
+    }
+    for k in (0..n).step_by(2) {
+        assert_eq!(kv.delete(&CollidingDelete(k)), Status::Ok);
+    }
+    for k in 0..n {
+        let mut r = CollidingRead(k, None);
+        let s = kv.read(&mut r);
+        if k % 2 == 0 {
+            assert_eq!(s, Status::NotFound, "deleted key {k}");
+        } else {
+            assert_eq!((s, r.1), (Status::Ok, Some(k * 10)), "key {k}");
+        }
+    }
+}
+
+#[test]
+fn data_directory_that_cannot_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = FileSystemDisk::new(file.join("sub"))
+        .err()
+        .expect("must fail");
+    assert!(matches!(err, Error::Path { .. }), "{err}");
+}
+
+#[test]
+fn deleted_key_reads_not_found_everywhere() {
+    let (_dir, kv) = common::small_store::<u64, u64>(16 << 10);
+    kv.insert(&7, &70).unwrap();
+    kv.remove(&7).unwrap();
+    assert_eq!(kv.get(&7).unwrap(), None);
+    // Push the tombstone to disk and read again.
+    for k in 100..3_000u64 {
+        kv.insert(&k, &k).unwrap();
+    }
+    assert_eq!(kv.get(&7).unwrap(), None);
+    assert_eq!(kv.rmw(&7, |old| old.unwrap_or(1000) + 1).unwrap(), 1001);
+}
+
+#[test]
+fn failing_device_writes_poison_the_store_instead_of_losing_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap());
+    disk.fail_writes_after(3);
+    let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(
+        Config::new()
+            .table_size(64)
+            .log_memory_size(16 << 10)
+            .page_size(4096),
+        disk,
+    )
+    .unwrap();
+    let mut acknowledged = Vec::new();
+    let mut failed = None;
+    for k in 0..5_000u64 {
+        match kv.insert(&k, &vec![k as u8; 100]) {
+            Ok(()) => acknowledged.push(k),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let err = failed.expect("writes must start failing once the device does");
+    assert!(matches!(err, Error::Poisoned(_)), "{err}");
+    // Everything acknowledged is still readable: nothing was evicted unflushed.
+    for k in acknowledged {
+        assert_eq!(
+            kv.get(&k).unwrap(),
+            Some(vec![k as u8; 100]),
+            "acknowledged key {k}"
+        );
+    }
+}
+
+#[test]
+fn failing_device_reads_give_errors_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = std::sync::Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
+    let kv: RsKv<u64, u64, _> = RsKv::open(
+        Config::new()
+            .table_size(64)
+            .log_memory_size(16 << 10)
+            .page_size(4096),
+        disk.clone(),
+    )
+    .unwrap();
+    for k in 0..3_000u64 {
+        kv.insert(&k, &k).unwrap();
+    }
+    disk.fail_reads(true);
+    let err = kv.get(&0).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert_eq!(
+        kv.get(&2_999).unwrap(),
+        Some(2_999),
+        "in-memory keys unaffected"
+    );
+    disk.fail_reads(false);
+    assert_eq!(kv.get(&0).unwrap(), Some(0));
+}
