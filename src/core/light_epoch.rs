@@ -27,7 +27,7 @@
 use crossbeam_utils::CachePadded;
 
 use crate::core::status::{Error, Result};
-use crate::sync::{fence, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::modeled::{backoff, fence, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
 
 /// Maximum number of threads that may be inside one store at once (the table's size).
 pub const MAX_THREADS: usize = 128;
@@ -219,7 +219,7 @@ impl LightEpoch {
             }
             // Every slot is busy: run what is ready, then look again.
             self.drain();
-            crate::sync::backoff(&mut round);
+            backoff(&mut round);
         }
         self.drain();
     }

@@ -45,6 +45,8 @@ use crate::sync::{AtomicU64, Ordering};
 pub const MIN_PAGE_BITS: u32 = 12;
 /// Largest page: 256 MiB (the tail word's 32-bit offset must absorb concurrent overshoot).
 pub const MAX_PAGE_BITS: u32 = 28;
+/// Bytes of a record the first device read tries to cover.
+const FIRST_READ_GUESS: u64 = 256;
 /// Fewest in-memory frames a log may have.
 pub const MIN_FRAMES: u64 = 4;
 
@@ -502,7 +504,9 @@ impl<D: Disk> HybridLog<D> {
         let align = self.disk.alignment().max(4096) as u64;
         let start = align_down(address.raw(), align);
         let page_end = self.geo.page_start(self.geo.page(address) + 1).raw();
-        let len = (align * 2).min(page_end - start);
+        // One sector covers most records; a record that runs past it takes a second read of
+        // exactly its size (read_range learns the size from the first 16 bytes).
+        let len = align_up(address.raw() + FIRST_READ_GUESS, align).min(page_end) - start;
         self.read_range(address, start, len, done, true);
     }
 
