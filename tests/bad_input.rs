@@ -176,3 +176,35 @@ fn failing_device_reads_give_errors_and_recover() {
     disk.fail_reads(false);
     assert_eq!(kv.get(&0).unwrap(), Some(0));
 }
+
+#[test]
+fn null_disk_store_works_in_memory_and_refuses_to_drop_data() {
+    use rskv::device::null_disk::NullDisk;
+    let kv: RsKv<u64, u64, _> = RsKv::open(
+        Config::new()
+            .table_size(64)
+            .log_memory_size(64 << 10)
+            .page_size(4096),
+        NullDisk::new(),
+    )
+    .unwrap();
+    let mut written = 0u64;
+    let err = loop {
+        match kv.insert(&written, &written) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            written < 1_000_000,
+            "a 64 KiB in-memory log cannot hold a million records"
+        );
+    };
+    assert!(matches!(err, Error::LogFull { .. }), "{err}");
+    assert!(written > 500, "only {written} records fitted");
+    for k in 0..written {
+        assert_eq!(kv.get(&k).unwrap(), Some(k), "key {k}");
+    }
+    // In-place updates still work when the log is full.
+    kv.insert(&0, &7).unwrap();
+    assert_eq!(kv.get(&0).unwrap(), Some(7));
+}

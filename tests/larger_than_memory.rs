@@ -57,9 +57,10 @@ fn ten_times_memory_reads_back() {
 fn sessions_finish_pending_reads_and_rmws() {
     use std::sync::{Arc, Mutex};
 
+    type Completions = Arc<Mutex<Vec<(u64, Status, Option<Vec<u8>>)>>>;
     struct SessionRead {
         key: u64,
-        out: Arc<Mutex<Vec<(u64, Status, Option<Vec<u8>>)>>>,
+        out: Completions,
         got: Option<Vec<u8>>,
     }
     impl ReadContext for SessionRead {

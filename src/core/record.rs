@@ -422,20 +422,11 @@ impl Drop for RecordLock<'_> {
 }
 
 /// Scratch space for a value copied out of the log: inline up to 256 bytes.
+#[derive(Default)]
 pub struct ValueBuf {
     inline: [u64; 32],
     heap: Vec<u64>,
     len: usize,
-}
-
-impl Default for ValueBuf {
-    fn default() -> Self {
-        Self {
-            inline: [0; 32],
-            heap: Vec::new(),
-            len: 0,
-        }
-    }
 }
 
 impl ValueBuf {

@@ -394,6 +394,11 @@ impl<D: Disk> HybridLog<D> {
 
     /// Moves read-only and the head target for a tail now in page `tail_page`.
     fn shift_markers(&self, tail_page: u64) {
+        // Over a device that keeps nothing (NullDisk) nothing is ever flushed or evicted, so the
+        // whole log stays mutable: every update in place, and a full log reports LogFull.
+        if !self.disk.is_persistent() {
+            return;
+        }
         if tail_page >= self.mutable_pages {
             self.shift_read_only(self.geo.page_start(tail_page - self.mutable_pages));
         }

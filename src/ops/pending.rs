@@ -95,6 +95,7 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Continues an update that went to disk at `address` having seen index entry `seen`.
+    #[allow(clippy::too_many_arguments)] // the operation's whole state; a struct would only rename it
     pub(crate) async fn update_pending(
         &self,
         key: &Encoded,

@@ -38,6 +38,7 @@ pub enum Latest<'a> {
 }
 
 /// What an update decided.
+#[allow(clippy::large_enum_variant)] // lives on the stack for one attempt; boxing would allocate
 pub enum Decision {
     /// Write this value.
     Write(Encoded),
