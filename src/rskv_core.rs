@@ -406,8 +406,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         self.engine.delete(&g, &key, hash).map(|_| ())
     }
 
-    /// Writes `key = value` only if no record of `key` is newer than log address `floor`
-    /// (FASTER's ConditionalInsert, used by compaction). Returns whether it wrote.
+    /// Writes `key = value` only if no record of `key` exists at or above log address `floor`
+    /// (FASTER's ConditionalInsert). Compaction copying the record at address `a` passes
+    /// `a + 1`; a caller that read the key at some moment passes the [`RsKv::tail_address`] of
+    /// that moment. Returns whether it wrote.
     ///
     /// # Errors
     /// Device, codec or size errors.

@@ -421,10 +421,10 @@ impl Drop for RecordLock<'_> {
     }
 }
 
-/// Scratch space for a value copied out of the log: inline up to 256 bytes.
+/// Scratch space for a value copied out of the log: inline up to 64 bytes.
 #[derive(Default)]
 pub struct ValueBuf {
-    inline: [u64; 32],
+    inline: [u64; 8],
     heap: Vec<u64>,
     len: usize,
 }

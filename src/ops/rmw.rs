@@ -70,8 +70,8 @@ pub enum DiskTrace {
 }
 
 impl<D: Disk> Engine<D> {
-    /// The in-memory part of an update. `floor`: records at or below it do not count
-    /// (`Address::INVALID` for RMW). `in_place`: whether a mutable record may be rewritten.
+    /// The in-memory part of an update. `floor`: only records at or above it count
+    /// (`Address::INVALID` for RMW: all of them). `in_place`: whether a mutable record may be rewritten.
     pub(crate) fn update_mem(
         &self,
         g: &EpochGuard<'_>,
@@ -85,10 +85,9 @@ impl<D: Disk> Engine<D> {
         self.retry(g, || {
             let mut entry = self.entry_for_update(hash)?;
             let head = self.hlog.head();
-            let walk_floor = if floor >= head { floor.add(1) } else { head };
-            let (a, rec) = self.trace(entry.address(), key, walk_floor)?;
+            let (a, rec) = self.trace(entry.address(), key, floor.max(head))?;
             let Some(rec) = rec else {
-                if a > floor && self.on_disk(a) {
+                if a >= floor && self.on_disk(a) {
                     return Ok(UpdateStep::Disk {
                         address: a,
                         seen: entry.entry,
@@ -162,7 +161,7 @@ impl<D: Disk> Engine<D> {
         Ok(match self.disk_match(key, address, bytes)? {
             DiskMatch::Value(v) => DiskTrace::Found(Some(v.to_vec())),
             DiskMatch::Tombstone => DiskTrace::Found(None),
-            DiskMatch::Next(prev) if prev > floor => DiskTrace::Next(prev),
+            DiskMatch::Next(prev) if prev >= floor => DiskTrace::Next(prev),
             DiskMatch::Next(_) | DiskMatch::End => DiskTrace::Absent,
         })
     }
