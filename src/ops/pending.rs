@@ -144,17 +144,26 @@ impl<D: Disk> Engine<D> {
         in_place: bool,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<Status> {
-        let step = {
-            let g = self.protect()?;
-            self.update_mem(&g, key, hash, floor, in_place, decide)?
-        };
-        match step {
+        match self.update_start(key, hash, floor, in_place, decide)? {
             UpdateStep::Done(s) => Ok(s),
             UpdateStep::Disk { address, seen } => {
                 self.update_pending(key, hash, floor, in_place, address, seen, decide)
                     .await
             }
         }
+    }
+
+    /// The first, in-memory attempt of an update, under its own epoch protection.
+    fn update_start(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        floor: Address,
+        in_place: bool,
+        decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
+    ) -> Result<UpdateStep> {
+        let g = self.protect()?;
+        self.update_mem(&g, key, hash, floor, in_place, decide)
     }
 
     /// A whole update, blocking while the disk works.
@@ -166,11 +175,7 @@ impl<D: Disk> Engine<D> {
         in_place: bool,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<Status> {
-        let step = {
-            let g = self.protect()?;
-            self.update_mem(&g, key, hash, floor, in_place, decide)?
-        };
-        match step {
+        match self.update_start(key, hash, floor, in_place, decide)? {
             UpdateStep::Done(s) => Ok(s),
             UpdateStep::Disk { address, seen } => futures_executor::block_on(
                 self.update_pending(key, hash, floor, in_place, address, seen, decide),
