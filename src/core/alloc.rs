@@ -12,6 +12,9 @@ use std::ptr::NonNull;
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     layout: Layout,
+    /// Whether the memory is an anonymous mapping of its own (large buffers) rather than a
+    /// heap allocation.
+    mapped: bool,
 }
 
 // SAFETY: AlignedBuf exclusively owns its allocation (like a Box<[u8]>); no interior sharing.
@@ -23,16 +26,77 @@ impl AlignedBuf {
     /// Allocates `len` zeroed bytes aligned to `align`. `len == 0` allocates one alignment unit so
     /// the pointer is always real.
     ///
+    /// Buffers of 2 MiB or more (log frames, index tables) are anonymous mappings aligned to
+    /// 2 MiB and advised to use transparent huge pages: the kernel hands them out zeroed and
+    /// lazily, so untouched memory costs no RSS, and random accesses over hundreds of MiB do not
+    /// miss the TLB on nearly every operation. (The global allocator would memset them, touching
+    /// every page before the advice could apply.)
+    ///
     /// # Panics
     /// If `align` is not a power of two or the allocation fails (out of memory), like `Vec`.
     #[must_use]
     pub fn zeroed(len: usize, align: usize) -> Self {
         let align = align.max(8);
+        if len >= HUGE_PAGE && align <= HUGE_PAGE {
+            if let Some(buf) = Self::mapped(len) {
+                return buf;
+            }
+        }
         let layout = Layout::from_size_align(len.max(align), align).expect("valid buffer layout");
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Self { ptr, layout }
+        Self {
+            ptr,
+            layout,
+            mapped: false,
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn mapped(len: usize) -> Option<Self> {
+        let len = len.next_multiple_of(HUGE_PAGE);
+        let total = len + HUGE_PAGE;
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
+        // existing memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let start = p as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE);
+        // SAFETY: both trimmed ranges lie inside the mapping just created and outside the
+        // aligned range kept.
+        unsafe {
+            if aligned > start {
+                libc::munmap(p, aligned - start);
+            }
+            let end = aligned + len;
+            if start + total > end {
+                libc::munmap(end as *mut libc::c_void, start + total - end);
+            }
+        }
+        advise_huge_pages(aligned as *mut u8, len);
+        let layout = Layout::from_size_align(len, HUGE_PAGE).ok()?;
+        Some(Self {
+            ptr: NonNull::new(aligned as *mut u8)?,
+            layout,
+            mapped: true,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn mapped(_len: usize) -> Option<Self> {
+        None
     }
 
     /// Length in bytes.
@@ -76,6 +140,12 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if self.mapped {
+            // SAFETY: ptr/size are exactly the range kept from the mapping made in `mapped`.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.layout.size()) };
+            return;
+        }
         // SAFETY: ptr was allocated by alloc_zeroed with exactly this layout.
         unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
     }
@@ -87,6 +157,36 @@ impl std::fmt::Debug for AlignedBuf {
             .field("len", &self.len())
             .field("align", &self.layout.align())
             .finish()
+    }
+}
+
+/// Size of a transparent huge page on x86-64 and aarch64 (4 KiB base pages).
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// Asks the kernel to back `[ptr, ptr + len)` with transparent huge pages. Advice only: where
+/// THP is off or unsupported the call fails and nothing changes.
+pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: madvise with MADV_HUGEPAGE only changes how the kernel backs the range, never
+        // its contents; the range belongs to one live allocation of the caller.
+        let _ = unsafe { libc::madvise(ptr.cast(), len, libc::MADV_HUGEPAGE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
+#[cfg(test)]
+mod huge_tests {
+    use super::*;
+
+    #[test]
+    fn large_buffers_are_mapped_zeroed_and_aligned() {
+        let mut b = AlignedBuf::zeroed(5 << 20, 4096);
+        assert_eq!(b.as_ptr() as usize % HUGE_PAGE, 0);
+        assert!(b.len() >= 5 << 20);
+        assert!(b.as_slice().iter().step_by(4096).all(|&x| x == 0));
+        b.as_mut_slice()[(5 << 20) - 1] = 1;
     }
 }
 

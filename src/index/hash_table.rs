@@ -9,10 +9,10 @@
 //! - An overflow bucket, once linked, stays linked while the table lives; it goes back to the
 //!   allocator only when the whole table is retired (see `mem_index`).
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
 use crate::core::address::Address;
+use crate::core::alloc::AlignedBuf;
 use crate::core::malloc_fixed_page_size::MallocFixedPageSize;
 use crate::index::definitions::{EntrySlot, IndexBusy, KeyHash};
 use crate::index::hash_bucket::{HashBucket, HashBucketEntry};
@@ -24,6 +24,8 @@ pub type OverflowPool = MallocFixedPageSize<HashBucket>;
 /// A table of `2^bits` buckets, zero-initialised (all entries free).
 pub struct HashTable {
     buckets: NonNull<HashBucket>,
+    /// Owns the bucket memory `buckets` points into.
+    _memory: AlignedBuf,
     bits: u32,
 }
 
@@ -40,15 +42,17 @@ impl HashTable {
     /// On allocation failure, like `Vec`.
     #[must_use]
     pub fn new(bits: u32) -> Self {
-        let layout = Self::layout(bits);
-        // SAFETY: the layout has non-zero size; all-zero bytes are a valid HashBucket (atomics).
-        let ptr = unsafe { alloc_zeroed(layout) }.cast::<HashBucket>();
-        let buckets = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Self { buckets, bits }
-    }
-
-    fn layout(bits: u32) -> Layout {
-        Layout::array::<HashBucket>(1usize << bits).expect("table size fits in memory")
+        let bytes = std::mem::size_of::<HashBucket>() << bits;
+        // All-zero bytes are a valid HashBucket (atomics), and AlignedBuf hands out zeroed,
+        // lazily faulted, huge-page-advised memory for large tables.
+        let memory = AlignedBuf::zeroed(bytes, std::mem::align_of::<HashBucket>());
+        let buckets =
+            NonNull::new(memory.as_ptr().cast::<HashBucket>().cast_mut()).expect("non-null buffer");
+        Self {
+            buckets,
+            _memory: memory,
+            bits,
+        }
     }
 
     /// log2 of the bucket count.
@@ -228,13 +232,6 @@ impl HashTable {
             next = pool.get(next).overflow.load(Ordering::Acquire);
         }
         out
-    }
-}
-
-impl Drop for HashTable {
-    fn drop(&mut self) {
-        // SAFETY: allocated in new() with this exact layout; buckets need no drop glue.
-        unsafe { dealloc(self.buckets.as_ptr().cast(), Self::layout(self.bits)) }
     }
 }
 
