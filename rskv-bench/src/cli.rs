@@ -355,7 +355,7 @@ fn scaled(digits: &str, mult: u64) -> anyhow::Result<u64> {
         return n.checked_mul(mult).context("too large");
     }
     let f: f64 = digits.parse()?;
-    if !(f >= 0.0) || f * mult as f64 > u64::MAX as f64 {
+    if f.is_nan() || f < 0.0 || f * mult as f64 > u64::MAX as f64 {
         bail!("out of range");
     }
     Ok((f * mult as f64).round() as u64)

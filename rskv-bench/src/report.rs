@@ -102,6 +102,9 @@ pub struct RunResult {
     pub generate_secs: f64,
     pub load_secs: f64,
     pub load_mops: f64,
+    /// What the store waited for after the load (compactions), untimed.
+    pub settle_note: Option<String>,
+    pub settle_secs: f64,
     pub warmup_secs: f64,
     pub warmup_ops: u64,
     pub run_secs: f64,
@@ -234,6 +237,12 @@ pub fn run_table(r: &RunResult) -> String {
             r.keys, r.load_secs, r.load_mops, r.generate_secs
         ),
     );
+    if let Some(settle) = &r.settle_note {
+        row(
+            "settle",
+            format!("{settle} (not timed; its I/O counts as load I/O)"),
+        );
+    }
     row(
         "warm-up",
         format!("{} ops in {:.2} s", r.warmup_ops, r.warmup_secs),
@@ -341,7 +350,7 @@ pub fn summary_table(results: &[RunResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<4} {:<8} {:<7} {:<11} {:>3} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}  {}",
+        "{:<4} {:<8} {:<7} {:<11} {:>3} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}  status",
         "run",
         "store",
         "wl",
@@ -355,7 +364,6 @@ pub fn summary_table(results: &[RunResult]) -> String {
         "disk W",
         "disk R",
         "load Mop/s",
-        "status"
     );
     for r in results {
         let (w, rd) =

@@ -103,6 +103,13 @@ pub fn execute<S: Store>(
     counters.merge(load_counters);
     result.load_secs = load_secs;
     result.load_mops = spec.keys as f64 / load_secs.max(1e-9) / 1e6;
+    // Outside every timed phase, and before the load's I/O is read, so it counts as load I/O.
+    let settle_start = Instant::now();
+    match store.settle() {
+        Ok(note) => result.settle_note = note,
+        Err(e) => counters.error("settle after load", 0, &e),
+    }
+    result.settle_secs = settle_start.elapsed().as_secs_f64();
     let io1 = ProcIo::now();
     let store_io1 = store.store_io();
     let after_load = rss();
@@ -384,7 +391,7 @@ fn warmup_until<'a>(spec: &RunSpec, t: usize, flag: &'a AtomicBool) -> Until<'a>
         (Warmup::Fraction(f), RunLength::Ops(n)) => {
             Until::Count((share(n, spec.threads, t) as f64 * f).round() as u64)
         }
-        (Warmup::Seconds(s), _) if s == 0.0 => Until::Count(0),
+        (Warmup::Seconds(0.0), _) => Until::Count(0),
         _ => Until::Flag(flag),
     }
 }
@@ -530,7 +537,7 @@ fn run_ops<S: Store>(
             if flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
                 break;
             }
-            if n % PROGRESS_EVERY == 0 && n > 0 {
+            if n.is_multiple_of(PROGRESS_EVERY) && n > 0 {
                 sh.done.fetch_add(PROGRESS_EVERY, Ordering::Relaxed);
             }
         }

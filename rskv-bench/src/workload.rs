@@ -258,7 +258,7 @@ impl Permutation {
         let bits = (64 - n.saturating_sub(1).leading_zeros()).max(2);
         let half_bits = bits.div_ceil(2);
         let mut keys = [0; 4];
-        let mut x = seed ^ 0x5EED_0F_10AD;
+        let mut x = seed ^ 0x005E_ED0F_10AD;
         for k in &mut keys {
             x = splitmix64(x);
             *k = x;

@@ -107,6 +107,12 @@ pub trait Store: Send + Sync {
     fn rmw(&self, key: u64) -> anyhow::Result<ReadCheck>;
     fn delete(&self, key: u64) -> anyhow::Result<()>;
     fn info(&self) -> StoreInfo;
+    /// Waits, after the load and before the warm-up, until background work the load left
+    /// behind (LSM compactions) is done, so the run does not measure the load's debt.
+    /// Returns what was waited for, if anything.
+    fn settle(&self) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
     /// `(written, read)` bytes of the store's device, as the store counts them.
     fn store_io(&self) -> Option<(u64, u64)> {
         None

@@ -3,7 +3,8 @@
 
 use anyhow::Context;
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options,
+    WriteOptions, DB,
 };
 
 use super::{ReadCheck, Store, StoreInfo};
@@ -85,6 +86,14 @@ impl RocksStore {
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
+        // Partitioned index and filters (RocksDB's advice for a bounded cache): a whole
+        // filter block of a 64 MiB table (~750 KiB) nearly fills a 1 MiB shard of a 64 MiB
+        // cache, so unpartitioned filters thrash and every get re-reads ~700 KB (measured).
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_block_based_table_factory(&table);
@@ -147,10 +156,33 @@ impl Store for RocksStore {
         Ok(())
     }
 
+    fn settle(&self) -> anyhow::Result<Option<String>> {
+        // As db_bench's waitforcompaction: until no flush or compaction is pending or running
+        // (at most 10 minutes).
+        let start = std::time::Instant::now();
+        let busy = |name: &str| -> anyhow::Result<bool> {
+            Ok(self.db.property_int_value(name)?.unwrap_or(0) > 0)
+        };
+        while start.elapsed() < std::time::Duration::from_secs(600) {
+            if !(busy("rocksdb.compaction-pending")?
+                || busy("rocksdb.num-running-compactions")?
+                || busy("rocksdb.mem-table-flush-pending")?
+                || busy("rocksdb.num-running-flushes")?)
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(Some(format!(
+            "waited {:.1} s for pending flushes and compactions",
+            start.elapsed().as_secs_f64()
+        )))
+    }
+
     fn info(&self) -> StoreInfo {
         StoreInfo {
             description: format!(
-                "RocksDB {}: WAL on, no fsync per write, O_DIRECT reads/flush/compaction, no compression, bloom 10 bits/key, RMW = merge operator",
+                "RocksDB {}: WAL on, no fsync per write, O_DIRECT reads/flush/compaction, no compression, bloom 10 bits/key, partitioned index+filters, RMW = merge operator",
                 "(rocksdb crate 0.25)"
             ),
             memory_knob: self.knob.clone(),
