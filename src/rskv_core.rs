@@ -34,9 +34,34 @@ use crate::session::Session;
 #[must_use]
 pub fn hash_key<K: serde::Serialize + ?Sized>(key: &K) -> u64 {
     match Encoded::new(key) {
-        Ok(e) => xxhash_rust::xxh3::xxh3_64(e.bytes()),
+        Ok(e) => hash_encoded(&e),
         // Unencodable keys fail later, when the operation encodes them; any hash will do here.
         Err(_) => 0,
+    }
+}
+
+fn hash_encoded(key: &Encoded) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.bytes())
+}
+
+/// Encodes a facade key and derives its hash exactly as [`hash_key`] does.
+fn facade_key<K: serde::Serialize + ?Sized>(key: &K) -> Result<(Encoded, KeyHash)> {
+    let key = Encoded::new(key)?;
+    let hash = KeyHash::new(hash_encoded(&key));
+    Ok((key, hash))
+}
+
+/// The decision function of a facade RMW: applies `f` and remembers the value it produced (the
+/// last attempt's value is the one written).
+fn facade_decider<'f, V: Codec>(
+    f: &'f mut impl FnMut(Option<V>) -> V,
+    last: &'f mut Option<V>,
+) -> impl FnMut(Latest<'_>) -> Result<Decision> + 'f {
+    move |latest| {
+        let new = f(decode_latest(latest)?);
+        let enc = Encoded::new(&new)?;
+        *last = Some(new);
+        Ok(Decision::Write(enc))
     }
 }
 
@@ -339,7 +364,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         status_of(self.delete_ctx(ctx))
     }
 
-    fn delete_ctx<C: DeleteContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
+    pub(crate) fn delete_ctx<C: DeleteContext<Key = K, Value = V>>(
+        &self,
+        ctx: &C,
+    ) -> Result<Status> {
         let key = Encoded::new(ctx.key())?;
         let g = self.engine.protect()?;
         self.engine.delete(&g, &key, KeyHash::new(ctx.key_hash()))
@@ -352,8 +380,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// Device, codec or corruption errors.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let key = Encoded::new(key)?;
-        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let (key, hash) = facade_key(key)?;
         let mut buf = ValueBuf::default();
         if self.engine.read_blocking(&key, hash, &mut buf)? {
             Ok(Some(decode(buf.bytes())?))
@@ -367,9 +394,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// [`Error::RecordTooLarge`], [`Error::Poisoned`], codec errors.
     pub fn insert(&self, key: &K, value: &V) -> Result<()> {
-        let key = Encoded::new(key)?;
+        let (key, hash) = facade_key(key)?;
         let value = Encoded::new(value)?;
-        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
         let g = self.engine.protect()?;
         self.engine
             .upsert(&g, &key, hash, &value, &mut |_| Ok(None))
@@ -381,17 +407,15 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// Device, codec or size errors.
     pub fn rmw(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
-        let key = Encoded::new(key)?;
-        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let (key, hash) = facade_key(key)?;
         let mut last = None;
-        let _written =
-            self.engine
-                .update_blocking(&key, hash, Address::INVALID, true, &mut |latest| {
-                    let new = f(decode_latest(latest)?);
-                    let enc = Encoded::new(&new)?;
-                    last = Some(new);
-                    Ok(Decision::Write(enc))
-                })?;
+        let _written = self.engine.update_blocking(
+            &key,
+            hash,
+            Address::INVALID,
+            true,
+            &mut facade_decider(&mut f, &mut last),
+        )?;
         last.ok_or_else(|| Error::Codec("rmw finished without computing a value".into()))
     }
 
@@ -400,8 +424,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// Device errors.
     pub fn remove(&self, key: &K) -> Result<()> {
-        let key = Encoded::new(key)?;
-        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let (key, hash) = facade_key(key)?;
         let g = self.engine.protect()?;
         self.engine.delete(&g, &key, hash).map(|_| ())
     }
@@ -414,9 +437,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// Device, codec or size errors.
     pub fn conditional_insert(&self, key: &K, value: &V, floor: Address) -> Result<bool> {
-        let key = Encoded::new(key)?;
+        let (key, hash) = facade_key(key)?;
         let value = Encoded::new(value)?;
-        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
         let status = self
             .engine
             .update_blocking(&key, hash, floor, false, &mut |latest| {
@@ -440,8 +462,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// As [`RsKv::get`].
     pub async fn get_async(&self, key: &K) -> Result<Option<V>> {
-        let key = Encoded::new(key)?;
-        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let (key, hash) = facade_key(key)?;
         let mut buf = ValueBuf::default();
         if self.engine.read_async(&key, hash, &mut buf).await? {
             Ok(Some(decode(buf.bytes())?))
@@ -455,17 +476,17 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// As [`RsKv::rmw`].
     pub async fn rmw_async(&self, key: &K, mut f: impl FnMut(Option<V>) -> V + Send) -> Result<V> {
-        let key = Encoded::new(key)?;
-        let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(key.bytes()));
+        let (key, hash) = facade_key(key)?;
         let mut last = None;
         let _written = self
             .engine
-            .update_async(&key, hash, Address::INVALID, true, &mut |latest| {
-                let new = f(decode_latest(latest)?);
-                let enc = Encoded::new(&new)?;
-                last = Some(new);
-                Ok(Decision::Write(enc))
-            })
+            .update_async(
+                &key,
+                hash,
+                Address::INVALID,
+                true,
+                &mut facade_decider(&mut f, &mut last),
+            )
             .await?;
         last.ok_or_else(|| Error::Codec("rmw finished without computing a value".into()))
     }

@@ -110,13 +110,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     /// Deletes (never pending).
     pub fn delete<C: DeleteContext<Key = K, Value = V>>(&mut self, ctx: C) -> Status {
         self.next_serial();
-        let status = status_of((|| {
-            let key = Encoded::new(ctx.key())?;
-            let g = self.kv.engine.protect()?;
-            self.kv
-                .engine
-                .delete(&g, &key, KeyHash::new(ctx.key_hash()))
-        })());
+        let status = status_of(self.kv.delete_ctx(&ctx));
         ctx.complete(status);
         status
     }

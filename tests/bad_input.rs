@@ -94,9 +94,9 @@ fn data_directory_that_cannot_be_created() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let err = FileSystemDisk::new(file.join("sub"))
-        .err()
-        .expect("must fail");
+    let Err(err) = FileSystemDisk::new(file.join("sub")) else {
+        panic!("creating a directory under a regular file must fail")
+    };
     assert!(matches!(err, Error::Path { .. }), "{err}");
 }
 

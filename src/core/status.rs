@@ -18,7 +18,7 @@ pub enum Status {
     /// The operation is waiting for the disk. Only a [`Session`](crate::Session) operation returns
     /// this; the session owns the context and finishes it in `complete_pending`.
     Pending,
-    /// The operation failed; the store's `last_error`/the `Result` API says why.
+    /// The operation failed; [`take_last_error`](crate::take_last_error) says why.
     Error,
 }
 
