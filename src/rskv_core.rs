@@ -28,7 +28,9 @@ use crate::hlog::{HybridLog, LogMarkers};
 use crate::index::KeyHash;
 use crate::ops::rmw::{Decision, Latest};
 use crate::ops::Engine;
-use crate::session::Session;
+use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
+use crate::ops::recover::{Layout, RecoveryInfo};
+use crate::session::{Session, SessionId};
 
 /// RsKv's hash of a key: xxh3 of its encoding. The default `key_hash` of every context.
 #[must_use]
@@ -292,8 +294,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// not inside an operation of this store.
     ///
     /// # Errors
-    /// [`Error::IndexFull`] if overflow buckets ran out during the split.
+    /// [`Error::IndexFull`] if overflow buckets ran out during the split; [`Error::Busy`] while a
+    /// checkpoint runs.
     pub fn grow_index(&self) -> Result<()> {
+        let _claim = self.engine.cpr.claim("a checkpoint is running")?;
         self.engine
             .index
             .grow()
@@ -301,20 +305,131 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             .map_err(|_| Error::IndexFull)
     }
 
+    // ---- checkpoints and recovery (CPR) -----------------------------------------------------
+
+    /// Takes a full checkpoint (index and log, fold-over) and returns once it is durable.
+    /// Operations of other threads keep running. Call from a thread that is not inside an
+    /// operation of this store (a session's pending operations may stay pending).
+    ///
+    /// # Errors
+    /// [`Error::Busy`] if another checkpoint or an index growth runs; [`Error::Config`] for a
+    /// device that keeps nothing; I/O errors (no checkpoint is then recorded).
+    pub fn checkpoint(&self) -> Result<Token> {
+        self.checkpoint_with(CheckpointKind::Full, LogMode::FoldOver)
+    }
+
+    /// Takes a checkpoint of `kind`, writing the log by `mode`; blocks until durable.
+    ///
+    /// # Errors
+    /// As [`RsKv::checkpoint`].
+    pub fn checkpoint_with(&self, kind: CheckpointKind, mode: LogMode) -> Result<Token> {
+        self.engine.checkpoint(kind, mode)
+    }
+
+    /// Starts a checkpoint on a thread of its own and returns at once; the returned
+    /// [`CheckpointHandle`] is a `Future` of the token (or can be waited on).
+    #[must_use]
+    pub fn checkpoint_async(&self, kind: CheckpointKind, mode: LogMode) -> CheckpointHandle {
+        let engine = self.engine.clone();
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("rskv-checkpoint".into())
+            .spawn(move || {
+                let _ = tx.send(engine.checkpoint(kind, mode));
+            });
+        CheckpointHandle {
+            rx: spawned.ok().map(|_| rx),
+        }
+    }
+
+    /// The checkpoints on the device, oldest first, with any problem their files have.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a device without storage; [`Error::Path`] if the directory cannot
+    /// be listed.
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointInfo>> {
+        list_checkpoints(&self.engine.checkpoint_dir()?)
+    }
+
+    /// Removes checkpoint `token`.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] while a checkpoint runs; [`Error::Path`] if a file cannot be removed.
+    pub fn remove_checkpoint(&self, token: Token) -> Result<()> {
+        let _claim = self.engine.cpr.claim("a checkpoint is running")?;
+        self.engine.checkpoint_dir()?.remove(token)
+    }
+
+    /// Recovers a store over `disk` (the device a checkpointed store wrote) from checkpoint
+    /// `token`, or from the newest usable one. The index size and page size come from the
+    /// checkpoint; `config` gives the memory budget. Checkpoints newer than the one recovered
+    /// are removed (the recovered store will overwrite the log they describe).
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] naming the file and the problem when no usable checkpoint exists
+    /// (or `token`'s files are missing, truncated, corrupt or from another format);
+    /// [`Error::Corrupt`] when the log does not match the checkpoint; I/O errors.
+    pub fn recover(config: Config, disk: D, token: Option<Token>) -> Result<(Self, RecoveryInfo)> {
+        let resolved = config.resolve()?;
+        let layout = Layout {
+            index_bits: resolved.index_bits,
+            log_memory: config.log_memory_size,
+            mutable_fraction: config.mutable_fraction,
+        };
+        let (engine, info) = Engine::recover(disk, &layout, token)?;
+        let geo = engine.hlog.geometry();
+        let resolved = Resolved {
+            index_bits: engine.index.bits(),
+            page_bits: geo.page_bits,
+            frames: geo.frames,
+        };
+        Ok((
+            Self {
+                engine: Arc::new(engine),
+                resolved,
+                _types: PhantomData,
+            },
+            info,
+        ))
+    }
+
+    /// Continues session `id` of the recovered checkpoint: returns the session, positioned
+    /// after its commit point, and the commit point (FASTER's `ContinueSession`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the checkpoint has no such session; [`Error::Busy`] if it is
+    /// already continued.
+    pub fn continue_session(&self, id: SessionId) -> Result<(Session<'_, K, V, D>, CommitPoint)> {
+        let point = self
+            .engine
+            .cpr
+            .recovered_point(id.0)
+            .ok_or_else(|| Error::Config {
+                field: "session id",
+                reason: format!("session {} is not in the recovered checkpoint", id.0),
+            })?;
+        Ok((Session::continued(self, id)?, point))
+    }
+
     // ---- context API ------------------------------------------------------------------------
 
     /// Upserts through a context; returns the final status.
     pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&self, ctx: &C) -> Status {
-        status_of(self.upsert_ctx(ctx).map(|()| Status::Ok))
+        status_of(self.upsert_ctx(ctx, &mut |_| {}).map(|()| Status::Ok))
     }
 
-    pub(crate) fn upsert_ctx<C: UpsertContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<()> {
+    /// Upserts; `on_commit` runs with the version written in, still epoch protected.
+    pub(crate) fn upsert_ctx<C: UpsertContext<Key = K, Value = V>>(
+        &self,
+        ctx: &C,
+        on_commit: &mut dyn FnMut(u64),
+    ) -> Result<()> {
         let key = Encoded::new(ctx.key())?;
         let value = Encoded::new(ctx.value())?;
         let hash = KeyHash::new(ctx.key_hash());
         let g = self.engine.protect()?;
         let mut buf = ValueBuf::default();
-        self.engine.upsert(&g, &key, hash, &value, &mut |lock| {
+        let version = self.engine.upsert(&g, &key, hash, &value, &mut |lock| {
             if lock.state().tombstone() {
                 return Ok(None);
             }
@@ -325,7 +440,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             } else {
                 None
             })
-        })
+        })?;
+        on_commit(version);
+        Ok(())
     }
 
     /// Reads through a context: `ctx.get` receives the value. Waits for the disk if needed.
@@ -361,16 +478,20 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
 
     /// Deletes through a context. `NotFound` if the key was not in the store.
     pub fn delete<C: DeleteContext<Key = K, Value = V>>(&self, ctx: &C) -> Status {
-        status_of(self.delete_ctx(ctx))
+        status_of(self.delete_ctx(ctx, &mut |_| {}))
     }
 
+    /// Deletes; `on_commit` runs with the version, still epoch protected.
     pub(crate) fn delete_ctx<C: DeleteContext<Key = K, Value = V>>(
         &self,
         ctx: &C,
+        on_commit: &mut dyn FnMut(u64),
     ) -> Result<Status> {
         let key = Encoded::new(ctx.key())?;
         let g = self.engine.protect()?;
-        self.engine.delete(&g, &key, KeyHash::new(ctx.key_hash()))
+        let (status, version) = self.engine.delete(&g, &key, KeyHash::new(ctx.key_hash()))?;
+        on_commit(version);
+        Ok(status)
     }
 
     // ---- facade -------------------------------------------------------------------------------
@@ -399,6 +520,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let g = self.engine.protect()?;
         self.engine
             .upsert(&g, &key, hash, &value, &mut |_| Ok(None))
+            .map(|_| ())
     }
 
     /// Replaces the value of `key` with `f(old)` atomically and returns the new value. `f` may
@@ -490,6 +612,64 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             .await?;
         last.ok_or_else(|| Error::Codec("rmw finished without computing a value".into()))
     }
+}
+
+/// A checkpoint running on its own thread: a `Future` of its token.
+pub struct CheckpointHandle {
+    rx: Option<futures_channel::oneshot::Receiver<Result<Token>>>,
+}
+
+impl CheckpointHandle {
+    /// Blocks until the checkpoint is durable (or failed).
+    ///
+    /// # Errors
+    /// The checkpoint's error.
+    pub fn wait(self) -> Result<Token> {
+        futures_executor::block_on(self)
+    }
+}
+
+impl std::future::Future for CheckpointHandle {
+    type Output = Result<Token>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let gone = || {
+            Error::io(
+                "running a checkpoint",
+                std::io::Error::other("the checkpoint thread could not run or died"),
+            )
+        };
+        match self.rx.as_mut() {
+            None => std::task::Poll::Ready(Err(gone())),
+            Some(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| Err(gone()))),
+        }
+    }
+}
+
+/// Lists the checkpoints in `dir` with the problems of their files.
+fn list_checkpoints(dir: &crate::core::checkpoint::CheckpointDir) -> Result<Vec<CheckpointInfo>> {
+    Ok(dir
+        .tokens()?
+        .into_iter()
+        .map(|token| {
+            let index = dir.read_index_meta(token);
+            let log = dir.read_log_meta(token);
+            let problem = match (&index, &log) {
+                (Err(a), Err(b)) => Some(format!("{a}; {b}")),
+                _ => None,
+            };
+            CheckpointInfo {
+                token,
+                has_index: index.is_ok(),
+                log: log.ok().map(|m| (m.version, m.mode)),
+                problem,
+            }
+        })
+        .collect())
 }
 
 /// The decision function of a context RMW.

@@ -23,7 +23,8 @@ use crate::core::status::{Result, Status};
 use crate::device::Disk;
 use crate::index::KeyHash;
 use crate::ops::read::ReadStep;
-use crate::ops::rmw::UpdateStep;
+use crate::ops::checkpoint::SessionBook;
+use crate::ops::pending::Started;
 use crate::rskv_core::{
     rmw_decider, status_of, DeleteContext, ReadContext, RmwContext, RsKv, UpsertContext,
 };
@@ -58,20 +59,39 @@ pub struct Session<'a, K, V, D: Disk> {
     kv: &'a RsKv<K, V, D>,
     id: SessionId,
     serial: SerialNum,
+    /// The checkpoint version this session's operations currently run in.
+    version: u64,
+    book: Arc<SessionBook>,
     pending: Vec<PendingOp<'a>>,
-}
-
-fn new_session_id() -> SessionId {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     pub(crate) fn new(kv: &'a RsKv<K, V, D>) -> Self {
+        let book = kv
+            .engine
+            .cpr
+            .register(None)
+            .expect("registering a new session id cannot fail");
+        Self::with_book(kv, book)
+    }
+
+    /// Continues a recovered session: serial numbers go on after its commit point.
+    pub(crate) fn continued(kv: &'a RsKv<K, V, D>, id: SessionId) -> Result<Self> {
+        Ok(Self::with_book(kv, kv.engine.cpr.register(Some(id.0))?))
+    }
+
+    fn with_book(kv: &'a RsKv<K, V, D>, book: Arc<SessionBook>) -> Self {
+        let serial = kv
+            .engine
+            .cpr
+            .recovered_point(book.id)
+            .map_or(0, |p| p.until);
         Self {
             kv,
-            id: new_session_id(),
-            serial: SerialNum(0),
+            id: SessionId(book.id),
+            serial: SerialNum(serial),
+            version: kv.engine.system_state().version,
+            book,
             pending: Vec::new(),
         }
     }
@@ -101,23 +121,33 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
 
     /// Upserts (never pending: upserts do not read the disk).
     pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&mut self, ctx: C) -> Status {
-        self.next_serial();
-        let status = status_of(self.kv.upsert_ctx(&ctx).map(|()| Status::Ok));
+        let serial = self.next_serial().0;
+        let (book, version) = (&self.book, &mut self.version);
+        let status = status_of(
+            self.kv
+                .upsert_ctx(&ctx, &mut |v| book.finished(serial, version, v))
+                .map(|()| Status::Ok),
+        );
         ctx.complete(status);
         status
     }
 
     /// Deletes (never pending).
     pub fn delete<C: DeleteContext<Key = K, Value = V>>(&mut self, ctx: C) -> Status {
-        self.next_serial();
-        let status = status_of(self.kv.delete_ctx(&ctx));
+        let serial = self.next_serial().0;
+        let (book, version) = (&self.book, &mut self.version);
+        let status = status_of(
+            self.kv
+                .delete_ctx(&ctx, &mut |v| book.finished(serial, version, v)),
+        );
         ctx.complete(status);
         status
     }
 
     /// Reads; `Pending` if the record is on disk (finish with [`Session::complete_pending`]).
     pub fn read<C: ReadContext<Key = K, Value = V> + Send + 'a>(&mut self, ctx: C) -> Status {
-        self.next_serial();
+        let serial = self.next_serial().0;
+        self.book.read(serial);
         let engine = &*self.kv.engine;
         let started = (|| -> Result<(Encoded, ReadStep, ValueBuf)> {
             let key = Encoded::new(ctx.key())?;
@@ -145,19 +175,25 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
 
     /// Read-modify-write; `Pending` if the newest record may be on disk.
     pub fn rmw<C: RmwContext<Key = K, Value = V> + Send + Sync + 'a>(&mut self, ctx: C) -> Status {
-        self.next_serial();
+        let serial = self.next_serial().0;
         let engine = &*self.kv.engine;
-        let started = (|| -> Result<(Encoded, KeyHash, UpdateStep)> {
+        let (book, version) = (&self.book, &mut self.version);
+        let started = (|| -> Result<(Encoded, KeyHash, Started<'a>)> {
             let key = Encoded::new(ctx.key())?;
             let hash = KeyHash::new(ctx.key_hash());
-            let g = engine.protect()?;
-            let step = engine.update_mem(
-                &g,
+            let step = engine.update_start(
                 &key,
                 hash,
                 Address::INVALID,
                 true,
                 &mut rmw_decider(&ctx),
+                &mut |v, pending| {
+                    if pending {
+                        book.went_pending(serial, version, v);
+                    } else {
+                        book.finished(serial, version, v);
+                    }
+                },
             )?;
             Ok((key, hash, step))
         })();
@@ -167,11 +203,12 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
                 ctx.complete(status);
                 status
             }
-            Ok((_, _, UpdateStep::Done(status))) => {
+            Ok((_, _, Started::Done(status))) => {
                 ctx.complete(status);
                 status
             }
-            Ok((key, hash, UpdateStep::Disk { address, seen })) => {
+            Ok((key, hash, Started::Disk(address, seen, pending))) => {
+                let book = self.book.clone();
                 self.pending.push(Box::pin(async move {
                     let r = engine
                         .update_pending(
@@ -181,9 +218,15 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
                             true,
                             address,
                             seen,
+                            pending,
                             &mut rmw_decider(&ctx),
+                            &mut |v| book.pending_finished(serial, v),
                         )
                         .await;
+                    if r.is_err() {
+                        // It wrote nothing: no checkpoint contains it.
+                        book.pending_finished(serial, u64::MAX);
+                    }
                     ctx.complete(status_of(r));
                 }));
                 Status::Pending

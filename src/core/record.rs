@@ -46,6 +46,12 @@ impl Version {
     pub const BITS: u32 = 13;
     /// The first version of a new store.
     pub const FIRST: Version = Version(1);
+    /// The record version of the store's (unbounded, starting at 1) checkpoint version `v`:
+    /// wraps inside 13 bits, skipping 0. Only versions next to each other are ever compared.
+    #[must_use]
+    pub const fn of(v: u64) -> Version {
+        Version(((v.saturating_sub(1)) % ((1 << Self::BITS) - 1)) as u16 + 1)
+    }
     /// Versions wrap inside 13 bits, skipping 0.
     #[must_use]
     pub fn next(self) -> Version {

@@ -84,6 +84,18 @@ pub enum Error {
     /// The index cannot allocate another overflow bucket.
     #[error("hash index is full: no overflow bucket left")]
     IndexFull,
+    /// A checkpoint file is missing, truncated, corrupt, foreign or from another format, or no
+    /// usable checkpoint exists.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file (or directory) at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A checkpoint or index growth is already running.
+    #[error("busy: {0}")]
+    Busy(&'static str),
     /// More threads use the store at once than its epoch table has slots for.
     #[error("too many threads: the epoch table has {0} slots")]
     TooManyThreads(usize),

@@ -167,6 +167,10 @@ impl<D: Disk> Disk for FaultyDisk<D> {
     fn describe(&self) -> String {
         format!("faulty ({})", self.inner.describe())
     }
+
+    fn checkpoint_root(&self) -> Option<std::path::PathBuf> {
+        self.inner.checkpoint_root()
+    }
 }
 
 #[cfg(test)]

@@ -698,6 +698,10 @@ impl Disk for FileSystemDisk {
     fn describe(&self) -> String {
         self.description.clone()
     }
+
+    fn checkpoint_root(&self) -> Option<PathBuf> {
+        Some(self.dir.join("checkpoints"))
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,12 @@ pub trait Disk: Send + Sync + 'static {
 
     /// A short description of the backend for reports, e.g. `"io_uring, O_DIRECT"`.
     fn describe(&self) -> String;
+
+    /// Where checkpoints of a log on this device live (`None`: the device keeps nothing, so
+    /// there is nothing to checkpoint).
+    fn checkpoint_root(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 impl<D: Disk + ?Sized> Disk for std::sync::Arc<D> {
@@ -94,5 +100,8 @@ impl<D: Disk + ?Sized> Disk for std::sync::Arc<D> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn checkpoint_root(&self) -> Option<std::path::PathBuf> {
+        (**self).checkpoint_root()
     }
 }

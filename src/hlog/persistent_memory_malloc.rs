@@ -201,6 +201,40 @@ impl<D: Disk> HybridLog<D> {
         })
     }
 
+    /// A log over `disk` whose records up to `start` (a page boundary) are on the device and
+    /// whose first address is `begin`: what recovery opens. Memory starts empty; the tail
+    /// opens page `start`.
+    ///
+    /// # Errors
+    /// As [`HybridLog::new`]; [`Error::Config`] if `start` is not a page boundary.
+    pub fn recovered(
+        disk: D,
+        epoch: Arc<LightEpoch>,
+        page_bits: u32,
+        frames: u64,
+        mutable_fraction: f64,
+        begin: Address,
+        start: Address,
+    ) -> Result<Self> {
+        let log = Self::new(disk, epoch, page_bits, frames, mutable_fraction)?;
+        let page = log.geo.page(start);
+        if log.geo.page_start(page) != start || page == 0 {
+            return Err(Error::Config {
+                field: "page_size",
+                reason: format!("recovery point {start} is not a page boundary of this log"),
+            });
+        }
+        for m in [&log.head, &log.safe_head, &log.read_only, &log.safe_read_only] {
+            m.store(start.raw(), Ordering::Release);
+        }
+        log.flushed_until.store(start.raw(), Ordering::Release);
+        log.head_target.store(start.raw(), Ordering::Release);
+        log.begin.store(begin.raw(), Ordering::Release);
+        log.opening.store(page, Ordering::Release);
+        log.tail.store(tail_word(page, 0), Ordering::Release);
+        Ok(log)
+    }
+
     /// Page geometry.
     #[must_use]
     pub fn geometry(&self) -> PageGeometry {
@@ -564,6 +598,122 @@ impl<D: Disk> HybridLog<D> {
         // SAFETY: `buf` is moved into the callback, so its heap memory stays allocated and is
         // touched by nobody else until the device calls back; offset/length/address aligned.
         unsafe { self.disk.read_async(start, ptr, len as usize, callback) };
+    }
+
+    /// Ends the tail page early so that everything allocated so far lies below a page boundary,
+    /// which it returns (the end of a checkpoint). Allocations after this go to later pages. An
+    /// empty open page is not closed: its start is returned.
+    pub fn close_page(&self) -> Address {
+        let page_size = self.page_size() as u64;
+        loop {
+            let cur = self.tail.load(Ordering::Acquire);
+            let (page, offset) = (cur >> 32, cur & 0xffff_ffff);
+            if offset == 0 {
+                return self.geo.page_start(page);
+            }
+            if offset >= page_size {
+                return self.geo.page_start(page + 1);
+            }
+            if self
+                .tail
+                .compare_exchange(
+                    cur,
+                    tail_word(page, page_size + 1),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return self.geo.page_start(page + 1);
+            }
+        }
+    }
+
+    /// Flushed to the device up to here.
+    #[must_use]
+    pub fn flushed_until(&self) -> Address {
+        Address::new(self.flushed_until.load(Ordering::Acquire))
+    }
+
+    /// A copy of page `page` if it is still in memory. The caller must be epoch protected (so
+    /// the frame cannot be reused while it is copied) and must know that the page's records
+    /// below its own bound are complete and not changing in ways it cares about.
+    #[must_use]
+    pub fn copy_page(&self, page: u64) -> Option<AlignedBuf> {
+        if self.geo.page_start(page) < self.head() {
+            return None;
+        }
+        let words = self.frames[self.geo.frame(page)].words();
+        let mut out = AlignedBuf::zeroed(self.page_size(), self.disk.alignment().max(4096));
+        for (dst, w) in out.as_mut_slice().chunks_exact_mut(8).zip(words) {
+            dst.copy_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
+        }
+        // The frame may have been recycled while we copied if head moved past it.
+        if self.geo.page_start(page) < self.safe_head_address() {
+            return None;
+        }
+        Some(out)
+    }
+
+    fn safe_head_address(&self) -> Address {
+        Address::new(self.safe_head.load(Ordering::Acquire))
+    }
+
+    /// Reads `len` bytes at `offset` from the device, waiting for them (recovery, snapshots).
+    ///
+    /// # Errors
+    /// [`Error::Io`] from the device.
+    pub fn read_sync(&self, offset: u64, len: usize) -> Result<AlignedBuf> {
+        let mut buf = AlignedBuf::zeroed(len, self.disk.alignment().max(4096));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // SAFETY: `buf` outlives the I/O: we wait for the callback before touching or dropping
+        // it; offset and length are page multiples, the buffer is aligned.
+        unsafe {
+            self.disk.read_async(
+                offset,
+                buf.as_mut_ptr(),
+                len,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+        }
+        let context = || format!("reading {len} bytes at log offset {offset}");
+        match rx.recv() {
+            Ok(Ok(_)) => Ok(buf),
+            Ok(Err(e)) => Err(Error::io(context(), e)),
+            Err(_) => Err(Error::io(context(), std::io::Error::other("callback dropped"))),
+        }
+    }
+
+    /// Writes `buf` at `offset` on the device, waiting for it (recovery).
+    ///
+    /// # Errors
+    /// [`Error::Io`] from the device.
+    pub fn write_sync(&self, offset: u64, buf: &AlignedBuf) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let len = buf.len();
+        // SAFETY: `buf` is borrowed until we have the callback's result; aligned page multiples.
+        unsafe {
+            self.disk.write_async(
+                offset,
+                buf.as_ptr(),
+                len,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+        }
+        let context = || format!("writing {len} bytes at log offset {offset}");
+        match rx.recv() {
+            Ok(Ok(n)) if n == len => Ok(()),
+            Ok(Ok(n)) => Err(Error::io(
+                context(),
+                std::io::Error::other(format!("short write of {n} bytes")),
+            )),
+            Ok(Err(e)) => Err(Error::io(context(), e)),
+            Err(_) => Err(Error::io(context(), std::io::Error::other("callback dropped"))),
+        }
     }
 
     /// Waits until every flush issued so far has completed (for shutdown and tests). The caller

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use crate::core::light_epoch::LightEpoch;
 use crate::index::definitions::{EntrySlot, HashIndex, IndexBusy, KeyHash};
+use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::hash_table::{HashTable, OverflowPool};
 use crate::sync::{AtomicU64, Ordering};
 
@@ -251,6 +252,78 @@ impl MemIndex {
     #[must_use]
     pub fn overflow_buckets(&self) -> u64 {
         self.pool.allocated()
+    }
+
+    /// A fuzzy dump of the current table (checkpoint): hands `out` the bucket image in chunks
+    /// (each bucket's 7 entries as little-endian words, tentative entries cleared, and a zero
+    /// overflow word), then returns the overflow-chain entries as `(bucket, entry)` pairs. The
+    /// caller is epoch protected per chunk by this function, and the index must not be growing.
+    ///
+    /// # Errors
+    /// The first error of `out`.
+    pub fn dump<E>(
+        &self,
+        mut out: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(u32, Vec<(u64, u64)>), E> {
+        const CHUNK: usize = 16 * 1024;
+        let bits = self.bits();
+        let mut overflow = Vec::new();
+        let mut image = vec![0u8; CHUNK * 64];
+        let n = 1usize << bits;
+        let mut first = 0;
+        while first < n {
+            let count = CHUNK.min(n - first);
+            {
+                // Protection keeps the table alive (growth is excluded by the caller anyway).
+                let _g = self.epoch.protect();
+                let table = self.table(self.state.load(Ordering::Acquire) >> 8);
+                for i in first..first + count {
+                    let b = table.bucket(i);
+                    let at = (i - first) * 64;
+                    for (k, slot) in b.entries.iter().enumerate() {
+                        let e = HashBucketEntry::from_raw(slot.load(Ordering::Acquire));
+                        let w = if e.tentative() { 0 } else { e.raw() };
+                        image[at + k * 8..at + k * 8 + 8].copy_from_slice(&w.to_le_bytes());
+                    }
+                    image[at + 56..at + 64].fill(0);
+                    if b.overflow.load(Ordering::Acquire) != 0 {
+                        for o in table.overflow_chain(i, &self.pool) {
+                            for slot in &self.pool.get(o).entries {
+                                let e = HashBucketEntry::from_raw(slot.load(Ordering::Acquire));
+                                if !e.is_empty() && !e.tentative() {
+                                    overflow.push((i as u64, e.raw()));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            out(&image[..count * 64])?;
+            first += count;
+        }
+        Ok((bits, overflow))
+    }
+
+    /// Loads buckets `first..` of a fresh index (recovery, before any other thread uses it) from
+    /// a dump image chunk.
+    pub fn restore_buckets(&self, first: usize, image: &[u8]) {
+        let table = self.table(self.state.load(Ordering::Acquire) >> 8);
+        for (n, bucket) in image.chunks_exact(64).enumerate() {
+            let b = table.bucket(first + n);
+            for (k, slot) in b.entries.iter().enumerate() {
+                let w = u64::from_le_bytes(bucket[k * 8..k * 8 + 8].try_into().unwrap_or_default());
+                slot.store(w, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Adds a dumped overflow entry to bucket `i` of a fresh index (recovery).
+    ///
+    /// # Errors
+    /// [`IndexBusy::Full`] when no overflow bucket can be allocated.
+    pub fn restore_overflow(&self, i: usize, entry: u64) -> Result<(), IndexBusy> {
+        let table = self.table(self.state.load(Ordering::Acquire) >> 8);
+        table.insert_exclusive(i, HashBucketEntry::from_raw(entry), &self.pool)
     }
 
     /// Whether the index is in the middle of growing.

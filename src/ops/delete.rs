@@ -16,23 +16,29 @@ impl<D: Disk> Engine<D> {
         g: &EpochGuard<'_>,
         key: &Encoded,
         hash: KeyHash,
-    ) -> Result<Status> {
-        self.retry(g, || {
+    ) -> Result<(Status, u64)> {
+        self.retry(g, &mut None, |ov| {
             let Some(mut entry) = self.index.find_entry(hash).map_err(Stop::from)? else {
                 return Ok(Status::NotFound);
             };
+            self.check_shift(ov, entry.address())?;
             let read_only = self.hlog.read_only();
-            if let (_, Some(rec)) = self.trace(entry.address(), key, read_only)? {
+            if let (a, Some(rec)) = self.trace(entry.address(), key, read_only)? {
                 let Some(mut lock) = rec.lock() else {
                     return Err(Stop::Retry);
                 };
                 if lock.state().tombstone() {
                     return Ok(Status::NotFound);
                 }
+                if !self.may_update_in_place(ov, a, &rec) {
+                    self.append_and_swing(ov, &mut entry, key, None)?;
+                    lock.seal();
+                    return Ok(Status::Ok);
+                }
                 lock.write_tombstone();
                 return Ok(Status::Ok);
             }
-            self.append_and_swing(&mut entry, key, None)?;
+            self.append_and_swing(ov, &mut entry, key, None)?;
             Ok(Status::Ok)
         })
     }

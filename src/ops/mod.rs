@@ -14,18 +14,24 @@
 //!   saw of the index. The caller drops its protection while the I/O runs, then continues; an
 //!   update that finds the index entry changed meanwhile starts over.
 
+pub mod checkpoint;
 pub mod delete;
 pub mod pending;
 pub mod read;
+pub mod recover;
 pub mod rmw;
 pub mod upsert;
 
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
+
 use crate::core::address::Address;
+use crate::core::checkpoint::{Phase, SystemState};
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::{EpochGuard, LightEpoch};
 use crate::core::record::{record_size, RecordInfo, RecordRef, Version};
+use crate::ops::checkpoint::Cpr;
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::hlog::{AllocError, HybridLog};
@@ -37,13 +43,41 @@ pub struct Engine<D: Disk> {
     pub(crate) epoch: Arc<LightEpoch>,
     pub(crate) index: MemIndex,
     pub(crate) hlog: HybridLog<D>,
-    version: AtomicU64,
+    /// The `(phase, version)` word of the checkpoint state machine.
+    state: CachePadded<AtomicU64>,
+    /// Records of the version after the one being checkpointed lie at or above this address
+    /// (`u64::MAX` while none can exist yet).
+    newer_from: AtomicU64,
+    /// Checkpoint bookkeeping: sessions, pending updates, the driver's claim.
+    pub(crate) cpr: Cpr,
+}
+
+/// Which rule of the checkpoint state machine an attempt runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// No checkpoint between versions: update in place freely.
+    Free,
+    /// Version v is ending (Prepare, or an update pinned to v): meeting a record of v+1 means
+    /// the operation must restart in v+1.
+    ShiftOnNewer,
+    /// Version v+1 while v is being checkpointed: records of older versions are copied, never
+    /// updated in place.
+    CopyOlder,
+}
+
+/// The version an attempt writes in, and its rule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpVersion {
+    pub(crate) version: u64,
+    pub(crate) rule: Rule,
 }
 
 /// Why an attempt stopped without a result.
 pub(crate) enum Stop {
     /// Refresh the epoch and try again.
     Retry,
+    /// The operation met a record of a newer version: retry in the current version.
+    Shift,
     /// A hard error.
     Fail(Error),
 }
@@ -79,32 +113,120 @@ impl<D: Disk> Engine<D> {
             index: MemIndex::new(index_bits, epoch.clone()),
             epoch,
             hlog,
-            version: AtomicU64::new(u64::from(Version::FIRST.0)),
+            state: CachePadded::new(AtomicU64::new(
+                SystemState {
+                    phase: Phase::Rest,
+                    version: 1,
+                }
+                .word(),
+            )),
+            newer_from: AtomicU64::new(u64::MAX),
+            cpr: Cpr::default(),
         }
     }
 
-    /// The version new records are written in.
-    pub(crate) fn version(&self) -> Version {
-        Version(self.version.load(Ordering::Acquire) as u16)
+    /// The current state of the checkpoint state machine.
+    pub(crate) fn system_state(&self) -> SystemState {
+        SystemState::from_word(self.state.load(Ordering::Acquire))
     }
 
-    /// Protects the calling thread.
+    /// Publishes a new state (the checkpoint driver only). SeqCst, then a fence: the Dekker
+    /// handshake with `protect` + `op_version`, so a thread either reads the new state or is
+    /// seen protected with an older acknowledgement by [`LightEpoch::all_acked`].
+    pub(crate) fn set_system_state(&self, s: SystemState) {
+        self.state.store(s.word(), Ordering::SeqCst);
+        crate::sync::fence(Ordering::SeqCst);
+    }
+
+    /// Sets where records of the next version may start (the checkpoint driver only).
+    pub(crate) fn set_newer_from(&self, a: u64) {
+        self.newer_from.store(a, Ordering::SeqCst);
+    }
+
+    /// Protects the calling thread and acknowledges the current state.
     pub(crate) fn protect(&self) -> Result<EpochGuard<'_>> {
-        self.epoch.protect()
+        let g = self.epoch.protect()?;
+        self.epoch
+            .ack_phase(g.slot(), self.state.load(Ordering::Acquire));
+        Ok(g)
     }
 
-    /// Runs `attempt` until it stops with something other than [`Stop::Retry`], refreshing the
-    /// epoch between attempts.
+    /// Reads (and acknowledges) the state for one attempt. `pin`: the version an update that
+    /// went to disk started in; it finishes there while the checkpoint still waits for it.
+    pub(crate) fn op_version(&self, g: &EpochGuard<'_>, pin: Option<u64>) -> OpVersion {
+        let word = self.state.load(Ordering::Acquire);
+        self.epoch.ack_phase(g.slot(), word);
+        let s = SystemState::from_word(word);
+        if let Some(p) = pin {
+            if p + 1 == s.version && matches!(s.phase, Phase::InProgress | Phase::WaitPending) {
+                return OpVersion {
+                    version: p,
+                    rule: Rule::ShiftOnNewer,
+                };
+            }
+        }
+        let rule = match s.phase {
+            Phase::Rest | Phase::PrepIndexChkpt | Phase::IndexChkpt => Rule::Free,
+            Phase::Prepare => Rule::ShiftOnNewer,
+            _ => Rule::CopyOlder,
+        };
+        OpVersion {
+            version: s.version,
+            rule,
+        }
+    }
+
+    /// Whether an attempt under `ov` must shift to the next version because the chain it is
+    /// about to extend (head `head_addr`) already holds a record of the next version
+    /// (invariant 1 of [`crate::core::checkpoint`]).
+    pub(crate) fn check_shift(&self, ov: OpVersion, head_addr: Address) -> Result<(), Stop> {
+        if ov.rule != Rule::ShiftOnNewer
+            || head_addr.is_invalid()
+            || head_addr.raw() < self.newer_from.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        if head_addr < self.hlog.head() {
+            // On disk and possibly newer: shifting is always allowed once newer records exist.
+            return Err(Stop::Shift);
+        }
+        if self.hlog.record(head_addr)?.info().version() == Version::of(ov.version + 1) {
+            return Err(Stop::Shift);
+        }
+        Ok(())
+    }
+
+    /// Whether a record at `a` (in the mutable region) may be updated in place under `ov`.
+    pub(crate) fn may_update_in_place(&self, ov: OpVersion, a: Address, rec: &RecordRef<'_>) -> bool {
+        match ov.rule {
+            Rule::Free | Rule::ShiftOnNewer => true,
+            Rule::CopyOlder => {
+                a.raw() >= self.newer_from.load(Ordering::Acquire)
+                    && rec.info().version() == Version::of(ov.version)
+            }
+        }
+    }
+
+    /// Runs `attempt` until it stops with something other than [`Stop::Retry`] or
+    /// [`Stop::Shift`], refreshing the epoch between attempts. Returns the result and the version
+    /// the successful attempt ran in. A shift drops `pin`.
     pub(crate) fn retry<T>(
         &self,
         g: &EpochGuard<'_>,
-        mut attempt: impl FnMut() -> Result<T, Stop>,
-    ) -> Result<T> {
+        pin: &mut Option<u64>,
+        mut attempt: impl FnMut(OpVersion) -> Result<T, Stop>,
+    ) -> Result<(T, u64)> {
         let mut round = 0;
         loop {
-            match attempt() {
-                Ok(v) => return Ok(v),
+            let ov = self.op_version(g, *pin);
+            match attempt(ov) {
+                Ok(v) => return Ok((v, ov.version)),
                 Err(Stop::Fail(e)) => return Err(e),
+                Err(Stop::Shift) => {
+                    *pin = None;
+                    g.refresh();
+                    crate::sync::backoff(&mut round);
+                }
                 Err(Stop::Retry) => {
                     g.refresh();
                     crate::sync::backoff(&mut round);
@@ -148,6 +270,7 @@ impl<D: Disk> Engine<D> {
     /// Writes a new record at the tail, chained to `prev`. Not yet published.
     pub(crate) fn append(
         &self,
+        ov: OpVersion,
         prev: Address,
         key: &Encoded,
         value: Option<&Encoded>,
@@ -160,7 +283,8 @@ impl<D: Disk> Engine<D> {
             }));
         }
         let address = self.hlog.allocate(size)?;
-        let info = RecordInfo::new(prev, self.version());
+        self.check_shift(ov, prev)?;
+        let info = RecordInfo::new(prev, Version::of(ov.version));
         let rec = RecordRef::write_new(self.hlog.space(address, size), info, key, value);
         Ok((address, rec))
     }
@@ -169,11 +293,12 @@ impl<D: Disk> Engine<D> {
     /// and the attempt retries.
     pub(crate) fn append_and_swing(
         &self,
+        ov: OpVersion,
         entry: &mut EntrySlot<'_>,
         key: &Encoded,
         value: Option<&Encoded>,
     ) -> Result<(), Stop> {
-        let (address, rec) = self.append(entry.address(), key, value)?;
+        let (address, rec) = self.append(ov, entry.address(), key, value)?;
         if entry.try_update(address).is_ok() {
             Ok(())
         } else {

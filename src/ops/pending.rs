@@ -21,6 +21,7 @@ use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::KeyHash;
 use crate::ops::read::ReadStep;
 use crate::ops::rmw::{Decision, DiskTrace, Latest, UpdateStep};
+use crate::ops::checkpoint::PendingUpdate;
 use crate::ops::Engine;
 
 impl<D: Disk> Engine<D> {
@@ -94,7 +95,10 @@ impl<D: Disk> Engine<D> {
         }
     }
 
-    /// Continues an update that went to disk at `address` having seen index entry `seen`.
+    /// Continues an update that went to disk at `address` having seen index entry `seen`, in
+    /// an attempt of version `started_in`. `on_commit` runs with the version the update landed
+    /// in, while the thread is still epoch protected (so a checkpoint collecting commit points
+    /// after every thread acknowledged its last phase sees it; see `core::checkpoint`).
     #[allow(clippy::too_many_arguments)] // the operation's whole state; a struct would only rename it
     pub(crate) async fn update_pending(
         &self,
@@ -104,8 +108,11 @@ impl<D: Disk> Engine<D> {
         in_place: bool,
         mut address: Address,
         mut seen: HashBucketEntry,
+        pending: PendingUpdate<'_>,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
+        on_commit: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Status> {
+        let mut pin = Some(pending.version());
         loop {
             let found = loop {
                 let bytes = self.fetch(address).await?;
@@ -116,21 +123,27 @@ impl<D: Disk> Engine<D> {
             };
             let step = {
                 let g = self.protect()?;
-                if let Some(status) = self.update_after_disk(&g, key, hash, seen, &found, decide)? {
+                if let (Some(status), v) =
+                    self.update_after_disk(&g, key, hash, seen, &found, &mut pin, decide)?
+                {
+                    on_commit(v);
                     return Ok(status);
                 }
                 // The entry changed while we were on disk: start over from memory.
-                self.update_mem(&g, key, hash, floor, in_place, decide)?
-            };
-            match step {
-                UpdateStep::Done(s) => return Ok(s),
-                UpdateStep::Disk {
-                    address: a,
-                    seen: s,
-                } => {
-                    address = a;
-                    seen = s;
+                let (step, v) = self.update_mem(&g, key, hash, floor, in_place, &mut pin, decide)?;
+                if let UpdateStep::Done(s) = step {
+                    on_commit(v);
+                    return Ok(s);
                 }
+                step
+            };
+            if let UpdateStep::Disk {
+                address: a,
+                seen: s,
+            } = step
+            {
+                address = a;
+                seen = s;
             }
         }
     }
@@ -144,26 +157,50 @@ impl<D: Disk> Engine<D> {
         in_place: bool,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<Status> {
-        match self.update_start(key, hash, floor, in_place, decide)? {
-            UpdateStep::Done(s) => Ok(s),
-            UpdateStep::Disk { address, seen } => {
-                self.update_pending(key, hash, floor, in_place, address, seen, decide)
-                    .await
+        match self.update_start(key, hash, floor, in_place, decide, &mut |_, _| {})? {
+            Started::Done(s) => Ok(s),
+            Started::Disk(address, seen, pending) => {
+                self.update_pending(
+                    key,
+                    hash,
+                    floor,
+                    in_place,
+                    address,
+                    seen,
+                    pending,
+                    decide,
+                    &mut |_| {},
+                )
+                .await
             }
         }
     }
 
-    /// The first, in-memory attempt of an update, under its own epoch protection.
-    fn update_start(
+    /// The first, in-memory attempt of an update, under its own epoch protection. `on_commit`
+    /// runs (protected) with the attempt's version and whether the update goes to disk; an
+    /// update that goes to disk is counted as pending in its version before the protection ends.
+    pub(crate) fn update_start(
         &self,
         key: &Encoded,
         hash: KeyHash,
         floor: Address,
         in_place: bool,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
-    ) -> Result<UpdateStep> {
+        on_commit: &mut dyn FnMut(u64, bool),
+    ) -> Result<Started<'_>> {
         let g = self.protect()?;
-        self.update_mem(&g, key, hash, floor, in_place, decide)
+        Ok(
+            match self.update_mem(&g, key, hash, floor, in_place, &mut None, decide)? {
+                (UpdateStep::Done(s), v) => {
+                    on_commit(v, false);
+                    Started::Done(s)
+                }
+                (UpdateStep::Disk { address, seen }, v) => {
+                    on_commit(v, true);
+                    Started::Disk(address, seen, self.cpr.pending_update(v))
+                }
+            },
+        )
     }
 
     /// A whole update, blocking while the disk works.
@@ -175,11 +212,29 @@ impl<D: Disk> Engine<D> {
         in_place: bool,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<Status> {
-        match self.update_start(key, hash, floor, in_place, decide)? {
-            UpdateStep::Done(s) => Ok(s),
-            UpdateStep::Disk { address, seen } => futures_executor::block_on(
-                self.update_pending(key, hash, floor, in_place, address, seen, decide),
-            ),
+        match self.update_start(key, hash, floor, in_place, decide, &mut |_, _| {})? {
+            Started::Done(s) => Ok(s),
+            Started::Disk(address, seen, pending) => {
+                futures_executor::block_on(self.update_pending(
+                    key,
+                    hash,
+                    floor,
+                    in_place,
+                    address,
+                    seen,
+                    pending,
+                    decide,
+                    &mut |_| {},
+                ))
+            }
         }
     }
+}
+
+/// How the first attempt of an update ended.
+pub(crate) enum Started<'a> {
+    /// Finished in memory.
+    Done(Status),
+    /// Continue on disk at this address, having seen this entry; counted as pending.
+    Disk(Address, HashBucketEntry, PendingUpdate<'a>),
 }

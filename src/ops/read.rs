@@ -31,7 +31,7 @@ impl<D: Disk> Engine<D> {
         hash: KeyHash,
         out: &mut ValueBuf,
     ) -> Result<ReadStep> {
-        self.retry(g, || {
+        let (step, _) = self.retry(g, &mut None, |_| {
             let Some(entry) = self.index.find_entry(hash).map_err(Stop::from)? else {
                 return Ok(ReadStep::NotFound);
             };
@@ -48,7 +48,8 @@ impl<D: Disk> Engine<D> {
             } else {
                 ReadStep::NotFound
             })
-        })
+        })?;
+        Ok(step)
     }
 
     /// Continues a read with the record fetched from `address`.

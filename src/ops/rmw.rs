@@ -24,7 +24,7 @@ use crate::hlog::RecordBytes;
 use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::KeyHash;
 use crate::ops::read::DiskMatch;
-use crate::ops::{Engine, Stop};
+use crate::ops::{Engine, OpVersion, Stop};
 
 /// The key's newest value as an update sees it.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +71,10 @@ pub enum DiskTrace {
 
 impl<D: Disk> Engine<D> {
     /// The in-memory part of an update. `floor`: only records at or above it count
-    /// (`Address::INVALID` for RMW: all of them). `in_place`: whether a mutable record may be rewritten.
+    /// (`Address::INVALID` for RMW: all of them). `in_place`: whether a mutable record may be
+    /// rewritten. `pin`: the version an update that went to disk started in (see
+    /// [`Engine::op_version`]). Returns the step and the version the attempt ran in.
+    #[allow(clippy::too_many_arguments)] // the operation's whole state
     pub(crate) fn update_mem(
         &self,
         g: &EpochGuard<'_>,
@@ -79,11 +82,13 @@ impl<D: Disk> Engine<D> {
         hash: KeyHash,
         floor: Address,
         in_place: bool,
+        pin: &mut Option<u64>,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
-    ) -> Result<UpdateStep> {
+    ) -> Result<(UpdateStep, u64)> {
         let mut buf = ValueBuf::default();
-        self.retry(g, || {
+        self.retry(g, pin, |ov| {
             let mut entry = self.entry_for_update(hash)?;
+            self.check_shift(ov, entry.address())?;
             let head = self.hlog.head();
             let (a, rec) = self.trace(entry.address(), key, floor.max(head))?;
             let Some(rec) = rec else {
@@ -94,6 +99,7 @@ impl<D: Disk> Engine<D> {
                     });
                 }
                 return Ok(UpdateStep::Done(self.write_decided(
+                    ov,
                     &mut entry,
                     key,
                     decide(Latest::Absent)?,
@@ -112,10 +118,12 @@ impl<D: Disk> Engine<D> {
                 let Decision::Write(v) = decide(latest)? else {
                     return Ok(UpdateStep::Done(Status::NotFound));
                 };
-                if lock.fits(v.len()) {
+                if self.may_update_in_place(ov, a, &rec) && lock.fits(v.len()) {
                     lock.write_value(&v);
                 } else {
-                    self.append_and_swing(&mut entry, key, Some(&v))?;
+                    // Too big, or a record of the version being checkpointed: copy, then seal
+                    // the old record under its lock so no in-place writer lands in it later.
+                    self.append_and_swing(ov, &mut entry, key, Some(&v))?;
                     lock.seal();
                 }
                 return Ok(UpdateStep::Done(Status::Ok));
@@ -130,13 +138,14 @@ impl<D: Disk> Engine<D> {
             };
             let decision = decide(latest)?;
             Ok(UpdateStep::Done(
-                self.write_decided(&mut entry, key, decision)?,
+                self.write_decided(ov, &mut entry, key, decision)?,
             ))
         })
     }
 
     fn write_decided(
         &self,
+        ov: OpVersion,
         entry: &mut crate::index::EntrySlot<'_>,
         key: &Encoded,
         decision: Decision,
@@ -144,7 +153,7 @@ impl<D: Disk> Engine<D> {
         match decision {
             Decision::Abort => Ok(Status::NotFound),
             Decision::Write(v) => {
-                self.append_and_swing(entry, key, Some(&v))?;
+                self.append_and_swing(ov, entry, key, Some(&v))?;
                 Ok(Status::Ok)
             }
         }
@@ -168,6 +177,7 @@ impl<D: Disk> Engine<D> {
 
     /// Finishes an update after its disk trace: writes the decision if the index entry is
     /// still the one seen; `None` means it changed and the update must start over.
+    #[allow(clippy::too_many_arguments)] // the operation's whole state
     pub(crate) fn update_after_disk(
         &self,
         g: &EpochGuard<'_>,
@@ -175,19 +185,21 @@ impl<D: Disk> Engine<D> {
         hash: KeyHash,
         seen: HashBucketEntry,
         found: &DiskTrace,
+        pin: &mut Option<u64>,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
-    ) -> Result<Option<Status>> {
-        self.retry(g, || {
+    ) -> Result<(Option<Status>, u64)> {
+        self.retry(g, pin, |ov| {
             let mut entry = self.entry_for_update(hash)?;
             if entry.entry != seen {
                 return Ok(None);
             }
+            self.check_shift(ov, entry.address())?;
             let latest = match found {
                 DiskTrace::Found(Some(v)) => Latest::Value(v),
                 DiskTrace::Found(None) => Latest::Deleted,
                 DiskTrace::Absent | DiskTrace::Next(_) => Latest::Absent,
             };
-            match self.write_decided(&mut entry, key, decide(latest)?) {
+            match self.write_decided(ov, &mut entry, key, decide(latest)?) {
                 Ok(s) => Ok(Some(s)),
                 // The entry moved under us: the newest record may have changed, start over.
                 Err(Stop::Retry) => Ok(None),

@@ -13,7 +13,7 @@ use crate::ops::{Engine, Stop};
 impl<D: Disk> Engine<D> {
     /// Writes `value` for `key`. `in_place` may rewrite the locked newest record itself (the
     /// context API's `put_atomic`); it returns the value to write in place, or `None` to write
-    /// `value`.
+    /// `value`. Returns the checkpoint version the write landed in.
     pub(crate) fn upsert(
         &self,
         g: &EpochGuard<'_>,
@@ -21,14 +21,21 @@ impl<D: Disk> Engine<D> {
         hash: KeyHash,
         value: &Encoded,
         in_place: &mut dyn FnMut(&RecordLock<'_>) -> Result<Option<Encoded>>,
-    ) -> Result<()> {
-        self.retry(g, || {
+    ) -> Result<u64> {
+        let (_, version) = self.retry(g, &mut None, |ov| {
             let mut entry = self.entry_for_update(hash)?;
+            self.check_shift(ov, entry.address())?;
             let read_only = self.hlog.read_only();
-            if let (_, Some(rec)) = self.trace(entry.address(), key, read_only)? {
+            if let (a, Some(rec)) = self.trace(entry.address(), key, read_only)? {
                 let Some(mut lock) = rec.lock() else {
                     return Err(Stop::Retry);
                 };
+                if !self.may_update_in_place(ov, a, &rec) {
+                    // A record of the version being checkpointed: copy, and seal the old one.
+                    self.append_and_swing(ov, &mut entry, key, Some(value))?;
+                    lock.seal();
+                    return Ok(());
+                }
                 let own = in_place(&lock)?;
                 let v = own.as_ref().unwrap_or(value);
                 if lock.fits(v.len()) {
@@ -37,11 +44,12 @@ impl<D: Disk> Engine<D> {
                 }
                 // Grows past its capacity: copy to the tail, then seal the old record while
                 // still holding its lock, so no in-place writer can land in it afterwards.
-                self.append_and_swing(&mut entry, key, Some(v))?;
+                self.append_and_swing(ov, &mut entry, key, Some(v))?;
                 lock.seal();
                 return Ok(());
             }
-            self.append_and_swing(&mut entry, key, Some(value))
-        })
+            self.append_and_swing(ov, &mut entry, key, Some(value))
+        })?;
+        Ok(version)
     }
 }

@@ -1,0 +1,518 @@
+//! Checkpoints: FASTER's concurrent prefix recovery (CPR), its state machine and its files.
+//!
+//! # The state machine
+//! One global word holds `(phase, version)`. Every operation attempt reads it under epoch
+//! protection and acknowledges it in its epoch slot; the checkpoint driver moves to the next
+//! phase only once every protected thread has acknowledged the current one
+//! ([`LightEpoch::all_acked`](crate::core::light_epoch::LightEpoch::all_acked)). With `v` the
+//! version being checkpointed:
+//!
+//! | phase | what operations do | driver |
+//! |-------|--------------------|--------|
+//! | `Rest` (v) | write records of version v, update in place | - |
+//! | `PrepIndexChkpt`, `IndexChkpt` (v) | as in Rest | fuzzy dump of the hash table (index and full kinds) |
+//! | `Prepare` (v) | as in Rest, but an operation that meets a record of version v+1 (the chain head, or a disk chain head written after v+1 began) *shifts*: it restarts in v+1 | waits for all acks |
+//! | `InProgress` (v+1) | write v+1 records; a record of an older version is never updated in place, it is copied to the tail (and sealed) | records where v+1 starts, waits for acks |
+//! | `WaitPending` (v+1) | as InProgress; updates that went to disk in v may still finish in v | waits (bounded) for them |
+//! | `WaitFlush` (v+1) | as InProgress | closes the tail page: its end `E` is the checkpoint's end; fold-over flushes the log up to E, snapshot copies the in-memory pages below E to a file; then fsync |
+//! | `PersistenceCallback` (v+1) | as InProgress | collects each session's commit point, writes the metadata atomically |
+//! | `Rest` (v+1) | - | - |
+//!
+//! # Invariants
+//! 1. Along every hash chain, record versions never decrease toward the head: a v operation
+//!    that would append after (or update in place) a v+1 record shifts to v+1 instead.
+//! 2. No v+1 operation changes a record of version <= v in place while a checkpoint of v runs,
+//!    so the log below `E`, read with "version <= v", is exactly the state of version v.
+//! 3. Records of version v+1 can only lie at or above `newer_from` (the tail read before
+//!    InProgress was published); recovery invalidates those below `E` on disk, so a later
+//!    checkpoint of the same log never mistakes them for its own.
+//! 4. A session's commit point is `until`: every operation with a serial number `<= until` except
+//!    `excluded` (updates that were waiting for the disk and finished in a later version) is in
+//!    the checkpoint, and none after it. An operation records its session's progress while it is
+//!    still epoch protected, so the driver, which collects after everybody acknowledged the
+//!    final phase, never sees an operation that finished in v but is not yet recorded.
+//! 5. Metadata files are written with [`write_atomic`](crate::environment::file::write_atomic)
+//!    and carry a magic, a format number and an xxh3 checksum; data files (index dump,
+//!    snapshot) are fsynced before the metadata naming them is written, and their checksums are
+//!    in the metadata. A checkpoint exists once its metadata file does.
+//!
+//! # Files
+//! `<log dir>/checkpoints/<token>/` holds `index.meta` + `index.dat` (an index checkpoint),
+//! `log.meta` (a log checkpoint) and, for a snapshot, `snapshot.dat`. A full checkpoint has all
+//! of them under one token.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::status::{Error, Result};
+use crate::environment::file::write_atomic;
+
+/// Phases of the checkpoint state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Phase {
+    /// No checkpoint running.
+    Rest = 0,
+    /// An index checkpoint is about to start.
+    PrepIndexChkpt = 1,
+    /// The hash table is being dumped.
+    IndexChkpt = 2,
+    /// Threads learn that version v is ending.
+    Prepare = 3,
+    /// New operations run in v+1.
+    InProgress = 4,
+    /// Updates of v that went to disk are finishing.
+    WaitPending = 5,
+    /// The log up to the checkpoint's end is being made durable.
+    WaitFlush = 6,
+    /// The metadata is being written.
+    PersistenceCallback = 7,
+}
+
+impl Phase {
+    fn from_u8(p: u8) -> Phase {
+        match p {
+            1 => Phase::PrepIndexChkpt,
+            2 => Phase::IndexChkpt,
+            3 => Phase::Prepare,
+            4 => Phase::InProgress,
+            5 => Phase::WaitPending,
+            6 => Phase::WaitFlush,
+            7 => Phase::PersistenceCallback,
+            _ => Phase::Rest,
+        }
+    }
+}
+
+/// The global `(phase, version)` word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SystemState {
+    /// Current phase.
+    pub phase: Phase,
+    /// Version new operations run in (v+1 from InProgress on).
+    pub version: u64,
+}
+
+impl SystemState {
+    const VERSION_MASK: u64 = (1 << 56) - 1;
+
+    /// Packs into one word.
+    #[must_use]
+    pub fn word(self) -> u64 {
+        (self.phase as u64) << 56 | (self.version & Self::VERSION_MASK)
+    }
+
+    /// Unpacks a word.
+    #[must_use]
+    pub fn from_word(w: u64) -> Self {
+        SystemState {
+            phase: Phase::from_u8((w >> 56) as u8),
+            version: w & Self::VERSION_MASK,
+        }
+    }
+}
+
+/// What a checkpoint captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointKind {
+    /// Index and log under one token.
+    Full,
+    /// The hash table only (recovery pairs it with a later log checkpoint).
+    IndexOnly,
+    /// The log only (recovery uses the newest usable index checkpoint, or replays the log).
+    LogOnly,
+}
+
+/// How a log checkpoint makes the in-memory part of the log durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum LogMode {
+    /// Flush the log up to its tail (cheap; makes the whole log read-only, so the next updates
+    /// copy their records).
+    #[default]
+    FoldOver,
+    /// Copy the in-memory pages to a separate file (in-place updates continue afterwards).
+    Snapshot,
+}
+
+/// Names one checkpoint; newer checkpoints have larger tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Token(pub u64);
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ckpt-{:010}", self.0)
+    }
+}
+
+impl Token {
+    fn parse(name: &str) -> Option<Token> {
+        name.strip_prefix("ckpt-")?.parse().ok().map(Token)
+    }
+}
+
+/// Where one session stands in a checkpoint (FASTER's `CommitPoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CommitPoint {
+    /// Every operation with a serial number up to this one is in the checkpoint...
+    pub until: u64,
+    /// ...except these (updates that waited for the disk across the version change).
+    pub excluded: Vec<u64>,
+}
+
+/// A session's commit point, by session id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCommit {
+    /// The session's id.
+    pub id: u64,
+    /// Its commit point.
+    pub commit: CommitPoint,
+}
+
+/// `index.meta`: a fuzzy dump of the hash table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexMeta {
+    /// The checkpoint version the dump was taken in.
+    pub version: u64,
+    /// log2 of the bucket count.
+    pub table_bits: u32,
+    /// Log tail when the dump started: replay starts here.
+    pub start: u64,
+    /// Log tail when the dump ended.
+    pub end: u64,
+    /// Entries from overflow buckets (after the bucket image in `index.dat`).
+    pub overflow_entries: u64,
+    /// Bytes of `index.dat`.
+    pub data_len: u64,
+    /// xxh3 of `index.dat`.
+    pub data_hash: u64,
+}
+
+/// `log.meta`: a log checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogMeta {
+    /// The version checkpointed: records of versions up to it, below `end`, are the state.
+    pub version: u64,
+    /// Fold-over or snapshot.
+    pub mode: LogMode,
+    /// log2 of the page size of the log that wrote it.
+    pub page_bits: u32,
+    /// First address of the log.
+    pub begin: u64,
+    /// Records of version v+1 start at or after this address.
+    pub newer_from: u64,
+    /// End of the checkpoint (page aligned): nothing at or above it belongs to it.
+    pub end: u64,
+    /// Snapshot: first address held by `snapshot.dat` (page aligned; below it the log device
+    /// holds the state).
+    pub snapshot_start: u64,
+    /// xxh3 of `snapshot.dat` (0 without a snapshot).
+    pub snapshot_hash: u64,
+    /// Commit points of the sessions.
+    pub sessions: Vec<SessionCommit>,
+    /// Next session id to hand out after recovery.
+    pub next_session_id: u64,
+}
+
+const MAGIC: &[u8; 8] = b"RSKVCKPT";
+/// Version of the checkpoint file format; another value is refused.
+pub const FORMAT: u32 = 1;
+/// File names.
+pub const INDEX_META: &str = "index.meta";
+/// The dumped hash table.
+pub const INDEX_DATA: &str = "index.dat";
+/// The log checkpoint's metadata.
+pub const LOG_META: &str = "log.meta";
+/// A snapshot's pages.
+pub const SNAPSHOT_DATA: &str = "snapshot.dat";
+const KIND_INDEX: u32 = 1;
+const KIND_LOG: u32 = 2;
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn encode_meta<T: Serialize>(kind: u32, meta: &T) -> Result<Vec<u8>> {
+    let payload = postcard::to_stdvec(meta).map_err(|e| Error::Codec(e.to_string()))?;
+    let mut out = Vec::with_capacity(payload.len() + 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&kind.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    let sum = xxhash_rust::xxh3::xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    Ok(out)
+}
+
+fn decode_meta<T: for<'de> Deserialize<'de>>(path: &Path, kind: u32, bytes: &[u8]) -> Result<T> {
+    const HEAD: usize = 24;
+    if bytes.len() < HEAD + 8 {
+        return Err(corrupt(
+            path,
+            format!("truncated: {} bytes, header needs {}", bytes.len(), HEAD + 8),
+        ));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(corrupt(path, "not an RsKv checkpoint file (bad magic)"));
+    }
+    let word4 = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
+    let format = word4(8);
+    if format != FORMAT {
+        return Err(corrupt(
+            path,
+            format!("written by checkpoint format {format}; this build reads format {FORMAT}"),
+        ));
+    }
+    if word4(12) != kind {
+        return Err(corrupt(path, "wrong kind of checkpoint file"));
+    }
+    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap_or_default());
+    let Some(total) = (len as usize).checked_add(HEAD + 8) else {
+        return Err(corrupt(path, "payload length overflows"));
+    };
+    if total != bytes.len() || len > bytes.len() as u64 {
+        return Err(corrupt(
+            path,
+            format!(
+                "length mismatch: header says {total} bytes, file has {}",
+                bytes.len()
+            ),
+        ));
+    }
+    let body = &bytes[..bytes.len() - 8];
+    let sum = u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().unwrap_or_default());
+    if xxhash_rust::xxh3::xxh3_64(body) != sum {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    postcard::from_bytes(&body[HEAD..]).map_err(|e| corrupt(path, format!("undecodable: {e}")))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| corrupt(path, format!("cannot read: {e}")))?;
+    Ok(bytes)
+}
+
+/// The checkpoint directory of one store.
+#[derive(Debug, Clone)]
+pub struct CheckpointDir {
+    root: PathBuf,
+}
+
+impl CheckpointDir {
+    /// Checkpoints under `root`.
+    #[must_use]
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// The root directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of checkpoint `token`.
+    #[must_use]
+    pub fn dir(&self, token: Token) -> PathBuf {
+        self.root.join(token.to_string())
+    }
+
+    /// Creates the directory of `token`.
+    ///
+    /// # Errors
+    /// [`Error::Path`] if it cannot be created.
+    pub fn create(&self, token: Token) -> Result<PathBuf> {
+        let dir = self.dir(token);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Path {
+            path: dir.clone(),
+            source,
+        })?;
+        crate::environment::file::sync_dir(&self.root).map_err(|source| Error::Path {
+            path: self.root.clone(),
+            source,
+        })?;
+        Ok(dir)
+    }
+
+    /// Every token that has a directory, oldest first (complete or not).
+    ///
+    /// # Errors
+    /// [`Error::Path`] if the root exists but cannot be listed.
+    pub fn tokens(&self) -> Result<Vec<Token>> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::Path {
+                    path: self.root.clone(),
+                    source,
+                })
+            }
+        };
+        let mut tokens: Vec<Token> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(Token::parse))
+            .collect();
+        tokens.sort();
+        Ok(tokens)
+    }
+
+    /// Writes `index.meta` of `token` atomically.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the write fails.
+    pub fn write_index_meta(&self, token: Token, meta: &IndexMeta) -> Result<()> {
+        let path = self.dir(token).join(INDEX_META);
+        write_atomic(&path, &encode_meta(KIND_INDEX, meta)?)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Writes `log.meta` of `token` atomically.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the write fails.
+    pub fn write_log_meta(&self, token: Token, meta: &LogMeta) -> Result<()> {
+        let path = self.dir(token).join(LOG_META);
+        write_atomic(&path, &encode_meta(KIND_LOG, meta)?)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Reads and checks `index.meta` of `token`.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] naming the file if it is missing, truncated, corrupt or foreign.
+    pub fn read_index_meta(&self, token: Token) -> Result<IndexMeta> {
+        let path = self.dir(token).join(INDEX_META);
+        decode_meta(&path, KIND_INDEX, &read_file(&path)?)
+    }
+
+    /// Reads and checks `log.meta` of `token`.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] naming the file if it is missing, truncated, corrupt or foreign.
+    pub fn read_log_meta(&self, token: Token) -> Result<LogMeta> {
+        let path = self.dir(token).join(LOG_META);
+        decode_meta(&path, KIND_LOG, &read_file(&path)?)
+    }
+
+    /// Removes checkpoint `token` (metadata first, so a crash midway leaves no half checkpoint
+    /// that looks complete).
+    ///
+    /// # Errors
+    /// [`Error::Path`] if a file cannot be removed.
+    pub fn remove(&self, token: Token) -> Result<()> {
+        let dir = self.dir(token);
+        for name in [LOG_META, INDEX_META] {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Path {
+                        path: dir.join(name),
+                        source,
+                    })
+                }
+            }
+        }
+        let _ = crate::environment::file::sync_dir(&dir);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Path { path: dir, source }),
+        }
+        let _ = crate::environment::file::sync_dir(&self.root);
+        Ok(())
+    }
+}
+
+/// One checkpoint as listed by `RsKv::checkpoints`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// Its token.
+    pub token: Token,
+    /// Whether it holds a (valid) index checkpoint.
+    pub has_index: bool,
+    /// The log checkpoint's version and mode, if it holds a valid one.
+    pub log: Option<(u64, LogMode)>,
+    /// Why a part of it is unusable, if one is.
+    pub problem: Option<String>,
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn log_meta() -> LogMeta {
+        LogMeta {
+            version: 3,
+            mode: LogMode::Snapshot,
+            page_bits: 12,
+            begin: 64,
+            newer_from: 8192,
+            end: 12288,
+            snapshot_start: 4096,
+            snapshot_hash: 7,
+            sessions: vec![SessionCommit {
+                id: 1,
+                commit: CommitPoint {
+                    until: 10,
+                    excluded: vec![4],
+                },
+            }],
+            next_session_id: 2,
+        }
+    }
+
+    #[test]
+    fn state_word_roundtrip() {
+        for phase in [Phase::Rest, Phase::Prepare, Phase::PersistenceCallback] {
+            let s = SystemState { phase, version: 77 };
+            assert_eq!(SystemState::from_word(s.word()), s);
+        }
+    }
+
+    #[test]
+    fn meta_roundtrip_and_every_damage_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::new(tmp.path().join("checkpoints"));
+        let t = Token(5);
+        dir.create(t).unwrap();
+        dir.write_log_meta(t, &log_meta()).unwrap();
+        assert_eq!(dir.read_log_meta(t).unwrap(), log_meta());
+        assert_eq!(dir.tokens().unwrap(), vec![t]);
+        let path = dir.dir(t).join(LOG_META);
+        let good = std::fs::read(&path).unwrap();
+        // Every single-byte flip and every truncation is refused with an error naming the file.
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x20;
+            std::fs::write(&path, &bad).unwrap();
+            let e = dir.read_log_meta(t).unwrap_err().to_string();
+            assert!(e.contains("log.meta"), "{e}");
+        }
+        for len in 0..good.len() {
+            std::fs::write(&path, &good[..len]).unwrap();
+            assert!(dir.read_log_meta(t).is_err());
+        }
+        // An index meta file is not a log meta file.
+        std::fs::write(&path, encode_meta(KIND_INDEX, &log_meta()).unwrap()).unwrap();
+        assert!(dir
+            .read_log_meta(t)
+            .unwrap_err()
+            .to_string()
+            .contains("wrong kind"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(dir.read_log_meta(t).unwrap_err().to_string().contains("cannot read"));
+        dir.remove(t).unwrap();
+        assert!(dir.tokens().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,519 @@
+//! The checkpoint driver and the per-session bookkeeping CPR needs. The state machine, its
+//! invariants and the file formats are described in [`crate::core::checkpoint`].
+//!
+//! The driver runs on the caller's thread (or a thread of its own for the async call). It is
+//! never epoch protected itself: it publishes a phase, then waits until every protected thread
+//! has acknowledged it, draining the epoch's actions meanwhile (flushes and evictions run there).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::core::address::Address;
+use crate::core::checkpoint::{
+    CheckpointDir, CheckpointKind, CommitPoint, IndexMeta, LogMeta, LogMode, Phase,
+    SessionCommit, SystemState, Token, INDEX_DATA, SNAPSHOT_DATA,
+};
+use crate::core::status::{Error, Result};
+use crate::device::Disk;
+use crate::ops::Engine;
+
+/// How long `WaitPending` waits for updates of the old version that went to disk; those still
+/// waiting afterwards finish in the new version and are reported as excluded.
+const WAIT_PENDING_LIMIT: Duration = Duration::from_secs(2);
+
+/// Checkpoint bookkeeping of one store.
+pub(crate) struct Cpr {
+    /// A checkpoint or an index growth is running.
+    busy: AtomicBool,
+    /// Updates waiting for the disk, by the parity of the version they started in.
+    pending: [StdAtomicU64; 2],
+    sessions: Mutex<Vec<Arc<SessionBook>>>,
+    next_session: StdAtomicU64,
+    /// 0 until the checkpoint directory was scanned.
+    next_token: StdAtomicU64,
+    /// Commit points of the sessions of the checkpoint this store was recovered from.
+    recovered: Mutex<HashMap<u64, CommitPoint>>,
+}
+
+impl Default for Cpr {
+    fn default() -> Self {
+        Self {
+            busy: AtomicBool::new(false),
+            pending: [StdAtomicU64::new(0), StdAtomicU64::new(0)],
+            sessions: Mutex::new(Vec::new()),
+            next_session: StdAtomicU64::new(1),
+            next_token: StdAtomicU64::new(0),
+            recovered: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The bookkeeping stays consistent even if a holder panicked (every update is one step).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The exclusive claim of the checkpoint/growth machinery; released on drop.
+pub(crate) struct Claim<'a>(&'a AtomicBool);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, StdOrdering::Release);
+    }
+}
+
+/// An update waiting for the disk, counted in the version it started in until dropped.
+pub(crate) struct PendingUpdate<'a> {
+    cpr: &'a Cpr,
+    version: u64,
+}
+
+impl PendingUpdate<'_> {
+    /// The version the update started in.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Drop for PendingUpdate<'_> {
+    fn drop(&mut self) {
+        self.cpr.pending[(self.version & 1) as usize].fetch_sub(1, StdOrdering::AcqRel);
+    }
+}
+
+impl Cpr {
+    /// Claims the machinery for one checkpoint or growth.
+    pub(crate) fn claim(&self, what: &'static str) -> Result<Claim<'_>> {
+        self.busy
+            .compare_exchange(false, true, StdOrdering::AcqRel, StdOrdering::Acquire)
+            .map_err(|_| Error::Busy(what))?;
+        Ok(Claim(&self.busy))
+    }
+
+    /// Counts an update of `version` that goes to disk.
+    pub(crate) fn pending_update(&self, version: u64) -> PendingUpdate<'_> {
+        self.pending[(version & 1) as usize].fetch_add(1, StdOrdering::AcqRel);
+        PendingUpdate { cpr: self, version }
+    }
+
+    /// Registers a session (a new id, or a recovered one).
+    pub(crate) fn register(&self, id: Option<u64>) -> Result<Arc<SessionBook>> {
+        let mut sessions = lock(&self.sessions);
+        let (id, serial) = match id {
+            Some(id) => {
+                if sessions.iter().any(|s| s.id == id) {
+                    return Err(Error::Busy("that session id is already in use"));
+                }
+                let point = lock(&self.recovered).get(&id).cloned().ok_or_else(|| {
+                    Error::Config {
+                        field: "session id",
+                        reason: format!("session {id} is not in the recovered checkpoint"),
+                    }
+                })?;
+                (id, point.until)
+            }
+            None => (self.next_session.fetch_add(1, StdOrdering::Relaxed), 0),
+        };
+        let book = Arc::new(SessionBook {
+            id,
+            serial: StdAtomicU64::new(serial),
+            book: Mutex::new(Book::default()),
+        });
+        sessions.push(book.clone());
+        Ok(book)
+    }
+
+    /// The recovered commit point of session `id`.
+    pub(crate) fn recovered_point(&self, id: u64) -> Option<CommitPoint> {
+        lock(&self.recovered).get(&id).cloned()
+    }
+
+    /// Installs what recovery read.
+    pub(crate) fn set_recovered(&self, sessions: &[SessionCommit], next_session: u64) {
+        let mut r = lock(&self.recovered);
+        for s in sessions {
+            r.insert(s.id, s.commit.clone());
+        }
+        self.next_session.fetch_max(next_session, StdOrdering::AcqRel);
+    }
+
+    fn collect(&self, version: u64) -> (Vec<SessionCommit>, u64) {
+        let sessions = lock(&self.sessions);
+        let mut out: Vec<SessionCommit> = sessions
+            .iter()
+            .map(|s| SessionCommit {
+                id: s.id,
+                commit: s.commit_point(version),
+            })
+            .collect();
+        // Recovered sessions nobody continued keep their commit point.
+        for (id, point) in lock(&self.recovered).iter() {
+            if !out.iter().any(|s| s.id == *id) {
+                out.push(SessionCommit {
+                    id: *id,
+                    commit: point.clone(),
+                });
+            }
+        }
+        out.sort_by_key(|s| s.id);
+        (out, self.next_session.load(StdOrdering::Acquire))
+    }
+}
+
+/// What a checkpoint needs to know of one session; shared between the session and the driver.
+pub(crate) struct SessionBook {
+    pub(crate) id: u64,
+    /// Serial number of the last operation recorded.
+    serial: StdAtomicU64,
+    book: Mutex<Book>,
+}
+
+#[derive(Default)]
+struct Book {
+    /// For each version the session left: the last serial number issued in it.
+    until: BTreeMap<u64, u64>,
+    /// Updates waiting for the disk: serial -> version started in.
+    outstanding: BTreeMap<u64, u64>,
+    /// Updates that waited for the disk and finished in a later version:
+    /// (serial, started in, finished in).
+    late: Vec<(u64, u64, u64)>,
+}
+
+impl SessionBook {
+    fn transition(&self, serial: u64, local: &mut u64, now: u64) {
+        if now > *local {
+            let mut b = lock(&self.book);
+            for w in *local..now {
+                b.until.entry(w).or_insert(serial - 1);
+            }
+            *local = now;
+        }
+    }
+
+    /// Records operation `serial`, finished in version `version` (call while still epoch
+    /// protected; `local` is the session's own current version).
+    pub(crate) fn finished(&self, serial: u64, local: &mut u64, version: u64) {
+        self.transition(serial, local, version);
+        self.serial.store(serial, StdOrdering::Release);
+    }
+
+    /// Records a read (versionless: it changes no state).
+    pub(crate) fn read(&self, serial: u64) {
+        self.serial.store(serial, StdOrdering::Release);
+    }
+
+    /// Records update `serial` going to disk after an attempt in `version` (while protected).
+    pub(crate) fn went_pending(&self, serial: u64, local: &mut u64, version: u64) {
+        self.transition(serial, local, version);
+        lock(&self.book).outstanding.insert(serial, version);
+        self.serial.store(serial, StdOrdering::Release);
+    }
+
+    /// Records that pending update `serial` landed in `version` (while protected).
+    pub(crate) fn pending_finished(&self, serial: u64, version: u64) {
+        let mut b = lock(&self.book);
+        if let Some(start) = b.outstanding.remove(&serial) {
+            if version != start {
+                b.late.push((serial, start, version));
+            }
+        }
+    }
+
+    fn commit_point(&self, v: u64) -> CommitPoint {
+        let mut b = lock(&self.book);
+        let until = b
+            .until
+            .get(&v)
+            .copied()
+            .unwrap_or_else(|| self.serial.load(StdOrdering::Acquire));
+        let mut excluded: Vec<u64> = b
+            .outstanding
+            .keys()
+            .copied()
+            .filter(|s| *s <= until)
+            .chain(
+                b.late
+                    .iter()
+                    .filter(|(s, start, end)| *s <= until && *start <= v && v < *end)
+                    .map(|(s, _, _)| *s),
+            )
+            .collect();
+        excluded.sort_unstable();
+        excluded.dedup();
+        b.until.retain(|w, _| *w > v);
+        b.late.retain(|(_, _, end)| *end > v + 1);
+        CommitPoint { until, excluded }
+    }
+}
+
+/// Puts the state machine back to rest if a checkpoint stops half way.
+struct RestOnDrop<'a, D: Disk> {
+    engine: &'a Engine<D>,
+    armed: bool,
+}
+
+impl<D: Disk> Drop for RestOnDrop<'_, D> {
+    fn drop(&mut self) {
+        if self.armed {
+            let v = self.engine.system_state().version;
+            self.engine.set_system_state(SystemState {
+                phase: Phase::Rest,
+                version: v,
+            });
+        }
+    }
+}
+
+impl<D: Disk> Engine<D> {
+    /// The checkpoint directory of this store's device.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a device that keeps nothing (NullDisk).
+    pub(crate) fn checkpoint_dir(&self) -> Result<CheckpointDir> {
+        match self.hlog.disk().checkpoint_root() {
+            Some(root) if self.hlog.disk().is_persistent() => Ok(CheckpointDir::new(root)),
+            _ => Err(Error::Config {
+                field: "device",
+                reason: "the device keeps nothing, so it cannot hold checkpoints".into(),
+            }),
+        }
+    }
+
+    fn next_token(&self, dir: &CheckpointDir) -> Result<Token> {
+        if self.cpr.next_token.load(StdOrdering::Acquire) == 0 {
+            let last = dir.tokens()?.last().map_or(0, |t| t.0);
+            self.cpr.next_token.fetch_max(last + 1, StdOrdering::AcqRel);
+        }
+        Ok(Token(self.cpr.next_token.fetch_add(1, StdOrdering::AcqRel)))
+    }
+
+    /// Publishes `phase` (with `version`) and waits until every protected thread saw it.
+    fn enter(&self, phase: Phase, version: u64) {
+        let s = SystemState { phase, version };
+        self.set_system_state(s);
+        self.wait_for(|| self.epoch.all_acked(s.word()));
+    }
+
+    /// Waits for `done`, draining epoch actions (which flush and evict) meanwhile.
+    fn wait_for(&self, mut done: impl FnMut() -> bool) {
+        let mut round = 0u32;
+        while !done() {
+            self.epoch.drain();
+            if round < 64 {
+                round += 1;
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Waits until every thread protected now has left its operation.
+    fn wait_epoch_safe(&self) {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        self.epoch
+            .bump_epoch(move || f.store(true, StdOrdering::Release));
+        self.wait_for(|| flag.load(StdOrdering::Acquire));
+    }
+
+    /// Takes a checkpoint of `kind`, blocking until it is durable. Operations of other threads
+    /// keep running. The calling thread must not be inside an operation of this store.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] if a checkpoint or index growth is running; [`Error::Config`] for a
+    /// device without storage; I/O errors (the checkpoint is then not written and the store
+    /// keeps running).
+    pub(crate) fn checkpoint(&self, kind: CheckpointKind, mode: LogMode) -> Result<Token> {
+        let dir = self.checkpoint_dir()?;
+        let _claim = self.cpr.claim("a checkpoint or index growth is running")?;
+        if self.index.is_growing() {
+            return Err(Error::Busy("the index is growing"));
+        }
+        self.hlog.check_poison()?;
+        let token = self.next_token(&dir)?;
+        let path = dir.create(token)?;
+        let mut rest = RestOnDrop {
+            engine: self,
+            armed: true,
+        };
+        let result = self.run_checkpoint(&dir, token, kind, mode);
+        rest.armed = result.is_err();
+        drop(rest);
+        if result.is_err() {
+            let _ = dir.remove(token);
+        }
+        result.map(|()| token).map_err(|e| match e {
+            Error::Io { context, source } => Error::Io {
+                context: format!("{context} (checkpoint {})", path.display()),
+                source,
+            },
+            e => e,
+        })
+    }
+
+    fn run_checkpoint(
+        &self,
+        dir: &CheckpointDir,
+        token: Token,
+        kind: CheckpointKind,
+        mode: LogMode,
+    ) -> Result<()> {
+        let v = self.system_state().version;
+        if kind != CheckpointKind::LogOnly {
+            self.enter(Phase::PrepIndexChkpt, v);
+            self.enter(Phase::IndexChkpt, v);
+            let meta = self.dump_index(dir, token, v)?;
+            dir.write_index_meta(token, &meta)?;
+            if kind == CheckpointKind::IndexOnly {
+                self.set_system_state(SystemState {
+                    phase: Phase::Rest,
+                    version: v,
+                });
+                return Ok(());
+            }
+        }
+        self.set_newer_from(u64::MAX);
+        self.enter(Phase::Prepare, v);
+        // Every thread now checks for records of v+1; read the tail before any can exist.
+        let newer_from = self.hlog.tail_address().raw();
+        self.set_newer_from(newer_from);
+        self.enter(Phase::InProgress, v + 1);
+        self.enter(Phase::WaitPending, v + 1);
+        let deadline = Instant::now() + WAIT_PENDING_LIMIT;
+        let parity = (v & 1) as usize;
+        self.wait_for(|| {
+            self.cpr.pending[parity].load(StdOrdering::Acquire) == 0 || Instant::now() > deadline
+        });
+        self.enter(Phase::WaitFlush, v + 1);
+        let end = self.hlog.close_page();
+        // Writers of records below `end` finish before anything reads those pages.
+        self.wait_epoch_safe();
+        let (snapshot_start, snapshot_hash) = match mode {
+            LogMode::FoldOver => {
+                self.hlog.shift_read_only(end);
+                self.wait_for(|| {
+                    self.hlog.flushed_until() >= end || self.hlog.check_poison().is_err()
+                });
+                self.hlog.check_poison()?;
+                self.hlog
+                    .disk()
+                    .flush()
+                    .map_err(|e| Error::io("syncing the log", e))?;
+                (end.raw(), 0)
+            }
+            LogMode::Snapshot => self.write_snapshot(dir, token, end)?,
+        };
+        self.enter(Phase::PersistenceCallback, v + 1);
+        let (sessions, next_session_id) = self.cpr.collect(v);
+        let meta = LogMeta {
+            version: v,
+            mode,
+            page_bits: self.hlog.geometry().page_bits,
+            begin: self.hlog.begin().raw(),
+            newer_from,
+            end: end.raw(),
+            snapshot_start,
+            snapshot_hash,
+            sessions,
+            next_session_id,
+        };
+        dir.write_log_meta(token, &meta)?;
+        self.set_system_state(SystemState {
+            phase: Phase::Rest,
+            version: v + 1,
+        });
+        Ok(())
+    }
+
+    /// Writes `index.dat` (fsynced) and returns its metadata.
+    fn dump_index(&self, dir: &CheckpointDir, token: Token, version: u64) -> Result<IndexMeta> {
+        let path = dir.dir(token).join(INDEX_DATA);
+        let io = |e: std::io::Error| Error::io(format!("writing {}", path.display()), e);
+        let start = self.hlog.tail_address().raw();
+        let file = std::fs::File::create(&path).map_err(io)?;
+        let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        let (table_bits, overflow) = self.index.dump(|chunk| w.write_all(chunk)).map_err(io)?;
+        for (bucket, entry) in &overflow {
+            w.write_all(&bucket.to_le_bytes()).map_err(io)?;
+            w.write_all(&entry.to_le_bytes()).map_err(io)?;
+        }
+        let (data_len, data_hash, file) = w.finish().map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(IndexMeta {
+            version,
+            table_bits,
+            start,
+            end: self.hlog.tail_address().raw(),
+            overflow_entries: overflow.len() as u64,
+            data_len,
+            data_hash,
+        })
+    }
+
+    /// Copies the pages `[flushed_until, end)` to `snapshot.dat` (fsynced); returns the first
+    /// address it holds and its hash.
+    fn write_snapshot(&self, dir: &CheckpointDir, token: Token, end: Address) -> Result<(u64, u64)> {
+        let path = dir.dir(token).join(SNAPSHOT_DATA);
+        let io = |e: std::io::Error| Error::io(format!("writing {}", path.display()), e);
+        let geo = self.hlog.geometry();
+        let start = self.hlog.flushed_until().min(end);
+        let file = std::fs::File::create(&path).map_err(io)?;
+        let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        for page in geo.page(start)..geo.page(end) {
+            let copy = {
+                let _g = self.epoch.protect()?;
+                self.hlog.copy_page(page)
+            };
+            let bytes = match copy {
+                Some(b) => b,
+                // Evicted meanwhile: it was flushed, and records of the checkpointed version
+                // do not change in place while the checkpoint runs.
+                None => self
+                    .hlog
+                    .read_sync(geo.page_start(page).raw(), self.hlog.page_size())?,
+            };
+            w.write_all(bytes.as_slice()).map_err(io)?;
+        }
+        let (_, hash, file) = w.finish().map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok((start.raw(), hash))
+    }
+}
+
+/// A writer that hashes what passes through it (xxh3).
+pub(crate) struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    len: u64,
+}
+
+impl HashingWriter<std::io::BufWriter<std::fs::File>> {
+    fn new(inner: std::io::BufWriter<std::fs::File>) -> Self {
+        Self {
+            inner,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            len: 0,
+        }
+    }
+
+    fn finish(self) -> std::io::Result<(u64, u64, std::fs::File)> {
+        let file = self.inner.into_inner().map_err(|e| e.into_error())?;
+        Ok((self.len, self.hasher.digest(), file))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

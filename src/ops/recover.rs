@@ -1,0 +1,391 @@
+//! Recovery: rebuilds an engine from a log checkpoint, an optional index checkpoint and the log
+//! on the device (see [`crate::core::checkpoint`] for the guarantees).
+//!
+//! Steps, each checked before anything is written:
+//! 1. Read and verify `log.meta`; pick the newest index checkpoint that predates the log
+//!    checkpoint's version change (`end <= newer_from`) and whose data verifies; verify the
+//!    snapshot file's length and hash.
+//! 2. Write the snapshot's pages back to their addresses on the log device.
+//! 3. Load the index image (or start empty), then replay the log from the index checkpoint's
+//!    start (or the log's beginning) to the checkpoint's end, one batch of pages at a time:
+//!    every valid record of a version up to the checkpointed one moves its index entry forward.
+//!    Records of the next version (only possible at or above `newer_from`) are marked invalid
+//!    and their pages written back, so a later checkpoint of this log never counts them.
+//! 4. Sync the device; the log reopens with its tail at the checkpoint's end, memory empty.
+//!
+//! Replay reads each page once and keeps one batch in memory; the data is never loaded whole.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use crate::core::address::{Address, PageGeometry};
+use crate::core::checkpoint::{
+    CheckpointDir, IndexMeta, LogMeta, LogMode, Phase, SystemState, Token, INDEX_DATA,
+    SNAPSHOT_DATA,
+};
+use crate::core::light_epoch::LightEpoch;
+use crate::core::record::{DiskRecord, RecordInfo, Version, HEADER_BYTES};
+use crate::core::status::{Error, Result};
+use crate::device::Disk;
+use crate::hlog::HybridLog;
+use crate::index::{HashIndex, KeyHash};
+use crate::ops::Engine;
+
+/// Bytes of log read per replay batch (at least one page).
+const REPLAY_BATCH: usize = 8 << 20;
+
+/// What recovery found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryInfo {
+    /// The checkpoint recovered.
+    pub token: Token,
+    /// The index checkpoint used, if any (else the log was replayed from its beginning).
+    pub index_token: Option<Token>,
+    /// The checkpointed version.
+    pub version: u64,
+    /// Bytes of log replayed.
+    pub replayed_bytes: u64,
+    /// Records that moved an index entry during replay.
+    pub replayed_records: u64,
+    /// Newer checkpoints that failed verification and were skipped, with the reason.
+    pub skipped: Vec<(Token, String)>,
+}
+
+/// How the engine is to be laid out in memory.
+pub(crate) struct Layout {
+    pub(crate) index_bits: u32,
+    pub(crate) log_memory: u64,
+    pub(crate) mutable_fraction: f64,
+}
+
+fn checkpoint_error(path: std::path::PathBuf, reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path,
+        reason: reason.into(),
+    }
+}
+
+/// Streams a file through xxh3, checking length and hash.
+fn verify_file(path: &std::path::Path, len: u64, hash: u64) -> Result<()> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| checkpoint_error(path.to_path_buf(), format!("cannot open: {e}")))?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f
+            .read(&mut buf)
+            .map_err(|e| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}")))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    if n != len {
+        return Err(checkpoint_error(
+            path.to_path_buf(),
+            format!("{n} bytes, expected {len} (truncated or extended)"),
+        ));
+    }
+    if h.digest() != hash {
+        return Err(checkpoint_error(path.to_path_buf(), "checksum mismatch"));
+    }
+    Ok(())
+}
+
+/// A verified plan: which files to use.
+struct Plan {
+    token: Token,
+    log: LogMeta,
+    index: Option<(Token, IndexMeta)>,
+}
+
+fn plan(dir: &CheckpointDir, token: Token) -> Result<Plan> {
+    let log = dir.read_log_meta(token)?;
+    let page = 1u64 << log.page_bits;
+    if !(12..=28).contains(&log.page_bits)
+        || log.end % page != 0
+        || log.end < page
+        || log.begin > log.end
+        || log.snapshot_start > log.end
+        || log.snapshot_start % page != 0
+    {
+        return Err(checkpoint_error(
+            dir.dir(token).join(crate::core::checkpoint::LOG_META),
+            "inconsistent addresses",
+        ));
+    }
+    if log.mode == LogMode::Snapshot {
+        verify_file(
+            &dir.dir(token).join(SNAPSHOT_DATA),
+            log.end - log.snapshot_start,
+            log.snapshot_hash,
+        )?;
+    }
+    let mut index = None;
+    for t in dir.tokens()?.into_iter().rev().filter(|t| *t <= token) {
+        let Ok(meta) = dir.read_index_meta(t) else {
+            continue;
+        };
+        if meta.end > log.newer_from || meta.version > log.version || meta.table_bits > 40 {
+            continue;
+        }
+        if verify_file(&dir.dir(t).join(INDEX_DATA), meta.data_len, meta.data_hash).is_ok()
+            && meta.data_len == (64u64 << meta.table_bits) + 16 * meta.overflow_entries
+        {
+            index = Some((t, meta));
+            break;
+        }
+    }
+    Ok(Plan { token, log, index })
+}
+
+impl<D: Disk> Engine<D> {
+    /// Recovers an engine over `disk` from checkpoint `token` (or the newest usable one).
+    pub(crate) fn recover(
+        disk: D,
+        layout: &Layout,
+        token: Option<Token>,
+    ) -> Result<(Engine<D>, RecoveryInfo)> {
+        let root = disk.checkpoint_root().filter(|_| disk.is_persistent()).ok_or_else(|| {
+            Error::Config {
+                field: "device",
+                reason: "the device keeps nothing, so there is nothing to recover".into(),
+            }
+        })?;
+        let dir = CheckpointDir::new(root.clone());
+        let tokens = dir.tokens()?;
+        let mut skipped = Vec::new();
+        let chosen = match token {
+            Some(t) => plan(&dir, t)?,
+            None => {
+                let mut found = None;
+                for t in tokens.iter().rev() {
+                    match plan(&dir, *t) {
+                        Ok(p) => {
+                            found = Some(p);
+                            break;
+                        }
+                        Err(e) => skipped.push((*t, e.to_string())),
+                    }
+                }
+                found.ok_or_else(|| {
+                    let why = skipped
+                        .iter()
+                        .map(|(t, e)| format!("{t}: {e}"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    checkpoint_error(
+                        root.clone(),
+                        if why.is_empty() {
+                            "no checkpoint to recover from".to_string()
+                        } else {
+                            format!("no usable checkpoint ({why})")
+                        },
+                    )
+                })?
+            }
+        };
+        // Checkpoints newer than the one recovered describe a log we are about to overwrite.
+        for t in tokens.iter().filter(|t| **t > chosen.token) {
+            dir.remove(*t)?;
+        }
+        Self::recover_plan(disk, layout, &dir, chosen, skipped)
+    }
+
+    fn recover_plan(
+        disk: D,
+        layout: &Layout,
+        dir: &CheckpointDir,
+        plan: Plan,
+        skipped: Vec<(Token, String)>,
+    ) -> Result<(Engine<D>, RecoveryInfo)> {
+        let log = &plan.log;
+        let page_bits = log.page_bits;
+        let frames = (layout.log_memory >> page_bits).max(crate::hlog::persistent_memory_malloc::MIN_FRAMES);
+        let epoch = Arc::new(LightEpoch::new());
+        let hlog = HybridLog::recovered(
+            disk,
+            epoch.clone(),
+            page_bits,
+            frames,
+            layout.mutable_fraction,
+            Address::new(log.begin),
+            Address::new(log.end),
+        )?;
+        let geo = hlog.geometry();
+        if log.mode == LogMode::Snapshot {
+            restore_snapshot(&hlog, &dir.dir(plan.token).join(SNAPSHOT_DATA), log)?;
+        }
+        let bits = plan.index.as_ref().map_or(layout.index_bits, |(_, m)| m.table_bits);
+        let engine = Engine::new(epoch, bits, hlog);
+        let replay_from = match &plan.index {
+            Some((t, meta)) => {
+                engine.load_index(&dir.dir(*t).join(INDEX_DATA), meta)?;
+                meta.start.max(log.begin)
+            }
+            None => log.begin.max(Address::FIRST_VALID.raw()),
+        };
+        let replayed_records = engine.replay(geo, Address::new(replay_from), log)?;
+        engine
+            .hlog
+            .disk()
+            .flush()
+            .map_err(|e| Error::io("syncing the log after recovery", e))?;
+        engine.set_system_state(SystemState {
+            phase: Phase::Rest,
+            version: log.version + 1,
+        });
+        engine
+            .cpr
+            .set_recovered(&log.sessions, log.next_session_id);
+        let info = RecoveryInfo {
+            token: plan.token,
+            index_token: plan.index.as_ref().map(|(t, _)| *t),
+            version: log.version,
+            replayed_bytes: log.end.saturating_sub(replay_from),
+            replayed_records,
+            skipped,
+        };
+        Ok((engine, info))
+    }
+
+    fn load_index(&self, path: &std::path::Path, meta: &IndexMeta) -> Result<()> {
+        let err = |e: std::io::Error| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}"));
+        let mut f = std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(path).map_err(err)?,
+        );
+        let buckets = 1usize << meta.table_bits;
+        let chunk = 16 * 1024;
+        let mut buf = vec![0u8; chunk * 64];
+        let mut first = 0;
+        while first < buckets {
+            let n = chunk.min(buckets - first);
+            f.read_exact(&mut buf[..n * 64]).map_err(err)?;
+            self.index.restore_buckets(first, &buf[..n * 64]);
+            first += n;
+        }
+        let mut pair = [0u8; 16];
+        for _ in 0..meta.overflow_entries {
+            f.read_exact(&mut pair).map_err(err)?;
+            let bucket = u64::from_le_bytes(pair[..8].try_into().unwrap_or_default());
+            let entry = u64::from_le_bytes(pair[8..].try_into().unwrap_or_default());
+            if bucket >= buckets as u64 {
+                return Err(checkpoint_error(path.to_path_buf(), "overflow entry out of range"));
+            }
+            self.index
+                .restore_overflow(bucket as usize, entry)
+                .map_err(|_| Error::IndexFull)?;
+        }
+        Ok(())
+    }
+
+    /// Replays `[from, log.end)`; returns how many records moved an index entry.
+    fn replay(&self, geo: PageGeometry, from: Address, log: &LogMeta) -> Result<u64> {
+        let page_size = 1usize << geo.page_bits;
+        let pages_per_batch = (REPLAY_BATCH / page_size).max(1) as u64;
+        let end_page = geo.page(Address::new(log.end));
+        let newer = Version::of(log.version + 1);
+        let mut moved = 0;
+        let mut page = geo.page(from);
+        while page < end_page {
+            let count = pages_per_batch.min(end_page - page);
+            let mut buf = self
+                .hlog
+                .read_sync(geo.page_start(page).raw(), count as usize * page_size)?;
+            for k in 0..count {
+                let p = page + k;
+                let bytes = &mut buf.as_mut_slice()[k as usize * page_size..(k as usize + 1) * page_size];
+                let first = if p == geo.page(from) {
+                    geo.offset(from) as usize
+                } else {
+                    0
+                };
+                let (n, dirty) = self.replay_page(geo, p, first, bytes, log, newer)?;
+                moved += n;
+                if dirty {
+                    let mut out = crate::core::alloc::AlignedBuf::zeroed(page_size, 4096);
+                    out.as_mut_slice().copy_from_slice(bytes);
+                    self.hlog.write_sync(geo.page_start(p).raw(), &out)?;
+                }
+            }
+            page += count;
+        }
+        Ok(moved)
+    }
+
+    /// Replays one page; returns records applied and whether the page was changed (records of
+    /// the next version invalidated).
+    fn replay_page(
+        &self,
+        geo: PageGeometry,
+        page: u64,
+        mut off: usize,
+        bytes: &mut [u8],
+        log: &LogMeta,
+        newer: Version,
+    ) -> Result<(u64, bool)> {
+        let base = geo.page_start(page).raw();
+        let corrupt = |off: usize, reason: String| Error::Corrupt {
+            address: base + off as u64,
+            reason,
+        };
+        let (mut moved, mut dirty) = (0, false);
+        if off == 0 && u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()) == 0 {
+            // Every page below the end starts with a record: a zero start means missing data.
+            return Err(corrupt(
+                0,
+                "log page below the checkpoint's end is empty (truncated or missing segment)"
+                    .into(),
+            ));
+        }
+        while off + HEADER_BYTES <= bytes.len() {
+            let rec = match DiskRecord::parse(&bytes[off..]) {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(reason) => return Err(corrupt(off, reason.into())),
+            };
+            let size = rec.size();
+            let info = rec.info();
+            let address = base + off as u64;
+            if info.prev().raw() >= address {
+                return Err(corrupt(off, "chain does not go backwards".into()));
+            }
+            if !info.invalid() {
+                if address >= log.newer_from && info.version() == newer {
+                    let word = RecordInfo::from_raw(info.raw() | 1 << 61);
+                    bytes[off..off + 8].copy_from_slice(&word.raw().to_le_bytes());
+                    dirty = true;
+                } else {
+                    let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(rec.key()));
+                    let mut entry = self
+                        .index
+                        .find_or_create_entry(hash)
+                        .map_err(|_| Error::IndexFull)?;
+                    if entry.address().raw() < address {
+                        let _ = entry.try_update(Address::new(address));
+                        moved += 1;
+                    }
+                }
+            }
+            off += size;
+        }
+        Ok((moved, dirty))
+    }
+}
+
+fn restore_snapshot<D: Disk>(hlog: &HybridLog<D>, path: &std::path::Path, log: &LogMeta) -> Result<()> {
+    let page_size = 1usize << log.page_bits;
+    let err = |e: std::io::Error| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}"));
+    let mut f = std::fs::File::open(path).map_err(err)?;
+    let mut at = log.snapshot_start;
+    let mut buf = crate::core::alloc::AlignedBuf::zeroed(page_size, 4096);
+    while at < log.end {
+        f.read_exact(buf.as_mut_slice()).map_err(err)?;
+        hlog.write_sync(at, &buf)?;
+        at += page_size as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Checkpoint and recovery in one process: every kind and mode round-trips, recovery replays
+//! what the index checkpoint missed, sessions continue at their commit points, and bad files are
+//! refused with errors naming them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rskv::device::file_system_disk::FileSystemDisk;
+use rskv::{CheckpointKind, Config, Error, LogMode, RsKv, Token};
+
+type Kv = RsKv<u64, u64, FileSystemDisk>;
+
+fn config() -> Config {
+    Config::new()
+        .table_size(1 << 8)
+        .log_memory_size(64 << 10)
+        .page_size(4096)
+}
+
+fn open(dir: &Path) -> Kv {
+    RsKv::open(config(), FileSystemDisk::new(dir).unwrap()).unwrap()
+}
+
+fn recover(dir: &Path, token: Option<Token>) -> rskv::Result<(Kv, rskv::RecoveryInfo)> {
+    RsKv::recover(config(), FileSystemDisk::new(dir).unwrap(), token)
+}
+
+fn check(kv: &Kv, model: &HashMap<u64, u64>, keys: u64) {
+    for k in 0..keys {
+        assert_eq!(kv.get(&k).unwrap(), model.get(&k).copied(), "key {k}");
+    }
+}
+
+#[test]
+fn every_kind_and_mode_round_trips() {
+    for (kind, mode) in [
+        (CheckpointKind::Full, LogMode::FoldOver),
+        (CheckpointKind::Full, LogMode::Snapshot),
+        (CheckpointKind::LogOnly, LogMode::FoldOver),
+        (CheckpointKind::LogOnly, LogMode::Snapshot),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = HashMap::new();
+        {
+            let kv = open(dir.path());
+            for k in 0..3000u64 {
+                kv.insert(&k, &(k * 10)).unwrap();
+                model.insert(k, k * 10);
+            }
+            for k in (0..3000u64).step_by(3) {
+                kv.rmw(&k, |v| v.unwrap_or(0) + 1).unwrap();
+                *model.get_mut(&k).unwrap() += 1;
+            }
+            for k in (0..3000u64).step_by(7) {
+                kv.remove(&k).unwrap();
+                model.remove(&k);
+            }
+            kv.checkpoint_with(kind, mode).unwrap();
+            // Written after the checkpoint: must not come back.
+            for k in 0..100u64 {
+                kv.insert(&k, &999_999).unwrap();
+            }
+            kv.insert(&5000, &1).unwrap();
+        }
+        let (kv, info) = recover(dir.path(), None).unwrap();
+        assert_eq!(
+            info.index_token.is_some(),
+            kind == CheckpointKind::Full,
+            "{kind:?} {mode:?}"
+        );
+        check(&kv, &model, 5001);
+        // The recovered store is fully usable: write, checkpoint, recover again.
+        for k in 0..500u64 {
+            kv.rmw(&k, |v| v.unwrap_or(0) + 7).unwrap();
+            *model.entry(k).or_insert(0) += 7;
+        }
+        kv.checkpoint_with(kind, mode).unwrap();
+        drop(kv);
+        let (kv, _) = recover(dir.path(), None).unwrap();
+        check(&kv, &model, 5001);
+    }
+}
+
+#[test]
+fn index_only_checkpoint_pairs_with_a_later_log_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = HashMap::new();
+    {
+        let kv = open(dir.path());
+        for k in 0..2000u64 {
+            kv.insert(&k, &k).unwrap();
+            model.insert(k, k);
+        }
+        let index = kv.checkpoint_with(CheckpointKind::IndexOnly, LogMode::FoldOver).unwrap();
+        for k in 1000..4000u64 {
+            kv.insert(&k, &(k + 1)).unwrap();
+            model.insert(k, k + 1);
+        }
+        let log = kv.checkpoint_with(CheckpointKind::LogOnly, LogMode::FoldOver).unwrap();
+        assert!(log > index);
+        let listed = kv.checkpoints().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed[0].has_index && listed[0].log.is_none());
+        assert!(!listed[1].has_index && listed[1].log.is_some());
+    }
+    let (kv, info) = recover(dir.path(), None).unwrap();
+    assert!(info.index_token.is_some(), "the index checkpoint is used");
+    check(&kv, &model, 4000);
+}
+
+#[test]
+fn sessions_continue_at_their_commit_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id_a, id_b);
+    {
+        let kv = open(dir.path());
+        let mut a = kv.start_session();
+        let mut b = kv.start_session();
+        id_a = a.id();
+        id_b = b.id();
+        for i in 0..50u64 {
+            assert_eq!(a.upsert(Put(i, i)), rskv::Status::Ok);
+        }
+        for i in 0..20u64 {
+            assert_eq!(b.upsert(Put(100 + i, i)), rskv::Status::Ok);
+        }
+        kv.checkpoint().unwrap();
+        for i in 50..60u64 {
+            let _ = a.upsert(Put(i, i));
+        }
+    }
+    let (kv, _) = recover(dir.path(), None).unwrap();
+    let (mut a, pa) = kv.continue_session(id_a).unwrap();
+    let (_b, pb) = kv.continue_session(id_b).unwrap();
+    assert_eq!((pa.until, pb.until), (50, 20));
+    assert!(pa.excluded.is_empty() && pb.excluded.is_empty());
+    assert_eq!(a.serial_num().0, 50);
+    assert_eq!(kv.get(&49).unwrap(), Some(49));
+    assert_eq!(kv.get(&50).unwrap(), None);
+    assert!(matches!(kv.continue_session(id_a), Err(Error::Busy(_))));
+    // A new session does not reuse a recovered id.
+    let c = kv.start_session();
+    assert!(c.id() != id_a && c.id() != id_b);
+    let _ = a.upsert(Put(50, 1));
+    assert_eq!(a.serial_num().0, 51);
+}
+
+#[test]
+fn missing_and_damaged_checkpoints_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        recover(dir.path(), None),
+        Err(Error::Checkpoint { .. })
+    ));
+    let (t1, t2);
+    {
+        let kv = open(dir.path());
+        for k in 0..500u64 {
+            kv.insert(&k, &k).unwrap();
+        }
+        t1 = kv.checkpoint().unwrap();
+        for k in 0..500u64 {
+            kv.insert(&k, &(k + 1)).unwrap();
+        }
+        t2 = kv.checkpoint_with(CheckpointKind::Full, LogMode::Snapshot).unwrap();
+    }
+    let ckpt = dir.path().join("checkpoints");
+    let meta2 = ckpt.join(t2.to_string()).join("log.meta");
+    let good = std::fs::read(&meta2).unwrap();
+    // Flip a byte: the newest checkpoint is skipped, the older one recovers.
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 1;
+    std::fs::write(&meta2, &bad).unwrap();
+    let e = recover(dir.path(), Some(t2)).err().expect("corrupt meta refused");
+    assert!(e.to_string().contains("log.meta"), "{e}");
+    std::fs::write(&meta2, &good).unwrap();
+    // A truncated snapshot file is refused the same way.
+    let snap = ckpt.join(t2.to_string()).join("snapshot.dat");
+    let data = std::fs::read(&snap).unwrap();
+    std::fs::write(&snap, &data[..data.len() - 1]).unwrap();
+    let e = recover(dir.path(), Some(t2)).err().expect("truncated snapshot refused");
+    assert!(e.to_string().contains("snapshot.dat"), "{e}");
+    // Latest falls back to t1, reporting why t2 was skipped.
+    let (kv, info) = recover(dir.path(), None).unwrap();
+    assert_eq!(info.token, t1);
+    assert_eq!(info.skipped.len(), 1);
+    for k in 0..500u64 {
+        assert_eq!(kv.get(&k).unwrap(), Some(k));
+    }
+}
+
+#[test]
+fn a_store_over_null_disk_cannot_checkpoint() {
+    let kv: RsKv<u64, u64, _> =
+        RsKv::open(config(), rskv::device::null_disk::NullDisk::new()).unwrap();
+    assert!(matches!(kv.checkpoint(), Err(Error::Config { .. })));
+}
+
+struct Put(u64, u64);
+
+impl rskv::UpsertContext for Put {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn value(&self) -> &u64 {
+        &self.1
+    }
+}
