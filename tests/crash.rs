@@ -1,0 +1,242 @@
+//! Crash test: a child process (this test binary, re-executed) runs three sessions of upserts
+//! and RMWs with checkpoints taken back to back on another thread, and is killed with SIGKILL
+//! at a random moment (sometimes while it is still recovering from the previous kill). After
+//! each kill the supervisor recovers the store and checks every session's prefix: every
+//! operation up to the recovered serial number (except those reported excluded) is there with
+//! its exact effect, and none after it.
+//!
+//! `RSKV_CRASH_ROUNDS` sets the number of kills (default 12; e.g. 500 for a long run).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rskv::device::file_system_disk::FileSystemDisk;
+use rskv::{CheckpointKind, Config, LogMode, RmwContext, RsKv, SessionId, UpsertContext};
+
+type Kv = RsKv<u64, u64, FileSystemDisk>;
+
+const SESSIONS: u64 = 3;
+const UPSERT_KEYS: u64 = 2000;
+const COUNTER_KEYS: u64 = 500;
+const CHILD_ENV: &str = "RSKV_CRASH_CHILD_DIR";
+
+fn config() -> Config {
+    Config::new()
+        .table_size(1 << 10)
+        .log_memory_size(256 << 10)
+        .page_size(4096)
+}
+
+/// Operation `n` (serial number, from 1) of session `s`: `(key, Op)`.
+enum Op {
+    Put(u64),
+    Add(u64),
+}
+
+fn op(s: u64, n: u64) -> (u64, Op) {
+    if n % 4 == 0 {
+        (s * 1_000_000 + 10_000 + (n / 4) % COUNTER_KEYS, Op::Add(n))
+    } else {
+        (s * 1_000_000 + n % UPSERT_KEYS, Op::Put(n))
+    }
+}
+
+struct Put(u64, u64);
+impl UpsertContext for Put {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn value(&self) -> &u64 {
+        &self.1
+    }
+}
+
+struct Add(u64, u64);
+impl RmwContext for Add {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn rmw_initial(&self) -> u64 {
+        self.1
+    }
+    fn rmw_copy(&self, old: &u64) -> u64 {
+        old + self.1
+    }
+}
+
+/// The child: recover (or start), then run sessions and checkpoints until killed.
+fn child(dir: &Path) {
+    let disk = FileSystemDisk::new(dir).unwrap();
+    let kv: Kv = match RsKv::recover(config(), disk, None) {
+        Ok((kv, _)) => kv,
+        Err(rskv::Error::Checkpoint { .. }) => {
+            RsKv::open(config(), FileSystemDisk::new(dir).unwrap()).unwrap()
+        }
+        Err(e) => panic!("child recovery failed: {e}"),
+    };
+    let fresh = kv.checkpoints().unwrap().is_empty();
+    std::thread::scope(|scope| {
+        for s in 1..=SESSIONS {
+            let kv = &kv;
+            scope.spawn(move || {
+                let mut session = if fresh {
+                    let session = kv.start_session();
+                    assert_eq!(session.id(), SessionId(s), "fresh ids are 1..");
+                    session
+                } else {
+                    kv.continue_session(SessionId(s)).unwrap().0
+                };
+                loop {
+                    let n = session.serial_num().0 + 1;
+                    let status = match op(s, n) {
+                        (k, Op::Put(v)) => session.upsert(Put(k, v)),
+                        (k, Op::Add(v)) => session.rmw(Add(k, v)),
+                    };
+                    assert_ne!(status, rskv::Status::Error, "{:?}", rskv::take_last_error());
+                    session.complete_pending(n % 64 == 0);
+                }
+            });
+        }
+        // Sessions must exist before the first checkpoint so that it records them.
+        std::thread::sleep(Duration::from_millis(5));
+        let mut i = 0u64;
+        loop {
+            let kind = if i % 3 == 2 {
+                CheckpointKind::LogOnly
+            } else {
+                CheckpointKind::Full
+            };
+            let mode = if i % 2 == 0 {
+                LogMode::FoldOver
+            } else {
+                LogMode::Snapshot
+            };
+            kv.checkpoint_with(kind, mode).unwrap();
+            // Keep the directory small: the newest few checkpoints are enough.
+            let all = kv.checkpoints().unwrap();
+            for c in all.iter().rev().skip(4) {
+                kv.remove_checkpoint(c.token).unwrap();
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(i % 7));
+        }
+    });
+}
+
+/// Expected value of every key of session `s` after its operations `1..=until` minus `lost`.
+fn expected(s: u64, until: u64, lost: &HashSet<u64>) -> HashMap<u64, u64> {
+    let mut m = HashMap::new();
+    for n in (1..=until).filter(|n| !lost.contains(n)) {
+        match op(s, n) {
+            (k, Op::Put(v)) => {
+                m.insert(k, v);
+            }
+            (k, Op::Add(v)) => *m.entry(k).or_insert(0) += v,
+        }
+    }
+    m
+}
+
+fn verify(dir: &Path, lost: &mut [HashSet<u64>], round: usize) -> Option<Vec<u64>> {
+    let disk = FileSystemDisk::new(dir).unwrap();
+    let kv: Kv = match RsKv::recover(config(), disk, None) {
+        Ok((kv, _)) => kv,
+        Err(rskv::Error::Checkpoint { reason, .. }) if reason.contains("no checkpoint") => {
+            return None
+        }
+        Err(e) => panic!("round {round}: recovery failed: {e}"),
+    };
+    let mut untils = Vec::new();
+    for s in 1..=SESSIONS {
+        let (_session, point) = kv.continue_session(SessionId(s)).unwrap();
+        lost[s as usize].extend(point.excluded.iter().copied());
+        let want = expected(s, point.until, &lost[s as usize]);
+        let keys = (0..UPSERT_KEYS).chain((0..COUNTER_KEYS).map(|k| 10_000 + k));
+        for sub in keys {
+            let k = s * 1_000_000 + sub;
+            assert_eq!(
+                kv.get(&k).unwrap(),
+                want.get(&k).copied(),
+                "round {round}: session {s} key {sub} (commit point {point:?})"
+            );
+        }
+        untils.push(point.until);
+    }
+    Some(untils)
+}
+
+#[test]
+fn killed_store_recovers_each_session_prefix() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        child(Path::new(&dir));
+        return;
+    }
+    let rounds: usize = std::env::var("RSKV_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(12);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lost = vec![HashSet::new(); SESSIONS as usize + 1];
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut last: Option<Vec<u64>> = None;
+    let mut progressed = 0;
+    let started = Instant::now();
+    for round in 0..rounds {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Every fourth round dies early, often while still recovering.
+        let life = if round % 4 == 3 {
+            5 + rng % 40
+        } else {
+            150 + rng % 400
+        };
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "killed_store_recovers_each_session_prefix",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, tmp.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(life));
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "round {round}: child exited on its own ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if let Some(untils) = verify(tmp.path(), &mut lost, round) {
+            if let Some(prev) = &last {
+                // Prefixes never shrink across crashes.
+                assert!(untils.iter().zip(prev).all(|(a, b)| a >= b), "{untils:?} < {prev:?}");
+                if untils != *prev {
+                    progressed += 1;
+                }
+            }
+            last = Some(untils);
+        }
+    }
+    assert!(last.is_some(), "no checkpoint was ever completed");
+    assert!(
+        progressed > 0 || rounds < 3,
+        "recovered prefixes never advanced"
+    );
+    eprintln!(
+        "crash test: {rounds} kills in {:?}, final prefixes {last:?}",
+        started.elapsed()
+    );
+}
