@@ -238,9 +238,25 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// Opens a new, empty store with `config` over `disk`.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the bad field.
+    /// [`Error::Config`] naming the bad field; [`Error::Checkpoint`] if the device holds
+    /// checkpoints (recover them instead, so a new store does not overwrite durable data).
     pub fn open(config: Config, disk: D) -> Result<Self> {
         let resolved = config.resolve()?;
+        if let Some(root) = disk.checkpoint_root().filter(|_| disk.is_persistent()) {
+            let dir = crate::core::checkpoint::CheckpointDir::new(root.clone());
+            let found = dir.tokens()?;
+            if !found.is_empty() {
+                // A new store would overwrite the log those checkpoints describe.
+                return Err(Error::Checkpoint {
+                    path: root,
+                    reason: format!(
+                        "the device holds {} checkpoint(s); recover them with RsKv::recover, \
+                         or remove this directory to start an empty store",
+                        found.len()
+                    ),
+                });
+            }
+        }
         let epoch = Arc::new(LightEpoch::new());
         let hlog = HybridLog::new(
             disk,

@@ -210,3 +210,39 @@ impl rskv::UpsertContext for Put {
         &self.1
     }
 }
+
+#[test]
+fn repeated_recovery_from_snapshots_keeps_old_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = HashMap::new();
+    {
+        let kv = open(dir.path());
+        for k in 0..20u64 {
+            kv.insert(&k, &k).unwrap();
+            model.insert(k, k);
+        }
+        kv.checkpoint_with(CheckpointKind::LogOnly, LogMode::Snapshot).unwrap();
+    }
+    for round in 0..4u64 {
+        let (kv, _) = recover(dir.path(), None).unwrap();
+        check(&kv, &model, 100);
+        for k in 20 + round * 5..25 + round * 5 {
+            kv.insert(&k, &(k + round)).unwrap();
+            model.insert(k, k + round);
+        }
+        check(&kv, &model, 100);
+        if round % 2 == 0 {
+            kv.checkpoint_with(CheckpointKind::Full, LogMode::Snapshot).unwrap();
+        } else {
+            // Not checkpointed: lost at the next recovery.
+            for k in 20 + round * 5..25 + round * 5 {
+                model.insert(k, k + round - 1);
+            }
+            if round == 1 {
+                for k in 25..30 {
+                    model.remove(&k);
+                }
+            }
+        }
+    }
+}

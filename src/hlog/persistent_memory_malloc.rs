@@ -640,7 +640,8 @@ impl<D: Disk> HybridLog<D> {
     /// below its own bound are complete and not changing in ways it cares about.
     #[must_use]
     pub fn copy_page(&self, page: u64) -> Option<AlignedBuf> {
-        if self.geo.page_start(page) < self.head() {
+        // Head is page aligned except at the very start (the first valid address of page 0).
+        if page < self.geo.page(self.head()) {
             return None;
         }
         let words = self.frames[self.geo.frame(page)].words();
@@ -649,7 +650,7 @@ impl<D: Disk> HybridLog<D> {
             dst.copy_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
         }
         // The frame may have been recycled while we copied if head moved past it.
-        if self.geo.page_start(page) < self.safe_head_address() {
+        if page < self.geo.page(self.safe_head_address()) {
             return None;
         }
         Some(out)
