@@ -210,6 +210,9 @@ pub struct LogMeta {
     pub snapshot_start: u64,
     /// xxh3 of `snapshot.dat` (0 without a snapshot).
     pub snapshot_hash: u64,
+    /// xxh3 of every page from the page of `begin` up to `end` as recovery must find it (the
+    /// snapshot's pages for those it holds; 0 where unknown).
+    pub page_sums: Vec<u64>,
     /// Commit points of the sessions.
     pub sessions: Vec<SessionCommit>,
     /// Next session id to hand out after recovery.
@@ -461,6 +464,7 @@ mod tests {
             end: 12288,
             snapshot_start: 4096,
             snapshot_hash: 7,
+            page_sums: vec![1, 2, 0],
             sessions: vec![SessionCommit {
                 id: 1,
                 commit: CommitPoint {

@@ -69,6 +69,8 @@ impl RecordInfo {
     const VERSION_SHIFT: u32 = 48;
     const VERSION_MASK: u64 = (1 << Version::BITS) - 1;
     const INVALID: u64 = 1 << 61;
+    /// The invalid bit in the raw word.
+    pub const INVALID_BIT: u64 = Self::INVALID;
 
     /// A header pointing at `prev`, written in `version`.
     #[must_use]

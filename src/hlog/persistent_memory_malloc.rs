@@ -99,6 +99,9 @@ pub struct HybridLog<D: Disk> {
     inflight: StdAtomicU64,
     poison: OnceLock<String>,
     poisoned: AtomicBool,
+    /// xxh3 of each page as written to the device (0: unknown), indexed by page number. Kept
+    /// so that checkpoints can tell recovery what every page below their end must hash to.
+    page_sums: std::sync::Mutex<Vec<u64>>,
     bytes_written: StdAtomicU64,
     bytes_read: StdAtomicU64,
 }
@@ -196,6 +199,7 @@ impl<D: Disk> HybridLog<D> {
             inflight: StdAtomicU64::new(0),
             poison: OnceLock::new(),
             poisoned: AtomicBool::new(false),
+            page_sums: std::sync::Mutex::new(Vec::new()),
             bytes_written: StdAtomicU64::new(0),
             bytes_read: StdAtomicU64::new(0),
         })
@@ -473,6 +477,8 @@ impl<D: Disk> HybridLog<D> {
         let frame = &self.frames[self.geo.frame(page)];
         let me = self as *const Self as usize;
         let len = frame.buf.len();
+        // Invariant 3: the page no longer changes, so this is the hash of what gets written.
+        let sum = page_hash(frame.buf.as_slice());
         self.inflight.fetch_add(1, StdOrdering::AcqRel);
         let callback = Box::new(move |r: std::io::Result<usize>| {
             // SAFETY: invariant 8: Drop waits for `inflight` to reach zero, and this callback
@@ -481,6 +487,7 @@ impl<D: Disk> HybridLog<D> {
             match r {
                 Ok(n) if n == len => {
                     this.bytes_written.fetch_add(n as u64, StdOrdering::Relaxed);
+                    this.set_page_sum(page, sum);
                     this.frame_flushed[this.geo.frame(page)].fetch_max(page + 1, Ordering::AcqRel);
                     this.advance_flushed_until();
                     this.try_shift_head();
@@ -629,6 +636,30 @@ impl<D: Disk> HybridLog<D> {
         }
     }
 
+    /// Records the hash of page `page` as it is on the device.
+    pub fn set_page_sum(&self, page: u64, sum: u64) {
+        let mut sums = self
+            .page_sums
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sums.len() <= page as usize {
+            sums.resize(page as usize + 1, 0);
+        }
+        sums[page as usize] = sum;
+    }
+
+    /// Hashes of pages `first..end` as on the device (0 where unknown).
+    #[must_use]
+    pub fn page_sums(&self, first: u64, end: u64) -> Vec<u64> {
+        let sums = self
+            .page_sums
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (first..end)
+            .map(|p| sums.get(p as usize).copied().unwrap_or(0))
+            .collect()
+    }
+
     /// Flushed to the device up to here.
     #[must_use]
     pub fn flushed_until(&self) -> Address {
@@ -665,26 +696,7 @@ impl<D: Disk> HybridLog<D> {
     /// # Errors
     /// [`Error::Io`] from the device.
     pub fn read_sync(&self, offset: u64, len: usize) -> Result<AlignedBuf> {
-        let mut buf = AlignedBuf::zeroed(len, self.disk.alignment().max(4096));
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        // SAFETY: `buf` outlives the I/O: we wait for the callback before touching or dropping
-        // it; offset and length are page multiples, the buffer is aligned.
-        unsafe {
-            self.disk.read_async(
-                offset,
-                buf.as_mut_ptr(),
-                len,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-        }
-        let context = || format!("reading {len} bytes at log offset {offset}");
-        match rx.recv() {
-            Ok(Ok(_)) => Ok(buf),
-            Ok(Err(e)) => Err(Error::io(context(), e)),
-            Err(_) => Err(Error::io(context(), std::io::Error::other("callback dropped"))),
-        }
+        read_device(&self.disk, offset, len)
     }
 
     /// Writes `buf` at `offset` on the device, waiting for it (recovery).
@@ -736,6 +748,39 @@ impl<D: Disk> Drop for HybridLog<D> {
         self.wait_for_io();
         self.epoch.drain();
     }
+}
+
+/// Reads `len` bytes at `offset` (aligned) from `disk`, waiting for them.
+///
+/// # Errors
+/// [`Error::Io`] from the device.
+pub fn read_device<D: Disk>(disk: &D, offset: u64, len: usize) -> Result<AlignedBuf> {
+    let mut buf = AlignedBuf::zeroed(len, disk.alignment().max(4096));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    // SAFETY: `buf` outlives the I/O: we wait for the callback before touching or dropping it;
+    // the caller passes aligned offset and length, and the buffer is aligned.
+    unsafe {
+        disk.read_async(
+            offset,
+            buf.as_mut_ptr(),
+            len,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+    }
+    let context = || format!("reading {len} bytes at log offset {offset}");
+    match rx.recv() {
+        Ok(Ok(_)) => Ok(buf),
+        Ok(Err(e)) => Err(Error::io(context(), e)),
+        Err(_) => Err(Error::io(context(), std::io::Error::other("callback dropped"))),
+    }
+}
+
+/// The checksum of a log page as written (xxh3; never 0, which means "unknown").
+#[must_use]
+pub fn page_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes).max(1)
 }
 
 /// A record read from the device: the buffer and the record's offset in it.

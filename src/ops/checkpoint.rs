@@ -392,7 +392,9 @@ impl<D: Disk> Engine<D> {
         let end = self.hlog.close_page();
         // Writers of records below `end` finish before anything reads those pages.
         self.wait_epoch_safe();
-        let (snapshot_start, snapshot_hash) = match mode {
+        let geo = self.hlog.geometry();
+        let first_page = geo.page(self.hlog.begin());
+        let (snapshot_start, snapshot_hash, page_sums) = match mode {
             LogMode::FoldOver => {
                 self.hlog.shift_read_only(end);
                 self.wait_for(|| {
@@ -403,9 +405,15 @@ impl<D: Disk> Engine<D> {
                     .disk()
                     .flush()
                     .map_err(|e| Error::io("syncing the log", e))?;
-                (end.raw(), 0)
+                let sums = self.hlog.page_sums(first_page, geo.page(end));
+                (end.raw(), 0, sums)
             }
-            LogMode::Snapshot => self.write_snapshot(dir, token, end)?,
+            LogMode::Snapshot => {
+                let (start, hash, snap_sums) = self.write_snapshot(dir, token, end)?;
+                let mut sums = self.hlog.page_sums(first_page, geo.page(Address::new(start)));
+                sums.extend(snap_sums);
+                (start, hash, sums)
+            }
         };
         self.enter(Phase::PersistenceCallback, v + 1);
         let (sessions, next_session_id) = self.cpr.collect(v);
@@ -418,6 +426,7 @@ impl<D: Disk> Engine<D> {
             end: end.raw(),
             snapshot_start,
             snapshot_hash,
+            page_sums,
             sessions,
             next_session_id,
         };
@@ -455,14 +464,20 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Copies the pages `[flushed_until, end)` to `snapshot.dat` (fsynced); returns the first
-    /// address it holds and its hash.
-    fn write_snapshot(&self, dir: &CheckpointDir, token: Token, end: Address) -> Result<(u64, u64)> {
+    /// address it holds, the file's hash and each page's hash.
+    fn write_snapshot(
+        &self,
+        dir: &CheckpointDir,
+        token: Token,
+        end: Address,
+    ) -> Result<(u64, u64, Vec<u64>)> {
         let path = dir.dir(token).join(SNAPSHOT_DATA);
         let io = |e: std::io::Error| Error::io(format!("writing {}", path.display()), e);
         let geo = self.hlog.geometry();
         let start = self.hlog.flushed_until().min(end);
         let file = std::fs::File::create(&path).map_err(io)?;
         let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        let mut sums = Vec::new();
         for page in geo.page(start)..geo.page(end) {
             let copy = {
                 let _g = self.epoch.protect()?;
@@ -476,11 +491,12 @@ impl<D: Disk> Engine<D> {
                     .hlog
                     .read_sync(geo.page_start(page).raw(), self.hlog.page_size())?,
             };
+            sums.push(crate::hlog::persistent_memory_malloc::page_hash(bytes.as_slice()));
             w.write_all(bytes.as_slice()).map_err(io)?;
         }
         let (_, hash, file) = w.finish().map_err(io)?;
         file.sync_all().map_err(io)?;
-        Ok((start.raw(), hash))
+        Ok((start.raw(), hash, sums))
     }
 }
 

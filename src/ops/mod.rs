@@ -109,8 +109,13 @@ impl From<IndexBusy> for Stop {
 impl<D: Disk> Engine<D> {
     /// An engine over an index of `2^index_bits` buckets and a log.
     pub(crate) fn new(epoch: Arc<LightEpoch>, index_bits: u32, hlog: HybridLog<D>) -> Self {
+        Self::with_index(epoch.clone(), MemIndex::new(index_bits, epoch), hlog)
+    }
+
+    /// An engine over an existing index (recovery builds it first).
+    pub(crate) fn with_index(epoch: Arc<LightEpoch>, index: MemIndex, hlog: HybridLog<D>) -> Self {
         Self {
-            index: MemIndex::new(index_bits, epoch.clone()),
+            index,
             epoch,
             hlog,
             state: CachePadded::new(AtomicU64::new(

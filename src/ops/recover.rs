@@ -27,7 +27,9 @@ use crate::core::light_epoch::LightEpoch;
 use crate::core::record::{DiskRecord, RecordInfo, Version, HEADER_BYTES};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
+use crate::hlog::persistent_memory_malloc::read_device;
 use crate::hlog::HybridLog;
+use crate::index::MemIndex;
 use crate::index::{HashIndex, KeyHash};
 use crate::ops::Engine;
 
@@ -142,7 +144,9 @@ fn plan(dir: &CheckpointDir, token: Token) -> Result<Plan> {
 }
 
 impl<D: Disk> Engine<D> {
-    /// Recovers an engine over `disk` from checkpoint `token` (or the newest usable one).
+    /// Recovers an engine over `disk` from checkpoint `token` (or the newest usable one: a
+    /// checkpoint whose files or log pages fail verification is skipped, and recovery falls
+    /// back to the one before it).
     pub(crate) fn recover(
         disk: D,
         layout: &Layout,
@@ -156,78 +160,79 @@ impl<D: Disk> Engine<D> {
         })?;
         let dir = CheckpointDir::new(root.clone());
         let tokens = dir.tokens()?;
-        let mut skipped = Vec::new();
-        let chosen = match token {
-            Some(t) => plan(&dir, t)?,
-            None => {
-                let mut found = None;
-                for t in tokens.iter().rev() {
-                    match plan(&dir, *t) {
-                        Ok(p) => {
-                            found = Some(p);
-                            break;
-                        }
-                        Err(e) => skipped.push((*t, e.to_string())),
-                    }
-                }
-                found.ok_or_else(|| {
-                    let why = skipped
-                        .iter()
-                        .map(|(t, e)| format!("{t}: {e}"))
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    checkpoint_error(
-                        root.clone(),
-                        if why.is_empty() {
-                            "no checkpoint to recover from".to_string()
-                        } else {
-                            format!("no usable checkpoint ({why})")
-                        },
-                    )
-                })?
-            }
+        let candidates: Vec<Token> = match token {
+            Some(t) => vec![t],
+            None => tokens.iter().rev().copied().collect(),
         };
-        // Checkpoints newer than the one recovered describe a log we are about to overwrite.
-        for t in tokens.iter().filter(|t| **t > chosen.token) {
-            dir.remove(*t)?;
+        let mut skipped = Vec::new();
+        for t in candidates {
+            // Phase 1 reads only, so a failure here leaves the device as it was.
+            let attempt = plan(&dir, t).and_then(|p| {
+                let rebuilt = Rebuild::run(&disk, layout, &dir, &p)?;
+                Ok((p, rebuilt))
+            });
+            match attempt {
+                Ok((p, rebuilt)) => {
+                    // Checkpoints newer than the one recovered describe a log we are about
+                    // to overwrite.
+                    for newer in tokens.iter().filter(|n| **n > t) {
+                        dir.remove(*newer)?;
+                    }
+                    return Self::finish_recovery(disk, layout, &dir, p, rebuilt, skipped);
+                }
+                Err(e) if token.is_some() => return Err(e),
+                Err(e @ (Error::Checkpoint { .. } | Error::Corrupt { .. })) => {
+                    skipped.push((t, e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Self::recover_plan(disk, layout, &dir, chosen, skipped)
+        let why = skipped
+            .iter()
+            .map(|(t, e)| format!("{t}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(checkpoint_error(
+            root,
+            if why.is_empty() {
+                "no checkpoint to recover from".to_string()
+            } else {
+                format!("no usable checkpoint ({why})")
+            },
+        ))
     }
 
-    fn recover_plan(
+    /// Phase 2: builds the engine around the rebuilt index and makes the device match the
+    /// checkpoint.
+    fn finish_recovery(
         disk: D,
         layout: &Layout,
         dir: &CheckpointDir,
         plan: Plan,
+        rebuilt: Rebuild,
         skipped: Vec<(Token, String)>,
     ) -> Result<(Engine<D>, RecoveryInfo)> {
         let log = &plan.log;
-        let page_bits = log.page_bits;
-        let frames = (layout.log_memory >> page_bits).max(crate::hlog::persistent_memory_malloc::MIN_FRAMES);
-        let epoch = Arc::new(LightEpoch::new());
+        let frames = (layout.log_memory >> log.page_bits)
+            .max(crate::hlog::persistent_memory_malloc::MIN_FRAMES);
         let hlog = HybridLog::recovered(
             disk,
-            epoch.clone(),
-            page_bits,
+            rebuilt.epoch.clone(),
+            log.page_bits,
             frames,
             layout.mutable_fraction,
             Address::new(log.begin),
             Address::new(log.end),
         )?;
         let geo = hlog.geometry();
-        if log.mode == LogMode::Snapshot {
-            restore_snapshot(&hlog, &dir.dir(plan.token).join(SNAPSHOT_DATA), log)?;
+        for (page, sum) in &rebuilt.sums {
+            hlog.set_page_sum(*page, *sum);
         }
-        let bits = plan.index.as_ref().map_or(layout.index_bits, |(_, m)| m.table_bits);
-        let engine = Engine::new(epoch, bits, hlog);
-        let replay_from = match &plan.index {
-            Some((t, meta)) => {
-                engine.load_index(&dir.dir(*t).join(INDEX_DATA), meta)?;
-                meta.start.max(log.begin)
-            }
-            None => log.begin.max(Address::FIRST_VALID.raw()),
-        };
-        let replayed_records = engine.replay(geo, Address::new(replay_from), log)?;
+        let engine = Engine::with_index(rebuilt.epoch, rebuilt.index, hlog);
+        if log.mode == LogMode::Snapshot {
+            restore_snapshot(&engine.hlog, &dir.dir(plan.token).join(SNAPSHOT_DATA), log)?;
+        }
+        engine.invalidate(geo, &rebuilt.newer)?;
         engine
             .hlog
             .disk()
@@ -244,14 +249,78 @@ impl<D: Disk> Engine<D> {
             token: plan.token,
             index_token: plan.index.as_ref().map(|(t, _)| *t),
             version: log.version,
-            replayed_bytes: log.end.saturating_sub(replay_from),
-            replayed_records,
+            replayed_bytes: log.end.saturating_sub(rebuilt.replay_from),
+            replayed_records: rebuilt.moved,
             skipped,
         };
         Ok((engine, info))
     }
 
-    fn load_index(&self, path: &std::path::Path, meta: &IndexMeta) -> Result<()> {
+    /// Marks the records at `addresses` (of the version after the checkpoint's) invalid on the
+    /// device, so that no later checkpoint of this log counts them.
+    fn invalidate(&self, geo: PageGeometry, addresses: &[u64]) -> Result<()> {
+        let page_size = 1usize << geo.page_bits;
+        let mut i = 0;
+        while i < addresses.len() {
+            let page = geo.page(Address::new(addresses[i]));
+            let start = geo.page_start(page).raw();
+            let mut buf = self.hlog.read_sync(start, page_size)?;
+            while i < addresses.len() && geo.page(Address::new(addresses[i])) == page {
+                let off = (addresses[i] - start) as usize;
+                let word = &mut buf.as_mut_slice()[off..off + 8];
+                let info = u64::from_le_bytes(word.try_into().unwrap_or_default());
+                word.copy_from_slice(&(info | RecordInfo::INVALID_BIT).to_le_bytes());
+                i += 1;
+            }
+            self.hlog.write_sync(start, &buf)?;
+            self.hlog.set_page_sum(
+                page,
+                crate::hlog::persistent_memory_malloc::page_hash(buf.as_slice()),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Phase 1 of recovery: the index rebuilt in memory from the device, read only.
+struct Rebuild {
+    epoch: Arc<LightEpoch>,
+    index: MemIndex,
+    replay_from: u64,
+    /// Records that moved an index entry.
+    moved: u64,
+    /// Addresses of records of the version after the checkpoint's, in address order.
+    newer: Vec<u64>,
+    /// The verified hash of every page below the checkpoint's end.
+    sums: Vec<(u64, u64)>,
+}
+
+impl Rebuild {
+    fn run<D: Disk>(disk: &D, layout: &Layout, dir: &CheckpointDir, plan: &Plan) -> Result<Self> {
+        let log = &plan.log;
+        let epoch = Arc::new(LightEpoch::new());
+        let bits = plan.index.as_ref().map_or(layout.index_bits, |(_, m)| m.table_bits);
+        let mut r = Rebuild {
+            index: MemIndex::new(bits, epoch.clone()),
+            epoch,
+            replay_from: log.begin.max(Address::FIRST_VALID.raw()),
+            moved: 0,
+            newer: Vec::new(),
+            sums: Vec::new(),
+        };
+        if let Some((t, meta)) = &plan.index {
+            r.load_index(&dir.dir(*t).join(INDEX_DATA), meta)?;
+            r.replay_from = meta.start.max(log.begin);
+        }
+        let geo = PageGeometry {
+            page_bits: log.page_bits,
+            frames: crate::hlog::persistent_memory_malloc::MIN_FRAMES,
+        };
+        r.scan(disk, geo, log, &dir.dir(plan.token).join(SNAPSHOT_DATA))?;
+        Ok(r)
+    }
+
+    fn load_index(&mut self, path: &std::path::Path, meta: &IndexMeta) -> Result<()> {
         let err = |e: std::io::Error| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}"));
         let mut f = std::io::BufReader::with_capacity(
             1 << 20,
@@ -282,57 +351,94 @@ impl<D: Disk> Engine<D> {
         Ok(())
     }
 
-    /// Replays `[from, log.end)`; returns how many records moved an index entry.
-    fn replay(&self, geo: PageGeometry, from: Address, log: &LogMeta) -> Result<u64> {
+    /// Reads every page of the checkpoint (from the snapshot file where it holds them),
+    /// verifies each against the checkpoint's page sums, seeds the log's sums, and replays
+    /// `[from, log.end)` into the index. Writes nothing.
+    fn scan<D: Disk>(
+        &mut self,
+        disk: &D,
+        geo: PageGeometry,
+        log: &LogMeta,
+        snapshot: &std::path::Path,
+    ) -> Result<()> {
+        let from = Address::new(self.replay_from);
         let page_size = 1usize << geo.page_bits;
         let pages_per_batch = (REPLAY_BATCH / page_size).max(1) as u64;
+        let first_page = geo.page(Address::new(log.begin));
         let end_page = geo.page(Address::new(log.end));
+        let snap_page = if log.mode == LogMode::Snapshot {
+            geo.page(Address::new(log.snapshot_start))
+        } else {
+            end_page
+        };
+        let mut snap_file = if snap_page < end_page {
+            Some(std::fs::File::open(snapshot).map_err(|e| {
+                checkpoint_error(snapshot.to_path_buf(), format!("cannot open: {e}"))
+            })?)
+        } else {
+            None
+        };
         let newer = Version::of(log.version + 1);
-        let mut moved = 0;
-        let mut page = geo.page(from);
+        let mut page = first_page;
         while page < end_page {
-            let count = pages_per_batch.min(end_page - page);
-            let mut buf = self
-                .hlog
-                .read_sync(geo.page_start(page).raw(), count as usize * page_size)?;
+            let limit = if page < snap_page { snap_page } else { end_page };
+            let count = pages_per_batch.min(limit - page);
+            let mut buf = crate::core::alloc::AlignedBuf::zeroed(count as usize * page_size, 4096);
+            if page < snap_page {
+                buf = read_device(disk, geo.page_start(page).raw(), count as usize * page_size)?;
+            } else if let Some(f) = snap_file.as_mut() {
+                f.read_exact(buf.as_mut_slice()).map_err(|e| {
+                    checkpoint_error(snapshot.to_path_buf(), format!("cannot read: {e}"))
+                })?;
+            }
             for k in 0..count {
                 let p = page + k;
-                let bytes = &mut buf.as_mut_slice()[k as usize * page_size..(k as usize + 1) * page_size];
-                let first = if p == geo.page(from) {
-                    geo.offset(from) as usize
-                } else {
-                    0
-                };
-                let (n, dirty) = self.replay_page(geo, p, first, bytes, log, newer)?;
-                moved += n;
-                if dirty {
-                    let mut out = crate::core::alloc::AlignedBuf::zeroed(page_size, 4096);
-                    out.as_mut_slice().copy_from_slice(bytes);
-                    self.hlog.write_sync(geo.page_start(p).raw(), &out)?;
+                let bytes = &buf.as_slice()[k as usize * page_size..(k as usize + 1) * page_size];
+                let sum = crate::hlog::persistent_memory_malloc::page_hash(bytes);
+                let want = log
+                    .page_sums
+                    .get((p - first_page) as usize)
+                    .copied()
+                    .unwrap_or(0);
+                if want != 0 && want != sum {
+                    return Err(Error::Corrupt {
+                        address: geo.page_start(p).raw(),
+                        reason: "log page does not match its checksum in the checkpoint \
+                                 (damaged or overwritten log segment)"
+                            .into(),
+                    });
+                }
+                self.sums.push((p, sum));
+                if p >= geo.page(from) {
+                    let off = if p == geo.page(from) {
+                        geo.offset(from) as usize
+                    } else {
+                        0
+                    };
+                    self.replay_page(geo, p, off, bytes, log, newer)?;
                 }
             }
             page += count;
         }
-        Ok(moved)
+        Ok(())
     }
 
-    /// Replays one page; returns records applied and whether the page was changed (records of
-    /// the next version invalidated).
+    /// Replays one page into the index; collects the records of the next version.
+    #[allow(clippy::too_many_arguments)] // one page's whole context
     fn replay_page(
-        &self,
+        &mut self,
         geo: PageGeometry,
         page: u64,
         mut off: usize,
-        bytes: &mut [u8],
+        bytes: &[u8],
         log: &LogMeta,
         newer: Version,
-    ) -> Result<(u64, bool)> {
+    ) -> Result<()> {
         let base = geo.page_start(page).raw();
         let corrupt = |off: usize, reason: String| Error::Corrupt {
             address: base + off as u64,
             reason,
         };
-        let (mut moved, mut dirty) = (0, false);
         if off == 0 && u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()) == 0 {
             // Every page below the end starts with a record: a zero start means missing data.
             return Err(corrupt(
@@ -355,9 +461,7 @@ impl<D: Disk> Engine<D> {
             }
             if !info.invalid() {
                 if address >= log.newer_from && info.version() == newer {
-                    let word = RecordInfo::from_raw(info.raw() | 1 << 61);
-                    bytes[off..off + 8].copy_from_slice(&word.raw().to_le_bytes());
-                    dirty = true;
+                    self.newer.push(address);
                 } else {
                     let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(rec.key()));
                     let mut entry = self
@@ -366,13 +470,13 @@ impl<D: Disk> Engine<D> {
                         .map_err(|_| Error::IndexFull)?;
                     if entry.address().raw() < address {
                         let _ = entry.try_update(Address::new(address));
-                        moved += 1;
+                        self.moved += 1;
                     }
                 }
             }
             off += size;
         }
-        Ok((moved, dirty))
+        Ok(())
     }
 }
 
