@@ -342,20 +342,36 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         self.engine.checkpoint(kind, mode)
     }
 
-    /// Starts a checkpoint on a thread of its own and returns at once; the returned
-    /// [`CheckpointHandle`] is a `Future` of the token (or can be waited on).
-    #[must_use]
-    pub fn checkpoint_async(&self, kind: CheckpointKind, mode: LogMode) -> CheckpointHandle {
+    /// Starts a checkpoint on a thread of its own and returns at once with its token; the
+    /// returned [`CheckpointHandle`] is a `Future` that resolves once the checkpoint is durable
+    /// (or can be waited on).
+    ///
+    /// # Errors
+    /// Those known at once: [`Error::Busy`], [`Error::Config`] for a device without storage,
+    /// and failure to create the checkpoint's directory or thread.
+    pub fn checkpoint_async(&self, kind: CheckpointKind, mode: LogMode) -> Result<CheckpointHandle> {
+        let started = self.engine.begin_checkpoint()?;
+        let token = started.token();
         let engine = self.engine.clone();
         let (tx, rx) = futures_channel::oneshot::channel();
+        let slot = Arc::new(std::sync::Mutex::new(Some(started)));
+        let in_thread = slot.clone();
         let spawned = std::thread::Builder::new()
             .name("rskv-checkpoint".into())
             .spawn(move || {
-                let _ = tx.send(engine.checkpoint(kind, mode));
+                let started = in_thread.lock().ok().and_then(|mut s| s.take());
+                if let Some(started) = started {
+                    let _ = tx.send(engine.run_started(started, kind, mode));
+                }
             });
-        CheckpointHandle {
-            rx: spawned.ok().map(|_| rx),
+        if let Err(e) = spawned {
+            // The thread never ran: release the claim by running nothing.
+            if let Some(started) = slot.lock().ok().and_then(|mut s| s.take()) {
+                self.engine.abandon_started(started);
+            }
+            return Err(Error::io("starting the checkpoint thread", e));
         }
+        Ok(CheckpointHandle { token, rx })
     }
 
     /// The checkpoints on the device, oldest first, with any problem their files have.
@@ -632,10 +648,17 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
 
 /// A checkpoint running on its own thread: a `Future` of its token.
 pub struct CheckpointHandle {
-    rx: Option<futures_channel::oneshot::Receiver<Result<Token>>>,
+    token: Token,
+    rx: futures_channel::oneshot::Receiver<Result<Token>>,
 }
 
 impl CheckpointHandle {
+    /// The checkpoint's token (known before it completes).
+    #[must_use]
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
     /// Blocks until the checkpoint is durable (or failed).
     ///
     /// # Errors
@@ -657,12 +680,9 @@ impl std::future::Future for CheckpointHandle {
                 std::io::Error::other("the checkpoint thread could not run or died"),
             )
         };
-        match self.rx.as_mut() {
-            None => std::task::Poll::Ready(Err(gone())),
-            Some(rx) => std::pin::Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or_else(|_| Err(gone()))),
-        }
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(gone())))
     }
 }
 

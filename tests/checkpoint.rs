@@ -338,3 +338,64 @@ fn damaged_files_fall_back_or_fail_cleanly() {
     // Damage to the newest checkpoint's own files must have made some recoveries fall back.
     assert!(fell_back > 0, "exact {exact}, failed {failed}");
 }
+
+struct Add(u64, u64);
+
+impl rskv::RmwContext for Add {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn rmw_initial(&self) -> u64 {
+        self.1
+    }
+    fn rmw_copy(&self, old: &u64) -> u64 {
+        old + self.1
+    }
+}
+
+/// An update waiting for the disk when a checkpoint starts is in the checkpoint if it finishes
+/// while the checkpoint waits for it, and is reported excluded if it finishes only afterwards.
+#[test]
+fn pending_updates_are_included_or_reported_excluded() {
+    for finish_during_checkpoint in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let kv = open(dir.path());
+            for k in 0..5000u64 {
+                kv.insert(&k, &k).unwrap();
+            }
+            let mut s = kv.start_session();
+            id = s.id();
+            // Key 0 is long on disk: the RMW goes pending (serial 1).
+            assert_eq!(s.rmw(Add(0, 1000)), rskv::Status::Pending);
+            let handle = kv
+                .checkpoint_async(CheckpointKind::Full, LogMode::FoldOver)
+                .unwrap();
+            if finish_during_checkpoint {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                assert!(s.complete_pending(true));
+                handle.wait().unwrap();
+            } else {
+                handle.wait().unwrap(); // waits out WaitPending's bound
+                assert!(s.complete_pending(true));
+            }
+            assert_eq!(kv.get(&0).unwrap(), Some(1000), "the live store has it either way");
+            assert_eq!(s.upsert(Put(1, 77)), rskv::Status::Ok); // serial 2, after the checkpoint
+        }
+        let (kv, _) = recover(dir.path(), None).unwrap();
+        let (_s, point) = kv.continue_session(id).unwrap();
+        assert_eq!(point.until, 1);
+        assert_eq!(kv.get(&1).unwrap(), Some(1), "serial 2 is after the commit point");
+        assert!(kv.get(&4999).unwrap() == Some(4999));
+        if finish_during_checkpoint {
+            assert!(point.excluded.is_empty());
+            assert_eq!(kv.get(&0).unwrap(), Some(1000));
+        } else {
+            assert_eq!(point.excluded, vec![1]);
+            assert_eq!(kv.get(&0).unwrap(), Some(0));
+        }
+    }
+}

@@ -249,6 +249,19 @@ impl SessionBook {
     }
 }
 
+/// A checkpoint that has been named and holds the claim, not yet run.
+pub(crate) struct Started {
+    dir: CheckpointDir,
+    token: Token,
+}
+
+impl Started {
+    /// The checkpoint's token.
+    pub(crate) fn token(&self) -> Token {
+        self.token
+    }
+}
+
 /// Puts the state machine back to rest if a checkpoint stops half way.
 struct RestOnDrop<'a, D: Disk> {
     engine: &'a Engine<D>,
@@ -328,14 +341,42 @@ impl<D: Disk> Engine<D> {
     /// device without storage; I/O errors (the checkpoint is then not written and the store
     /// keeps running).
     pub(crate) fn checkpoint(&self, kind: CheckpointKind, mode: LogMode) -> Result<Token> {
+        let started = self.begin_checkpoint()?;
+        self.run_started(started, kind, mode)
+    }
+
+    /// The synchronous start of a checkpoint: claims the machinery and names the checkpoint.
+    /// The claim passes to [`Engine::run_started`], which must run next (on any thread).
+    ///
+    /// # Errors
+    /// As [`Engine::checkpoint`].
+    pub(crate) fn begin_checkpoint(&self) -> Result<Started> {
         let dir = self.checkpoint_dir()?;
-        let _claim = self.cpr.claim("a checkpoint or index growth is running")?;
+        let claim = self.cpr.claim("a checkpoint or index growth is running")?;
         if self.index.is_growing() {
             return Err(Error::Busy("the index is growing"));
         }
         self.hlog.check_poison()?;
         let token = self.next_token(&dir)?;
-        let path = dir.create(token)?;
+        dir.create(token)?;
+        std::mem::forget(claim); // released by run_started
+        Ok(Started { dir, token })
+    }
+
+    /// Gives up a begun checkpoint without running it: removes its directory, releases the
+    /// claim.
+    pub(crate) fn abandon_started(&self, started: Started) {
+        let _claim = Claim(&self.cpr.busy);
+        let _ = started.dir.remove(started.token);
+    }
+
+    /// Runs a checkpoint begun by [`Engine::begin_checkpoint`] and releases its claim.
+    ///
+    /// # Errors
+    /// As [`Engine::checkpoint`].
+    pub(crate) fn run_started(&self, started: Started, kind: CheckpointKind, mode: LogMode) -> Result<Token> {
+        let _claim = Claim(&self.cpr.busy);
+        let Started { dir, token } = started;
         let mut rest = RestOnDrop {
             engine: self,
             armed: true,
@@ -346,6 +387,7 @@ impl<D: Disk> Engine<D> {
         if result.is_err() {
             let _ = dir.remove(token);
         }
+        let path = dir.dir(token);
         result.map(|()| token).map_err(|e| match e {
             Error::Io { context, source } => Error::Io {
                 context: format!("{context} (checkpoint {})", path.display()),
