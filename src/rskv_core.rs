@@ -402,8 +402,37 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// (or `token`'s files are missing, truncated, corrupt or from another format);
     /// [`Error::Corrupt`] when the log does not match the checkpoint; I/O errors.
     pub fn recover(config: Config, disk: D, token: Option<Token>) -> Result<(Self, RecoveryInfo)> {
+        Self::recover_inner(config, disk, token, &|bytes| {
+            Ok(xxhash_rust::xxh3::xxh3_64(bytes))
+        })
+    }
+
+    /// [`RsKv::recover`] for a store whose contexts override `key_hash`: recovery rebuilds the
+    /// index by hashing every replayed key, and must use the same hash as the operations did
+    /// (a different one would file keys where lookups never look).
+    ///
+    /// # Errors
+    /// As [`RsKv::recover`]; [`Error::Codec`] if a logged key does not decode as `K`.
+    pub fn recover_with_hash(
+        config: Config,
+        disk: D,
+        token: Option<Token>,
+        key_hash: impl Fn(&K) -> u64,
+    ) -> Result<(Self, RecoveryInfo)> {
+        Self::recover_inner(config, disk, token, &|bytes| {
+            Ok(key_hash(&decode::<K>(bytes)?))
+        })
+    }
+
+    fn recover_inner(
+        config: Config,
+        disk: D,
+        token: Option<Token>,
+        hash: &dyn Fn(&[u8]) -> Result<u64>,
+    ) -> Result<(Self, RecoveryInfo)> {
         let resolved = config.resolve()?;
         let layout = Layout {
+            hash,
             index_bits: resolved.index_bits,
             log_memory: config.log_memory_size,
             mutable_fraction: config.mutable_fraction,

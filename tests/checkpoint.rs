@@ -399,3 +399,56 @@ fn pending_updates_are_included_or_reported_excluded() {
         }
     }
 }
+
+struct IdPut(u64, u64);
+
+impl rskv::UpsertContext for IdPut {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn value(&self) -> &u64 {
+        &self.1
+    }
+    fn key_hash(&self) -> u64 {
+        self.0 // the seed's contexts hash a u64 key to itself
+    }
+}
+
+struct IdGet(u64, Option<u64>);
+
+impl rskv::ReadContext for IdGet {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn key_hash(&self) -> u64 {
+        self.0
+    }
+    fn get(&mut self, value: &u64) {
+        self.1 = Some(*value);
+    }
+}
+
+#[test]
+fn stores_with_their_own_key_hash_recover_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let kv = open(dir.path());
+        for k in 0..3000u64 {
+            assert_eq!(kv.upsert(&IdPut(k, k + 1)), rskv::Status::Ok);
+        }
+        kv.checkpoint_with(CheckpointKind::LogOnly, LogMode::FoldOver)
+            .unwrap();
+    }
+    let disk = FileSystemDisk::new(dir.path()).unwrap();
+    let (kv, info): (Kv, _) = RsKv::recover_with_hash(config(), disk, None, |k: &u64| *k).unwrap();
+    assert!(info.index_token.is_none(), "the whole log was replayed");
+    for k in 0..3000u64 {
+        let mut ctx = IdGet(k, None);
+        assert_eq!(kv.read(&mut ctx), rskv::Status::Ok, "key {k}");
+        assert_eq!(ctx.1, Some(k + 1));
+    }
+}

@@ -54,7 +54,10 @@ pub struct RecoveryInfo {
 }
 
 /// How the engine is to be laid out in memory.
-pub(crate) struct Layout {
+pub(crate) struct Layout<'h> {
+    /// The store's key hash from a key's encoded bytes (what its operations pass to the index
+    /// before finalizing).
+    pub(crate) hash: &'h dyn Fn(&[u8]) -> Result<u64>,
     pub(crate) index_bits: u32,
     pub(crate) log_memory: u64,
     pub(crate) mutable_fraction: f64,
@@ -296,7 +299,7 @@ struct Rebuild {
 }
 
 impl Rebuild {
-    fn run<D: Disk>(disk: &D, layout: &Layout, dir: &CheckpointDir, plan: &Plan) -> Result<Self> {
+    fn run<D: Disk>(disk: &D, layout: &Layout<'_>, dir: &CheckpointDir, plan: &Plan) -> Result<Self> {
         let log = &plan.log;
         let epoch = Arc::new(LightEpoch::new());
         let bits = plan.index.as_ref().map_or(layout.index_bits, |(_, m)| m.table_bits);
@@ -316,7 +319,7 @@ impl Rebuild {
             page_bits: log.page_bits,
             frames: crate::hlog::persistent_memory_malloc::MIN_FRAMES,
         };
-        r.scan(disk, geo, log, &dir.dir(plan.token).join(SNAPSHOT_DATA))?;
+        r.scan(disk, geo, log, &dir.dir(plan.token).join(SNAPSHOT_DATA), layout.hash)?;
         Ok(r)
     }
 
@@ -360,6 +363,7 @@ impl Rebuild {
         geo: PageGeometry,
         log: &LogMeta,
         snapshot: &std::path::Path,
+        hash: &dyn Fn(&[u8]) -> Result<u64>,
     ) -> Result<()> {
         let from = Address::new(self.replay_from);
         let page_size = 1usize << geo.page_bits;
@@ -415,7 +419,7 @@ impl Rebuild {
                     } else {
                         0
                     };
-                    self.replay_page(geo, p, off, bytes, log, newer)?;
+                    self.replay_page(geo, p, off, bytes, log, newer, hash)?;
                 }
             }
             page += count;
@@ -433,6 +437,7 @@ impl Rebuild {
         bytes: &[u8],
         log: &LogMeta,
         newer: Version,
+        hash: &dyn Fn(&[u8]) -> Result<u64>,
     ) -> Result<()> {
         let base = geo.page_start(page).raw();
         let corrupt = |off: usize, reason: String| Error::Corrupt {
@@ -463,7 +468,7 @@ impl Rebuild {
                 if address >= log.newer_from && info.version() == newer {
                     self.newer.push(address);
                 } else {
-                    let hash = KeyHash::new(xxhash_rust::xxh3::xxh3_64(rec.key()));
+                    let hash = KeyHash::new(hash(rec.key())?);
                     let mut entry = self
                         .index
                         .find_or_create_entry(hash)
