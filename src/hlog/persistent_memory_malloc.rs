@@ -36,7 +36,7 @@ use crossbeam_utils::CachePadded;
 use crate::core::address::{Address, PageGeometry};
 use crate::core::alloc::{align_down, align_up, AlignedBuf};
 use crate::core::light_epoch::LightEpoch;
-use crate::core::record::{DiskRecord, RecordRef};
+use crate::core::record::{DiskRecord, RecordInfo, RecordRef, HEADER_BYTES};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::sync::{AtomicU64, Ordering};
@@ -478,7 +478,7 @@ impl<D: Disk> HybridLog<D> {
         let me = self as *const Self as usize;
         let len = frame.buf.len();
         // Invariant 3: the page no longer changes, so this is the hash of what gets written.
-        let sum = page_hash(frame.buf.as_slice());
+        let sum = page_hash(page, frame.buf.as_slice());
         self.inflight.fetch_add(1, StdOrdering::AcqRel);
         let callback = Box::new(move |r: std::io::Result<usize>| {
             // SAFETY: invariant 8: Drop waits for `inflight` to reach zero, and this callback
@@ -777,10 +777,31 @@ pub fn read_device<D: Disk>(disk: &D, offset: u64, len: usize) -> Result<Aligned
     }
 }
 
-/// The checksum of a log page as written (xxh3; never 0, which means "unknown").
+/// The checksum of log page `page` (xxh3; never 0, which means "unknown"). The invalid bit of
+/// each record's header is left out: recovery sets it on records of a version that did not
+/// make the checkpoint, and the page must still verify when recovery runs again.
 #[must_use]
-pub fn page_hash(bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(bytes).max(1)
+pub fn page_hash(page: u64, bytes: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let first = if page == 0 {
+        (Address::FIRST_VALID.raw() as usize).min(bytes.len())
+    } else {
+        0
+    };
+    h.update(&bytes[..first]);
+    let mut off = first;
+    while off + HEADER_BYTES <= bytes.len() {
+        let word0 = u64::from_le_bytes(bytes[off..off + 8].try_into().unwrap_or_default());
+        let size = DiskRecord::size_from_prefix(&bytes[off..]).unwrap_or(0);
+        if word0 == 0 || size < HEADER_BYTES || off + size > bytes.len() {
+            break;
+        }
+        h.update(&(word0 & !RecordInfo::INVALID_BIT).to_le_bytes());
+        h.update(&bytes[off + 8..off + size]);
+        off += size;
+    }
+    h.update(&bytes[off..]);
+    h.digest().max(1)
 }
 
 /// A record read from the device: the buffer and the record's offset in it.

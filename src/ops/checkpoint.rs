@@ -533,7 +533,10 @@ impl<D: Disk> Engine<D> {
                     .hlog
                     .read_sync(geo.page_start(page).raw(), self.hlog.page_size())?,
             };
-            sums.push(crate::hlog::persistent_memory_malloc::page_hash(bytes.as_slice()));
+            sums.push(crate::hlog::persistent_memory_malloc::page_hash(
+                page,
+                bytes.as_slice(),
+            ));
             w.write_all(bytes.as_slice()).map_err(io)?;
         }
         let (_, hash, file) = w.finish().map_err(io)?;

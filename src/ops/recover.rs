@@ -278,7 +278,7 @@ impl<D: Disk> Engine<D> {
             self.hlog.write_sync(start, &buf)?;
             self.hlog.set_page_sum(
                 page,
-                crate::hlog::persistent_memory_malloc::page_hash(buf.as_slice()),
+                crate::hlog::persistent_memory_malloc::page_hash(page, buf.as_slice()),
             );
         }
         Ok(())
@@ -398,7 +398,7 @@ impl Rebuild {
             for k in 0..count {
                 let p = page + k;
                 let bytes = &buf.as_slice()[k as usize * page_size..(k as usize + 1) * page_size];
-                let sum = crate::hlog::persistent_memory_malloc::page_hash(bytes);
+                let sum = crate::hlog::persistent_memory_malloc::page_hash(p, bytes);
                 let want = log
                     .page_sums
                     .get((p - first_page) as usize)
