@@ -48,6 +48,42 @@ fn run(
     );
 }
 
+fn run_batched(
+    kv: &Arc<RsKv<u64, u64, FileSystemDisk>>,
+    threads: u64,
+    n: u64,
+    what: &str,
+    op: fn(&RsKv<u64, u64, FileSystemDisk>, &[u64]),
+) {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                let mut batch = Vec::with_capacity(16);
+                for k in keys_for(t, threads, n) {
+                    batch.push(k);
+                    if batch.len() == 16 {
+                        op(&kv, &batch);
+                        batch.clear();
+                    }
+                }
+                if !batch.is_empty() {
+                    op(&kv, &batch);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("worker panicked");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{what:>8} {threads} thread(s): {:7.2} Mops/s",
+        n as f64 / secs / 1e6
+    );
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: u64 = std::env::var("RSKV_PERF_KEYS")
         .ok()
@@ -74,6 +110,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         run(&kv, threads, n, "rmw", |kv, k| {
             kv.rmw(&k, |v| v.unwrap_or(0) + 1).expect("rmw");
+        });
+        // The same reads in batches of 16 (RsKv::get_many overlaps their cache misses).
+        run_batched(&kv, threads, n, "read x16", |kv, keys| {
+            let got = kv.get_many(keys).expect("get_many");
+            for (k, v) in keys.iter().zip(got) {
+                assert_eq!(v, Some(k + 2));
+            }
         });
         // Every key saw one load (k), one upsert (k + 1) and one RMW (+1).
         let wrong: Vec<u64> = (0..n)

@@ -640,6 +640,51 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         self.engine.hlog.tail_address()
     }
 
+    // ---- batches: the same operations, with their cache misses overlapped ---------------------
+
+    /// Prefetches the index buckets and in-memory records of `keys`: every bucket first, then
+    /// every chain head, so the misses of a batch overlap (a hint; changes nothing).
+    fn prefetch_keys<'k>(&self, keys: impl Iterator<Item = &'k K> + Clone)
+    where
+        K: 'k,
+    {
+        let Ok(_g) = self.engine.protect() else {
+            return;
+        };
+        let hashes = keys.map(|k| KeyHash::new(hash_key(k)));
+        let hashes: Vec<KeyHash> = hashes.collect();
+        self.engine.prefetch(hashes.iter().copied());
+    }
+
+    /// [`RsKv::get`] of several keys, with their memory accesses overlapped (best with 8 to 32
+    /// keys per call).
+    ///
+    /// # Errors
+    /// The first error of a [`RsKv::get`].
+    pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+        self.prefetch_keys(keys.iter());
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
+    /// [`RsKv::insert`] of several pairs, with their memory accesses overlapped.
+    ///
+    /// # Errors
+    /// The first error of an [`RsKv::insert`] (the pairs before it are written).
+    pub fn insert_many(&self, pairs: &[(K, V)]) -> Result<()> {
+        self.prefetch_keys(pairs.iter().map(|(k, _)| k));
+        pairs.iter().try_for_each(|(k, v)| self.insert(k, v))
+    }
+
+    /// [`RsKv::rmw`] of several keys with one function, with their memory accesses overlapped.
+    /// Returns the new values.
+    ///
+    /// # Errors
+    /// The first error of an [`RsKv::rmw`] (the keys before it are updated).
+    pub fn rmw_many(&self, keys: &[K], mut f: impl FnMut(&K, Option<V>) -> V) -> Result<Vec<V>> {
+        self.prefetch_keys(keys.iter());
+        keys.iter().map(|k| self.rmw(k, |old| f(k, old))).collect()
+    }
+
     /// Async [`RsKv::get`]: does not block the executor while the disk works.
     ///
     /// # Errors

@@ -1,4 +1,6 @@
 //! First end-to-end checks: values survive eviction to disk and come back.
+mod common;
+
 use rskv::device::file_system_disk::FileSystemDisk;
 use rskv::{Config, RsKv};
 
@@ -52,4 +54,23 @@ fn records_leave_memory_and_come_back() {
             assert_eq!(got, Some(want), "key {k}");
         }
     }
+}
+
+#[test]
+fn batches_match_single_operations() {
+    let (_dir, kv) = common::small_store::<u64, u64>(64 << 10);
+    let pairs: Vec<(u64, u64)> = (0..5000u64).map(|k| (k, k * 3)).collect();
+    for chunk in pairs.chunks(16) {
+        kv.insert_many(chunk).unwrap();
+    }
+    let keys: Vec<u64> = (0..5100u64).collect();
+    for chunk in keys.chunks(16) {
+        let got = kv.get_many(chunk).unwrap();
+        for (k, v) in chunk.iter().zip(got) {
+            assert_eq!(v, (*k < 5000).then_some(k * 3), "key {k}");
+        }
+    }
+    let new = kv.rmw_many(&keys[..32], |k, old| old.unwrap_or(0) + k).unwrap();
+    assert_eq!(new, (0..32u64).map(|k| k * 4).collect::<Vec<_>>());
+    assert_eq!(kv.get(&4999).unwrap(), Some(4999 * 3), "records on disk come back in batches too");
 }

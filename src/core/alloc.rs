@@ -217,3 +217,16 @@ mod tests {
         assert_eq!(align_down(8191, 4096), 4096);
     }
 }
+
+/// Hints the CPU to load the cache line at `p` (no effect where unsupported; never faults, so
+/// `p` may point anywhere).
+#[inline(always)]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint that never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

@@ -358,6 +358,17 @@ impl<D: Disk> HybridLog<D> {
         }
     }
 
+    /// Starts loading the record at `address` into the cache if it is in memory (a hint; the
+    /// caller is epoch protected).
+    #[inline]
+    pub fn prefetch(&self, address: Address) {
+        if address >= self.head() && address < self.tail_address() {
+            let frame = &self.frames[self.geo.frame(self.geo.page(address))];
+            let off = self.geo.offset(address) as usize;
+            crate::core::alloc::prefetch(frame.buf.as_ptr().wrapping_add(off));
+        }
+    }
+
     /// The words of freshly allocated space at `address` (the caller owns them until it
     /// publishes the record).
     #[must_use]

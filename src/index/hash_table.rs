@@ -87,6 +87,12 @@ impl HashTable {
         unsafe { &*self.buckets.as_ptr().add(i) }
     }
 
+    /// Asks the CPU to start loading the bucket of `hash` (a hint; never faults).
+    #[inline]
+    pub fn prefetch(&self, hash: KeyHash) {
+        crate::core::alloc::prefetch(self.bucket(hash.bucket(self.bits)) as *const HashBucket as *const u8);
+    }
+
     /// Visits every slot of bucket `i`'s chain, in order, until `f` returns `Some`.
     fn scan<'a, R>(
         &'a self,

@@ -326,6 +326,15 @@ impl MemIndex {
         table.insert_exclusive(i, HashBucketEntry::from_raw(entry), &self.pool)
     }
 
+    /// Starts loading `hash`'s bucket into the cache (a hint; skipped while growing).
+    #[inline]
+    pub fn prefetch(&self, hash: KeyHash) {
+        let s = self.state.load(Ordering::Acquire);
+        if s & 0xff == REST {
+            self.table(s >> 8).prefetch(hash);
+        }
+    }
+
     /// Whether the index is in the middle of growing.
     #[must_use]
     pub fn is_growing(&self) -> bool {
