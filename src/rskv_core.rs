@@ -26,6 +26,7 @@ use crate::device::file_system_disk::FileSystemDisk;
 use crate::device::Disk;
 use crate::hlog::{HybridLog, LogMarkers};
 use crate::index::KeyHash;
+use crate::ops::read::ReadStep;
 use crate::ops::rmw::{Decision, Latest};
 use crate::ops::Engine;
 use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
@@ -662,8 +663,31 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// The first error of a [`RsKv::get`].
     pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
-        self.prefetch_keys(keys.iter());
-        keys.iter().map(|k| self.get(k)).collect()
+        let enc: Vec<(Encoded, KeyHash)> = keys.iter().map(|k| facade_key(k)).collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut on_disk = Vec::new();
+        {
+            let g = self.engine.protect()?;
+            self.engine.prefetch(enc.iter().map(|(_, h)| *h));
+            let mut buf = ValueBuf::default();
+            for (i, (key, hash)) in enc.iter().enumerate() {
+                out.push(match self.engine.read_mem(&g, key, *hash, &mut buf)? {
+                    ReadStep::Found => Some(decode(buf.bytes())?),
+                    ReadStep::NotFound => None,
+                    ReadStep::Disk(a) => {
+                        on_disk.push((i, a));
+                        None
+                    }
+                });
+            }
+        }
+        for (i, a) in on_disk {
+            let mut buf = ValueBuf::default();
+            if futures_executor::block_on(self.engine.read_pending(&enc[i].0, a, &mut buf))? {
+                out[i] = Some(decode(buf.bytes())?);
+            }
+        }
+        Ok(out)
     }
 
     /// [`RsKv::insert`] of several pairs, with their memory accesses overlapped.
@@ -671,8 +695,18 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// The first error of an [`RsKv::insert`] (the pairs before it are written).
     pub fn insert_many(&self, pairs: &[(K, V)]) -> Result<()> {
-        self.prefetch_keys(pairs.iter().map(|(k, _)| k));
-        pairs.iter().try_for_each(|(k, v)| self.insert(k, v))
+        let enc: Vec<(Encoded, KeyHash, Encoded)> = pairs
+            .iter()
+            .map(|(k, v)| Ok((facade_key(k)?, Encoded::new(v)?)))
+            .map(|r: Result<_>| r.map(|((k, h), v)| (k, h, v)))
+            .collect::<Result<_>>()?;
+        let g = self.engine.protect()?;
+        self.engine.prefetch(enc.iter().map(|(_, h, _)| *h));
+        for (key, hash, value) in &enc {
+            self.engine
+                .upsert(&g, key, *hash, value, &mut |_| Ok(None))?;
+        }
+        Ok(())
     }
 
     /// [`RsKv::rmw`] of several keys with one function, with their memory accesses overlapped.
