@@ -666,16 +666,17 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let enc: Vec<(Encoded, KeyHash)> = keys.iter().map(|k| facade_key(k)).collect::<Result<_>>()?;
         let mut out = Vec::with_capacity(keys.len());
         let mut on_disk = Vec::new();
-        {
+        let mut buf = ValueBuf::default();
+        for (c, chunk) in enc.chunks(BATCH).enumerate() {
+            // One protection per chunk, so a long batch does not hold back epoch actions.
             let g = self.engine.protect()?;
-            self.engine.prefetch(enc.iter().map(|(_, h)| *h));
-            let mut buf = ValueBuf::default();
-            for (i, (key, hash)) in enc.iter().enumerate() {
+            self.engine.prefetch(chunk.iter().map(|(_, h)| *h));
+            for (j, (key, hash)) in chunk.iter().enumerate() {
                 out.push(match self.engine.read_mem(&g, key, *hash, &mut buf)? {
                     ReadStep::Found => Some(decode(buf.bytes())?),
                     ReadStep::NotFound => None,
                     ReadStep::Disk(a) => {
-                        on_disk.push((i, a));
+                        on_disk.push((c * BATCH + j, a));
                         None
                     }
                 });
@@ -700,11 +701,13 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             .map(|(k, v)| Ok((facade_key(k)?, Encoded::new(v)?)))
             .map(|r: Result<_>| r.map(|((k, h), v)| (k, h, v)))
             .collect::<Result<_>>()?;
-        let g = self.engine.protect()?;
-        self.engine.prefetch(enc.iter().map(|(_, h, _)| *h));
-        for (key, hash, value) in &enc {
-            self.engine
-                .upsert(&g, key, *hash, value, &mut |_| Ok(None))?;
+        for chunk in enc.chunks(BATCH) {
+            let g = self.engine.protect()?;
+            self.engine.prefetch(chunk.iter().map(|(_, h, _)| *h));
+            for (key, hash, value) in chunk {
+                self.engine
+                    .upsert(&g, key, *hash, value, &mut |_| Ok(None))?;
+            }
         }
         Ok(())
     }
@@ -753,6 +756,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         last.ok_or_else(|| Error::Codec("rmw finished without computing a value".into()))
     }
 }
+
+/// Operations of a batch prefetched and run under one epoch protection.
+const BATCH: usize = 32;
 
 /// A checkpoint running on its own thread: a `Future` of its token.
 pub struct CheckpointHandle {
