@@ -27,49 +27,26 @@ fn run(
     what: &str,
     op: fn(&RsKv<u64, u64, FileSystemDisk>, u64),
 ) {
-    let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let kv = kv.clone();
-            std::thread::spawn(move || {
-                for k in keys_for(t, threads, n) {
-                    op(&kv, k);
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("worker panicked");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{what:>8} {threads} thread(s): {:7.2} Mops/s",
-        n as f64 / secs / 1e6
-    );
+    run_batched(kv, threads, n, what, 1, move |kv, keys| op(kv, keys[0]));
 }
 
+/// Runs `op` over each thread's keys in batches of `batch` and prints the throughput.
 fn run_batched(
     kv: &Arc<RsKv<u64, u64, FileSystemDisk>>,
     threads: u64,
     n: u64,
     what: &str,
-    op: fn(&RsKv<u64, u64, FileSystemDisk>, &[u64]),
+    batch: usize,
+    op: impl Fn(&RsKv<u64, u64, FileSystemDisk>, &[u64]) + Copy + Send + 'static,
 ) {
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let kv = kv.clone();
             std::thread::spawn(move || {
-                let mut batch = Vec::with_capacity(16);
-                for k in keys_for(t, threads, n) {
-                    batch.push(k);
-                    if batch.len() == 16 {
-                        op(&kv, &batch);
-                        batch.clear();
-                    }
-                }
-                if !batch.is_empty() {
-                    op(&kv, &batch);
+                let keys: Vec<u64> = keys_for(t, threads, n).collect();
+                for chunk in keys.chunks(batch) {
+                    op(&kv, chunk);
                 }
             })
         })
@@ -112,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             kv.rmw(&k, |v| v.unwrap_or(0) + 1).expect("rmw");
         });
         // The same reads in batches of 16 (RsKv::get_many overlaps their cache misses).
-        run_batched(&kv, threads, n, "read x16", |kv, keys| {
+        run_batched(&kv, threads, n, "read x16", 16, |kv, keys| {
             let got = kv.get_many(keys).expect("get_many");
             for (k, v) in keys.iter().zip(got) {
                 assert_eq!(v, Some(k + 2));

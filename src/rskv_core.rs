@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Resolved};
 use crate::core::address::Address;
+use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
 use crate::core::codec::{decode, Codec, Encoded};
 use crate::core::light_epoch::LightEpoch;
 use crate::core::record::ValueBuf;
@@ -27,10 +28,9 @@ use crate::device::Disk;
 use crate::hlog::{HybridLog, LogMarkers};
 use crate::index::KeyHash;
 use crate::ops::read::ReadStep;
+use crate::ops::recover::{Layout, RecoveryInfo};
 use crate::ops::rmw::{Decision, Latest};
 use crate::ops::Engine;
-use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
-use crate::ops::recover::{Layout, RecoveryInfo};
 use crate::session::{Session, SessionId};
 
 /// RsKv's hash of a key: xxh3 of its encoding. The default `key_hash` of every context.
@@ -350,7 +350,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// Those known at once: [`Error::Busy`], [`Error::Config`] for a device without storage,
     /// and failure to create the checkpoint's directory or thread.
-    pub fn checkpoint_async(&self, kind: CheckpointKind, mode: LogMode) -> Result<CheckpointHandle> {
+    pub fn checkpoint_async(
+        &self,
+        kind: CheckpointKind,
+        mode: LogMode,
+    ) -> Result<CheckpointHandle> {
         let started = self.engine.begin_checkpoint()?;
         let token = started.token();
         let engine = self.engine.clone();
@@ -663,7 +667,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// The first error of a [`RsKv::get`].
     pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
-        let enc: Vec<(Encoded, KeyHash)> = keys.iter().map(|k| facade_key(k)).collect::<Result<_>>()?;
+        let enc: Vec<(Encoded, KeyHash)> =
+            keys.iter().map(|k| facade_key(k)).collect::<Result<_>>()?;
         let mut out = Vec::with_capacity(keys.len());
         let mut on_disk = Vec::new();
         let mut buf = ValueBuf::default();

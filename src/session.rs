@@ -22,9 +22,9 @@ use crate::core::record::ValueBuf;
 use crate::core::status::{Result, Status};
 use crate::device::Disk;
 use crate::index::KeyHash;
-use crate::ops::read::ReadStep;
 use crate::ops::checkpoint::SessionBook;
 use crate::ops::pending::Started;
+use crate::ops::read::ReadStep;
 use crate::rskv_core::{
     rmw_decider, status_of, DeleteContext, ReadContext, RmwContext, RsKv, UpsertContext,
 };

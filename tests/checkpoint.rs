@@ -7,6 +7,8 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
+use common::{Add, Put};
+
 use rskv::device::file_system_disk::FileSystemDisk;
 use rskv::{CheckpointKind, Config, Error, LogMode, RsKv, Token};
 
@@ -93,12 +95,16 @@ fn index_only_checkpoint_pairs_with_a_later_log_checkpoint() {
             kv.insert(&k, &k).unwrap();
             model.insert(k, k);
         }
-        let index = kv.checkpoint_with(CheckpointKind::IndexOnly, LogMode::FoldOver).unwrap();
+        let index = kv
+            .checkpoint_with(CheckpointKind::IndexOnly, LogMode::FoldOver)
+            .unwrap();
         for k in 1000..4000u64 {
             kv.insert(&k, &(k + 1)).unwrap();
             model.insert(k, k + 1);
         }
-        let log = kv.checkpoint_with(CheckpointKind::LogOnly, LogMode::FoldOver).unwrap();
+        let log = kv
+            .checkpoint_with(CheckpointKind::LogOnly, LogMode::FoldOver)
+            .unwrap();
         assert!(log > index);
         let listed = kv.checkpoints().unwrap();
         assert_eq!(listed.len(), 2);
@@ -164,7 +170,9 @@ fn missing_and_damaged_checkpoints_are_refused_by_name() {
         for k in 0..500u64 {
             kv.insert(&k, &(k + 1)).unwrap();
         }
-        t2 = kv.checkpoint_with(CheckpointKind::Full, LogMode::Snapshot).unwrap();
+        t2 = kv
+            .checkpoint_with(CheckpointKind::Full, LogMode::Snapshot)
+            .unwrap();
     }
     let ckpt = dir.path().join("checkpoints");
     let meta2 = ckpt.join(t2.to_string()).join("log.meta");
@@ -173,14 +181,18 @@ fn missing_and_damaged_checkpoints_are_refused_by_name() {
     let mut bad = good.clone();
     bad[good.len() / 2] ^= 1;
     std::fs::write(&meta2, &bad).unwrap();
-    let e = recover(dir.path(), Some(t2)).err().expect("corrupt meta refused");
+    let e = recover(dir.path(), Some(t2))
+        .err()
+        .expect("corrupt meta refused");
     assert!(e.to_string().contains("log.meta"), "{e}");
     std::fs::write(&meta2, &good).unwrap();
     // A truncated snapshot file is refused the same way.
     let snap = ckpt.join(t2.to_string()).join("snapshot.dat");
     let data = std::fs::read(&snap).unwrap();
     std::fs::write(&snap, &data[..data.len() - 1]).unwrap();
-    let e = recover(dir.path(), Some(t2)).err().expect("truncated snapshot refused");
+    let e = recover(dir.path(), Some(t2))
+        .err()
+        .expect("truncated snapshot refused");
     assert!(e.to_string().contains("snapshot.dat"), "{e}");
     // Latest falls back to t1, reporting why t2 was skipped.
     let (kv, info) = recover(dir.path(), None).unwrap();
@@ -198,19 +210,6 @@ fn a_store_over_null_disk_cannot_checkpoint() {
     assert!(matches!(kv.checkpoint(), Err(Error::Config { .. })));
 }
 
-struct Put(u64, u64);
-
-impl rskv::UpsertContext for Put {
-    type Key = u64;
-    type Value = u64;
-    fn key(&self) -> &u64 {
-        &self.0
-    }
-    fn value(&self) -> &u64 {
-        &self.1
-    }
-}
-
 #[test]
 fn repeated_recovery_from_snapshots_keeps_old_pages() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,7 +220,8 @@ fn repeated_recovery_from_snapshots_keeps_old_pages() {
             kv.insert(&k, &k).unwrap();
             model.insert(k, k);
         }
-        kv.checkpoint_with(CheckpointKind::LogOnly, LogMode::Snapshot).unwrap();
+        kv.checkpoint_with(CheckpointKind::LogOnly, LogMode::Snapshot)
+            .unwrap();
     }
     for round in 0..4u64 {
         let (kv, _) = recover(dir.path(), None).unwrap();
@@ -232,7 +232,8 @@ fn repeated_recovery_from_snapshots_keeps_old_pages() {
         }
         check(&kv, &model, 100);
         if round % 2 == 0 {
-            kv.checkpoint_with(CheckpointKind::Full, LogMode::Snapshot).unwrap();
+            kv.checkpoint_with(CheckpointKind::Full, LogMode::Snapshot)
+                .unwrap();
         } else {
             // Not checkpointed: lost at the next recovery.
             for k in 20 + round * 5..25 + round * 5 {
@@ -286,11 +287,15 @@ fn damaged_files_fall_back_or_fail_cleanly() {
             kv.insert(&k, &0).unwrap();
         }
     }
-    let newest = pristine.path().join("checkpoints").join(tokens[1].to_string());
-    let mut victims: Vec<std::path::PathBuf> = ["index.meta", "index.dat", "log.meta", "snapshot.dat"]
-        .iter()
-        .map(|f| newest.join(f))
-        .collect();
+    let newest = pristine
+        .path()
+        .join("checkpoints")
+        .join(tokens[1].to_string());
+    let mut victims: Vec<std::path::PathBuf> =
+        ["index.meta", "index.dat", "log.meta", "snapshot.dat"]
+            .iter()
+            .map(|f| newest.join(f))
+            .collect();
     victims.push(pristine.path().join("log.0"));
     let (mut fell_back, mut failed, mut exact) = (0, 0, 0);
     for victim in &victims {
@@ -305,7 +310,9 @@ fn damaged_files_fall_back_or_fail_cleanly() {
         for (what, pos) in damages {
             let case = tempfile::tempdir().unwrap();
             copy_dir(pristine.path(), case.path());
-            let path = case.path().join(victim.strip_prefix(pristine.path()).unwrap());
+            let path = case
+                .path()
+                .join(victim.strip_prefix(pristine.path()).unwrap());
             let mut bytes = std::fs::read(&path).unwrap();
             if what == "flip" {
                 bytes[pos as usize] ^= 0x5a;
@@ -339,22 +346,6 @@ fn damaged_files_fall_back_or_fail_cleanly() {
     assert!(fell_back > 0, "exact {exact}, failed {failed}");
 }
 
-struct Add(u64, u64);
-
-impl rskv::RmwContext for Add {
-    type Key = u64;
-    type Value = u64;
-    fn key(&self) -> &u64 {
-        &self.0
-    }
-    fn rmw_initial(&self) -> u64 {
-        self.1
-    }
-    fn rmw_copy(&self, old: &u64) -> u64 {
-        old + self.1
-    }
-}
-
 /// An update waiting for the disk when a checkpoint starts is in the checkpoint if it finishes
 /// while the checkpoint waits for it, and is reported excluded if it finishes only afterwards.
 #[test]
@@ -382,13 +373,21 @@ fn pending_updates_are_included_or_reported_excluded() {
                 handle.wait().unwrap(); // waits out WaitPending's bound
                 assert!(s.complete_pending(true));
             }
-            assert_eq!(kv.get(&0).unwrap(), Some(1000), "the live store has it either way");
+            assert_eq!(
+                kv.get(&0).unwrap(),
+                Some(1000),
+                "the live store has it either way"
+            );
             assert_eq!(s.upsert(Put(1, 77)), rskv::Status::Ok); // serial 2, after the checkpoint
         }
         let (kv, _) = recover(dir.path(), None).unwrap();
         let (_s, point) = kv.continue_session(id).unwrap();
         assert_eq!(point.until, 1);
-        assert_eq!(kv.get(&1).unwrap(), Some(1), "serial 2 is after the commit point");
+        assert_eq!(
+            kv.get(&1).unwrap(),
+            Some(1),
+            "serial 2 is after the commit point"
+        );
         assert!(kv.get(&4999).unwrap() == Some(4999));
         if finish_during_checkpoint {
             assert!(point.excluded.is_empty());
@@ -478,7 +477,11 @@ fn recovering_twice_from_one_checkpoint_gives_the_same_store() {
             t
         });
     }
-    let snapshot = |kv: &Kv| (0..3000u64).map(|k| kv.get(&k).unwrap()).collect::<Vec<_>>();
+    let snapshot = |kv: &Kv| {
+        (0..3000u64)
+            .map(|k| kv.get(&k).unwrap())
+            .collect::<Vec<_>>()
+    };
     let (kv, first) = recover(dir.path(), None).unwrap();
     let a = snapshot(&kv);
     drop(kv);

@@ -7,13 +7,16 @@
 //!
 //! `RSKV_CRASH_ROUNDS` sets the number of kills (default 12; e.g. 500 for a long run).
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Add, Put};
 use rskv::device::file_system_disk::FileSystemDisk;
-use rskv::{CheckpointKind, Config, LogMode, RmwContext, RsKv, SessionId, UpsertContext};
+use rskv::{CheckpointKind, Config, LogMode, RsKv, SessionId};
 
 type Kv = RsKv<u64, u64, FileSystemDisk>;
 
@@ -40,33 +43,6 @@ fn op(s: u64, n: u64) -> (u64, Op) {
         (s * 1_000_000 + 10_000 + (n / 4) % COUNTER_KEYS, Op::Add(n))
     } else {
         (s * 1_000_000 + n % UPSERT_KEYS, Op::Put(n))
-    }
-}
-
-struct Put(u64, u64);
-impl UpsertContext for Put {
-    type Key = u64;
-    type Value = u64;
-    fn key(&self) -> &u64 {
-        &self.0
-    }
-    fn value(&self) -> &u64 {
-        &self.1
-    }
-}
-
-struct Add(u64, u64);
-impl RmwContext for Add {
-    type Key = u64;
-    type Value = u64;
-    fn key(&self) -> &u64 {
-        &self.0
-    }
-    fn rmw_initial(&self) -> u64 {
-        self.1
-    }
-    fn rmw_copy(&self, old: &u64) -> u64 {
-        old + self.1
     }
 }
 
@@ -222,7 +198,10 @@ fn killed_store_recovers_each_session_prefix() {
         if let Some(untils) = verify(tmp.path(), &mut lost, round) {
             if let Some(prev) = &last {
                 // Prefixes never shrink across crashes.
-                assert!(untils.iter().zip(prev).all(|(a, b)| a >= b), "{untils:?} < {prev:?}");
+                assert!(
+                    untils.iter().zip(prev).all(|(a, b)| a >= b),
+                    "{untils:?} < {prev:?}"
+                );
                 if untils != *prev {
                     progressed += 1;
                 }

@@ -104,7 +104,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         model = d.clone();
                     }
                     None => {
-                        prop_assert!(RsKv::<u16, Vec<u8>, _>::recover(config(), disk, None).is_err());
+                        prop_assert!(
+                            RsKv::<u16, Vec<u8>, _>::recover(config(), disk, None).is_err()
+                        );
                         // Nothing durable: start over (an index-only checkpoint may be there).
                         let _ = std::fs::remove_dir_all(dir.path().join("checkpoints"));
                         kv = open(dir.path());
@@ -112,7 +114,13 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                 }
                 for k in 0..48u16 {
-                    prop_assert_eq!(kv.get(&k).unwrap(), model.get(&k).cloned(), "op {} after recovery, key {}", i, k);
+                    prop_assert_eq!(
+                        kv.get(&k).unwrap(),
+                        model.get(&k).cloned(),
+                        "op {} after recovery, key {}",
+                        i,
+                        k
+                    );
                 }
             }
         }

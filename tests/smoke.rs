@@ -70,7 +70,13 @@ fn batches_match_single_operations() {
             assert_eq!(v, (*k < 5000).then_some(k * 3), "key {k}");
         }
     }
-    let new = kv.rmw_many(&keys[..32], |k, old| old.unwrap_or(0) + k).unwrap();
+    let new = kv
+        .rmw_many(&keys[..32], |k, old| old.unwrap_or(0) + k)
+        .unwrap();
     assert_eq!(new, (0..32u64).map(|k| k * 4).collect::<Vec<_>>());
-    assert_eq!(kv.get(&4999).unwrap(), Some(4999 * 3), "records on disk come back in batches too");
+    assert_eq!(
+        kv.get(&4999).unwrap(),
+        Some(4999 * 3),
+        "records on disk come back in batches too"
+    );
 }

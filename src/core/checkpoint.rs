@@ -258,7 +258,11 @@ fn decode_meta<T: for<'de> Deserialize<'de>>(path: &Path, kind: u32, bytes: &[u8
     if bytes.len() < HEAD + 8 {
         return Err(corrupt(
             path,
-            format!("truncated: {} bytes, header needs {}", bytes.len(), HEAD + 8),
+            format!(
+                "truncated: {} bytes, header needs {}",
+                bytes.len(),
+                HEAD + 8
+            ),
         ));
     }
     if &bytes[..8] != MAGIC {
@@ -515,7 +519,11 @@ mod tests {
             .to_string()
             .contains("wrong kind"));
         std::fs::remove_file(&path).unwrap();
-        assert!(dir.read_log_meta(t).unwrap_err().to_string().contains("cannot read"));
+        assert!(dir
+            .read_log_meta(t)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
         dir.remove(t).unwrap();
         assert!(dir.tokens().unwrap().is_empty());
     }

@@ -228,7 +228,12 @@ impl<D: Disk> HybridLog<D> {
                 reason: format!("recovery point {start} is not a page boundary of this log"),
             });
         }
-        for m in [&log.head, &log.safe_head, &log.read_only, &log.safe_read_only] {
+        for m in [
+            &log.head,
+            &log.safe_head,
+            &log.read_only,
+            &log.safe_read_only,
+        ] {
             m.store(start.raw(), Ordering::Release);
         }
         log.flushed_until.store(start.raw(), Ordering::Release);
@@ -736,7 +741,10 @@ impl<D: Disk> HybridLog<D> {
                 std::io::Error::other(format!("short write of {n} bytes")),
             )),
             Ok(Err(e)) => Err(Error::io(context(), e)),
-            Err(_) => Err(Error::io(context(), std::io::Error::other("callback dropped"))),
+            Err(_) => Err(Error::io(
+                context(),
+                std::io::Error::other("callback dropped"),
+            )),
         }
     }
 
@@ -784,7 +792,10 @@ pub fn read_device<D: Disk>(disk: &D, offset: u64, len: usize) -> Result<Aligned
     match rx.recv() {
         Ok(Ok(_)) => Ok(buf),
         Ok(Err(e)) => Err(Error::io(context(), e)),
-        Err(_) => Err(Error::io(context(), std::io::Error::other("callback dropped"))),
+        Err(_) => Err(Error::io(
+            context(),
+            std::io::Error::other("callback dropped"),
+        )),
     }
 }
 

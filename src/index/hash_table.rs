@@ -90,7 +90,9 @@ impl HashTable {
     /// Asks the CPU to start loading the bucket of `hash` (a hint; never faults).
     #[inline]
     pub fn prefetch(&self, hash: KeyHash) {
-        crate::core::alloc::prefetch(self.bucket(hash.bucket(self.bits)) as *const HashBucket as *const u8);
+        crate::core::alloc::prefetch(
+            self.bucket(hash.bucket(self.bits)) as *const HashBucket as *const u8
+        );
     }
 
     /// Visits every slot of bucket `i`'s chain, in order, until `f` returns `Some`.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::address::Address;
 use crate::core::checkpoint::{
-    CheckpointDir, CheckpointKind, CommitPoint, IndexMeta, LogMeta, LogMode, Phase,
-    SessionCommit, SystemState, Token, INDEX_DATA, SNAPSHOT_DATA,
+    CheckpointDir, CheckpointKind, CommitPoint, IndexMeta, LogMeta, LogMode, Phase, SessionCommit,
+    SystemState, Token, INDEX_DATA, SNAPSHOT_DATA,
 };
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
@@ -107,12 +107,14 @@ impl Cpr {
                 if sessions.iter().any(|s| s.id == id) {
                     return Err(Error::Busy("that session id is already in use"));
                 }
-                let point = lock(&self.recovered).get(&id).cloned().ok_or_else(|| {
-                    Error::Config {
-                        field: "session id",
-                        reason: format!("session {id} is not in the recovered checkpoint"),
-                    }
-                })?;
+                let point =
+                    lock(&self.recovered)
+                        .get(&id)
+                        .cloned()
+                        .ok_or_else(|| Error::Config {
+                            field: "session id",
+                            reason: format!("session {id} is not in the recovered checkpoint"),
+                        })?;
                 (id, point.until)
             }
             None => (self.next_session.fetch_add(1, StdOrdering::Relaxed), 0),
@@ -137,7 +139,8 @@ impl Cpr {
         for s in sessions {
             r.insert(s.id, s.commit.clone());
         }
-        self.next_session.fetch_max(next_session, StdOrdering::AcqRel);
+        self.next_session
+            .fetch_max(next_session, StdOrdering::AcqRel);
     }
 
     fn collect(&self, version: u64) -> (Vec<SessionCommit>, u64) {
@@ -374,7 +377,12 @@ impl<D: Disk> Engine<D> {
     ///
     /// # Errors
     /// As [`Engine::checkpoint`].
-    pub(crate) fn run_started(&self, started: Started, kind: CheckpointKind, mode: LogMode) -> Result<Token> {
+    pub(crate) fn run_started(
+        &self,
+        started: Started,
+        kind: CheckpointKind,
+        mode: LogMode,
+    ) -> Result<Token> {
         let _claim = Claim(&self.cpr.busy);
         let Started { dir, token } = started;
         let mut rest = RestOnDrop {
@@ -452,7 +460,9 @@ impl<D: Disk> Engine<D> {
             }
             LogMode::Snapshot => {
                 let (start, hash, snap_sums) = self.write_snapshot(dir, token, end)?;
-                let mut sums = self.hlog.page_sums(first_page, geo.page(Address::new(start)));
+                let mut sums = self
+                    .hlog
+                    .page_sums(first_page, geo.page(Address::new(start)));
                 sums.extend(snap_sums);
                 (start, hash, sums)
             }

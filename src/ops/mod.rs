@@ -31,11 +31,11 @@ use crate::core::checkpoint::{Phase, SystemState};
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::{EpochGuard, LightEpoch};
 use crate::core::record::{record_size, RecordInfo, RecordRef, Version};
-use crate::ops::checkpoint::Cpr;
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::hlog::{AllocError, HybridLog};
 use crate::index::{EntrySlot, HashIndex, IndexBusy, KeyHash, MemIndex};
+use crate::ops::checkpoint::Cpr;
 use crate::sync::{AtomicU64, Ordering};
 
 /// The store without types: epoch, index and log.
@@ -202,7 +202,12 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Whether a record at `a` (in the mutable region) may be updated in place under `ov`.
-    pub(crate) fn may_update_in_place(&self, ov: OpVersion, a: Address, rec: &RecordRef<'_>) -> bool {
+    pub(crate) fn may_update_in_place(
+        &self,
+        ov: OpVersion,
+        a: Address,
+        rec: &RecordRef<'_>,
+    ) -> bool {
         match ov.rule {
             Rule::Free | Rule::ShiftOnNewer => true,
             Rule::CopyOlder => {

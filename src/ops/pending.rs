@@ -19,9 +19,9 @@ use crate::device::Disk;
 use crate::hlog::RecordBytes;
 use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::KeyHash;
+use crate::ops::checkpoint::PendingUpdate;
 use crate::ops::read::ReadStep;
 use crate::ops::rmw::{Decision, DiskTrace, Latest, UpdateStep};
-use crate::ops::checkpoint::PendingUpdate;
 use crate::ops::Engine;
 
 impl<D: Disk> Engine<D> {
@@ -130,7 +130,8 @@ impl<D: Disk> Engine<D> {
                     return Ok(status);
                 }
                 // The entry changed while we were on disk: start over from memory.
-                let (step, v) = self.update_mem(&g, key, hash, floor, in_place, &mut pin, decide)?;
+                let (step, v) =
+                    self.update_mem(&g, key, hash, floor, in_place, &mut pin, decide)?;
                 if let UpdateStep::Done(s) = step {
                     on_commit(v);
                     return Ok(s);
@@ -157,21 +158,27 @@ impl<D: Disk> Engine<D> {
         in_place: bool,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<Status> {
-        match self.update_start(key, hash, floor, in_place, decide, &mut |_, _| {})? {
+        let started = self.update_start(key, hash, floor, in_place, decide, &mut |_, _| {})?;
+        self.update_rest(key, hash, floor, in_place, started, decide)
+            .await
+    }
+
+    /// The rest of an update after [`Engine::update_start`].
+    async fn update_rest(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        floor: Address,
+        in_place: bool,
+        started: Started<'_>,
+        decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
+    ) -> Result<Status> {
+        match started {
             Started::Done(s) => Ok(s),
             Started::Disk(address, seen, pending) => {
-                self.update_pending(
-                    key,
-                    hash,
-                    floor,
-                    in_place,
-                    address,
-                    seen,
-                    pending,
-                    decide,
-                    &mut |_| {},
-                )
-                .await
+                let (a, p) = (address, pending);
+                self.update_pending(key, hash, floor, in_place, a, seen, p, decide, &mut |_| {})
+                    .await
             }
         }
     }
@@ -214,19 +221,9 @@ impl<D: Disk> Engine<D> {
     ) -> Result<Status> {
         match self.update_start(key, hash, floor, in_place, decide, &mut |_, _| {})? {
             Started::Done(s) => Ok(s),
-            Started::Disk(address, seen, pending) => {
-                futures_executor::block_on(self.update_pending(
-                    key,
-                    hash,
-                    floor,
-                    in_place,
-                    address,
-                    seen,
-                    pending,
-                    decide,
-                    &mut |_| {},
-                ))
-            }
+            disk => futures_executor::block_on(
+                self.update_rest(key, hash, floor, in_place, disk, decide),
+            ),
         }
     }
 }

@@ -155,12 +155,13 @@ impl<D: Disk> Engine<D> {
         layout: &Layout,
         token: Option<Token>,
     ) -> Result<(Engine<D>, RecoveryInfo)> {
-        let root = disk.checkpoint_root().filter(|_| disk.is_persistent()).ok_or_else(|| {
-            Error::Config {
+        let root = disk
+            .checkpoint_root()
+            .filter(|_| disk.is_persistent())
+            .ok_or_else(|| Error::Config {
                 field: "device",
                 reason: "the device keeps nothing, so there is nothing to recover".into(),
-            }
-        })?;
+            })?;
         let dir = CheckpointDir::new(root.clone());
         let tokens = dir.tokens()?;
         let candidates: Vec<Token> = match token {
@@ -245,9 +246,7 @@ impl<D: Disk> Engine<D> {
             phase: Phase::Rest,
             version: log.version + 1,
         });
-        engine
-            .cpr
-            .set_recovered(&log.sessions, log.next_session_id);
+        engine.cpr.set_recovered(&log.sessions, log.next_session_id);
         let info = RecoveryInfo {
             token: plan.token,
             index_token: plan.index.as_ref().map(|(t, _)| *t),
@@ -299,10 +298,18 @@ struct Rebuild {
 }
 
 impl Rebuild {
-    fn run<D: Disk>(disk: &D, layout: &Layout<'_>, dir: &CheckpointDir, plan: &Plan) -> Result<Self> {
+    fn run<D: Disk>(
+        disk: &D,
+        layout: &Layout<'_>,
+        dir: &CheckpointDir,
+        plan: &Plan,
+    ) -> Result<Self> {
         let log = &plan.log;
         let epoch = Arc::new(LightEpoch::new());
-        let bits = plan.index.as_ref().map_or(layout.index_bits, |(_, m)| m.table_bits);
+        let bits = plan
+            .index
+            .as_ref()
+            .map_or(layout.index_bits, |(_, m)| m.table_bits);
         let mut r = Rebuild {
             index: MemIndex::new(bits, epoch.clone()),
             epoch,
@@ -319,16 +326,21 @@ impl Rebuild {
             page_bits: log.page_bits,
             frames: crate::hlog::persistent_memory_malloc::MIN_FRAMES,
         };
-        r.scan(disk, geo, log, &dir.dir(plan.token).join(SNAPSHOT_DATA), layout.hash)?;
+        r.scan(
+            disk,
+            geo,
+            log,
+            &dir.dir(plan.token).join(SNAPSHOT_DATA),
+            layout.hash,
+        )?;
         Ok(r)
     }
 
     fn load_index(&mut self, path: &std::path::Path, meta: &IndexMeta) -> Result<()> {
-        let err = |e: std::io::Error| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}"));
-        let mut f = std::io::BufReader::with_capacity(
-            1 << 20,
-            std::fs::File::open(path).map_err(err)?,
-        );
+        let err =
+            |e: std::io::Error| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}"));
+        let mut f =
+            std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(err)?);
         let buckets = 1usize << meta.table_bits;
         let chunk = 16 * 1024;
         let mut buf = vec![0u8; chunk * 64];
@@ -345,7 +357,10 @@ impl Rebuild {
             let bucket = u64::from_le_bytes(pair[..8].try_into().unwrap_or_default());
             let entry = u64::from_le_bytes(pair[8..].try_into().unwrap_or_default());
             if bucket >= buckets as u64 {
-                return Err(checkpoint_error(path.to_path_buf(), "overflow entry out of range"));
+                return Err(checkpoint_error(
+                    path.to_path_buf(),
+                    "overflow entry out of range",
+                ));
             }
             self.index
                 .restore_overflow(bucket as usize, entry)
@@ -385,7 +400,11 @@ impl Rebuild {
         let newer = Version::of(log.version + 1);
         let mut page = first_page;
         while page < end_page {
-            let limit = if page < snap_page { snap_page } else { end_page };
+            let limit = if page < snap_page {
+                snap_page
+            } else {
+                end_page
+            };
             let count = pages_per_batch.min(limit - page);
             let mut buf = crate::core::alloc::AlignedBuf::zeroed(count as usize * page_size, 4096);
             if page < snap_page {
@@ -485,7 +504,11 @@ impl Rebuild {
     }
 }
 
-fn restore_snapshot<D: Disk>(hlog: &HybridLog<D>, path: &std::path::Path, log: &LogMeta) -> Result<()> {
+fn restore_snapshot<D: Disk>(
+    hlog: &HybridLog<D>,
+    path: &std::path::Path,
+    log: &LogMeta,
+) -> Result<()> {
     let page_size = 1usize << log.page_bits;
     let err = |e: std::io::Error| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}"));
     let mut f = std::fs::File::open(path).map_err(err)?;

@@ -21,3 +21,34 @@ pub fn small_store<K: Codec, V: Codec>(
     .expect("open");
     (dir, kv)
 }
+
+/// Upsert context: key `.0` gets value `.1`.
+pub struct Put(pub u64, pub u64);
+
+impl rskv::UpsertContext for Put {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn value(&self) -> &u64 {
+        &self.1
+    }
+}
+
+/// RMW context: adds `.1` to key `.0` (starting from 0).
+pub struct Add(pub u64, pub u64);
+
+impl rskv::RmwContext for Add {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn rmw_initial(&self) -> u64 {
+        self.1
+    }
+    fn rmw_copy(&self, old: &u64) -> u64 {
+        old + self.1
+    }
+}
