@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{CheckpointMode, CheckpointSpec};
 use crate::stores::StoreKind;
 use crate::values::{validate_key_size, validate_value_size};
 use crate::workload::{Distribution, Mix, Workload};
@@ -104,9 +105,25 @@ pub struct Args {
     #[arg(long, value_parser = parse_count, default_value = "16M")]
     pub op_buffer: u64,
 
-    /// After the run, read every key once more and verify it (slow on disk-bound runs).
+    /// After the run, read every key once more and verify it (slow on disk-bound runs). In
+    /// checkpoint runs: read every key after recovery instead of a sample.
     #[arg(long)]
     pub verify_all: bool,
+
+    /// Checkpoint runs (RsKv over --disk file, --duration only), one per log mode: fold-over,
+    /// snapshot. A full checkpoint starts --checkpoint-at into the measured phase while the
+    /// workload runs, throughput is sampled every --interval, and after the run the store is
+    /// dropped and recovered from that checkpoint and a sample of keys is read back.
+    #[arg(long, value_delimiter = ',')]
+    pub checkpoint: Vec<String>,
+
+    /// When the checkpoint starts: a share of the measured phase (`33%`) or a time into it (`3s`).
+    #[arg(long, default_value = "33%")]
+    pub checkpoint_at: String,
+
+    /// Throughput sampling interval of checkpoint runs.
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub interval: Duration,
 
     /// Also append each run's JSON line to this file.
     #[arg(long)]
@@ -200,6 +217,9 @@ pub struct RunSpec {
     pub verify_all: bool,
     pub keep_data: bool,
     pub progress: bool,
+    /// The checkpoint scenario, if this is a checkpoint run.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointSpec>,
 }
 
 impl Args {
@@ -229,12 +249,16 @@ impl Args {
             (None, None) => RunLength::Seconds(10.0),
         };
         let warmup = Warmup::parse(&self.warmup)?;
+        let checkpoints = self.checkpoint_specs(length)?;
         let progress = !self.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut runs = Vec::new();
         for &store in &stores {
             for &threads in &self.threads {
                 for workload in &workloads {
-                    for &distribution in &dists {
+                    for (&distribution, &checkpoint) in dists
+                        .iter()
+                        .flat_map(|d| checkpoints.iter().map(move |c| (d, c)))
+                    {
                         let index = runs.len();
                         runs.push(RunSpec {
                             index,
@@ -262,12 +286,64 @@ impl Args {
                             verify_all: self.verify_all,
                             keep_data: self.keep_data,
                             progress,
+                            checkpoint,
                         });
                     }
                 }
             }
         }
         Ok(runs)
+    }
+
+    /// The checkpoint scenarios to run (`[None]` without --checkpoint).
+    fn checkpoint_specs(&self, length: RunLength) -> anyhow::Result<Vec<Option<CheckpointSpec>>> {
+        if self.checkpoint.is_empty() {
+            return Ok(vec![None]);
+        }
+        let RunLength::Seconds(run) = length else {
+            bail!(
+                "--checkpoint needs a --duration run (the checkpoint starts at a time), not --ops"
+            );
+        };
+        if self
+            .store
+            .iter()
+            .any(|s| !s.trim().eq_ignore_ascii_case("rskv"))
+        {
+            bail!("--checkpoint is RsKv's only (peers have no CPR checkpoints): use --store rskv");
+        }
+        if self.disk != DiskKind::File {
+            bail!("--checkpoint needs --disk file: NullDisk keeps nothing to checkpoint to");
+        }
+        let at = match Warmup::parse(&self.checkpoint_at)
+            .with_context(|| format!("--checkpoint-at `{}`", self.checkpoint_at))?
+        {
+            Warmup::Fraction(f) => f * run,
+            Warmup::Seconds(s) => s,
+        };
+        if at >= run {
+            bail!("--checkpoint-at must fall inside the measured phase ({at} s >= --duration {run} s)");
+        }
+        let interval = self.interval.as_secs_f64();
+        if interval < 0.001 || interval > run {
+            bail!("--interval must be from 1ms to --duration");
+        }
+        let mut specs = Vec::new();
+        for m in &self.checkpoint {
+            let mode = CheckpointMode::parse(m)?;
+            if specs
+                .iter()
+                .any(|s: &Option<CheckpointSpec>| s.is_some_and(|s| s.mode == mode))
+            {
+                continue;
+            }
+            specs.push(Some(CheckpointSpec {
+                mode,
+                at_secs: at,
+                interval_secs: interval,
+            }));
+        }
+        Ok(specs)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -407,5 +483,46 @@ mod tests {
             matches!(Warmup::parse("10%").unwrap(), Warmup::Fraction(f) if (f - 0.1).abs() < 1e-9)
         );
         assert!(matches!(Warmup::parse("1s").unwrap(), Warmup::Seconds(s) if s == 1.0));
+    }
+
+    fn runs(argv: &[&str]) -> anyhow::Result<Vec<RunSpec>> {
+        let mut all = vec!["rskv-bench", "--no-progress"];
+        all.extend_from_slice(argv);
+        Args::try_parse_from(all)?.runs()
+    }
+
+    #[test]
+    fn checkpoint_runs_expand_and_check() {
+        let r = runs(&[
+            "--duration",
+            "9s",
+            "--checkpoint",
+            "fold-over,snapshot",
+            "--workload",
+            "a,b",
+        ])
+        .unwrap();
+        assert_eq!(r.len(), 4);
+        let c = r[1].checkpoint.unwrap();
+        assert_eq!(c.mode, CheckpointMode::Snapshot);
+        assert!((c.at_secs - 2.97).abs() < 1e-9 && (c.interval_secs - 0.1).abs() < 1e-9);
+        let c = runs(&["--checkpoint", "snapshot", "--checkpoint-at", "2s"]).unwrap()[0]
+            .checkpoint
+            .unwrap();
+        assert_eq!(c.at_secs, 2.0);
+        assert!(runs(&["--duration", "1s"]).unwrap()[0].checkpoint.is_none());
+        // Refused: --ops runs, no disk, a start after the end, unknown modes.
+        assert!(runs(&["--ops", "1M", "--checkpoint", "snapshot"]).is_err());
+        assert!(runs(&["--disk", "null", "--checkpoint", "snapshot"]).is_err());
+        assert!(runs(&[
+            "--duration",
+            "1s",
+            "--checkpoint-at",
+            "2s",
+            "--checkpoint",
+            "snapshot"
+        ])
+        .is_err());
+        assert!(runs(&["--checkpoint", "delta"]).is_err());
     }
 }

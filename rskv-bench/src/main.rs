@@ -5,6 +5,7 @@
 //! inherits another's heap, page cache pressure or background threads. The child prints one
 //! tagged JSON line with its result; the parent prints the tables.
 
+mod checkpoint;
 mod cli;
 mod report;
 mod runner;
@@ -220,6 +221,17 @@ fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
         println!("  memory      in-memory: RsKv index {} ({} buckets) + log {} (2x the ~{} B records, pages of {}); peers get the same {}",
             human_bytes(plan.index_bytes), plan.table_size, human_bytes(plan.log_bytes), plan.record_bytes, human_bytes(plan.page_size), human_bytes(plan.budget));
     }
+    if let Some(c) = first.checkpoint {
+        let modes: Vec<&str> = runs
+            .iter()
+            .filter_map(|r| r.checkpoint.map(|c| c.mode.name()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        println!("  checkpoint  one full checkpoint per run ({}) started {:.2} s into the measured phase (which runs on until it is done); throughput sampled every {:.0} ms; then the store is dropped, recovered from it, and {} read back",
+            modes.join(", "), c.at_secs, c.interval_secs * 1000.0,
+            if args.verify_all { "every key".to_string() } else { format!("{} sampled keys", checkpoint::VERIFY_SAMPLE.min(first.keys)) });
+    }
     println!("  data dir    {}", args.dir.display());
     Ok(())
 }
@@ -228,6 +240,10 @@ fn print_footer(results: &[RunResult]) {
     println!("{}", "=".repeat(100));
     println!("summary (latencies sampled; disk W/R: the store's own counters where it has them, else /proc/self/io, warm-up + run)");
     print!("{}", report::summary_table(results));
+    if let Some(table) = report::checkpoint_table(results) {
+        println!("\ncheckpoints (ratio = throughput during the checkpoint / before it; MB/s = (checkpoint files + log written) / checkpoint time)");
+        print!("{table}");
+    }
     if let Some(ratios) = report::ratio_table(results) {
         println!("\nthroughput of each peer relative to RsKv (same workload, distribution, threads, key stream)");
         print!("{ratios}");

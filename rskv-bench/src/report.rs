@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::CheckpointResult;
 use crate::cli::RunSpec;
 use crate::sizing::MemoryPlan;
 use crate::stores::StoreInfo;
@@ -115,6 +116,9 @@ pub struct RunResult {
     pub io: Io,
     pub verify: Verify,
     pub extra: serde_json::Value,
+    /// Checkpoint runs: the checkpoint, the throughput around it, and recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointResult>,
 }
 
 impl RunResult {
@@ -173,9 +177,13 @@ impl RunResult {
 
     fn title(&self) -> String {
         format!(
-            "run {} | {} | workload {} ({}) | {} | {} thread{} | {} keys | key {} B, value {} B",
+            "run {} | {}{} | workload {} ({}) | {} | {} thread{} | {} keys | key {} B, value {} B",
             self.index,
             self.store,
+            self.checkpoint.as_ref().map_or(String::new(), |c| format!(
+                " | {} checkpoint ({})",
+                c.kind, c.mode
+            )),
             self.workload,
             self.mix,
             self.distribution,
@@ -220,6 +228,11 @@ pub fn run_table(r: &RunResult) -> String {
     );
     if r.run_ops == 0 && r.failure.is_some() {
         return s;
+    }
+    if let Some(c) = &r.checkpoint {
+        for (k, v) in checkpoint_rows(c) {
+            row(k, v);
+        }
     }
     row("store", r.store_info.description.clone());
     row("memory knob", r.store_info.memory_knob.clone());
@@ -329,6 +342,191 @@ pub fn run_table(r: &RunResult) -> String {
         ),
     );
     s
+}
+
+fn mb(bytes: u64) -> String {
+    human_bytes(bytes)
+}
+
+/// The rows of a checkpoint run: the checkpoint, the throughput around it, the intervals,
+/// recovery.
+fn checkpoint_rows(c: &CheckpointResult) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    let mut phases = Vec::new();
+    if let Some(t) = c.index_done_secs {
+        phases.push(format!("index.meta at +{t:.3} s"));
+    }
+    if let Some(t) = c.snapshot_started_secs {
+        phases.push(format!("snapshot.dat begun at +{t:.3} s"));
+    }
+    rows.push((
+        "CHECKPOINT",
+        format!(
+            "{} {} (token {}) started {:.2} s into the run, took {:.3} s{}",
+            c.kind,
+            c.mode,
+            c.token.map_or("-".into(), |t| t.to_string()),
+            c.start_secs,
+            c.secs,
+            if phases.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", phases.join(", "))
+            }
+        ),
+    ));
+    if !c.files.is_empty() {
+        let files: Vec<String> = c
+            .files
+            .iter()
+            .map(|(n, b)| format!("{n} {}", mb(*b)))
+            .collect();
+        rows.push((
+            "ckpt size",
+            format!(
+                "dir {} ({}) + log written {} = {:.0} MB/s{}",
+                mb(c.dir_bytes),
+                files.join(", "),
+                mb(c.log_written_bytes),
+                c.write_mb_s,
+                c.disk_seq_write_mb_s.map_or(String::new(), |r| format!(
+                    " (disk reference: buffered seq write + fsync {r:.0} MB/s)"
+                ))
+            ),
+        ));
+    }
+    rows.push((
+        "other CPU",
+        format!(
+            "{:.2} cores used by other processes during the measured phase{}",
+            c.other_cpu_cores,
+            if c.other_cpu_cores > 0.1 {
+                " (DISTURBED: the throughput numbers are not clean)"
+            } else {
+                ""
+            }
+        ),
+    ));
+    rows.push((
+        "log tail",
+        format!(
+            "{} at checkpoint start, {} at its end, {} at run end",
+            mb(c.log_tail_start),
+            mb(c.log_tail_end),
+            mb(c.log_tail_run_end)
+        ),
+    ));
+    let d = &c.dip;
+    rows.push((
+        "ckpt dip",
+        format!(
+            "baseline {:.3} Mops/s | during checkpoint {:.3} Mops/s = {:.1}% | after {:.3} Mops/s | slowest {} ms interval {:.3} Mops/s (ending {:.2} s)",
+            d.baseline_mops,
+            d.during_mops,
+            d.during_ratio * 100.0,
+            d.after_mops,
+            (c.interval_secs * 1000.0).round(),
+            d.min_interval_mops,
+            d.min_interval_end_secs
+        ),
+    ));
+    // Mops/s per interval, 10 a line; `*` marks intervals overlapping the checkpoint.
+    let (start, end) = (c.start_secs, c.start_secs + c.secs);
+    let mut prev = 0.0;
+    let cells: Vec<String> = c
+        .intervals
+        .iter()
+        .map(|i| {
+            let secs = (i.end_secs - prev).max(1e-9);
+            let overlaps = i.end_secs > start && prev < end;
+            prev = i.end_secs;
+            format!(
+                "{:.2}{}",
+                i.ops as f64 / secs / 1e6,
+                if overlaps { "*" } else { " " }
+            )
+        })
+        .collect();
+    for (n, line) in cells.chunks(10).enumerate() {
+        rows.push((
+            if n == 0 { "intervals" } else { "" },
+            line.iter()
+                .map(|c| format!("{c:>6}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ));
+    }
+    if let Some(r) = &c.recovery {
+        let rc = &r.recovered;
+        rows.push((
+            "RECOVERY",
+            format!(
+                "{:.3} s (device open {:.3} s); replayed {} ({} records moved an index entry); index from checkpoint: {}; version {}",
+                rc.secs,
+                rc.disk_open_secs,
+                mb(rc.replayed_bytes),
+                rc.replayed_records,
+                if rc.index_loaded { "yes" } else { "no (whole log replayed)" },
+                rc.version
+            ),
+        ));
+        rows.push((
+            "after recovery",
+            format!(
+                "read back {} {} in {:.3} s ({:.0} reads/s on {} threads): {} ok, {} missing, {} wrong, {} errors (checked: present, value verifies against its key)",
+                r.verify_keys,
+                if r.verify_all { "keys (all)" } else { "sampled keys" },
+                r.verify_secs,
+                r.verify_keys as f64 / r.verify_secs.max(1e-9),
+                r.threads,
+                r.reads_ok,
+                r.missing,
+                r.wrong,
+                r.errors
+            ),
+        ));
+    }
+    rows
+}
+
+/// One row per checkpoint run.
+pub fn checkpoint_table(results: &[RunResult]) -> Option<String> {
+    let runs: Vec<_> = results
+        .iter()
+        .filter_map(|r| Some((r, r.checkpoint.as_ref()?)))
+        .collect();
+    if runs.is_empty() {
+        return None;
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<4} {:<10} {:<7} {:>3} {:>8} {:>10} {:>10} {:>8} {:>9} {:>9} {:>7} {:>9} {:>8} {:>10}  status",
+        "run", "mode", "wl", "thr", "ckpt s", "ckpt size", "log wr", "MB/s", "base Mops", "ckpt Mops", "ratio", "min Mops", "recov s", "replayed"
+    );
+    for (r, c) in runs {
+        let rec = c.recovery.as_ref().map(|x| &x.recovered);
+        let _ = writeln!(
+            s,
+            "{:<4} {:<10} {:<7} {:>3} {:>8.3} {:>10} {:>10} {:>8.0} {:>9.3} {:>9.3} {:>6.1}% {:>9.3} {:>8} {:>10}  {}",
+            r.index,
+            c.mode,
+            r.workload,
+            r.threads,
+            c.secs,
+            mb(c.dir_bytes),
+            mb(c.log_written_bytes),
+            c.write_mb_s,
+            c.dip.baseline_mops,
+            c.dip.during_mops,
+            c.dip.during_ratio * 100.0,
+            c.dip.min_interval_mops,
+            rec.map_or("-".into(), |x| format!("{:.3}", x.secs)),
+            rec.map_or("-".into(), |x| mb(x.replayed_bytes)),
+            r.status
+        );
+    }
+    Some(s)
 }
 
 /// RsKv's own view at the end of the run: the index as allocated (overflow buckets come on

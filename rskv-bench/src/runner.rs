@@ -25,12 +25,12 @@ const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
 
 /// Verification counts of one thread.
 #[derive(Default)]
-struct Counters {
-    reads_ok: u64,
-    missing: u64,
-    wrong: u64,
-    errors: u64,
-    first_problem: Option<String>,
+pub(crate) struct Counters {
+    pub(crate) reads_ok: u64,
+    pub(crate) missing: u64,
+    pub(crate) wrong: u64,
+    pub(crate) errors: u64,
+    pub(crate) first_problem: Option<String>,
     panicked: bool,
 }
 
@@ -41,7 +41,7 @@ impl Counters {
         }
     }
 
-    fn check(&mut self, op: &str, key: u64, found: ReadCheck, missing_allowed: bool) {
+    pub(crate) fn check(&mut self, op: &str, key: u64, found: ReadCheck, missing_allowed: bool) {
         match found {
             ReadCheck::Ok => self.reads_ok += 1,
             ReadCheck::Missing => {
@@ -58,12 +58,12 @@ impl Counters {
         }
     }
 
-    fn error(&mut self, op: &str, key: u64, e: &anyhow::Error) {
+    pub(crate) fn error(&mut self, op: &str, key: u64, e: &anyhow::Error) {
         self.errors += 1;
         self.note(|| format!("{op} of key {key} failed: {e:#}"));
     }
 
-    fn merge(&mut self, o: Counters) {
+    pub(crate) fn merge(&mut self, o: Counters) {
         self.reads_ok += o.reads_ok;
         self.missing += o.missing;
         self.wrong += o.wrong;
@@ -75,11 +75,52 @@ impl Counters {
     }
 }
 
+/// What a run does during its measured phase and after it. A plain run sleeps through the
+/// measured phase, then drops the store; the checkpoint scenario takes a checkpoint meanwhile
+/// and recovers from it afterwards.
+pub(crate) trait Scenario<S: Store> {
+    /// Runs on the coordinating thread while the workers measure (duration runs only); the
+    /// measured phase ends when this returns.
+    fn measure(&mut self, _store: &S, probe: &Probe<'_>) {
+        probe.sleep_run();
+    }
+
+    /// Whether --verify-all reads every key right after the run (else the scenario does).
+    fn verify_all_after_run(&self) -> bool {
+        true
+    }
+
+    /// After the run, with `result` filled in: takes the store. An error fails the run.
+    fn finish(self, store: S, result: &mut RunResult) -> anyhow::Result<()>
+    where
+        Self: Sized,
+    {
+        drop(store);
+        let _ = result;
+        Ok(())
+    }
+}
+
+/// The plain run.
+struct Plain;
+
+impl<S: Store> Scenario<S> for Plain {}
+
 /// Runs `spec` on the store `open` makes.
 pub fn execute<S: Store>(
     spec: &RunSpec,
     plan: &MemoryPlan,
     open: impl FnOnce() -> anyhow::Result<S>,
+) -> anyhow::Result<RunResult> {
+    execute_with(spec, plan, open, Plain)
+}
+
+/// Runs `spec` on the store `open` makes, as `scenario` says.
+pub(crate) fn execute_with<S: Store, X: Scenario<S>>(
+    spec: &RunSpec,
+    plan: &MemoryPlan,
+    open: impl FnOnce() -> anyhow::Result<S>,
+    mut scenario: X,
 ) -> anyhow::Result<RunResult> {
     let mut result = RunResult::skeleton(spec);
     result.memory_budget = plan.budget;
@@ -115,7 +156,9 @@ pub fn execute<S: Store>(
     let after_load = rss();
 
     let missing_allowed = spec.workload.mix.delete > 0;
-    let run = run_phases(&store, spec, &streams, missing_allowed);
+    let run = run_phases(&store, spec, &streams, missing_allowed, &mut |probe| {
+        scenario.measure(&store, probe);
+    });
     counters.merge(run.counters);
     result.warmup_secs = run.warmup_secs;
     result.warmup_ops = run.warmup_ops;
@@ -130,7 +173,7 @@ pub fn execute<S: Store>(
     drop(streams);
 
     let mut verify_all_checked = 0;
-    if spec.verify_all {
+    if spec.verify_all && scenario.verify_all_after_run() {
         let (checked, c) = verify_all(&store, spec, missing_allowed);
         verify_all_checked = checked;
         counters.merge(c);
@@ -161,7 +204,9 @@ pub fn execute<S: Store>(
         verify_all_checked,
         first_problem: counters.first_problem,
     };
-    drop(store);
+    if let Err(e) = scenario.finish(store, &mut result) {
+        result.failure = Some(format!("{e:#}"));
+    }
     result.settle();
     Ok(result)
 }
@@ -197,7 +242,7 @@ fn generate_streams(spec: &RunSpec, keygen: &KeyGen) -> Vec<Vec<Op>> {
     })
 }
 
-fn progress_bar(spec: &RunSpec, len: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress_bar(spec: &RunSpec, len: u64, what: &str) -> ProgressBar {
     if !spec.progress {
         return ProgressBar::hidden();
     }
@@ -262,7 +307,10 @@ fn load<S: Store>(store: &S, spec: &RunSpec, order: Permutation) -> (f64, Counte
 }
 
 /// Joins threads; a thread that panicked yields `on_panic()` (which counts as an error).
-fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, T>>, on_panic: impl Fn() -> T) -> Vec<T> {
+pub(crate) fn join_all<T>(
+    handles: Vec<thread::ScopedJoinHandle<'_, T>>,
+    on_panic: impl Fn() -> T,
+) -> Vec<T> {
     handles
         .into_iter()
         .map(|h| h.join().unwrap_or_else(|_| on_panic()))
@@ -270,7 +318,7 @@ fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, T>>, on_panic: impl Fn(
 }
 
 impl Counters {
-    fn panicked(what: &str) -> Counters {
+    pub(crate) fn panicked(what: &str) -> Counters {
         Counters {
             errors: 1,
             first_problem: Some(format!("a thread panicked during {what}")),
@@ -286,10 +334,17 @@ enum Until<'a> {
     Flag(&'a AtomicBool),
 }
 
+/// A counter on a cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
 /// Shared state of the run phases.
 struct Shared<'a> {
     barrier: Barrier,
     done: AtomicU64,
+    /// Operations of each thread in the measured phase so far (to within STOP_CHECK_MASK + 1).
+    measured: Vec<Padded>,
     finished: AtomicUsize,
     stop_warmup: AtomicBool,
     stop_run: AtomicBool,
@@ -333,16 +388,59 @@ fn new_histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
-/// Warm-up, then the measured phase, on every thread at once.
+/// The coordinator's view of the measured phase, handed to [`Scenario::measure`].
+pub(crate) struct Probe<'a> {
+    sh: &'a Shared<'a>,
+    start: Instant,
+    run_secs: f64,
+}
+
+impl Probe<'_> {
+    /// Operations all threads completed in the measured phase so far (each thread's count is
+    /// at most 16 operations behind).
+    pub(crate) fn ops(&self) -> u64 {
+        self.sh
+            .measured
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Seconds since the measured phase started.
+    pub(crate) fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// The measured phase's length as asked (--duration).
+    pub(crate) fn run_secs(&self) -> f64 {
+        self.run_secs
+    }
+
+    pub(crate) fn spec(&self) -> &RunSpec {
+        self.sh.spec
+    }
+
+    /// A plain run's measured phase: sleeps, showing progress.
+    pub(crate) fn sleep_run(&self) {
+        let bar = progress_bar(self.sh.spec, (self.run_secs * 1000.0) as u64, "run ms");
+        sleep_with_progress(self.run_secs, &bar, self.sh);
+        bar.finish_and_clear();
+    }
+}
+
+/// Warm-up, then the measured phase, on every thread at once. `measure` runs on this thread
+/// during the measured phase of a duration run, and ends it by returning.
 fn run_phases<S: Store>(
     store: &S,
     spec: &RunSpec,
     streams: &[Vec<Op>],
     missing_allowed: bool,
+    measure: &mut dyn FnMut(&Probe<'_>),
 ) -> RunOutcome {
     let shared = Shared {
         barrier: Barrier::new(spec.threads + 1),
         done: AtomicU64::new(0),
+        measured: (0..spec.threads).map(|_| Padded::default()).collect(),
         finished: AtomicUsize::new(0),
         stop_warmup: AtomicBool::new(false),
         stop_run: AtomicBool::new(false),
@@ -359,7 +457,7 @@ fn run_phases<S: Store>(
                 s.spawn(move || worker(store, ops, t, shared))
             })
             .collect();
-        let (warmup_secs, start) = coordinate(&shared);
+        let (warmup_secs, start) = coordinate(&shared, measure);
         (warmup_secs, start, join_all(handles, ThreadRun::panicked))
     });
     let mut out = RunOutcome {
@@ -405,7 +503,7 @@ fn worker<S: Store>(store: &S, ops: &[Op], t: usize, sh: &Shared<'_>) -> ThreadR
     // A panic inside the store must not leave the other threads waiting at the barrier: it
     // is caught, counted as an error, and this thread sits out the rest of the run.
     let warmup_ops = guarded(&mut counters, "warm-up", |c| {
-        run_ops(store, ops, &mut pos, warm, None, c, sh)
+        run_ops(store, ops, &mut pos, warm, None, None, c, sh)
     });
     sh.barrier.wait();
     let measure = match spec.length {
@@ -417,7 +515,17 @@ fn worker<S: Store>(store: &S, ops: &[Op], t: usize, sh: &Shared<'_>) -> ThreadR
         0
     } else {
         guarded(&mut counters, "the measured phase", |c| {
-            run_ops(store, ops, &mut pos, measure, Some(&mut hist), c, sh)
+            let counter = &sh.measured[t].0;
+            run_ops(
+                store,
+                ops,
+                &mut pos,
+                measure,
+                Some(&mut hist),
+                Some(counter),
+                c,
+                sh,
+            )
         })
     };
     let end = Instant::now();
@@ -454,7 +562,7 @@ fn guarded(c: &mut Counters, phase: &str, f: impl FnOnce(&mut Counters) -> u64) 
 
 /// The coordinator's side: ends the timed phases and draws progress. Returns the warm-up's
 /// seconds and the start of the measured phase.
-fn coordinate(sh: &Shared<'_>) -> (f64, Instant) {
+fn coordinate(sh: &Shared<'_>, measure: &mut dyn FnMut(&Probe<'_>)) -> (f64, Instant) {
     let spec = sh.spec;
     let run_secs = match spec.length {
         RunLength::Seconds(s) => Some(s),
@@ -479,10 +587,12 @@ fn coordinate(sh: &Shared<'_>) -> (f64, Instant) {
     sh.done.store(0, Ordering::Relaxed);
     match (spec.length, run_secs) {
         (_, Some(r)) => {
-            let bar = progress_bar(spec, (r * 1000.0) as u64, "run ms");
-            sleep_with_progress(r, &bar, sh);
+            measure(&Probe {
+                sh,
+                start,
+                run_secs: r,
+            });
             sh.stop_run.store(true, Ordering::Relaxed);
-            bar.finish_and_clear();
         }
         (RunLength::Ops(n), None) => {
             let bar = progress_bar(spec, n, "run ops");
@@ -513,13 +623,16 @@ fn sleep_with_progress(secs: f64, bar: &ProgressBar, sh: &Shared<'_>) {
 }
 
 /// Runs operations from the cyclic stream `ops`, starting at `pos`, until `until`. Times one
-/// operation in `sample_every` into `hist` when given. Returns the operations run.
+/// operation in `sample_every` into `hist` when given, and keeps `counter` (when given) at the
+/// operations run so far. Returns the operations run.
+#[allow(clippy::too_many_arguments)]
 fn run_ops<S: Store>(
     store: &S,
     ops: &[Op],
     pos: &mut usize,
     until: Until<'_>,
     mut hist: Option<&mut Histogram<u64>>,
+    counter: Option<&AtomicU64>,
     c: &mut Counters,
     sh: &Shared<'_>,
 ) -> u64 {
@@ -534,6 +647,10 @@ fn run_ops<S: Store>(
     let mut n = 0u64;
     while n < limit {
         if n & STOP_CHECK_MASK == 0 {
+            if let Some(counter) = counter {
+                // A thread-owned line: a plain store, read now and then by the coordinator.
+                counter.store(n, Ordering::Relaxed);
+            }
             if flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
                 break;
             }
@@ -555,6 +672,9 @@ fn run_ops<S: Store>(
             _ => execute_op(store, op, n, c, sh.missing_allowed),
         }
         n += 1;
+    }
+    if let Some(counter) = counter {
+        counter.store(n, Ordering::Relaxed);
     }
     n
 }
@@ -587,7 +707,28 @@ fn execute_op<S: Store>(store: &S, op: Op, n: u64, c: &mut Counters, missing_all
 
 /// Reads every key once more, in key order, on the run's threads.
 fn verify_all<S: Store>(store: &S, spec: &RunSpec, missing_allowed: bool) -> (u64, Counters) {
-    let bar = progress_bar(spec, spec.keys, "verify");
+    let c = verify_keys(
+        store,
+        spec,
+        missing_allowed,
+        spec.keys,
+        &|i| i,
+        "verify-all read",
+    );
+    (spec.keys, c)
+}
+
+/// Reads keys `key_at(0..count)` on the run's threads and checks what comes back; `what` names
+/// the reads in problem reports.
+pub(crate) fn verify_keys<S: Store>(
+    store: &S,
+    spec: &RunSpec,
+    missing_allowed: bool,
+    count: u64,
+    key_at: &(dyn Fn(u64) -> u64 + Sync),
+    what: &str,
+) -> Counters {
+    let bar = progress_bar(spec, count, "verify");
     let done = AtomicU64::new(0);
     let counters = thread::scope(|s| {
         let handles: Vec<_> = (0..spec.threads)
@@ -596,14 +737,15 @@ fn verify_all<S: Store>(store: &S, spec: &RunSpec, missing_allowed: bool) -> (u6
                 let bar = &bar;
                 s.spawn(move || {
                     let mut c = Counters::default();
-                    let from = spec.keys * t as u64 / spec.threads as u64;
-                    let to = spec.keys * (t as u64 + 1) / spec.threads as u64;
-                    for key in from..to {
+                    let from = count * t as u64 / spec.threads as u64;
+                    let to = count * (t as u64 + 1) / spec.threads as u64;
+                    for i in from..to {
+                        let key = key_at(i);
                         match store.read(key) {
-                            Ok(found) => c.check("verify-all read", key, found, missing_allowed),
-                            Err(e) => c.error("verify-all read", key, &e),
+                            Ok(found) => c.check(what, key, found, missing_allowed),
+                            Err(e) => c.error(what, key, &e),
                         }
-                        if key % PROGRESS_EVERY == 0 {
+                        if i % PROGRESS_EVERY == 0 {
                             let d = done.fetch_add(PROGRESS_EVERY, Ordering::Relaxed);
                             bar.set_position(d);
                         }
@@ -612,14 +754,14 @@ fn verify_all<S: Store>(store: &S, spec: &RunSpec, missing_allowed: bool) -> (u6
                 })
             })
             .collect();
-        join_all(handles, || Counters::panicked("verify-all"))
+        join_all(handles, || Counters::panicked(what))
     });
     bar.finish_and_clear();
     let mut all = Counters::default();
     for c in counters {
         all.merge(c);
     }
-    (spec.keys, all)
+    all
 }
 
 fn latency(h: &Histogram<u64>, sample_every: u64) -> Latency {

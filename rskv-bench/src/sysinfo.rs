@@ -56,6 +56,52 @@ impl ProcIo {
     }
 }
 
+/// CPU time, in clock ticks: busy time of the whole machine (/proc/stat, all CPUs, idle and
+/// iowait excluded) and of this process (/proc/self/stat utime + stime).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTicks {
+    pub machine_busy: u64,
+    pub this_process: u64,
+}
+
+impl CpuTicks {
+    pub fn now() -> CpuTicks {
+        let machine_busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?.strip_prefix("cpu ")?.to_string();
+                let v: Vec<u64> = line
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal ...
+                Some(v.iter().sum::<u64>() - v.get(3)? - v.get(4)?)
+            })
+            .unwrap_or(0);
+        let this_process = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                // Fields after the command's closing parenthesis; utime and stime are 14 and 15.
+                let rest = &s[s.rfind(')')? + 2..];
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        CpuTicks {
+            machine_busy,
+            this_process,
+        }
+    }
+
+    /// CPUs' worth of time (e.g. 0.5 = half a core) other processes kept busy since
+    /// `earlier`, over `secs` seconds (USER_HZ is 100 on Linux).
+    pub fn others_since(self, earlier: CpuTicks, secs: f64) -> f64 {
+        let machine = self.machine_busy.saturating_sub(earlier.machine_busy);
+        let mine = self.this_process.saturating_sub(earlier.this_process);
+        machine.saturating_sub(mine) as f64 / 100.0 / secs.max(1e-9)
+    }
+}
+
 /// Bytes the files under `dir` occupy on disk (allocated blocks, so sparse files count what
 /// they use).
 pub fn disk_usage(dir: &Path) -> u64 {

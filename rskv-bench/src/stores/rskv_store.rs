@@ -1,13 +1,16 @@
 //! RsKv through its plain facade (`get`, `insert`, `rmw`, `remove`), as a user would call it.
 
 use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use rskv::device::file_system_disk::FileSystemDisk;
 use rskv::device::null_disk::NullDisk;
-use rskv::{Config, RsKv};
+use rskv::{CheckpointKind, Config, LogMode, RsKv, Token};
 
 use super::{ReadCheck, Store, StoreInfo};
+use crate::checkpoint::{CheckpointMode, Checkpointable, Recovered};
 use crate::cli::{DiskKind, RunSpec};
 use crate::report::RunResult;
 use crate::sizing::MemoryPlan;
@@ -38,12 +41,17 @@ pub struct RsKvStore<K, V> {
     _types: PhantomData<fn() -> (K, V)>,
 }
 
+/// The store's configuration (recovery reuses it).
+fn config(plan: &MemoryPlan) -> Config {
+    Config::new()
+        .table_size(plan.table_size)
+        .log_memory_size(plan.log_bytes)
+        .page_size(plan.page_size)
+}
+
 impl<K: BenchKey, V: BenchValue> RsKvStore<K, V> {
     pub fn open(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<Self> {
-        let config = Config::new()
-            .table_size(plan.table_size)
-            .log_memory_size(plan.log_bytes)
-            .page_size(plan.page_size);
+        let config = config(plan);
         let kv = match spec.disk {
             DiskKind::File => {
                 let disk = FileSystemDisk::new(&spec.data_dir).with_context(|| {
@@ -172,6 +180,64 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
     }
 }
 
+impl<K: BenchKey, V: BenchValue> Checkpointable for RsKvStore<K, V> {
+    fn checkpoint(&self, mode: CheckpointMode) -> anyhow::Result<u64> {
+        let Kv::File(kv) = &self.kv else {
+            bail!("checkpoints need --disk file");
+        };
+        let mode = match mode {
+            CheckpointMode::FoldOver => LogMode::FoldOver,
+            CheckpointMode::Snapshot => LogMode::Snapshot,
+        };
+        // The asynchronous call, waited on by the benchmark's checkpoint thread.
+        let token = kv
+            .checkpoint_async(CheckpointKind::Full, mode)
+            .context("starting an RsKv checkpoint")?
+            .wait()
+            .context("RsKv checkpoint")?;
+        Ok(token.0)
+    }
+
+    fn log_tail(&self) -> u64 {
+        with_kv!(self, kv => kv.stats()).markers.tail.raw()
+    }
+
+    fn checkpoint_path(spec: &RunSpec, token: u64) -> PathBuf {
+        // FileSystemDisk keeps checkpoints in `<dir>/checkpoints/<token>`.
+        spec.data_dir
+            .join("checkpoints")
+            .join(Token(token).to_string())
+    }
+
+    fn recover(spec: &RunSpec, plan: &MemoryPlan, token: u64) -> anyhow::Result<(Self, Recovered)> {
+        let start = Instant::now();
+        let disk = FileSystemDisk::new(&spec.data_dir)
+            .with_context(|| format!("opening FileSystemDisk in {}", spec.data_dir.display()))?;
+        let disk_open_secs = start.elapsed().as_secs_f64();
+        let (kv, info) =
+            RsKv::recover(config(plan), disk, Some(Token(token))).context("RsKv::recover")?;
+        let secs = start.elapsed().as_secs_f64();
+        let store = RsKvStore {
+            kv: Kv::File(kv),
+            key_size: spec.key_size,
+            value_size: spec.value_size,
+            plan: *plan,
+            _types: PhantomData,
+        };
+        Ok((
+            store,
+            Recovered {
+                disk_open_secs,
+                secs,
+                replayed_bytes: info.replayed_bytes,
+                replayed_records: info.replayed_records,
+                index_loaded: info.index_token.is_some(),
+                version: info.version,
+            },
+        ))
+    }
+}
+
 struct Visit<'a> {
     spec: &'a RunSpec,
     plan: &'a MemoryPlan,
@@ -180,9 +246,12 @@ struct Visit<'a> {
 impl TypedVisitor for Visit<'_> {
     type Out = anyhow::Result<RunResult>;
     fn visit<K: BenchKey, V: BenchValue>(self) -> Self::Out {
-        crate::runner::execute(self.spec, self.plan, || {
-            RsKvStore::<K, V>::open(self.spec, self.plan)
-        })
+        let open = || RsKvStore::<K, V>::open(self.spec, self.plan);
+        if self.spec.checkpoint.is_some() {
+            crate::checkpoint::execute(self.spec, self.plan, open)
+        } else {
+            crate::runner::execute(self.spec, self.plan, open)
+        }
     }
 }
 

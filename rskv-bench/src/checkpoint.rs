@@ -1,0 +1,603 @@
+//! The checkpoint scenario (RsKv only): a full CPR checkpoint taken while the workload runs,
+//! its time, size and throughput dip, then recovery from it.
+//!
+//! One run: load, warm up, and start the measured phase as usual. The coordinating thread
+//! samples the threads' operation counters every `--interval`; at `--checkpoint-at` a thread of
+//! its own takes one full checkpoint (index and log, fold-over or snapshot) and notes its wall
+//! time, the operations completed meanwhile and the store's bytes written meanwhile. The
+//! measured phase lasts `--duration`, or until the checkpoint is done if that is later. Then
+//! the store is dropped, recovered from that checkpoint over the same directory with the same
+//! `Config`, and keys are read back.
+//!
+//! What recovery is checked for: every key read back (10,000 sampled keys, or all with
+//! `--verify-all`) is present and its value verifies against its key. The value's version is
+//! not checked: which upserts made it into the checkpoint depends on thread timing.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::RunSpec;
+use crate::report::RunResult;
+use crate::runner::{progress_bar, verify_keys, Probe, Scenario};
+use crate::sizing::MemoryPlan;
+use crate::stores::Store;
+use crate::sysinfo::CpuTicks;
+use crate::workload::splitmix64;
+
+/// Keys read back after recovery without --verify-all.
+pub const VERIFY_SAMPLE: u64 = 10_000;
+/// How often the coordinator looks at the checkpoint's files while it runs.
+const FILE_POLL: Duration = Duration::from_millis(5);
+
+/// How the checkpoint writes the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointMode {
+    /// Flush the log to its tail (the whole in-memory log becomes read-only).
+    FoldOver,
+    /// Copy the in-memory pages to `snapshot.dat`.
+    Snapshot,
+}
+
+impl CheckpointMode {
+    pub fn parse(s: &str) -> anyhow::Result<CheckpointMode> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "fold-over" | "foldover" | "fold_over" => CheckpointMode::FoldOver,
+            "snapshot" => CheckpointMode::Snapshot,
+            other => bail!("unknown --checkpoint mode `{other}` (fold-over, snapshot)"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointMode::FoldOver => "fold-over",
+            CheckpointMode::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// The checkpoint scenario of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointSpec {
+    pub mode: CheckpointMode,
+    /// Seconds into the measured phase at which the checkpoint starts.
+    pub at_secs: f64,
+    /// Throughput sampling interval.
+    pub interval_secs: f64,
+}
+
+/// What recovery did, as the store tells it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Recovered {
+    /// Opening the device (part of `secs`).
+    pub disk_open_secs: f64,
+    /// Opening the device and recovering the store.
+    pub secs: f64,
+    pub replayed_bytes: u64,
+    pub replayed_records: u64,
+    /// Whether an index checkpoint was loaded (else the whole log was replayed).
+    pub index_loaded: bool,
+    /// The checkpointed version.
+    pub version: u64,
+}
+
+/// A store that can checkpoint and recover (RsKv).
+pub trait Checkpointable: Store + Sized {
+    /// Takes a full checkpoint whose log part is written by `mode`; returns its token once it
+    /// is durable.
+    fn checkpoint(&self, mode: CheckpointMode) -> anyhow::Result<u64>;
+    /// The log's tail address (bytes appended since the store began).
+    fn log_tail(&self) -> u64;
+    /// Where checkpoint `token` keeps its files.
+    fn checkpoint_path(spec: &RunSpec, token: u64) -> PathBuf;
+    /// Recovers the store of `spec` from checkpoint `token`.
+    fn recover(spec: &RunSpec, plan: &MemoryPlan, token: u64) -> anyhow::Result<(Self, Recovered)>;
+}
+
+/// One throughput sample: the interval ending at `end_secs` (into the measured phase).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub end_secs: f64,
+    pub ops: u64,
+}
+
+/// Throughput around the checkpoint, from the intervals and the checkpoint's own counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dip {
+    /// Operations / seconds of the intervals that ended before the checkpoint started.
+    pub baseline_mops: f64,
+    /// Operations completed while the checkpoint ran / its wall time.
+    pub during_mops: f64,
+    /// during / baseline.
+    pub during_ratio: f64,
+    /// Operations / seconds of the intervals that started after the checkpoint ended.
+    pub after_mops: f64,
+    /// The slowest interval, and when it ended.
+    pub min_interval_mops: f64,
+    pub min_interval_end_secs: f64,
+}
+
+/// Computes the dip; `start`/`end` are the checkpoint's, `during_ops` the operations between.
+pub fn dip(intervals: &[Interval], start: f64, end: f64, during_ops: u64) -> Dip {
+    let (mut base, mut after) = ((0u64, 0f64), (0u64, 0f64));
+    let mut min = (f64::INFINITY, 0.0);
+    let mut prev = 0.0;
+    for i in intervals {
+        let secs = i.end_secs - prev;
+        if secs > 0.0 {
+            let mops = i.ops as f64 / secs / 1e6;
+            if mops < min.0 {
+                min = (mops, i.end_secs);
+            }
+            if i.end_secs <= start {
+                base = (base.0 + i.ops, base.1 + secs);
+            } else if prev >= end {
+                after = (after.0 + i.ops, after.1 + secs);
+            }
+        }
+        prev = i.end_secs;
+    }
+    let rate = |(ops, secs): (u64, f64)| {
+        if secs > 0.0 {
+            ops as f64 / secs / 1e6
+        } else {
+            0.0
+        }
+    };
+    let baseline = rate(base);
+    let during = rate((during_ops, end - start));
+    Dip {
+        baseline_mops: baseline,
+        during_mops: during,
+        during_ratio: if baseline > 0.0 {
+            during / baseline
+        } else {
+            0.0
+        },
+        after_mops: rate(after),
+        min_interval_mops: if min.0.is_finite() { min.0 } else { 0.0 },
+        min_interval_end_secs: min.1,
+    }
+}
+
+/// What recovery found when keys were read back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecoveryResult {
+    #[serde(flatten)]
+    pub recovered: Recovered,
+    /// Keys read back after recovery (a sample, or every key with --verify-all).
+    pub verify_keys: u64,
+    pub verify_all: bool,
+    pub verify_secs: f64,
+    /// Threads that read them back.
+    pub threads: usize,
+    pub reads_ok: u64,
+    pub missing: u64,
+    pub wrong: u64,
+    pub errors: u64,
+    pub first_problem: Option<String>,
+}
+
+/// The checkpoint part of a run's result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckpointResult {
+    pub kind: String,
+    pub mode: String,
+    pub token: Option<u64>,
+    /// Into the measured phase: when the checkpoint started and how long it took.
+    pub start_secs: f64,
+    pub secs: f64,
+    /// When `index.meta` appeared, since the checkpoint started (to within 5 ms): the index
+    /// dump and the phases before it.
+    pub index_done_secs: Option<f64>,
+    /// When `snapshot.dat` appeared, since the checkpoint started (snapshot mode).
+    pub snapshot_started_secs: Option<f64>,
+    /// Bytes of the checkpoint's files, by name.
+    pub files: Vec<(String, u64)>,
+    /// Their sum.
+    pub dir_bytes: u64,
+    /// Bytes the store wrote to its log device while the checkpoint ran.
+    pub log_written_bytes: u64,
+    /// (dir_bytes + log_written_bytes) / secs, in MB/s (10^6).
+    pub write_mb_s: f64,
+    /// Log tail when the checkpoint started, ended, and at the end of the run.
+    pub log_tail_start: u64,
+    pub log_tail_end: u64,
+    pub log_tail_run_end: u64,
+    pub dip: Dip,
+    pub interval_secs: f64,
+    pub intervals: Vec<Interval>,
+    /// Cores' worth of CPU other processes used during the measured phase (from /proc/stat
+    /// less this process): above ~0.1 on a small machine, the numbers are disturbed.
+    pub other_cpu_cores: f64,
+    /// Reference: buffered sequential write + fsync of the checkpoint's size (64 MiB to 1 GiB)
+    /// into the same directory, after recovery, in MB/s.
+    pub disk_seq_write_mb_s: Option<f64>,
+    pub recovery: Option<RecoveryResult>,
+}
+
+/// Runs a checkpoint run of `spec` on the store `open` makes.
+pub fn execute<S: Checkpointable>(
+    spec: &RunSpec,
+    plan: &MemoryPlan,
+    open: impl FnOnce() -> anyhow::Result<S>,
+) -> anyhow::Result<RunResult> {
+    let Some(c) = spec.checkpoint else {
+        bail!("not a checkpoint run");
+    };
+    let scenario = CheckpointRun {
+        spec,
+        plan,
+        c,
+        out: CheckpointResult {
+            kind: "full".into(),
+            mode: c.mode.name().into(),
+            interval_secs: c.interval_secs,
+            ..CheckpointResult::default()
+        },
+        error: None,
+    };
+    crate::runner::execute_with(spec, plan, open, scenario)
+}
+
+struct CheckpointRun<'a> {
+    spec: &'a RunSpec,
+    plan: &'a MemoryPlan,
+    c: CheckpointSpec,
+    out: CheckpointResult,
+    error: Option<String>,
+}
+
+/// What the checkpoint thread saw.
+struct Taken {
+    token: anyhow::Result<u64>,
+    start: f64,
+    end: f64,
+    ops: u64,
+    written: u64,
+    tail_start: u64,
+    tail_end: u64,
+}
+
+/// A file named `name` in any checkpoint directory under `root`.
+fn any_checkpoint_has(root: &Path, name: &str) -> bool {
+    std::fs::read_dir(root)
+        .is_ok_and(|entries| entries.flatten().any(|e| e.path().join(name).exists()))
+}
+
+/// The files of a checkpoint directory and their sizes.
+fn checkpoint_files(dir: &Path) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e?;
+        let m = e.metadata()?;
+        if m.is_file() {
+            files.push((e.file_name().to_string_lossy().into_owned(), m.len()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Buffered sequential write + fsync of `bytes` into `dir`; MB/s.
+fn seq_write_reference(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
+    use std::io::Write as _;
+    let path = dir.join("seq-write-reference.tmp");
+    let mut block = vec![0u8; 1 << 20];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for chunk in block.chunks_exact_mut(8) {
+        x = splitmix64(x);
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    let start = Instant::now();
+    let result = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            f.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()
+    })();
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    result.with_context(|| format!("writing {}", path.display()))?;
+    Ok(bytes as f64 / secs.max(1e-9) / 1e6)
+}
+
+impl<S: Checkpointable> Scenario<S> for CheckpointRun<'_> {
+    fn measure(&mut self, store: &S, probe: &Probe<'_>) {
+        let spec = probe.spec();
+        let run = probe.run_secs();
+        let interval = self.c.interval_secs;
+        let wanted = (run / interval).round().max(1.0) as usize;
+        let root = S::checkpoint_path(spec, 0)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let bar = progress_bar(spec, (run * 1000.0) as u64, "run ms");
+        let mode = self.c.mode;
+        let mut intervals = Vec::with_capacity(wanted + 16);
+        let cpu0 = CpuTicks::now();
+        let (mut index_done, mut snapshot_started) = (None, None);
+        let taken = thread::scope(|s| {
+            let mut handle = None;
+            let mut last_ops = 0;
+            loop {
+                let now = probe.elapsed();
+                let next = (intervals.len() + 1) as f64 * interval;
+                if now >= next {
+                    let ops = probe.ops();
+                    intervals.push(Interval {
+                        end_secs: now,
+                        ops: ops - last_ops,
+                    });
+                    last_ops = ops;
+                    bar.set_position((now * 1000.0) as u64);
+                    bar.set_message(format!("{ops} ops"));
+                    let done = handle
+                        .as_ref()
+                        .is_some_and(|h: &thread::ScopedJoinHandle<'_, Taken>| h.is_finished());
+                    if intervals.len() >= wanted && done {
+                        break;
+                    }
+                    continue;
+                }
+                if handle.is_none() && now >= self.c.at_secs {
+                    handle = Some(s.spawn(move || {
+                        let written = || store.store_io().map_or(0, |(w, _)| w);
+                        let (w0, tail_start) = (written(), store.log_tail());
+                        let (ops0, start) = (probe.ops(), probe.elapsed());
+                        let token = store.checkpoint(mode);
+                        let (end, ops1) = (probe.elapsed(), probe.ops());
+                        Taken {
+                            token,
+                            start,
+                            end,
+                            ops: ops1 - ops0,
+                            written: written() - w0,
+                            tail_start,
+                            tail_end: store.log_tail(),
+                        }
+                    }));
+                }
+                let mut nap = (next - now).max(0.0);
+                if handle.as_ref().is_some_and(|h| !h.is_finished()) {
+                    let since = now - self.c.at_secs;
+                    if index_done.is_none() && any_checkpoint_has(&root, "index.meta") {
+                        index_done = Some(since);
+                    }
+                    if snapshot_started.is_none() && any_checkpoint_has(&root, "snapshot.dat") {
+                        snapshot_started = Some(since);
+                    }
+                    nap = nap.min(FILE_POLL.as_secs_f64());
+                }
+                thread::sleep(Duration::from_secs_f64(nap));
+            }
+            handle.map(|h| h.join())
+        });
+        bar.finish_and_clear();
+        self.out.other_cpu_cores = CpuTicks::now().others_since(cpu0, probe.elapsed());
+        self.out.intervals = intervals;
+        let taken = match taken {
+            None => {
+                self.error = Some("the checkpoint never started".into());
+                return;
+            }
+            Some(Err(_)) => {
+                self.error = Some("the checkpoint thread panicked".into());
+                return;
+            }
+            Some(Ok(t)) => t,
+        };
+        let o = &mut self.out;
+        o.start_secs = taken.start;
+        o.secs = taken.end - taken.start;
+        // The file polls are relative to the planned start; the thread's own start is exact.
+        let shift = taken.start - self.c.at_secs;
+        o.index_done_secs = index_done.map(|t| (t - shift).max(0.0));
+        o.snapshot_started_secs = snapshot_started.map(|t| (t - shift).max(0.0));
+        o.log_written_bytes = taken.written;
+        o.log_tail_start = taken.tail_start;
+        o.log_tail_end = taken.tail_end;
+        o.log_tail_run_end = store.log_tail();
+        o.dip = dip(&o.intervals, taken.start, taken.end, taken.ops);
+        match taken.token {
+            Ok(t) => o.token = Some(t),
+            Err(e) => self.error = Some(format!("the checkpoint failed: {e:#}")),
+        }
+    }
+
+    fn verify_all_after_run(&self) -> bool {
+        false
+    }
+
+    fn finish(mut self, store: S, result: &mut RunResult) -> anyhow::Result<()> {
+        let spec = self.spec;
+        let token = match (self.out.token, self.error.take()) {
+            (Some(t), None) => t,
+            (_, e) => {
+                result.checkpoint = Some(self.out);
+                bail!(e.unwrap_or_else(|| "no checkpoint was taken".into()));
+            }
+        };
+        let dir = S::checkpoint_path(spec, token);
+        let files = checkpoint_files(&dir);
+        drop(store);
+        let o = &mut self.out;
+        o.files = files?;
+        o.dir_bytes = o.files.iter().map(|(_, b)| b).sum();
+        o.write_mb_s = (o.dir_bytes + o.log_written_bytes) as f64 / o.secs.max(1e-9) / 1e6;
+        result.checkpoint = Some(o.clone());
+
+        let (store, recovered) = S::recover(spec, self.plan, token)
+            .with_context(|| format!("recovering from checkpoint {}", dir.display()))?;
+        let missing_allowed = spec.workload.mix.delete > 0;
+        let (count, seed) = if spec.verify_all {
+            (spec.keys, 0)
+        } else {
+            (
+                VERIFY_SAMPLE.min(spec.keys),
+                splitmix64(spec.seed ^ 0xC4EC_0000),
+            )
+        };
+        let keys = spec.keys;
+        let key_at = move |i: u64| {
+            if count == keys {
+                i
+            } else {
+                splitmix64(seed ^ i) % keys
+            }
+        };
+        let start = Instant::now();
+        let c = verify_keys(
+            &store,
+            spec,
+            missing_allowed,
+            count,
+            &key_at,
+            "read after recovery",
+        );
+        let verify_secs = start.elapsed().as_secs_f64();
+        drop(store);
+        let r = RecoveryResult {
+            recovered,
+            verify_keys: count,
+            verify_all: spec.verify_all,
+            verify_secs,
+            threads: spec.threads,
+            reads_ok: c.reads_ok,
+            missing: c.missing,
+            wrong: c.wrong,
+            errors: c.errors,
+            first_problem: c.first_problem.clone(),
+        };
+        let failures = c.wrong + c.errors + if missing_allowed { 0 } else { c.missing };
+        o.recovery = Some(r);
+        let reference = (o.dir_bytes + o.log_written_bytes).clamp(64 << 20, 1 << 30);
+        o.disk_seq_write_mb_s = seq_write_reference(&spec.data_dir, reference).ok();
+        result.checkpoint = Some(o.clone());
+        if failures > 0 {
+            bail!(
+                "after recovery, {failures} of {count} keys read back failed: {} missing, {} wrong, {} errors; first: {}",
+                c.missing,
+                c.wrong,
+                c.errors,
+                c.first_problem.as_deref().unwrap_or("-")
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iv(end_secs: f64, ops: u64) -> Interval {
+        Interval { end_secs, ops }
+    }
+
+    #[test]
+    fn dip_splits_intervals_around_the_checkpoint() {
+        // 1 Mops/s before, 0.5 during (1.0..2.0), 0.8 after.
+        let intervals = [
+            iv(0.5, 500_000),
+            iv(1.0, 500_000),
+            iv(1.5, 250_000),
+            iv(2.0, 250_000),
+            iv(2.5, 400_000),
+            iv(3.0, 400_000),
+        ];
+        let d = dip(&intervals, 1.0, 2.0, 500_000);
+        assert!((d.baseline_mops - 1.0).abs() < 1e-9, "{d:?}");
+        assert!((d.during_mops - 0.5).abs() < 1e-9, "{d:?}");
+        assert!((d.during_ratio - 0.5).abs() < 1e-9, "{d:?}");
+        assert!((d.after_mops - 0.8).abs() < 1e-9, "{d:?}");
+        assert!((d.min_interval_mops - 0.5).abs() < 1e-9, "{d:?}");
+        assert_eq!(d.min_interval_end_secs, 1.5);
+    }
+
+    #[test]
+    fn dip_without_intervals_is_zero() {
+        let d = dip(&[], 0.0, 1.0, 0);
+        assert_eq!(d, Dip::default());
+    }
+
+    /// A whole checkpoint run on RsKv over FileSystemDisk, in both modes: the checkpoint is
+    /// taken during the run, recovery finds every sampled key.
+    #[test]
+    fn checkpoint_runs_recover_every_sampled_key() {
+        use clap::Parser;
+        let dir = std::env::temp_dir().join(format!("rskv-bench-ckpt-test-{}", std::process::id()));
+        let args = crate::cli::Args::try_parse_from([
+            "rskv-bench",
+            "--keys",
+            "20k",
+            "--threads",
+            "2",
+            "--duration",
+            "400ms",
+            "--warmup",
+            "0",
+            "--op-buffer",
+            "20000",
+            "--checkpoint",
+            "fold-over,snapshot",
+            "--interval",
+            "50ms",
+            "--no-progress",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap();
+        let runs = args.runs().unwrap();
+        assert_eq!(runs.len(), 2);
+        for spec in &runs {
+            std::fs::create_dir_all(&spec.data_dir).unwrap();
+            let plan = crate::sizing::plan(spec).unwrap();
+            let r = crate::stores::run(spec, &plan).unwrap();
+            let _ = std::fs::remove_dir_all(&spec.data_dir);
+            assert!(r.ok(), "{:?}", r.failure);
+            let c = r.checkpoint.expect("a checkpoint result");
+            assert!(
+                c.token.is_some() && c.secs > 0.0 && c.dir_bytes > 0,
+                "{c:?}"
+            );
+            assert!(
+                c.files.iter().any(|(n, _)| n == "index.dat"),
+                "{:?}",
+                c.files
+            );
+            assert_eq!(
+                c.files.iter().any(|(n, _)| n == "snapshot.dat"),
+                spec.checkpoint.unwrap().mode == CheckpointMode::Snapshot
+            );
+            assert!(c.intervals.len() >= 8, "{}", c.intervals.len());
+            assert!(c.dip.baseline_mops > 0.0, "{:?}", c.dip);
+            let rec = c.recovery.expect("recovered");
+            assert_eq!(rec.verify_keys, VERIFY_SAMPLE);
+            assert_eq!(rec.reads_ok, VERIFY_SAMPLE);
+            assert!(rec.recovered.index_loaded);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(
+            CheckpointMode::parse("Fold-Over").unwrap(),
+            CheckpointMode::FoldOver
+        );
+        assert_eq!(
+            CheckpointMode::parse("snapshot").unwrap(),
+            CheckpointMode::Snapshot
+        );
+        assert!(CheckpointMode::parse("delta").is_err());
+    }
+}
