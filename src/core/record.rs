@@ -477,6 +477,33 @@ impl ValueBuf {
     }
 }
 
+/// Clears the lock and seal bits of every record in a page image (from byte `first`) that is
+/// about to become log memory again (warm recovery). A page copied while a record was locked or
+/// being superseded keeps those bits on disk; in memory they would make readers and writers wait
+/// or retry forever, and after recovery no copy or lock holder exists.
+pub fn clear_transient_bits(page: &mut [u8], first: usize) {
+    let mut off = first;
+    while off + HEADER_BYTES <= page.len() {
+        let word = |i: usize| {
+            u64::from_le_bytes(
+                page[off + i * 8..off + i * 8 + 8]
+                    .try_into()
+                    .unwrap_or_default(),
+            )
+        };
+        if word(0) == 0 {
+            return;
+        }
+        let size = DiskRecord::size_from_prefix(&page[off..]).unwrap_or(0);
+        if size < HEADER_BYTES || off + size > page.len() {
+            return;
+        }
+        let state = word(2) & !(ValueState::SEALED | ValueState::LOCKED);
+        page[off + 16..off + 24].copy_from_slice(&state.to_le_bytes());
+        off += size;
+    }
+}
+
 /// A record read from disk: a plain byte copy, parsed with the same layout.
 pub struct DiskRecord<'a> {
     bytes: &'a [u8],

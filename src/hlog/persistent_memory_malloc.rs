@@ -244,6 +244,38 @@ impl<D: Disk> HybridLog<D> {
         Ok(log)
     }
 
+    /// Reads the newest pages below the tail of a [`HybridLog::recovered`] log back into memory
+    /// (as many as fit with one frame kept free: the pages they were before the crash, read-only
+    /// now) and moves head down to the first of them, so the recovered store starts warm.
+    /// `&mut self`: only before the log is shared.
+    ///
+    /// # Errors
+    /// [`Error::Io`] from the device.
+    pub fn load_tail(&mut self) -> Result<()> {
+        let tail_page = self.geo.page(self.tail_address());
+        let first_page = self.geo.page(self.begin());
+        let first = tail_page
+            .saturating_sub(self.geo.frames - 2)
+            .max(first_page);
+        for page in first..tail_page {
+            let offset = self.geo.page_start(page).raw();
+            let buf = read_device(&self.disk, offset, self.page_size())?;
+            let frame = self.frames[self.geo.frame(page)].buf.as_mut_slice();
+            frame.copy_from_slice(buf.as_slice());
+            let first = if page == 0 {
+                Address::FIRST_VALID.raw() as usize
+            } else {
+                0
+            };
+            crate::core::record::clear_transient_bits(frame, first);
+        }
+        let head = self.geo.page_start(first).max(self.begin()).raw();
+        for m in [&self.head, &self.safe_head, &self.head_target] {
+            m.store(head, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// Page geometry.
     #[must_use]
     pub fn geometry(&self) -> PageGeometry {

@@ -232,16 +232,17 @@ impl<D: Disk> Engine<D> {
         for (page, sum) in &rebuilt.sums {
             hlog.set_page_sum(*page, *sum);
         }
-        let engine = Engine::with_index(rebuilt.epoch, rebuilt.index, hlog);
+        let mut hlog = hlog;
         if log.mode == LogMode::Snapshot {
-            restore_snapshot(&engine.hlog, &dir.dir(plan.token).join(SNAPSHOT_DATA), log)?;
+            restore_snapshot(&hlog, &dir.dir(plan.token).join(SNAPSHOT_DATA), log)?;
         }
-        engine.invalidate(geo, &rebuilt.newer)?;
-        engine
-            .hlog
-            .disk()
+        invalidate(&hlog, geo, &rebuilt.newer)?;
+        hlog.disk()
             .flush()
             .map_err(|e| Error::io("syncing the log after recovery", e))?;
+        // Warm start: the newest pages come back into memory (read-only), as they were.
+        hlog.load_tail()?;
+        let engine = Engine::with_index(rebuilt.epoch, rebuilt.index, hlog);
         engine.set_system_state(SystemState {
             phase: Phase::Rest,
             version: log.version + 1,
@@ -256,31 +257,6 @@ impl<D: Disk> Engine<D> {
             skipped,
         };
         Ok((engine, info))
-    }
-
-    /// Marks the records at `addresses` (of the version after the checkpoint's) invalid on the
-    /// device, so that no later checkpoint of this log counts them.
-    fn invalidate(&self, geo: PageGeometry, addresses: &[u64]) -> Result<()> {
-        let page_size = 1usize << geo.page_bits;
-        let mut i = 0;
-        while i < addresses.len() {
-            let page = geo.page(Address::new(addresses[i]));
-            let start = geo.page_start(page).raw();
-            let mut buf = self.hlog.read_sync(start, page_size)?;
-            while i < addresses.len() && geo.page(Address::new(addresses[i])) == page {
-                let off = (addresses[i] - start) as usize;
-                let word = &mut buf.as_mut_slice()[off..off + 8];
-                let info = u64::from_le_bytes(word.try_into().unwrap_or_default());
-                word.copy_from_slice(&(info | RecordInfo::INVALID_BIT).to_le_bytes());
-                i += 1;
-            }
-            self.hlog.write_sync(start, &buf)?;
-            self.hlog.set_page_sum(
-                page,
-                crate::hlog::persistent_memory_malloc::page_hash(page, buf.as_slice()),
-            );
-        }
-        Ok(())
     }
 }
 
@@ -502,6 +478,31 @@ impl Rebuild {
         }
         Ok(())
     }
+}
+
+/// Marks the records at `addresses` (of the version after the checkpoint's) invalid on the
+/// device, so that no later checkpoint of this log counts them.
+fn invalidate<D: Disk>(hlog: &HybridLog<D>, geo: PageGeometry, addresses: &[u64]) -> Result<()> {
+    let page_size = 1usize << geo.page_bits;
+    let mut i = 0;
+    while i < addresses.len() {
+        let page = geo.page(Address::new(addresses[i]));
+        let start = geo.page_start(page).raw();
+        let mut buf = hlog.read_sync(start, page_size)?;
+        while i < addresses.len() && geo.page(Address::new(addresses[i])) == page {
+            let off = (addresses[i] - start) as usize;
+            let word = &mut buf.as_mut_slice()[off..off + 8];
+            let info = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            word.copy_from_slice(&(info | RecordInfo::INVALID_BIT).to_le_bytes());
+            i += 1;
+        }
+        hlog.write_sync(start, &buf)?;
+        hlog.set_page_sum(
+            page,
+            crate::hlog::persistent_memory_malloc::page_hash(page, buf.as_slice()),
+        );
+    }
+    Ok(())
 }
 
 fn restore_snapshot<D: Disk>(
