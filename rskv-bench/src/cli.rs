@@ -105,6 +105,12 @@ pub struct Args {
     #[arg(long, value_parser = parse_count, default_value = "16M")]
     pub op_buffer: u64,
 
+    /// Announce each thread's next N operations to the store before running them one by one
+    /// (RsKv prefetches their index buckets and records, so their cache misses overlap; peers
+    /// ignore it). 1 = no batching.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+
     /// After the run, read every key once more and verify it (slow on disk-bound runs). In
     /// checkpoint runs: read every key after recovery instead of a sample.
     #[arg(long)]
@@ -214,6 +220,9 @@ pub struct RunSpec {
     pub seed: u64,
     pub sample_every: u64,
     pub op_buffer: u64,
+    /// Operations announced together (see `--batch`); 0 in old specs means 1.
+    #[serde(default)]
+    pub batch: usize,
     pub verify_all: bool,
     pub keep_data: bool,
     pub progress: bool,
@@ -283,6 +292,7 @@ impl Args {
                             seed: self.seed,
                             sample_every: self.sample_every,
                             op_buffer: self.op_buffer,
+                            batch: self.batch.max(1),
                             verify_all: self.verify_all,
                             keep_data: self.keep_data,
                             progress,

@@ -350,6 +350,8 @@ struct Shared<'a> {
     stop_run: AtomicBool,
     missing_allowed: bool,
     sample_mask: u64,
+    /// Operations announced to the store together (`--batch`).
+    batch: usize,
     spec: &'a RunSpec,
 }
 
@@ -446,6 +448,7 @@ fn run_phases<S: Store>(
         stop_run: AtomicBool::new(false),
         missing_allowed,
         sample_mask: spec.sample_every - 1,
+        batch: spec.batch.max(1),
         spec,
     };
     let (warmup_secs, start, threads) = thread::scope(|s| {
@@ -657,6 +660,11 @@ fn run_ops<S: Store>(
             if n.is_multiple_of(PROGRESS_EVERY) && n > 0 {
                 sh.done.fetch_add(PROGRESS_EVERY, Ordering::Relaxed);
             }
+        }
+        if sh.batch > 1 && *pos % sh.batch == 0 {
+            let end = (*pos + sh.batch).min(ops.len());
+            let keys: Vec<u64> = ops[*pos..end].iter().map(|o| o.key()).collect();
+            store.prefetch(&keys);
         }
         let op = ops[*pos];
         *pos += 1;

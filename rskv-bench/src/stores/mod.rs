@@ -106,6 +106,8 @@ pub trait Store: Send + Sync {
     /// the old value was.
     fn rmw(&self, key: u64) -> anyhow::Result<ReadCheck>;
     fn delete(&self, key: u64) -> anyhow::Result<()>;
+    /// The thread is about to operate on `keys` (a hint; `--batch`). Default: nothing.
+    fn prefetch(&self, _keys: &[u64]) {}
     fn info(&self) -> StoreInfo;
     /// Waits, after the load and before the warm-up, until background work the load left
     /// behind (LSM compactions) is done, so the run does not measure the load's debt.

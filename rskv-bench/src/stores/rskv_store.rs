@@ -122,6 +122,11 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
         Ok(seen)
     }
 
+    fn prefetch(&self, keys: &[u64]) {
+        let keys: Vec<K> = keys.iter().map(|&id| self.key(id)).collect();
+        with_kv!(self, kv => kv.prefetch(&keys));
+    }
+
     #[inline]
     fn delete(&self, key: u64) -> anyhow::Result<()> {
         let k = self.key(key);
