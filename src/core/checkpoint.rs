@@ -208,7 +208,8 @@ pub struct LogMeta {
     /// Snapshot: first address held by `snapshot.dat` (page aligned; below it the log device
     /// holds the state).
     pub snapshot_start: u64,
-    /// xxh3 of `snapshot.dat` (0 without a snapshot).
+    /// xxh3 of the snapshot pages' sums (0 without a snapshot); each page of `snapshot.dat` is
+    /// checked against its sum when recovery reads it.
     pub snapshot_hash: u64,
     /// xxh3 of every page from the page of `begin` up to `end` as recovery must find it (the
     /// snapshot's pages for those it holds; 0 where unknown).

@@ -714,25 +714,22 @@ impl<D: Disk> HybridLog<D> {
         Address::new(self.flushed_until.load(Ordering::Acquire))
     }
 
-    /// A copy of page `page` if it is still in memory. The caller must be epoch protected (so
-    /// the frame cannot be reused while it is copied) and must know that the page's records
-    /// below its own bound are complete and not changing in ways it cares about.
+    /// Copies page `page` into `out` (one page long) if it is still in memory. The caller must
+    /// be epoch protected (so the frame cannot be reused while it is copied) and must know that
+    /// the page's records below its own bound are complete and not changing in ways it cares
+    /// about.
     #[must_use]
-    pub fn copy_page(&self, page: u64) -> Option<AlignedBuf> {
+    pub fn copy_page(&self, page: u64, out: &mut AlignedBuf) -> bool {
         // Head is page aligned except at the very start (the first valid address of page 0).
         if page < self.geo.page(self.head()) {
-            return None;
+            return false;
         }
         let words = self.frames[self.geo.frame(page)].words();
-        let mut out = AlignedBuf::zeroed(self.page_size(), self.disk.alignment().max(4096));
         for (dst, w) in out.as_mut_slice().chunks_exact_mut(8).zip(words) {
             dst.copy_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
         }
         // The frame may have been recycled while we copied if head moved past it.
-        if page < self.geo.page(self.safe_head_address()) {
-            return None;
-        }
-        Some(out)
+        page >= self.geo.page(self.safe_head_address())
     }
 
     fn safe_head_address(&self) -> Address {

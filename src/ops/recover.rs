@@ -122,11 +122,27 @@ fn plan(dir: &CheckpointDir, token: Token) -> Result<Plan> {
         ));
     }
     if log.mode == LogMode::Snapshot {
-        verify_file(
-            &dir.dir(token).join(SNAPSHOT_DATA),
-            log.end - log.snapshot_start,
-            log.snapshot_hash,
-        )?;
+        // Its pages are verified one by one against their sums during the scan.
+        let path = dir.dir(token).join(SNAPSHOT_DATA);
+        let want = log.end - log.snapshot_start;
+        let pages = (want >> log.page_bits) as usize;
+        let sums_from = (log.snapshot_start >> log.page_bits) - (log.begin >> log.page_bits);
+        let sums = log.page_sums.get(sums_from as usize..).unwrap_or(&[]);
+        if sums.len() != pages || crate::ops::checkpoint::sums_hash(sums) != log.snapshot_hash {
+            return Err(checkpoint_error(
+                dir.dir(token).join(crate::core::checkpoint::LOG_META),
+                "snapshot page sums do not match the snapshot",
+            ));
+        }
+        let len = std::fs::metadata(&path)
+            .map_err(|e| checkpoint_error(path.clone(), format!("cannot open: {e}")))?
+            .len();
+        if len != want {
+            return Err(checkpoint_error(
+                path,
+                format!("{len} bytes, expected {want} (truncated or extended)"),
+            ));
+        }
     }
     let mut index = None;
     for t in dir.tokens()?.into_iter().rev().filter(|t| *t <= token) {
