@@ -652,12 +652,15 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// operations overlap instead of following one another. Changes nothing; best with 8 to 32
     /// keys. (`get_many`/`insert_many`/`rmw_many` do this themselves.)
     pub fn prefetch(&self, keys: &[K]) {
+        let mut hashes = [KeyHash::new(0); BATCH];
         for chunk in keys.chunks(BATCH) {
+            for (h, k) in hashes.iter_mut().zip(chunk) {
+                *h = KeyHash::new(hash_key(k));
+            }
             let Ok(_g) = self.engine.protect() else {
                 return;
             };
-            self.engine
-                .prefetch(chunk.iter().map(|k| KeyHash::new(hash_key(k))));
+            self.engine.prefetch(hashes[..chunk.len()].iter().copied());
         }
     }
 
