@@ -35,6 +35,7 @@ impl Encoded {
     ///
     /// # Errors
     /// [`Error::Codec`] when serde refuses the value.
+    #[inline]
     pub fn new<T: Serialize + ?Sized>(v: &T) -> Result<Self> {
         let mut e = Encoded {
             inline: [0; INLINE_WORDS],
@@ -70,6 +71,7 @@ impl Encoded {
 
     /// The encoding, zero-padded to whole words.
     #[must_use]
+    #[inline]
     pub fn words(&self) -> &[u64] {
         let n = self.len.div_ceil(8);
         if self.heap.is_empty() {
@@ -81,6 +83,7 @@ impl Encoded {
 
     /// The encoding.
     #[must_use]
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         &bytemuck::cast_slice::<u64, u8>(self.words())[..self.len]
     }
