@@ -533,7 +533,10 @@ impl<D: Disk> Engine<D> {
         let io = |e: std::io::Error| Error::io(format!("writing {}", path.display()), e);
         let geo = self.hlog.geometry();
         let start = self.hlog.flushed_until().min(end);
-        let mut file = std::fs::File::create(&path).map_err(io)?;
+        // O_DIRECT where the file system allows it: the pages are already aligned copies, and
+        // going through the page cache costs a second copy (the main cost here otherwise).
+        let (file, _) = crate::environment::file::File::open(&path, true, true).map_err(io)?;
+        let mut at = 0u64;
         let mut sums = Vec::new();
         let mut buf = AlignedBuf::zeroed(self.hlog.page_size(), 4096);
         for page in geo.page(start)..geo.page(end) {
@@ -552,9 +555,10 @@ impl<D: Disk> Engine<D> {
                 page,
                 buf.as_slice(),
             ));
-            file.write_all(buf.as_slice()).map_err(io)?;
+            file.write_at(buf.as_slice(), at).map_err(io)?;
+            at += buf.len() as u64;
         }
-        file.sync_all().map_err(io)?;
+        file.sync().map_err(io)?;
         // Every page is verified by its sum at recovery; the file's "hash" covers the sums.
         Ok((start.raw(), sums_hash(&sums), sums))
     }
