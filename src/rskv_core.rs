@@ -376,6 +376,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let spawned = std::thread::Builder::new()
             .name("rskv-checkpoint".into())
             .spawn(move || {
+                lower_thread_priority();
                 let started = in_thread.lock().ok().and_then(|mut s| s.take());
                 if let Some(started) = started {
                     let _ = tx.send(engine.run_started(started, kind, mode));
@@ -774,6 +775,19 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             )
             .await?;
         last.ok_or_else(|| Error::Codec("rmw finished without computing a value".into()))
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10 on Linux; a no-op elsewhere or when refused):
+/// the background checkpoint thread yields to the threads serving operations, as compaction
+/// threads do in LSM stores.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes its
+    // nice value, and a refusal is ignored.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
 

@@ -68,6 +68,9 @@ pub struct CheckpointSpec {
     pub at_secs: f64,
     /// Throughput sampling interval.
     pub interval_secs: f64,
+    /// Use the store's background (low priority) checkpoint call.
+    #[serde(default)]
+    pub background: bool,
 }
 
 /// What recovery did, as the store tells it.
@@ -89,7 +92,7 @@ pub struct Recovered {
 pub trait Checkpointable: Store + Sized {
     /// Takes a full checkpoint whose log part is written by `mode`; returns its token once it
     /// is durable.
-    fn checkpoint(&self, mode: CheckpointMode) -> anyhow::Result<u64>;
+    fn checkpoint(&self, mode: CheckpointMode, background: bool) -> anyhow::Result<u64>;
     /// The log's tail address (bytes appended since the store began).
     fn log_tail(&self) -> u64;
     /// Where checkpoint `token` keeps its files.
@@ -234,7 +237,11 @@ pub fn execute<S: Checkpointable>(
         plan,
         c,
         out: CheckpointResult {
-            kind: "full".into(),
+            kind: if c.background {
+                "full (background thread, low priority)".into()
+            } else {
+                "full".into()
+            },
             mode: c.mode.name().into(),
             interval_secs: c.interval_secs,
             ..CheckpointResult::default()
@@ -321,7 +328,7 @@ impl<S: Checkpointable> Scenario<S> for CheckpointRun<'_> {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let bar = progress_bar(spec, (run * 1000.0) as u64, "run ms");
-        let mode = self.c.mode;
+        let (mode, background) = (self.c.mode, self.c.background);
         let mut intervals = Vec::with_capacity(wanted + 16);
         let cpu0 = CpuTicks::now();
         let (mut index_done, mut snapshot_started) = (None, None);
@@ -353,7 +360,7 @@ impl<S: Checkpointable> Scenario<S> for CheckpointRun<'_> {
                         let written = || store.store_io().map_or(0, |(w, _)| w);
                         let (w0, tail_start) = (written(), store.log_tail());
                         let (ops0, start) = (probe.ops(), probe.elapsed());
-                        let token = store.checkpoint(mode);
+                        let token = store.checkpoint(mode, background);
                         let (end, ops1) = (probe.elapsed(), probe.ops());
                         Taken {
                             token,

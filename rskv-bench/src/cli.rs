@@ -131,6 +131,12 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "100ms")]
     pub interval: Duration,
 
+    /// Run the checkpoint with `RsKv::checkpoint_with` on a thread of normal priority
+    /// (`normal`), or with `RsKv::checkpoint_async`, whose thread runs at low CPU priority
+    /// (`background`).
+    #[arg(long, default_value = "normal", value_parser = ["normal", "background"])]
+    pub checkpoint_thread: String,
+
     /// Also append each run's JSON line to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -351,6 +357,7 @@ impl Args {
                 mode,
                 at_secs: at,
                 interval_secs: interval,
+                background: self.checkpoint_thread == "background",
             }));
         }
         Ok(specs)

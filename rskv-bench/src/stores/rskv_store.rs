@@ -186,7 +186,7 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
 }
 
 impl<K: BenchKey, V: BenchValue> Checkpointable for RsKvStore<K, V> {
-    fn checkpoint(&self, mode: CheckpointMode) -> anyhow::Result<u64> {
+    fn checkpoint(&self, mode: CheckpointMode, background: bool) -> anyhow::Result<u64> {
         let Kv::File(kv) = &self.kv else {
             bail!("checkpoints need --disk file");
         };
@@ -194,12 +194,17 @@ impl<K: BenchKey, V: BenchValue> Checkpointable for RsKvStore<K, V> {
             CheckpointMode::FoldOver => LogMode::FoldOver,
             CheckpointMode::Snapshot => LogMode::Snapshot,
         };
-        // The asynchronous call, waited on by the benchmark's checkpoint thread.
-        let token = kv
-            .checkpoint_async(CheckpointKind::Full, mode)
-            .context("starting an RsKv checkpoint")?
-            .wait()
-            .context("RsKv checkpoint")?;
+        let token = if background {
+            // The asynchronous call (its own low-priority thread), waited on here.
+            kv.checkpoint_async(CheckpointKind::Full, mode)
+                .context("starting an RsKv checkpoint")?
+                .wait()
+                .context("RsKv checkpoint")?
+        } else {
+            // The blocking call, on the benchmark's checkpoint thread.
+            kv.checkpoint_with(CheckpointKind::Full, mode)
+                .context("RsKv checkpoint")?
+        };
         Ok(token.0)
     }
 
