@@ -287,5 +287,8 @@ impl<K, V, D: Disk> Drop for Session<'_, K, V, D> {
                 std::thread::park();
             }
         }
+        // An ended session is not listed by later checkpoints (it cannot be continued from
+        // them); the registry does not grow with every session ever started.
+        self.kv.engine.cpr.unregister(self.book.id);
     }
 }

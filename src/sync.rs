@@ -12,10 +12,10 @@ pub(crate) mod modeled {
     #[cfg(loom)]
     pub(crate) use loom::cell::UnsafeCell;
     #[cfg(loom)]
-    pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     #[cfg(not(loom))]
-    pub(crate) use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// An `UnsafeCell` with loom's closure API, so the same code runs under both.
     #[cfg(not(loom))]

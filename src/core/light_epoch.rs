@@ -19,6 +19,11 @@
 //!    thread's epoch (and its action waits), or the thread sees the new shared state.
 //! 5. A drain slot is `FREE`, `LOCKED` (being filled or emptied by one thread) or holds the
 //!    epoch of its action; only the thread that CASed it to `LOCKED` touches the action cell.
+//! 6. When every drain slot is taken, an action goes onto an overflow stack (a Treiber stack
+//!    that is only pushed to, or taken whole with a swap, so it has no ABA problem); draining
+//!    takes the whole stack, runs what is ready and pushes the rest back. A bumper therefore
+//!    never waits for a slot: waiting would deadlock when every bumper is itself protected at
+//!    an old epoch (the threads that would have to refresh are the ones waiting).
 //!
 //! Per-thread *phase acknowledgement* (`ack_phase`, `all_acked`) is the hook the checkpoint and
 //! index-growth state machines use: a global phase moves on only after every protected thread has
@@ -27,7 +32,7 @@
 use crossbeam_utils::CachePadded;
 
 use crate::core::status::{Error, Result};
-use crate::sync::modeled::{backoff, fence, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::modeled::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
 
 /// Maximum number of threads that may be inside one store at once (the table's size).
 pub const MAX_THREADS: usize = 128;
@@ -60,17 +65,26 @@ struct DrainSlot {
     action: UnsafeCell<Option<Action>>,
 }
 
+/// An action that found every drain slot taken (invariant 6).
+struct Deferred {
+    epoch: u64,
+    action: Action,
+    next: *mut Deferred,
+}
+
 /// The epoch framework of one store.
 pub struct LightEpoch {
     table: Box<[CachePadded<Entry>]>,
     current: CachePadded<AtomicU64>,
     safe_to_reclaim: CachePadded<AtomicU64>,
     drain: Box<[DrainSlot]>,
+    overflow: AtomicPtr<Deferred>,
     drain_count: CachePadded<AtomicUsize>,
 }
 
 // SAFETY: all shared state is atomic except the action cells, which are only accessed by the
-// single thread that owns the slot's LOCKED state (invariant 5); actions are `Send`.
+// single thread that owns the slot's LOCKED state (invariant 5), and the deferred nodes, which
+// only the thread that took them off the stack touches (invariant 6); actions are `Send`.
 unsafe impl Sync for LightEpoch {}
 // SAFETY: as above; the actions moved across threads are `Send`.
 unsafe impl Send for LightEpoch {}
@@ -104,6 +118,7 @@ impl LightEpoch {
                     action: UnsafeCell::new(None),
                 })
                 .collect(),
+            overflow: AtomicPtr::new(std::ptr::null_mut()),
             drain_count: CachePadded::new(AtomicUsize::new(0)),
         }
     }
@@ -200,28 +215,67 @@ impl LightEpoch {
     pub fn bump_epoch(&self, action: impl FnOnce() + Send + 'static) {
         let prior = self.current.fetch_add(1, Ordering::SeqCst);
         let mut action: Option<Action> = Some(Box::new(action));
-        let mut round = 0;
-        'place: loop {
-            for slot in self.drain.iter() {
-                if slot
-                    .epoch
-                    .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    // SAFETY: this thread moved the slot FREE -> LOCKED, so it alone owns the cell
-                    // until it publishes the epoch below (invariant 5).
-                    slot.action
-                        .with_mut(|cell| unsafe { *cell = action.take() });
-                    self.drain_count.fetch_add(1, Ordering::AcqRel);
-                    slot.epoch.store(prior, Ordering::Release);
-                    break 'place;
-                }
+        for slot in self.drain.iter() {
+            if slot
+                .epoch
+                .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                // SAFETY: this thread moved the slot FREE -> LOCKED, so it alone owns the cell
+                // until it publishes the epoch below (invariant 5).
+                slot.action.with_mut(|cell| unsafe { *cell = action.take() });
+                self.drain_count.fetch_add(1, Ordering::AcqRel);
+                slot.epoch.store(prior, Ordering::Release);
+                break;
             }
-            // Every slot is busy: run what is ready, then look again.
-            self.drain();
-            backoff(&mut round);
+        }
+        if let Some(action) = action {
+            // Every slot is taken (invariant 6).
+            self.drain_count.fetch_add(1, Ordering::AcqRel);
+            self.push_deferred(Box::new(Deferred {
+                epoch: prior,
+                action,
+                next: std::ptr::null_mut(),
+            }));
         }
         self.drain();
+    }
+
+    fn push_deferred(&self, node: Box<Deferred>) {
+        let node = Box::into_raw(node);
+        let mut head = self.overflow.load(Ordering::Acquire);
+        loop {
+            // SAFETY: `node` is ours until the CAS publishes it.
+            unsafe { (*node).next = head };
+            match self
+                .overflow
+                .compare_exchange_weak(head, node, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// Runs the deferred actions that are ready (`epoch <= safe`), pushing the others back.
+    fn drain_deferred(&self, safe: u64) {
+        if self.overflow.load(Ordering::Acquire).is_null() {
+            return;
+        }
+        let mut list = self.overflow.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        while !list.is_null() {
+            // SAFETY: the swap took the whole stack, so this thread alone owns its nodes; each
+            // was made by Box::into_raw in push_deferred.
+            let mut node = unsafe { Box::from_raw(list) };
+            list = node.next;
+            node.next = std::ptr::null_mut();
+            if node.epoch <= safe {
+                self.drain_count.fetch_sub(1, Ordering::AcqRel);
+                (node.action)();
+            } else {
+                self.push_deferred(node);
+            }
+        }
     }
 
     /// Increments the epoch without an action.
@@ -251,6 +305,7 @@ impl LightEpoch {
                 }
             }
         }
+        self.drain_deferred(safe);
     }
 
     /// Number of actions waiting.
@@ -301,6 +356,7 @@ impl Drop for LightEpoch {
                 action();
             }
         }
+        self.drain_deferred(u64::MAX);
     }
 }
 
@@ -450,6 +506,27 @@ mod tests {
         assert!(!epoch.all_acked(7));
         epoch.ack_phase(2, 7);
         assert!(epoch.all_acked(7));
+    }
+
+    #[test]
+    fn a_protected_bumper_never_waits_for_a_free_slot() {
+        // One thread, protected at an old epoch, bumps far more actions than there are slots:
+        // none can run while it stays protected, and the bumps must still return.
+        let epoch = LightEpoch::with_capacity(4, 4);
+        let count = Arc::new(AtomicUsize::new(0));
+        epoch.protect_at(0);
+        for _ in 0..1000 {
+            let c = count.clone();
+            epoch.bump_epoch(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        assert_eq!(epoch.pending_actions(), 1000);
+        epoch.unprotect_at(0);
+        epoch.drain();
+        assert_eq!(count.load(Ordering::SeqCst), 1000);
+        assert_eq!(epoch.pending_actions(), 0);
     }
 
     #[test]

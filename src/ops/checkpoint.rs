@@ -129,6 +129,12 @@ impl Cpr {
         Ok(book)
     }
 
+    /// Forgets session `id` (it ended).
+    pub(crate) fn unregister(&self, id: u64) {
+        lock(&self.sessions).retain(|s| s.id != id);
+        lock(&self.recovered).remove(&id);
+    }
+
     /// The recovered commit point of session `id`.
     pub(crate) fn recovered_point(&self, id: u64) -> Option<CommitPoint> {
         lock(&self.recovered).get(&id).cloned()
