@@ -57,30 +57,30 @@ fn child(dir: &Path) {
         Err(e) => panic!("child recovery failed: {e}"),
     };
     let fresh = kv.checkpoints().unwrap().is_empty();
+    // Sessions exist before the first checkpoint, so that every checkpoint records them.
+    let sessions: Vec<_> = (1..=SESSIONS)
+        .map(|s| {
+            if fresh {
+                let session = kv.start_session();
+                assert_eq!(session.id(), SessionId(s), "fresh ids are 1..");
+                session
+            } else {
+                kv.continue_session(SessionId(s)).unwrap().0
+            }
+        })
+        .collect();
     std::thread::scope(|scope| {
-        for s in 1..=SESSIONS {
-            let kv = &kv;
-            scope.spawn(move || {
-                let mut session = if fresh {
-                    let session = kv.start_session();
-                    assert_eq!(session.id(), SessionId(s), "fresh ids are 1..");
-                    session
-                } else {
-                    kv.continue_session(SessionId(s)).unwrap().0
+        for (mut session, s) in sessions.into_iter().zip(1..) {
+            scope.spawn(move || loop {
+                let n = session.serial_num().0 + 1;
+                let status = match op(s, n) {
+                    (k, Op::Put(v)) => session.upsert(Put(k, v)),
+                    (k, Op::Add(v)) => session.rmw(Add(k, v)),
                 };
-                loop {
-                    let n = session.serial_num().0 + 1;
-                    let status = match op(s, n) {
-                        (k, Op::Put(v)) => session.upsert(Put(k, v)),
-                        (k, Op::Add(v)) => session.rmw(Add(k, v)),
-                    };
-                    assert_ne!(status, rskv::Status::Error, "{:?}", rskv::take_last_error());
-                    session.complete_pending(n % 64 == 0);
-                }
+                assert_ne!(status, rskv::Status::Error, "{:?}", rskv::take_last_error());
+                session.complete_pending(n % 64 == 0);
             });
         }
-        // Sessions must exist before the first checkpoint so that it records them.
-        std::thread::sleep(Duration::from_millis(5));
         let mut i = 0u64;
         loop {
             let kind = if i % 3 == 2 {

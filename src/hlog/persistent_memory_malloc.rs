@@ -749,32 +749,19 @@ impl<D: Disk> HybridLog<D> {
     /// # Errors
     /// [`Error::Io`] from the device.
     pub fn write_sync(&self, offset: u64, buf: &AlignedBuf) -> Result<()> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
         let len = buf.len();
-        // SAFETY: `buf` is borrowed until we have the callback's result; aligned page multiples.
-        unsafe {
-            self.disk.write_async(
-                offset,
-                buf.as_ptr(),
-                len,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-        }
-        let context = || format!("writing {len} bytes at log offset {offset}");
-        match rx.recv() {
-            Ok(Ok(n)) if n == len => Ok(()),
-            Ok(Ok(n)) => Err(Error::io(
-                context(),
+        let n = wait_io(format!("writing {len} bytes at log offset {offset}"), |done| {
+            // SAFETY: `buf` is borrowed until wait_io has the callback's result; the caller
+            // passes aligned page multiples.
+            unsafe { self.disk.write_async(offset, buf.as_ptr(), len, done) }
+        })?;
+        if n != len {
+            return Err(Error::io(
+                format!("writing {len} bytes at log offset {offset}"),
                 std::io::Error::other(format!("short write of {n} bytes")),
-            )),
-            Ok(Err(e)) => Err(Error::io(context(), e)),
-            Err(_) => Err(Error::io(
-                context(),
-                std::io::Error::other("callback dropped"),
-            )),
+            ));
         }
+        Ok(())
     }
 
     /// Waits until every flush issued so far has completed (for shutdown and tests). The caller
@@ -804,27 +791,25 @@ impl<D: Disk> Drop for HybridLog<D> {
 /// [`Error::Io`] from the device.
 pub fn read_device<D: Disk>(disk: &D, offset: u64, len: usize) -> Result<AlignedBuf> {
     let mut buf = AlignedBuf::zeroed(len, disk.alignment().max(4096));
+    let ptr = buf.as_mut_ptr();
+    wait_io(format!("reading {len} bytes at log offset {offset}"), |done| {
+        // SAFETY: `buf` outlives the I/O (wait_io returns after the callback) and nobody else
+        // touches it meanwhile; the caller passes aligned offset and length.
+        unsafe { disk.read_async(offset, ptr, len, done) }
+    })?;
+    Ok(buf)
+}
+
+/// Issues one device I/O through `issue` and waits for its callback; returns its byte count.
+fn wait_io(context: String, issue: impl FnOnce(crate::device::IoCallback)) -> Result<usize> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    // SAFETY: `buf` outlives the I/O: we wait for the callback before touching or dropping it;
-    // the caller passes aligned offset and length, and the buffer is aligned.
-    unsafe {
-        disk.read_async(
-            offset,
-            buf.as_mut_ptr(),
-            len,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-    }
-    let context = || format!("reading {len} bytes at log offset {offset}");
+    issue(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
     match rx.recv() {
-        Ok(Ok(_)) => Ok(buf),
-        Ok(Err(e)) => Err(Error::io(context(), e)),
-        Err(_) => Err(Error::io(
-            context(),
-            std::io::Error::other("callback dropped"),
-        )),
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(Error::io(context, e)),
+        Err(_) => Err(Error::io(context, std::io::Error::other("callback dropped"))),
     }
 }
 
