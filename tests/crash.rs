@@ -94,6 +94,8 @@ fn child(dir: &Path) {
                 LogMode::Snapshot
             };
             kv.checkpoint_with(kind, mode).unwrap();
+            // Tell the supervisor how many checkpoints this incarnation completed.
+            std::fs::write(progress_file(dir), (i + 1).to_string()).unwrap();
             // Keep the directory small: the newest few checkpoints are enough.
             let all = kv.checkpoints().unwrap();
             for c in all.iter().rev().skip(4) {
@@ -103,6 +105,19 @@ fn child(dir: &Path) {
             std::thread::sleep(Duration::from_millis(i % 7));
         }
     });
+}
+
+/// Where the child reports its completed checkpoints (beside the store directory).
+fn progress_file(dir: &Path) -> std::path::PathBuf {
+    dir.with_extension("progress")
+}
+
+/// Checkpoints the current child has completed.
+fn progress(dir: &Path) -> u64 {
+    std::fs::read_to_string(progress_file(dir))
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Expected value of every key of session `s` after its operations `1..=until` minus `lost`.
@@ -158,6 +173,7 @@ fn killed_store_recovers_each_session_prefix() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(12);
     let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
     let mut lost = vec![HashSet::new(); SESSIONS as usize + 1];
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut last: Option<Vec<u64>> = None;
@@ -167,12 +183,11 @@ fn killed_store_recovers_each_session_prefix() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        // Every fourth round dies early, often while still recovering.
-        let life = if round % 4 == 3 {
-            5 + rng % 40
-        } else {
-            150 + rng % 400
-        };
+        // Every fourth round dies early, often while still recovering; the others die at a
+        // random moment after the child completed two checkpoints (so prefixes advance even
+        // on a slow or loaded machine).
+        let early = round % 4 == 3;
+        let _ = std::fs::remove_file(progress_file(&store));
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -180,12 +195,21 @@ fn killed_store_recovers_each_session_prefix() {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD_ENV, tmp.path())
+            .env(CHILD_ENV, &store)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(life));
+        if early {
+            std::thread::sleep(Duration::from_millis(5 + rng % 40));
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while progress(&store) < 2 && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "round {round}: no checkpoint in 60 s");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rng % 200));
+        }
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
             panic!(
@@ -195,7 +219,7 @@ fn killed_store_recovers_each_session_prefix() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        if let Some(untils) = verify(tmp.path(), &mut lost, round) {
+        if let Some(untils) = verify(&store, &mut lost, round) {
             if let Some(prev) = &last {
                 // Prefixes never shrink across crashes.
                 assert!(
