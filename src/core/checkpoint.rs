@@ -31,7 +31,7 @@
 //!    the checkpoint, and none after it. An operation records its session's progress while it is
 //!    still epoch protected, so the driver, which collects after everybody acknowledged the
 //!    final phase, never sees an operation that finished in v but is not yet recorded.
-//! 5. Metadata files are written with [`write_atomic`](crate::environment::file::write_atomic)
+//! 5. Metadata files are written with [`crate::environment::file::write_atomic`]
 //!    and carry a magic, a format number and an xxh3 checksum; data files (index dump,
 //!    snapshot) are fsynced before the metadata naming them is written, and their checksums are
 //!    in the metadata. A checkpoint exists once its metadata file does.
