@@ -1,7 +1,7 @@
 //! Finishing operations whose records are on disk.
 //!
 //! The continuation of each operation after its first in-memory attempt is written once, as an
-//! `async fn` that awaits device reads ([`Engine::fetch`]). Three drivers run it:
+//! `async fn` that awaits device reads (`Engine::fetch`). Three drivers run it:
 //! - the blocking API (`RsKv::read`, `RsKv::get`, ...) drives it with `block_on` on the calling
 //!   thread, so the caller gets the final status;
 //! - the async API awaits it;
