@@ -420,9 +420,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// (or `token`'s files are missing, truncated, corrupt or from another format);
     /// [`Error::Corrupt`] when the log does not match the checkpoint; I/O errors.
     pub fn recover(config: Config, disk: D, token: Option<Token>) -> Result<(Self, RecoveryInfo)> {
-        Self::recover_inner(config, disk, token, &|bytes| {
-            Ok(hash_bytes(bytes))
-        })
+        Self::recover_inner(config, disk, token, &|bytes| Ok(hash_bytes(bytes)))
     }
 
     /// [`RsKv::recover`] for a store whose contexts override `key_hash`: recovery rebuilds the

@@ -520,7 +520,10 @@ fn recovered_store_starts_warm_and_writable() {
         for k in 0..200u64 {
             kv.rmw(&k, |v| v.unwrap_or(0) + 1).unwrap();
             kv.insert(&(k + 1000), &k).unwrap();
-            assert_eq!(kv.get(&k).unwrap(), Some(before[k as usize].unwrap_or(0) + 1));
+            assert_eq!(
+                kv.get(&k).unwrap(),
+                Some(before[k as usize].unwrap_or(0) + 1)
+            );
         }
     }
 }

@@ -211,7 +211,10 @@ fn killed_store_recovers_each_session_prefix() {
         } else {
             let deadline = Instant::now() + Duration::from_secs(60);
             while progress(&store) < 2 && child.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "round {round}: no checkpoint in 60 s");
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: no checkpoint in 60 s"
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
             std::thread::sleep(Duration::from_millis(rng % 200));

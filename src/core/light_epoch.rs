@@ -223,7 +223,8 @@ impl LightEpoch {
             {
                 // SAFETY: this thread moved the slot FREE -> LOCKED, so it alone owns the cell
                 // until it publishes the epoch below (invariant 5).
-                slot.action.with_mut(|cell| unsafe { *cell = action.take() });
+                slot.action
+                    .with_mut(|cell| unsafe { *cell = action.take() });
                 self.drain_count.fetch_add(1, Ordering::AcqRel);
                 slot.epoch.store(prior, Ordering::Release);
                 break;
@@ -247,10 +248,12 @@ impl LightEpoch {
         loop {
             // SAFETY: `node` is ours until the CAS publishes it.
             unsafe { (*node).next = head };
-            match self
-                .overflow
-                .compare_exchange_weak(head, node, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.overflow.compare_exchange_weak(
+                head,
+                node,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return,
                 Err(h) => head = h,
             }

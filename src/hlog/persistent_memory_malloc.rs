@@ -750,11 +750,14 @@ impl<D: Disk> HybridLog<D> {
     /// [`Error::Io`] from the device.
     pub fn write_sync(&self, offset: u64, buf: &AlignedBuf) -> Result<()> {
         let len = buf.len();
-        let n = wait_io(format!("writing {len} bytes at log offset {offset}"), |done| {
-            // SAFETY: `buf` is borrowed until wait_io has the callback's result; the caller
-            // passes aligned page multiples.
-            unsafe { self.disk.write_async(offset, buf.as_ptr(), len, done) }
-        })?;
+        let n = wait_io(
+            format!("writing {len} bytes at log offset {offset}"),
+            |done| {
+                // SAFETY: `buf` is borrowed until wait_io has the callback's result; the caller
+                // passes aligned page multiples.
+                unsafe { self.disk.write_async(offset, buf.as_ptr(), len, done) }
+            },
+        )?;
         if n != len {
             return Err(Error::io(
                 format!("writing {len} bytes at log offset {offset}"),
@@ -792,11 +795,14 @@ impl<D: Disk> Drop for HybridLog<D> {
 pub fn read_device<D: Disk>(disk: &D, offset: u64, len: usize) -> Result<AlignedBuf> {
     let mut buf = AlignedBuf::zeroed(len, disk.alignment().max(4096));
     let ptr = buf.as_mut_ptr();
-    wait_io(format!("reading {len} bytes at log offset {offset}"), |done| {
-        // SAFETY: `buf` outlives the I/O (wait_io returns after the callback) and nobody else
-        // touches it meanwhile; the caller passes aligned offset and length.
-        unsafe { disk.read_async(offset, ptr, len, done) }
-    })?;
+    wait_io(
+        format!("reading {len} bytes at log offset {offset}"),
+        |done| {
+            // SAFETY: `buf` outlives the I/O (wait_io returns after the callback) and nobody else
+            // touches it meanwhile; the caller passes aligned offset and length.
+            unsafe { disk.read_async(offset, ptr, len, done) }
+        },
+    )?;
     Ok(buf)
 }
 
@@ -809,7 +815,10 @@ fn wait_io(context: String, issue: impl FnOnce(crate::device::IoCallback)) -> Re
     match rx.recv() {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => Err(Error::io(context, e)),
-        Err(_) => Err(Error::io(context, std::io::Error::other("callback dropped"))),
+        Err(_) => Err(Error::io(
+            context,
+            std::io::Error::other("callback dropped"),
+        )),
     }
 }
 
