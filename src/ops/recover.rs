@@ -1,19 +1,22 @@
 //! Recovery: rebuilds an engine from a log checkpoint, an optional index checkpoint and the log
 //! on the device (see [`crate::core::checkpoint`] for the guarantees).
 //!
-//! Steps, each checked before anything is written:
-//! 1. Read and verify `log.meta`; pick the newest index checkpoint that predates the log
-//!    checkpoint's version change (`end <= newer_from`) and whose data verifies; verify the
-//!    snapshot file's length and hash.
-//! 2. Write the snapshot's pages back to their addresses on the log device.
-//! 3. Load the index image (or start empty), then replay the log from the index checkpoint's
-//!    start (or the log's beginning) to the checkpoint's end, one batch of pages at a time:
-//!    every valid record of a version up to the checkpointed one moves its index entry forward.
-//!    Records of the next version (only possible at or above `newer_from`) are marked invalid
-//!    and their pages written back, so a later checkpoint of this log never counts them.
-//! 4. Sync the device; the log reopens with its tail at the checkpoint's end, memory empty.
+//! Phase 1 reads only, so a checkpoint that fails anywhere in it is skipped and the next older
+//! one is tried:
+//! 1. Read and verify `log.meta` (and the snapshot file's length and page-sum list).
+//! 2. Load the newest index checkpoint that predates the log checkpoint's version change
+//!    (`end <= newer_from`), checking its hash while reading it; a bad one gives way to the next;
+//!    with none, the index starts empty.
+//! 3. Read every page below the checkpoint's end once (the snapshot file for the pages it holds),
+//!    check it against its sum, and replay from the index checkpoint's start (or the log's
+//!    beginning): every valid record of a version up to the checkpointed one moves its index
+//!    entry forward; records of the next version (only at or above `newer_from`) are noted.
 //!
-//! Replay reads each page once and keeps one batch in memory; the data is never loaded whole.
+//! Phase 2 writes: the snapshot's pages go back to their log addresses, the noted records get
+//! their invalid bit on disk (so a later checkpoint of this log never counts them), the device
+//! is synced, and the newest pages are read back into memory (warm start).
+//!
+//! Replay keeps one batch of pages in memory; the data is never loaded whole.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -70,40 +73,12 @@ fn checkpoint_error(path: std::path::PathBuf, reason: impl Into<String>) -> Erro
     }
 }
 
-/// Streams a file through xxh3, checking length and hash.
-fn verify_file(path: &std::path::Path, len: u64, hash: u64) -> Result<()> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| checkpoint_error(path.to_path_buf(), format!("cannot open: {e}")))?;
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f
-            .read(&mut buf)
-            .map_err(|e| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}")))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    if n != len {
-        return Err(checkpoint_error(
-            path.to_path_buf(),
-            format!("{n} bytes, expected {len} (truncated or extended)"),
-        ));
-    }
-    if h.digest() != hash {
-        return Err(checkpoint_error(path.to_path_buf(), "checksum mismatch"));
-    }
-    Ok(())
-}
-
 /// A verified plan: which files to use.
 struct Plan {
     token: Token,
     log: LogMeta,
-    index: Option<(Token, IndexMeta)>,
+    /// Usable index checkpoints, newest first.
+    indexes: Vec<(Token, IndexMeta)>,
 }
 
 fn plan(dir: &CheckpointDir, token: Token) -> Result<Plan> {
@@ -144,22 +119,26 @@ fn plan(dir: &CheckpointDir, token: Token) -> Result<Plan> {
             ));
         }
     }
-    let mut index = None;
-    for t in dir.tokens()?.into_iter().rev().filter(|t| *t <= token) {
-        let Ok(meta) = dir.read_index_meta(t) else {
-            continue;
-        };
-        if meta.end > log.newer_from || meta.version > log.version || meta.table_bits > 40 {
-            continue;
-        }
-        if verify_file(&dir.dir(t).join(INDEX_DATA), meta.data_len, meta.data_hash).is_ok()
-            && meta.data_len == (64u64 << meta.table_bits) + 16 * meta.overflow_entries
-        {
-            index = Some((t, meta));
-            break;
-        }
-    }
-    Ok(Plan { token, log, index })
+    // Index checkpoints that predate the version change, newest first; their data is verified
+    // while it is loaded (one read), and a bad one gives way to the next.
+    let indexes = dir
+        .tokens()?
+        .into_iter()
+        .rev()
+        .filter(|t| *t <= token)
+        .filter_map(|t| dir.read_index_meta(t).ok().map(|m| (t, m)))
+        .filter(|(_, m)| {
+            m.end <= log.newer_from
+                && m.version <= log.version
+                && m.table_bits <= 40
+                && m.data_len == (64u64 << m.table_bits) + 16 * m.overflow_entries
+        })
+        .collect();
+    Ok(Plan {
+        token,
+        log,
+        indexes,
+    })
 }
 
 impl<D: Disk> Engine<D> {
@@ -266,7 +245,7 @@ impl<D: Disk> Engine<D> {
         engine.cpr.set_recovered(&log.sessions, log.next_session_id);
         let info = RecoveryInfo {
             token: plan.token,
-            index_token: plan.index.as_ref().map(|(t, _)| *t),
+            index_token: rebuilt.index_token,
             version: log.version,
             replayed_bytes: log.end.saturating_sub(rebuilt.replay_from),
             replayed_records: rebuilt.moved,
@@ -280,6 +259,8 @@ impl<D: Disk> Engine<D> {
 struct Rebuild {
     epoch: Arc<LightEpoch>,
     index: MemIndex,
+    /// The index checkpoint loaded, if any.
+    index_token: Option<Token>,
     replay_from: u64,
     /// Records that moved an index entry.
     moved: u64,
@@ -298,21 +279,23 @@ impl Rebuild {
     ) -> Result<Self> {
         let log = &plan.log;
         let epoch = Arc::new(LightEpoch::new());
-        let bits = plan
-            .index
-            .as_ref()
-            .map_or(layout.index_bits, |(_, m)| m.table_bits);
         let mut r = Rebuild {
-            index: MemIndex::new(bits, epoch.clone()),
+            index: MemIndex::new(layout.index_bits, epoch.clone()),
             epoch,
+            index_token: None,
             replay_from: log.begin.max(Address::FIRST_VALID.raw()),
             moved: 0,
             newer: Vec::new(),
             sums: Vec::new(),
         };
-        if let Some((t, meta)) = &plan.index {
-            r.load_index(&dir.dir(*t).join(INDEX_DATA), meta)?;
-            r.replay_from = meta.start.max(log.begin);
+        for (t, meta) in &plan.indexes {
+            let index = MemIndex::new(meta.table_bits, r.epoch.clone());
+            if load_index(&index, &dir.dir(*t).join(INDEX_DATA), meta).is_ok() {
+                r.index = index;
+                r.index_token = Some(*t);
+                r.replay_from = meta.start.max(log.begin);
+                break;
+            }
         }
         let geo = PageGeometry {
             page_bits: log.page_bits,
@@ -326,39 +309,6 @@ impl Rebuild {
             layout.hash,
         )?;
         Ok(r)
-    }
-
-    fn load_index(&mut self, path: &std::path::Path, meta: &IndexMeta) -> Result<()> {
-        let err =
-            |e: std::io::Error| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}"));
-        let mut f =
-            std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(err)?);
-        let buckets = 1usize << meta.table_bits;
-        let chunk = 16 * 1024;
-        let mut buf = vec![0u8; chunk * 64];
-        let mut first = 0;
-        while first < buckets {
-            let n = chunk.min(buckets - first);
-            f.read_exact(&mut buf[..n * 64]).map_err(err)?;
-            self.index.restore_buckets(first, &buf[..n * 64]);
-            first += n;
-        }
-        let mut pair = [0u8; 16];
-        for _ in 0..meta.overflow_entries {
-            f.read_exact(&mut pair).map_err(err)?;
-            let bucket = u64::from_le_bytes(pair[..8].try_into().unwrap_or_default());
-            let entry = u64::from_le_bytes(pair[8..].try_into().unwrap_or_default());
-            if bucket >= buckets as u64 {
-                return Err(checkpoint_error(
-                    path.to_path_buf(),
-                    "overflow entry out of range",
-                ));
-            }
-            self.index
-                .restore_overflow(bucket as usize, entry)
-                .map_err(|_| Error::IndexFull)?;
-        }
-        Ok(())
     }
 
     /// Reads every page of the checkpoint (from the snapshot file where it holds them),
@@ -517,6 +467,50 @@ fn invalidate<D: Disk>(hlog: &HybridLog<D>, geo: PageGeometry, addresses: &[u64]
             page,
             crate::hlog::persistent_memory_malloc::page_hash(page, buf.as_slice()),
         );
+    }
+    Ok(())
+}
+
+/// Loads an index checkpoint into a fresh `index`, checking its length and hash on the way.
+fn load_index(index: &MemIndex, path: &std::path::Path, meta: &IndexMeta) -> Result<()> {
+    let err = |e: std::io::Error| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}"));
+    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(err)?);
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let buckets = 1usize << meta.table_bits;
+    let chunk = 16 * 1024;
+    let mut buf = vec![0u8; chunk * 64];
+    let mut first = 0;
+    while first < buckets {
+        let n = chunk.min(buckets - first);
+        f.read_exact(&mut buf[..n * 64]).map_err(err)?;
+        hasher.update(&buf[..n * 64]);
+        index.restore_buckets(first, &buf[..n * 64]);
+        first += n;
+    }
+    let mut pairs = vec![0u8; meta.overflow_entries as usize * 16];
+    f.read_exact(&mut pairs).map_err(err)?;
+    hasher.update(&pairs);
+    if f.read(&mut [0u8; 1]).map_err(err)? != 0 {
+        return Err(checkpoint_error(
+            path.to_path_buf(),
+            "longer than its metadata says",
+        ));
+    }
+    if hasher.digest() != meta.data_hash {
+        return Err(checkpoint_error(path.to_path_buf(), "checksum mismatch"));
+    }
+    for pair in pairs.chunks_exact(16) {
+        let bucket = u64::from_le_bytes(pair[..8].try_into().unwrap_or_default());
+        let entry = u64::from_le_bytes(pair[8..].try_into().unwrap_or_default());
+        if bucket >= buckets as u64 {
+            return Err(checkpoint_error(
+                path.to_path_buf(),
+                "overflow entry out of range",
+            ));
+        }
+        index
+            .restore_overflow(bucket as usize, entry)
+            .map_err(|_| Error::IndexFull)?;
     }
     Ok(())
 }
