@@ -4,6 +4,11 @@
 //! The driver runs on the caller's thread (or a thread of its own for the async call). It is
 //! never epoch protected itself: it publishes a phase, then waits until every protected thread
 //! has acknowledged it, draining the epoch's actions meanwhile (flushes and evictions run there).
+//!
+//! The bookkeeping here (session registry, recovered commit points, each session's book) sits
+//! behind mutexes: it is not part of the latch-free index or log. No operation takes one on its
+//! way, except a session's operation that crosses a version boundary (once per checkpoint) or
+//! goes to disk (already paying for a device read).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};

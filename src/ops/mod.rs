@@ -148,12 +148,11 @@ impl<D: Disk> Engine<D> {
         self.newer_from.store(a, Ordering::SeqCst);
     }
 
-    /// Protects the calling thread and acknowledges the current state.
+    /// Protects the calling thread. The checkpoint state is read (and acknowledged) per
+    /// attempt by [`Engine::op_version`], which every operation runs first; a protection that
+    /// runs no attempt holds back a phase change only until it ends.
     pub(crate) fn protect(&self) -> Result<EpochGuard<'_>> {
-        let g = self.epoch.protect()?;
-        self.epoch
-            .ack_phase(g.slot(), self.state.load(Ordering::Acquire));
-        Ok(g)
+        self.epoch.protect()
     }
 
     /// Reads (and acknowledges) the state for one attempt. `pin`: the version an update that
