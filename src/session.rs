@@ -81,11 +81,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     }
 
     fn with_book(kv: &'a RsKv<K, V, D>, book: Arc<SessionBook>) -> Self {
-        let serial = kv
-            .engine
-            .cpr
-            .recovered_point(book.id)
-            .map_or(0, |p| p.until);
+        let serial = book.last_serial();
         Self {
             kv,
             id: SessionId(book.id),

@@ -214,6 +214,12 @@ impl SessionBook {
         self.serial.store(serial, StdOrdering::Release);
     }
 
+    /// Serial number of the last operation recorded (a continued session's commit point at
+    /// first).
+    pub(crate) fn last_serial(&self) -> u64 {
+        self.serial.load(StdOrdering::Acquire)
+    }
+
     /// Records a read (versionless: it changes no state).
     pub(crate) fn read(&self, serial: u64) {
         self.serial.store(serial, StdOrdering::Release);
