@@ -12,6 +12,7 @@
 //! facade (always [`hash_key`]) agree unless a context overrides `key_hash`, as the seed's do
 //! (identity hash of a `u64`). Such a store should be used through contexts only.
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -38,9 +39,9 @@ use crate::session::{Session, SessionId};
 /// full-avalanche mix), a longer one goes through xxh3. The default `key_hash` of every context.
 #[must_use]
 #[inline]
-pub fn hash_key<K: serde::Serialize + ?Sized>(key: &K) -> u64 {
+pub fn hash_key<K: serde::Serialize + 'static>(key: &K) -> u64 {
     match Encoded::new(key) {
-        Ok(e) => hash_bytes(e.bytes()),
+        Ok(e) => hash_encoded(&e),
         // Unencodable keys fail later, when the operation encodes them; any hash will do here.
         Err(_) => 0,
     }
@@ -58,11 +59,21 @@ pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     }
 }
 
-/// Encodes a facade key and derives its hash exactly as [`hash_key`] does.
+/// [`hash_bytes`] of an encoding, without copying it when it fits a word (its padding is zero).
 #[inline]
-fn facade_key<K: serde::Serialize + ?Sized>(key: &K) -> Result<(Encoded, KeyHash)> {
+fn hash_encoded(e: &Encoded) -> u64 {
+    if e.len() <= 8 {
+        e.first_word() ^ (e.len() as u64) << 56
+    } else {
+        xxhash_rust::xxh3::xxh3_64(e.bytes())
+    }
+}
+
+/// Encodes a facade key and derives its hash exactly as [`hash_key`] does.
+#[inline(always)]
+fn facade_key<K: serde::Serialize + 'static>(key: &K) -> Result<(Encoded, KeyHash)> {
     let key = Encoded::new(key)?;
-    let hash = KeyHash::new(hash_bytes(key.bytes()));
+    let hash = KeyHash::new(hash_encoded(&key));
     Ok((key, hash))
 }
 
@@ -662,16 +673,21 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// buckets, then the in-memory records those point at, so the cache misses of the coming
     /// operations overlap instead of following one another. Changes nothing; best with 8 to 32
     /// keys. (`get_many`/`insert_many`/`rmw_many` do this themselves.)
-    pub fn prefetch(&self, keys: &[K]) {
+    /// Takes the keys by reference or by value (`&[K]`, `Vec<K>`, an iterator), so a caller
+    /// that derives keys on the fly needs no buffer of its own.
+    pub fn prefetch<Q: Borrow<K>>(&self, keys: impl IntoIterator<Item = Q>) {
         let mut hashes = [KeyHash::new(0); BATCH];
-        for chunk in keys.chunks(BATCH) {
-            for (h, k) in hashes.iter_mut().zip(chunk) {
-                *h = KeyHash::new(hash_key(k));
+        let mut keys = keys.into_iter().peekable();
+        while keys.peek().is_some() {
+            let mut n = 0;
+            for (h, k) in hashes.iter_mut().zip(keys.by_ref()) {
+                *h = KeyHash::new(hash_key(k.borrow()));
+                n += 1;
             }
             let Ok(_g) = self.engine.protect() else {
                 return;
             };
-            self.engine.prefetch(hashes[..chunk.len()].iter().copied());
+            self.engine.prefetch(hashes[..n].iter().copied());
         }
     }
 
@@ -870,5 +886,30 @@ pub(crate) fn rmw_decider<C: RmwContext>(
             }
         };
         Ok(Decision::Write(Encoded::new(&new)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The facade's hash (from the encoded words) is the hash recovery recomputes from a
+    /// record's key bytes, for short, word-sized and long keys of every kind.
+    #[test]
+    fn hash_of_encoding_is_hash_of_bytes() {
+        fn check<K: serde::Serialize + 'static>(k: K) {
+            let e = Encoded::new(&k).unwrap();
+            assert_eq!(hash_encoded(&e), hash_bytes(e.bytes()));
+            assert_eq!(hash_key(&k), hash_bytes(e.bytes()));
+        }
+        for x in [0u64, 1, 127, 128, 1 << 40, u64::MAX] {
+            check(x);
+            check(x as i64);
+            check((x, 3u8));
+            check(format!("key-{x}"));
+            check(vec![x; 9]);
+        }
+        check(());
+        check(String::new());
     }
 }

@@ -648,6 +648,8 @@ fn run_ops<S: Store>(
         Until::Count(_) => None,
     };
     let mut n = 0u64;
+    // The announced keys of a batch (one buffer for the whole run).
+    let mut keys: Vec<u64> = Vec::with_capacity(sh.batch);
     while n < limit {
         if n & STOP_CHECK_MASK == 0 {
             if let Some(counter) = counter {
@@ -663,7 +665,8 @@ fn run_ops<S: Store>(
         }
         if sh.batch > 1 && *pos % sh.batch == 0 {
             let end = (*pos + sh.batch).min(ops.len());
-            let keys: Vec<u64> = ops[*pos..end].iter().map(|o| o.key()).collect();
+            keys.clear();
+            keys.extend(ops[*pos..end].iter().map(|o| o.key()));
             store.prefetch(&keys);
         }
         let op = ops[*pos];

@@ -31,12 +31,28 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Encodes `v`.
+    /// Encodes `v`. Primitive integers take a fast path that writes postcard's bytes without
+    /// going through serde (see [`fast`]).
     ///
     /// # Errors
     /// [`Error::Codec`] when serde refuses the value.
     #[inline]
-    pub fn new<T: Serialize + ?Sized>(v: &T) -> Result<Self> {
+    pub fn new<T: Serialize + 'static>(v: &T) -> Result<Self> {
+        if let Some((words, len)) = fast::encode(v) {
+            let mut inline = [0; INLINE_WORDS];
+            inline[0] = words as u64;
+            inline[1] = (words >> 64) as u64;
+            return Ok(Encoded {
+                inline,
+                heap: Vec::new(),
+                len,
+            });
+        }
+        Self::with_serde(v)
+    }
+
+    /// Encodes `v` through serde.
+    fn with_serde<T: Serialize + ?Sized>(v: &T) -> Result<Self> {
         let mut e = Encoded {
             inline: [0; INLINE_WORDS],
             heap: Vec::new(),
@@ -55,6 +71,18 @@ impl Encoded {
             Err(err) => return Err(Error::Codec(err.to_string())),
         }
         Ok(e)
+    }
+
+    /// The first word of the encoding (zero-padded): the whole encoding when it is at most 8
+    /// bytes long.
+    #[must_use]
+    #[inline]
+    pub fn first_word(&self) -> u64 {
+        if self.heap.is_empty() {
+            self.inline[0]
+        } else {
+            self.heap[0]
+        }
     }
 
     /// Length in bytes.
@@ -89,12 +117,117 @@ impl Encoded {
     }
 }
 
-/// Decodes a value from its bytes.
+/// Decodes a value from its bytes (primitive integers without serde, see [`fast`]).
 ///
 /// # Errors
 /// [`Error::Codec`] when the bytes are not a valid encoding of `T`.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+#[inline]
+pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
+    if let Some(v) = fast::decode(bytes) {
+        return Ok(v);
+    }
     postcard::from_bytes(bytes).map_err(|e| Error::Codec(e.to_string()))
+}
+
+/// Postcard's encoding of the primitive integers, written by hand: the keys and values of the
+/// common fixed-size case skip serde's machinery (and postcard's byte-at-a-time slice writer).
+///
+/// The bytes are exactly postcard's (unit tests compare them over every width and edge value),
+/// so records written either way compare equal and decode either way. postcard writes `u8`/`i8`
+/// as one raw byte, wider unsigned integers as LEB128 varints and wider signed ones zigzagged
+/// first. Decoding falls back to postcard for anything the fast path does not accept (too
+/// long, overflowing, not canonical), so errors stay postcard's.
+pub mod fast {
+    use std::any::Any;
+
+    /// LEB128 of `x`, packed little-endian into a `u128` (at most 10 bytes), and its length.
+    #[inline]
+    fn varint(mut x: u64) -> (u128, usize) {
+        let mut out = 0u128;
+        let mut shift = 0;
+        while x >= 0x80 {
+            out |= u128::from((x as u8 & 0x7f) | 0x80) << shift;
+            x >>= 7;
+            shift += 8;
+        }
+        (out | u128::from(x) << shift, shift / 8 + 1)
+    }
+
+    /// Reads a canonical LEB128 varint that fills `bytes` exactly and fits in `max_bits`.
+    #[inline]
+    fn read_varint(bytes: &[u8], max_bits: u32) -> Option<u64> {
+        let max_len = max_bits.div_ceil(7) as usize;
+        if bytes.is_empty() || bytes.len() > max_len {
+            return None;
+        }
+        let mut x = 0u64;
+        for (i, &b) in bytes.iter().enumerate() {
+            let last = i + 1 == bytes.len();
+            if last == (b & 0x80 != 0) {
+                return None; // a continuation bit on the last byte, or none before it
+            }
+            x |= u64::from(b & 0x7f) << (7 * i);
+        }
+        let canonical = bytes.len() == 1 || bytes[bytes.len() - 1] != 0;
+        let fits = max_bits == 64 && (bytes.len() < 10 || bytes[9] <= 1)
+            || max_bits < 64 && x >> max_bits == 0;
+        (canonical && fits).then_some(x)
+    }
+
+    fn zigzag(n: i64) -> u64 {
+        ((n << 1) ^ (n >> 63)) as u64
+    }
+
+    fn unzigzag(x: u64) -> i64 {
+        (x >> 1) as i64 ^ -((x & 1) as i64)
+    }
+
+    /// Postcard's bytes of `v` if it is a primitive integer.
+    #[inline]
+    pub fn encode<T: 'static>(v: &T) -> Option<(u128, usize)> {
+        let v: &dyn Any = v;
+        if let Some(&x) = v.downcast_ref::<u64>() {
+            Some(varint(x))
+        } else if let Some(&x) = v.downcast_ref::<u32>() {
+            Some(varint(u64::from(x)))
+        } else if let Some(&x) = v.downcast_ref::<u16>() {
+            Some(varint(u64::from(x)))
+        } else if let Some(&x) = v.downcast_ref::<usize>() {
+            Some(varint(x as u64))
+        } else if let Some(&x) = v.downcast_ref::<i64>() {
+            Some(varint(zigzag(x)))
+        } else if let Some(&x) = v.downcast_ref::<i32>() {
+            Some(varint(zigzag(i64::from(x))))
+        } else if let Some(&x) = v.downcast_ref::<u8>() {
+            Some((u128::from(x), 1))
+        } else {
+            None
+        }
+    }
+
+    /// A primitive integer `T` from postcard's bytes, or `None` (another type, or bytes the
+    /// fast path leaves to postcard).
+    #[inline]
+    pub fn decode<T: 'static>(bytes: &[u8]) -> Option<T> {
+        let mut out: Option<T> = None;
+        let slot: &mut dyn Any = &mut out;
+        if let Some(o) = slot.downcast_mut::<Option<u64>>() {
+            *o = read_varint(bytes, 64);
+        } else if let Some(o) = slot.downcast_mut::<Option<u32>>() {
+            *o = read_varint(bytes, 32).map(|x| x as u32);
+        } else if let Some(o) = slot.downcast_mut::<Option<u16>>() {
+            *o = read_varint(bytes, 16).map(|x| x as u16);
+        } else if let Some(o) = slot.downcast_mut::<Option<usize>>() {
+            *o = read_varint(bytes, usize::BITS).map(|x| x as usize);
+        } else if let Some(o) = slot.downcast_mut::<Option<i64>>() {
+            *o = read_varint(bytes, 64).map(unzigzag);
+        } else if let Some(o) = slot.downcast_mut::<Option<i32>>() {
+            *o = read_varint(bytes, 32).map(|x| unzigzag(x) as i32);
+        } else if let Some(o) = slot.downcast_mut::<Option<u8>>() {
+            *o = (bytes.len() == 1).then(|| bytes[0]);
+        }
+        out
+    }
 }
 
 /// Stores any `bytemuck::Pod` type as its raw bytes (fixed size, updated in place).
@@ -144,6 +277,65 @@ mod tests {
         assert!(e.len() > 1000);
         assert_eq!(decode::<Vec<u8>>(e.bytes()).unwrap(), big);
         assert_eq!(e.words().len(), e.len().div_ceil(8));
+    }
+
+    /// The fast path writes postcard's exact bytes and reads them back.
+    fn same_as_postcard<T>(v: T)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + Copy + 'static,
+    {
+        let want = postcard::to_allocvec(&v).unwrap();
+        let (words, len) = fast::encode(&v).expect("a fast-path type");
+        assert_eq!(&words.to_le_bytes()[..len], &want[..], "{v:?}");
+        assert!(words >> (8 * len) == 0, "{v:?}: bytes past the length");
+        assert_eq!(Encoded::new(&v).unwrap().bytes(), &want[..]);
+        assert_eq!(fast::decode::<T>(&want), Some(v));
+        assert_eq!(decode::<T>(&want).unwrap(), v);
+    }
+
+    #[test]
+    fn fast_path_matches_postcard() {
+        let mut xs: Vec<u64> = vec![0, 1, 0x7f, 0x80, 0x3fff, 0x4000, u64::MAX, u64::MAX - 1];
+        for b in 0..64 {
+            xs.extend([1u64 << b, (1u64 << b) - 1, (1u64 << b) + 1]);
+        }
+        for &x in &xs {
+            same_as_postcard(x);
+            same_as_postcard(x as u32);
+            same_as_postcard(x as u16);
+            same_as_postcard(x as u8);
+            same_as_postcard(x as usize);
+            same_as_postcard(x as i64);
+            same_as_postcard((x as i64).wrapping_neg());
+            same_as_postcard(x as i32);
+            same_as_postcard((x as i32).wrapping_neg());
+        }
+    }
+
+    #[test]
+    fn fast_decode_leaves_bad_bytes_to_postcard() {
+        // Too long, overflowing, unterminated, trailing zero byte (not canonical), empty.
+        let bad: [&[u8]; 6] = [
+            &[0xff; 11],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            &[0x80],
+            &[0x80, 0x00],
+            &[],
+            &[0x01, 0x02],
+        ];
+        for b in bad {
+            assert_eq!(fast::decode::<u64>(b), None, "{b:?}");
+        }
+        assert!(decode::<u64>(&[0xff; 11]).is_err());
+        assert!(decode::<u32>(&[0xff, 0xff, 0xff, 0xff, 0x7f]).is_err());
+        assert_eq!(
+            fast::decode::<u32>(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
+            Some(u32::MAX)
+        );
+        assert_eq!(fast::decode::<u8>(&[1, 2]), None);
+        // Not a fast-path type: left to serde.
+        assert_eq!(fast::encode(&"x".to_string()), None);
+        assert_eq!(fast::decode::<String>(&[1, b'x']), None);
     }
 
     #[test]

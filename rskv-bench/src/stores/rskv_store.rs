@@ -123,8 +123,7 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
     }
 
     fn prefetch(&self, keys: &[u64]) {
-        let keys: Vec<K> = keys.iter().map(|&id| self.key(id)).collect();
-        with_kv!(self, kv => kv.prefetch(&keys));
+        with_kv!(self, kv => kv.prefetch(keys.iter().map(|&id| self.key(id))));
     }
 
     #[inline]
