@@ -663,7 +663,7 @@ fn run_ops<S: Store>(
                 sh.done.fetch_add(PROGRESS_EVERY, Ordering::Relaxed);
             }
         }
-        if sh.batch > 1 && *pos % sh.batch == 0 {
+        if sh.batch > 1 && (*pos).is_multiple_of(sh.batch) {
             let end = (*pos + sh.batch).min(ops.len());
             keys.clear();
             keys.extend(ops[*pos..end].iter().map(|o| o.key()));
