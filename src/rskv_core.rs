@@ -673,6 +673,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// buckets, then the in-memory records those point at, so the cache misses of the coming
     /// operations overlap instead of following one another. Changes nothing; best with 8 to 32
     /// keys. (`get_many`/`insert_many`/`rmw_many` do this themselves.)
+    ///
     /// Takes the keys by reference or by value (`&[K]`, `Vec<K>`, an iterator), so a caller
     /// that derives keys on the fly needs no buffer of its own.
     pub fn prefetch<Q: Borrow<K>>(&self, keys: impl IntoIterator<Item = Q>) {
