@@ -338,6 +338,38 @@ mod tests {
         assert_eq!(fast::decode::<String>(&[1, b'x']), None);
     }
 
+    /// Whatever bytes the fast reader accepts, postcard reads as the same value.
+    fn fast_agrees_with_postcard<T>(bytes: &[u8])
+    where
+        T: DeserializeOwned + PartialEq + std::fmt::Debug + 'static,
+    {
+        if let Some(v) = fast::decode::<T>(bytes) {
+            assert_eq!(postcard::from_bytes::<T>(bytes).ok(), Some(v), "{bytes:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_decode_never_disagrees(bytes in proptest::collection::vec(
+            proptest::prop_oneof![proptest::num::u8::ANY, 0x80u8..=0xff, 0u8..=2], 0..12)) {
+            fast_agrees_with_postcard::<u64>(&bytes);
+            fast_agrees_with_postcard::<u32>(&bytes);
+            fast_agrees_with_postcard::<u16>(&bytes);
+            fast_agrees_with_postcard::<u8>(&bytes);
+            fast_agrees_with_postcard::<usize>(&bytes);
+            fast_agrees_with_postcard::<i64>(&bytes);
+            fast_agrees_with_postcard::<i32>(&bytes);
+        }
+
+        #[test]
+        fn fast_encode_is_postcard(x in proptest::num::u64::ANY) {
+            same_as_postcard(x);
+            same_as_postcard(x as i64);
+            same_as_postcard(x as u32);
+            same_as_postcard(x as i32);
+        }
+    }
+
     #[test]
     fn raw_pod_is_raw_bytes() {
         let v = Raw([1u32, 2, 3, 4]);
