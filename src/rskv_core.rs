@@ -693,7 +693,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     }
 
     /// [`RsKv::get`] of several keys, with their memory accesses overlapped (best with 8 to 32
-    /// keys per call).
+    /// keys per call) and the device reads of the keys found below the head all in flight at
+    /// once (io_uring or the thread pool works on them together), so a batch whose keys are on
+    /// disk costs about one device round trip instead of one per key.
     ///
     /// # Errors
     /// The first error of a [`RsKv::get`].
@@ -718,9 +720,18 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 });
             }
         }
-        for (i, a) in on_disk {
-            let mut buf = ValueBuf::default();
-            if futures_executor::block_on(self.engine.read_pending(&enc[i].0, a, &mut buf))? {
+        // Every continuation issues its first read when first polled: join_all polls them all
+        // before waiting, so the reads overlap.
+        let reads = on_disk.into_iter().map(|(i, a)| {
+            let key = &enc[i].0;
+            async move {
+                let mut buf = ValueBuf::default();
+                let found = self.engine.read_pending(key, a, &mut buf).await?;
+                Ok::<_, Error>((i, found.then_some(buf)))
+            }
+        });
+        for done in futures_executor::block_on(futures_util::future::join_all(reads)) {
+            if let (i, Some(buf)) = done? {
                 out[i] = Some(decode(buf.bytes())?);
             }
         }

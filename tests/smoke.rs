@@ -70,6 +70,20 @@ fn batches_match_single_operations() {
             assert_eq!(v, (*k < 5000).then_some(k * 3), "key {k}");
         }
     }
+    // One large batch of keys scattered over the log (most on disk, whose reads are in flight
+    // together), with deleted and missing keys among them.
+    for k in (0..5000u64).step_by(11) {
+        kv.remove(&k).unwrap();
+    }
+    let scattered: Vec<u64> = (0..300u64).map(|i| (i * 7919) % 5100).collect();
+    let got = kv.get_many(&scattered).unwrap();
+    assert_eq!(got.len(), scattered.len());
+    for (k, v) in scattered.iter().zip(got) {
+        assert_eq!(v, (*k < 5000 && k % 11 != 0).then_some(k * 3), "key {k}");
+    }
+    for k in (0..5000u64).step_by(11) {
+        kv.insert(&k, &(k * 3)).unwrap();
+    }
     let new = kv
         .rmw_many(&keys[..32], |k, old| old.unwrap_or(0) + k)
         .unwrap();

@@ -111,6 +111,13 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
 
+    /// With --batch N: issue the reads of each batch together through the store's multi-get
+    /// (RsKv `get_many`, whose device reads are in flight at once; RocksDB `multi_get`; other
+    /// peers read one by one), before the batch's other operations. A read's sampled latency
+    /// is then its whole multi-get's.
+    #[arg(long)]
+    pub batch_reads: bool,
+
     /// After the run, read every key once more and verify it (slow on disk-bound runs). In
     /// checkpoint runs: read every key after recovery instead of a sample.
     #[arg(long)]
@@ -229,6 +236,9 @@ pub struct RunSpec {
     /// Operations announced together (see `--batch`); 0 in old specs means 1.
     #[serde(default)]
     pub batch: usize,
+    /// Reads of a batch go through one multi-get (see `--batch-reads`).
+    #[serde(default)]
+    pub batch_reads: bool,
     pub verify_all: bool,
     pub keep_data: bool,
     pub progress: bool,
@@ -299,6 +309,7 @@ impl Args {
                             sample_every: self.sample_every,
                             op_buffer: self.op_buffer,
                             batch: self.batch.max(1),
+                            batch_reads: self.batch_reads && self.batch > 1,
                             verify_all: self.verify_all,
                             keep_data: self.keep_data,
                             progress,

@@ -352,6 +352,8 @@ struct Shared<'a> {
     sample_mask: u64,
     /// Operations announced to the store together (`--batch`).
     batch: usize,
+    /// Reads of a batch go through one multi-get (`--batch-reads`).
+    batch_reads: bool,
     spec: &'a RunSpec,
 }
 
@@ -449,6 +451,7 @@ fn run_phases<S: Store>(
         missing_allowed,
         sample_mask: spec.sample_every - 1,
         batch: spec.batch.max(1),
+        batch_reads: spec.batch_reads,
         spec,
     };
     let (warmup_secs, start, threads) = thread::scope(|s| {
@@ -650,6 +653,11 @@ fn run_ops<S: Store>(
     let mut n = 0u64;
     // The announced keys of a batch (one buffer for the whole run).
     let mut keys: Vec<u64> = Vec::with_capacity(sh.batch);
+    // With --batch-reads: how long the current batch's multi-get took (its reads' latency).
+    let mut batch_read_ns = 0u64;
+    // Whether this call issued the current batch's multi-get (a call that starts mid-batch
+    // runs the reads before the next batch one by one).
+    let mut batch_open = false;
     while n < limit {
         if n & STOP_CHECK_MASK == 0 {
             if let Some(counter) = counter {
@@ -666,13 +674,44 @@ fn run_ops<S: Store>(
         if sh.batch > 1 && (*pos).is_multiple_of(sh.batch) {
             let end = (*pos + sh.batch).min(ops.len());
             keys.clear();
-            keys.extend(ops[*pos..end].iter().map(|o| o.key()));
-            store.prefetch(&keys);
+            if sh.batch_reads {
+                // The batch's reads, all at once (never past the run's last operation).
+                let end =
+                    end.min(pos.saturating_add(usize::try_from(limit - n).unwrap_or(usize::MAX)));
+                keys.extend(
+                    ops[*pos..end]
+                        .iter()
+                        .filter(|o| o.kind() == OpKind::Read)
+                        .map(|o| o.key()),
+                );
+                let t0 = Instant::now();
+                match store.read_many(&keys) {
+                    Ok(found) => {
+                        for (&key, f) in keys.iter().zip(found) {
+                            c.check("read", key, f, sh.missing_allowed);
+                        }
+                    }
+                    Err(e) => c.error("read", keys.first().copied().unwrap_or(0), &e),
+                }
+                batch_read_ns = t0.elapsed().as_nanos() as u64;
+                batch_open = true;
+            } else {
+                keys.extend(ops[*pos..end].iter().map(|o| o.key()));
+                store.prefetch(&keys);
+            }
         }
         let op = ops[*pos];
         *pos += 1;
         if *pos == ops.len() {
             *pos = 0;
+        }
+        if batch_open && op.kind() == OpKind::Read {
+            // Done by the batch's multi-get above.
+            if let Some(h) = hist.as_deref_mut().filter(|_| n & sh.sample_mask == 0) {
+                h.saturating_record(batch_read_ns);
+            }
+            n += 1;
+            continue;
         }
         match hist.as_deref_mut() {
             Some(h) if n & sh.sample_mask == 0 => {

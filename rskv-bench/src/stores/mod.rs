@@ -108,6 +108,10 @@ pub trait Store: Send + Sync {
     fn delete(&self, key: u64) -> anyhow::Result<()>;
     /// The thread is about to operate on `keys` (a hint; `--batch`). Default: nothing.
     fn prefetch(&self, _keys: &[u64]) {}
+    /// Reads `keys` together (`--batch-reads`). Default: one by one; the first error ends it.
+    fn read_many(&self, keys: &[u64]) -> anyhow::Result<Vec<ReadCheck>> {
+        keys.iter().map(|&k| self.read(k)).collect()
+    }
     fn info(&self) -> StoreInfo;
     /// Waits, after the load and before the warm-up, until background work the load left
     /// behind (LSM compactions) is done, so the run does not measure the load's debt.

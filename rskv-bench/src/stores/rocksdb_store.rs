@@ -141,6 +141,22 @@ impl Store for RocksStore {
         })
     }
 
+    fn read_many(&self, keys: &[u64]) -> anyhow::Result<Vec<ReadCheck>> {
+        let got = self
+            .db
+            .multi_get(keys.iter().map(|&k| key_bytes(k, self.key_size)));
+        keys.iter()
+            .zip(got)
+            .map(|(&key, v)| {
+                Ok(match v? {
+                    None => ReadCheck::Missing,
+                    Some(v) if value_ok(&v, key, self.value_size) => ReadCheck::Ok,
+                    Some(_) => ReadCheck::Wrong,
+                })
+            })
+            .collect()
+    }
+
     fn rmw(&self, key: u64) -> anyhow::Result<ReadCheck> {
         self.db.merge_opt(
             key_bytes(key, self.key_size),

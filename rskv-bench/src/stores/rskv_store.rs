@@ -122,6 +122,20 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
         Ok(seen)
     }
 
+    fn read_many(&self, keys: &[u64]) -> anyhow::Result<Vec<ReadCheck>> {
+        let ks: Vec<K> = keys.iter().map(|&id| self.key(id)).collect();
+        let got = with_kv!(self, kv => kv.get_many(&ks))?;
+        Ok(keys
+            .iter()
+            .zip(got)
+            .map(|(&key, v)| match v {
+                None => ReadCheck::Missing,
+                Some(v) if v.ok(key, self.value_size) => ReadCheck::Ok,
+                Some(_) => ReadCheck::Wrong,
+            })
+            .collect())
+    }
+
     fn prefetch(&self, keys: &[u64]) {
         with_kv!(self, kv => kv.prefetch(keys.iter().map(|&id| self.key(id))));
     }
