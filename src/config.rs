@@ -17,6 +17,12 @@ pub struct Config {
     pub page_size: Option<u64>,
     /// Fraction of in-memory pages that are mutable (updated in place). Default 0.9.
     pub mutable_fraction: f64,
+    /// Copy a record that a read fetched from disk to the tail of the log, so the next read of
+    /// the key finds it in memory (FASTER's "copy reads to tail"): for skewed reads of a data
+    /// set larger than memory, at the cost of log growth. The copy is a conditional insert
+    /// that gives way to any newer record of the key, and is skipped when checking that would
+    /// itself need the disk. Default off.
+    pub copy_reads_to_tail: bool,
 }
 
 impl Default for Config {
@@ -26,6 +32,7 @@ impl Default for Config {
             log_memory_size: 256 << 20,
             page_size: None,
             mutable_fraction: 0.9,
+            copy_reads_to_tail: false,
         }
     }
 }
@@ -87,6 +94,13 @@ impl Config {
     #[must_use]
     pub fn mutable_fraction(mut self, fraction: f64) -> Self {
         self.mutable_fraction = fraction;
+        self
+    }
+
+    /// Sets [`Config::copy_reads_to_tail`].
+    #[must_use]
+    pub fn copy_reads_to_tail(mut self, on: bool) -> Self {
+        self.copy_reads_to_tail = on;
         self
     }
 

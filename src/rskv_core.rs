@@ -289,7 +289,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             resolved.frames,
             config.mutable_fraction,
         )?;
-        let engine = Arc::new(Engine::new(epoch, resolved.index_bits, hlog));
+        let mut engine = Engine::new(epoch, resolved.index_bits, hlog);
+        engine.copy_reads = config.copy_reads_to_tail;
+        let engine = Arc::new(engine);
         Ok(Self {
             engine,
             resolved,
@@ -464,7 +466,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             log_memory: config.log_memory_size,
             mutable_fraction: config.mutable_fraction,
         };
-        let (engine, info) = Engine::recover(disk, &layout, token)?;
+        let (mut engine, info) = Engine::recover(disk, &layout, token)?;
+        engine.copy_reads = config.copy_reads_to_tail;
         let geo = engine.hlog.geometry();
         let resolved = Resolved {
             index_bits: engine.index.bits(),
@@ -723,10 +726,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         // Every continuation issues its first read when first polled: join_all polls them all
         // before waiting, so the reads overlap.
         let reads = on_disk.into_iter().map(|(i, a)| {
-            let key = &enc[i].0;
+            let (key, hash) = (&enc[i].0, enc[i].1);
             async move {
                 let mut buf = ValueBuf::default();
-                let found = self.engine.read_pending(key, a, &mut buf).await?;
+                let found = self.engine.read_pending(key, hash, a, &mut buf).await?;
                 Ok::<_, Error>((i, found.then_some(buf)))
             }
         });

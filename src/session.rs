@@ -145,11 +145,12 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
         let serial = self.next_serial().0;
         self.book.read(serial);
         let engine = &*self.kv.engine;
+        let hash = KeyHash::new(ctx.key_hash());
         let started = (|| -> Result<(Encoded, ReadStep, ValueBuf)> {
             let key = Encoded::new(ctx.key())?;
             let mut buf = ValueBuf::default();
             let g = engine.protect()?;
-            let step = engine.read_mem(&g, &key, KeyHash::new(ctx.key_hash()), &mut buf)?;
+            let step = engine.read_mem(&g, &key, hash, &mut buf)?;
             Ok((key, step, buf))
         })();
         let (key, step, mut buf) = match started {
@@ -161,7 +162,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
             ReadStep::NotFound => finish_read(ctx, Ok(false), &buf),
             ReadStep::Disk(address) => {
                 self.pending.push(Box::pin(async move {
-                    let found = engine.read_pending(&key, address, &mut buf).await;
+                    let found = engine.read_pending(&key, hash, address, &mut buf).await;
                     let _ = finish_read(ctx, found, &buf);
                 }));
                 Status::Pending

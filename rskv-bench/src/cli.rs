@@ -118,6 +118,12 @@ pub struct Args {
     #[arg(long)]
     pub batch_reads: bool,
 
+    /// RsKv: copy records that reads fetch from disk to the log's tail
+    /// (`Config::copy_reads_to_tail`), so skewed reads of a larger-than-memory data set come
+    /// back into memory. Peers ignore it (their caches do this on their own).
+    #[arg(long)]
+    pub copy_reads_to_tail: bool,
+
     /// After the run, read every key once more and verify it (slow on disk-bound runs). In
     /// checkpoint runs: read every key after recovery instead of a sample.
     #[arg(long)]
@@ -239,6 +245,9 @@ pub struct RunSpec {
     /// Reads of a batch go through one multi-get (see `--batch-reads`).
     #[serde(default)]
     pub batch_reads: bool,
+    /// RsKv copies reads from disk to the tail (see `--copy-reads-to-tail`).
+    #[serde(default)]
+    pub copy_reads_to_tail: bool,
     pub verify_all: bool,
     pub keep_data: bool,
     pub progress: bool,
@@ -310,6 +319,7 @@ impl Args {
                             op_buffer: self.op_buffer,
                             batch: self.batch.max(1),
                             batch_reads: self.batch_reads && self.batch > 1,
+                            copy_reads_to_tail: self.copy_reads_to_tail,
                             verify_all: self.verify_all,
                             keep_data: self.keep_data,
                             progress,

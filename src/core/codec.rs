@@ -51,6 +51,24 @@ impl Encoded {
         Self::with_serde(v)
     }
 
+    /// An encoding from its bytes (a value copied out of the log).
+    #[must_use]
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let mut e = Encoded {
+            inline: [0; INLINE_WORDS],
+            heap: Vec::new(),
+            len: bytes.len(),
+        };
+        let words: &mut [u64] = if bytes.len() <= INLINE_WORDS * 8 {
+            &mut e.inline
+        } else {
+            e.heap = vec![0u64; bytes.len().div_ceil(8)];
+            &mut e.heap
+        };
+        bytemuck::cast_slice_mut::<u64, u8>(words)[..bytes.len()].copy_from_slice(bytes);
+        e
+    }
+
     /// Encodes `v` through serde.
     fn with_serde<T: Serialize + ?Sized>(v: &T) -> Result<Self> {
         let mut e = Encoded {
@@ -277,6 +295,11 @@ mod tests {
         assert!(e.len() > 1000);
         assert_eq!(decode::<Vec<u8>>(e.bytes()).unwrap(), big);
         assert_eq!(e.words().len(), e.len().div_ceil(8));
+        for enc in [&small, &e] {
+            let copy = Encoded::from_bytes(enc.bytes());
+            assert_eq!(copy.bytes(), enc.bytes());
+            assert_eq!(copy.words(), enc.words());
+        }
     }
 
     /// The fast path writes postcard's exact bytes and reads them back.

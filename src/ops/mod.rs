@@ -50,6 +50,8 @@ pub struct Engine<D: Disk> {
     newer_from: AtomicU64,
     /// Checkpoint bookkeeping: sessions, pending updates, the driver's claim.
     pub(crate) cpr: Cpr,
+    /// Copy records that reads fetch from disk to the tail (`Config::copy_reads_to_tail`).
+    pub(crate) copy_reads: bool,
 }
 
 /// Which rule of the checkpoint state machine an attempt runs under.
@@ -127,6 +129,7 @@ impl<D: Disk> Engine<D> {
             )),
             newer_from: AtomicU64::new(u64::MAX),
             cpr: Cpr::default(),
+            copy_reads: false,
         }
     }
 

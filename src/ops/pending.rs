@@ -46,17 +46,43 @@ impl<D: Disk> Engine<D> {
     pub(crate) async fn read_pending(
         &self,
         key: &Encoded,
+        hash: KeyHash,
         mut address: Address,
         out: &mut ValueBuf,
     ) -> Result<bool> {
         loop {
             let bytes = self.fetch(address).await?;
             match self.read_disk(key, address, &bytes, out)? {
-                ReadStep::Found => return Ok(true),
+                ReadStep::Found => {
+                    if self.copy_reads {
+                        self.copy_read_to_tail(key, hash, address, out.bytes());
+                    }
+                    return Ok(true);
+                }
                 ReadStep::NotFound => return Ok(false),
                 ReadStep::Disk(next) => address = next,
             }
         }
+    }
+
+    /// Copies the value a read found on disk at `address` to the tail, unless a newer record of
+    /// the key exists (a conditional insert above `address`). Only the in-memory attempt runs:
+    /// when making sure nothing newer exists would take another device read, or anything else
+    /// stands in the way (a full log, an error), the copy is skipped: it only fills the cache,
+    /// the read's result does not depend on it, and a device error shows in the next
+    /// operation that needs the device.
+    fn copy_read_to_tail(&self, key: &Encoded, hash: KeyHash, address: Address, value: &[u8]) {
+        let Ok(g) = self.protect() else {
+            return;
+        };
+        let value = Encoded::from_bytes(value);
+        let floor = Address::new(address.raw() + 1);
+        let _ = self.update_mem(&g, key, hash, floor, false, &mut None, &mut |latest| {
+            Ok(match latest {
+                Latest::Absent => Decision::Write(value.clone()),
+                Latest::Deleted | Latest::Value(_) => Decision::Abort,
+            })
+        });
     }
 
     /// A whole read: in memory, then on disk if needed.
@@ -73,7 +99,7 @@ impl<D: Disk> Engine<D> {
         match step {
             ReadStep::Found => Ok(true),
             ReadStep::NotFound => Ok(false),
-            ReadStep::Disk(a) => self.read_pending(key, a, out).await,
+            ReadStep::Disk(a) => self.read_pending(key, hash, a, out).await,
         }
     }
 
@@ -91,7 +117,7 @@ impl<D: Disk> Engine<D> {
         match step {
             ReadStep::Found => Ok(true),
             ReadStep::NotFound => Ok(false),
-            ReadStep::Disk(a) => futures_executor::block_on(self.read_pending(key, a, out)),
+            ReadStep::Disk(a) => futures_executor::block_on(self.read_pending(key, hash, a, out)),
         }
     }
 

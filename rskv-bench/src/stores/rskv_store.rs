@@ -42,16 +42,17 @@ pub struct RsKvStore<K, V> {
 }
 
 /// The store's configuration (recovery reuses it).
-fn config(plan: &MemoryPlan) -> Config {
+fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
     Config::new()
         .table_size(plan.table_size)
         .log_memory_size(plan.log_bytes)
         .page_size(plan.page_size)
+        .copy_reads_to_tail(spec.copy_reads_to_tail)
 }
 
 impl<K: BenchKey, V: BenchValue> RsKvStore<K, V> {
     pub fn open(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<Self> {
-        let config = config(plan);
+        let config = config(spec, plan);
         let kv = match spec.disk {
             DiskKind::File => {
                 let disk = FileSystemDisk::new(&spec.data_dir).with_context(|| {
@@ -238,7 +239,7 @@ impl<K: BenchKey, V: BenchValue> Checkpointable for RsKvStore<K, V> {
             .with_context(|| format!("opening FileSystemDisk in {}", spec.data_dir.display()))?;
         let disk_open_secs = start.elapsed().as_secs_f64();
         let (kv, info) =
-            RsKv::recover(config(plan), disk, Some(Token(token))).context("RsKv::recover")?;
+            RsKv::recover(config(spec, plan), disk, Some(Token(token))).context("RsKv::recover")?;
         let secs = start.elapsed().as_secs_f64();
         let store = RsKvStore {
             kv: Kv::File(kv),
