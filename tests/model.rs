@@ -11,15 +11,17 @@ use rskv::{CheckpointKind, Config, LogMode, RsKv};
 
 type Kv = RsKv<u16, Vec<u8>, FileSystemDisk>;
 
-fn config() -> Config {
+/// `copy`: reads copy records they fetch from disk to the tail (`copy_reads_to_tail`).
+fn config(copy: bool) -> Config {
     Config::new()
         .table_size(1 << 8)
         .log_memory_size(16 << 10)
         .page_size(4096)
+        .copy_reads_to_tail(copy)
 }
 
-fn open(dir: &Path) -> Kv {
-    RsKv::open(config(), FileSystemDisk::new(dir).unwrap()).unwrap()
+fn open(dir: &Path, copy: bool) -> Kv {
+    RsKv::open(config(copy), FileSystemDisk::new(dir).unwrap()).unwrap()
 }
 
 #[derive(Debug, Clone)]
@@ -52,9 +54,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(ops: &[Op], copy: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut kv = open(dir.path());
+    let mut kv = open(dir.path(), copy);
     let mut model: HashMap<u16, Vec<u8>> = HashMap::new();
     // The oracle as of the last completed log checkpoint (None: no checkpoint yet).
     let mut durable: Option<HashMap<u16, Vec<u8>>> = None;
@@ -100,16 +102,16 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let disk = FileSystemDisk::new(dir.path()).unwrap();
                 match &durable {
                     Some(d) => {
-                        kv = RsKv::recover(config(), disk, None).unwrap().0;
+                        kv = RsKv::recover(config(copy), disk, None).unwrap().0;
                         model = d.clone();
                     }
                     None => {
                         prop_assert!(
-                            RsKv::<u16, Vec<u8>, _>::recover(config(), disk, None).is_err()
+                            RsKv::<u16, Vec<u8>, _>::recover(config(copy), disk, None).is_err()
                         );
                         // Nothing durable: start over (an index-only checkpoint may be there).
                         let _ = std::fs::remove_dir_all(dir.path().join("checkpoints"));
-                        kv = open(dir.path());
+                        kv = open(dir.path(), copy);
                         model.clear();
                     }
                 }
@@ -136,7 +138,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn matches_hashmap_oracle(ops in proptest::collection::vec(op(), 1..400)) {
-        run(&ops)?;
+    fn matches_hashmap_oracle(ops in proptest::collection::vec(op(), 1..400), copy in any::<bool>()) {
+        run(&ops, copy)?;
     }
 }
