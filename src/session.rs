@@ -141,6 +141,9 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     }
 
     /// Reads; `Pending` if the record is on disk (finish with [`Session::complete_pending`]).
+    /// A pending operation's device read is issued before this returns, so reads issued
+    /// back to back are in flight together; its context's `complete` runs at the latest in
+    /// the `complete_pending` call that finishes it (earlier, if the device was that fast).
     pub fn read<C: ReadContext<Key = K, Value = V> + Send + 'a>(&mut self, ctx: C) -> Status {
         let serial = self.next_serial().0;
         self.book.read(serial);
@@ -161,7 +164,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
             ReadStep::Found => finish_read(ctx, Ok(true), &buf),
             ReadStep::NotFound => finish_read(ctx, Ok(false), &buf),
             ReadStep::Disk(address) => {
-                self.pending.push(Box::pin(async move {
+                self.start_pending(Box::pin(async move {
                     let found = engine.read_pending(&key, hash, address, &mut buf).await;
                     let _ = finish_read(ctx, found, &buf);
                 }));
@@ -206,7 +209,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
             }
             Ok((key, hash, Started::Disk(address, seen, pending))) => {
                 let book = self.book.clone();
-                self.pending.push(Box::pin(async move {
+                self.start_pending(Box::pin(async move {
                     let r = engine
                         .update_pending(
                             &key,
@@ -228,6 +231,25 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
                 }));
                 Status::Pending
             }
+        }
+    }
+
+    /// Takes a disk-bound continuation and polls it once at once, so its device read is issued
+    /// now (as FASTER issues the I/O of an operation that goes pending) rather than at the next
+    /// `complete_pending`; later polls there see it done. The first poll's waker does nothing:
+    /// `complete_pending` polls every operation before it waits, which registers its own.
+    fn start_pending(&mut self, mut op: PendingOp<'a>) {
+        struct Nothing;
+        impl std::task::Wake for Nothing {
+            fn wake(self: Arc<Self>) {}
+        }
+        let waker = Waker::from(Arc::new(Nothing));
+        if op
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            self.pending.push(op);
         }
     }
 

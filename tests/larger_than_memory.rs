@@ -84,6 +84,7 @@ fn sessions_finish_pending_reads_and_rmws() {
     }
     let out = Arc::new(Mutex::new(Vec::new()));
     let mut session = kv.start_session();
+    let read_before = kv.stats().bytes_read;
     let mut pending = 0;
     for k in 0..200u64 {
         let s = session.read(SessionRead {
@@ -96,6 +97,16 @@ fn sessions_finish_pending_reads_and_rmws() {
         }
     }
     assert!(pending > 0, "early keys must be on disk");
+    // Their device reads were issued when they went pending, before any complete_pending: the
+    // device finishes them on its own (bounded wait, not a timing assertion).
+    let issued = std::time::Instant::now();
+    while kv.stats().bytes_read < read_before + pending * 512 {
+        assert!(
+            issued.elapsed() < std::time::Duration::from_secs(30),
+            "pending reads were not issued before complete_pending"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     assert_eq!(session.serial_num().0, 200);
     assert!(session.complete_pending(true));
     let out = out.lock().unwrap();
