@@ -65,7 +65,7 @@ fn hash_encoded(e: &Encoded) -> u64 {
     if e.len() <= 8 {
         e.first_word() ^ (e.len() as u64) << 56
     } else {
-        xxhash_rust::xxh3::xxh3_64(e.bytes())
+        hash_bytes(e.bytes())
     }
 }
 
@@ -619,11 +619,21 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     ///
     /// # Errors
     /// Device, codec or size errors.
-    pub fn rmw(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
+    pub fn rmw(&self, key: &K, f: impl FnMut(Option<V>) -> V) -> Result<V> {
         let (key, hash) = facade_key(key)?;
+        self.rmw_encoded(&key, hash, f)
+    }
+
+    /// [`RsKv::rmw`] of an encoded key.
+    fn rmw_encoded(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        mut f: impl FnMut(Option<V>) -> V,
+    ) -> Result<V> {
         let mut last = None;
         let _written = self.engine.update_blocking(
-            &key,
+            key,
             hash,
             Address::INVALID,
             true,
@@ -748,8 +758,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     pub fn insert_many(&self, pairs: &[(K, V)]) -> Result<()> {
         let enc: Vec<(Encoded, KeyHash, Encoded)> = pairs
             .iter()
-            .map(|(k, v)| Ok((facade_key(k)?, Encoded::new(v)?)))
-            .map(|r: Result<_>| r.map(|((k, h), v)| (k, h, v)))
+            .map(|(k, v)| {
+                let (key, hash) = facade_key(k)?;
+                Ok((key, hash, Encoded::new(v)?))
+            })
             .collect::<Result<_>>()?;
         for chunk in enc.chunks(BATCH) {
             let g = self.engine.protect()?;
@@ -768,8 +780,20 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// The first error of an [`RsKv::rmw`] (the keys before it are updated).
     pub fn rmw_many(&self, keys: &[K], mut f: impl FnMut(&K, Option<V>) -> V) -> Result<Vec<V>> {
-        self.prefetch(keys);
-        keys.iter().map(|k| self.rmw(k, |old| f(k, old))).collect()
+        let enc: Vec<(Encoded, KeyHash)> =
+            keys.iter().map(|k| facade_key(k)).collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (chunk, keys) in enc.chunks(BATCH).zip(keys.chunks(BATCH)) {
+            {
+                // Protected only while prefetching: an update may wait for the disk.
+                let _g = self.engine.protect()?;
+                self.engine.prefetch(chunk.iter().map(|(_, h)| *h));
+            }
+            for ((key, hash), k) in chunk.iter().zip(keys) {
+                out.push(self.rmw_encoded(key, *hash, |old| f(k, old))?);
+            }
+        }
+        Ok(out)
     }
 
     /// Async [`RsKv::get`]: does not block the executor while the disk works.
