@@ -196,6 +196,7 @@ impl<'a> RecordRef<'a> {
     ///
     /// # Errors
     /// A description of the corruption.
+    #[inline]
     pub fn parse(rest: &'a [AtomicU64]) -> Result<Option<Self>, &'static str> {
         if rest.len() < HEADER_WORDS {
             return Ok(None);
@@ -266,6 +267,7 @@ impl<'a> RecordRef<'a> {
 
     /// Word 0.
     #[must_use]
+    #[inline]
     pub fn info(&self) -> RecordInfo {
         RecordInfo(self.words[0].load(Ordering::Acquire))
     }
@@ -277,6 +279,7 @@ impl<'a> RecordRef<'a> {
 
     /// Word 2.
     #[must_use]
+    #[inline]
     pub fn state(&self) -> ValueState {
         ValueState(self.words[2].load(Ordering::Acquire))
     }
@@ -287,17 +290,27 @@ impl<'a> RecordRef<'a> {
         self.value_cap
     }
 
+    #[inline]
     fn key_words(&self) -> &'a [AtomicU64] {
         &self.words[HEADER_WORDS..HEADER_WORDS + self.key_len.div_ceil(8)]
     }
 
+    #[inline]
     fn value_words(&self) -> &'a [AtomicU64] {
         &self.words[HEADER_WORDS + self.key_len.div_ceil(8)..]
     }
 
     /// Whether the record's key is `key` (compared in encoded form).
     #[must_use]
+    #[inline]
     pub fn key_is(&self, key: &Encoded) -> bool {
+        if key.len() <= 8 {
+            // The common short key: one word (the lengths are compared first, so the record
+            // has that word).
+            return self.key_len == key.len()
+                && (key.is_empty()
+                    || self.words[HEADER_WORDS].load(Ordering::Relaxed) == key.first_word());
+        }
         self.key_len == key.len()
             && self
                 .key_words()
@@ -319,6 +332,7 @@ impl<'a> RecordRef<'a> {
 
     /// Copies the value into `out` consistently (seqlock read: retries while a writer is inside
     /// and if one came and went during the copy).
+    #[inline]
     pub fn read_value(&self, out: &mut ValueBuf) -> ValueRead {
         let mut round = 0;
         loop {
@@ -343,6 +357,7 @@ impl<'a> RecordRef<'a> {
 
     /// Takes the record's write lock; `None` if the record is sealed (a newer copy exists).
     #[must_use]
+    #[inline]
     pub fn lock(&self) -> Option<RecordLock<'a>> {
         let mut round = 0;
         loop {
@@ -390,6 +405,7 @@ impl RecordLock<'_> {
     }
 
     /// Copies the current value (no other writer can be inside).
+    #[inline]
     pub fn read_value(&self, out: &mut ValueBuf) {
         let len = self.state.len().min(self.rec.value_cap);
         out.fill_from(&self.rec.value_words()[..len.div_ceil(8)], len);
@@ -397,13 +413,20 @@ impl RecordLock<'_> {
 
     /// Whether a value of `len` bytes fits in place.
     #[must_use]
+    #[inline]
     pub fn fits(&self, len: usize) -> bool {
         len <= self.rec.value_cap
     }
 
     /// Replaces the value in place; the caller checked [`RecordLock::fits`].
+    #[inline]
     pub fn write_value(&mut self, v: &Encoded) {
         debug_assert!(self.fits(v.len()));
+        if let [x] = v.words() {
+            self.rec.value_words()[0].store(*x, Ordering::Relaxed);
+            self.new_state = Some(self.state.after_write(v.len(), false, false));
+            return;
+        }
         for (w, x) in self.rec.value_words().iter().zip(v.words()) {
             w.store(*x, Ordering::Relaxed);
         }
@@ -423,6 +446,7 @@ impl RecordLock<'_> {
 }
 
 impl Drop for RecordLock<'_> {
+    #[inline]
     fn drop(&mut self) {
         let s = self.new_state.unwrap_or(self.state);
         self.rec.words[2].store(s.0 & !ValueState::LOCKED, Ordering::Release);
@@ -438,7 +462,13 @@ pub struct ValueBuf {
 }
 
 impl ValueBuf {
+    #[inline]
     fn fill_from(&mut self, words: &[AtomicU64], len: usize) {
+        if let [w] = words {
+            self.inline[0] = w.load(Ordering::Relaxed);
+            self.len = len;
+            return;
+        }
         let dst: &mut [u64] = if words.len() <= self.inline.len() {
             &mut self.inline[..words.len()]
         } else {
@@ -466,6 +496,7 @@ impl ValueBuf {
 
     /// The copied bytes.
     #[must_use]
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         let n = self.len.div_ceil(8);
         let words = if n <= self.inline.len() {

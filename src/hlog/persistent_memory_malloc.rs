@@ -169,7 +169,7 @@ impl<D: Disk> HybridLog<D> {
                 ),
             });
         }
-        let geo = PageGeometry { page_bits, frames };
+        let geo = PageGeometry::new(page_bits, frames);
         // At least one page stays mutable; head keeps one frame free ahead of the tail, so
         // read-only can sit at most frames - 2 pages behind the tail page.
         let mutable_pages =
@@ -379,6 +379,7 @@ impl<D: Disk> HybridLog<D> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] if the bytes there are not a record.
+    #[inline]
     pub fn record(&self, address: Address) -> Result<RecordRef<'_>> {
         let frame = &self.frames[self.geo.frame(self.geo.page(address))];
         let off = (self.geo.offset(address) / 8) as usize;

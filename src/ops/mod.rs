@@ -255,6 +255,7 @@ impl<D: Disk> Engine<D> {
     /// Walks the chain from `from` while addresses are `>= floor` (and in memory: the caller
     /// passes a floor at or above head), returning the key's record if met, and where the walk
     /// stopped.
+    #[inline]
     pub(crate) fn trace(
         &self,
         from: Address,

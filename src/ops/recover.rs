@@ -297,10 +297,10 @@ impl Rebuild {
                 break;
             }
         }
-        let geo = PageGeometry {
-            page_bits: log.page_bits,
-            frames: crate::hlog::persistent_memory_malloc::MIN_FRAMES,
-        };
+        let geo = PageGeometry::new(
+            log.page_bits,
+            crate::hlog::persistent_memory_malloc::MIN_FRAMES,
+        );
         r.scan(
             disk,
             geo,
