@@ -4,8 +4,8 @@
 # during the run, recovery from it, every key read back). Exits non-zero if any read returned
 # a missing or wrong value, any operation, checkpoint or recovery failed, or a run hung for
 # 2 minutes. Between them, a larger-than-memory run with batched multi-get reads (--batch-reads:
-# 16 device reads in flight per thread). Builds only RsKv (no peer features). Runs in a few
-# seconds once built.
+# 16 device reads in flight per thread) and the memory probe on small buffers. Builds only
+# RsKv (no peer features). Runs in a few seconds once built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run -p rskv-bench --release -- \
@@ -16,6 +16,7 @@ cargo run -p rskv-bench --release -- \
     --store rskv --keys 50k --value-size 100 --memory 4MiB --ops 20000 --threads 2 \
     --workload b --distribution zipf --batch 16 --batch-reads \
     --verify-all --run-timeout 120s --dir target/rskv-bench-smoke
+cargo run -p rskv-bench --release -- --probe-memory 4MiB
 exec cargo run -p rskv-bench --release -- \
     --store rskv --keys 20k --duration 1s --threads 2 --workload a \
     --checkpoint fold-over,snapshot --op-buffer 1M \

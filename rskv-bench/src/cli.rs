@@ -173,6 +173,11 @@ pub struct Args {
     pub no_progress: bool,
 
     /// Internal: run one spec (JSON) and print its result; used by the parent process.
+    /// Instead of benchmarking, time two dependent random memory accesses (an operation's
+    /// index bucket, then its record) over two buffers of this size each, and exit.
+    #[arg(long, value_parser = parse_bytes)]
+    pub probe_memory: Option<u64>,
+
     #[arg(long, hide = true)]
     pub child: Option<String>,
 }

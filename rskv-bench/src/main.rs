@@ -7,6 +7,7 @@
 
 mod checkpoint;
 mod cli;
+mod probe;
 mod report;
 mod runner;
 mod sizing;
@@ -31,6 +32,10 @@ const RESULT_TAG: &str = "RSKV_BENCH_RESULT ";
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(bytes) = args.probe_memory {
+        probe::run(bytes);
+        return ExitCode::SUCCESS;
+    }
     if let Some(spec) = &args.child {
         return child_main(spec);
     }
