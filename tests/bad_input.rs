@@ -208,3 +208,39 @@ fn null_disk_store_works_in_memory_and_refuses_to_drop_data() {
     kv.insert(&0, &7).unwrap();
     assert_eq!(kv.get(&0).unwrap(), Some(7));
 }
+
+/// A record whose bytes changed on the device (bit rot, a stray write) is reported as
+/// corrupt, whether the change hit its value, its key or its chain pointer; never a wrong
+/// value, and never a key that silently reads as absent. Other keys stay readable.
+#[test]
+fn corrupted_records_on_disk_are_errors_not_wrong_values() {
+    let (dir, kv) = common::small_store::<u64, String>(16 << 10);
+    let value = |k: u64| format!("value-{k:06}-payload");
+    for k in 0..3_000u64 {
+        kv.insert(&k, &value(k)).unwrap();
+    }
+    let log = dir.path().join("log.0");
+    let original = std::fs::read(&log).unwrap();
+    // (key, where to flip inside its value's bytes on disk: relative to the value's start)
+    for (k, delta) in [(10u64, 3isize), (20, -2), (30, -10), (40, -30)] {
+        let needle = value(k);
+        let at = original
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .expect("record on disk");
+        // Offsets before the value reach its length prefix, the key and the header words.
+        let flip = at.checked_add_signed(delta).unwrap();
+        let mut bytes = original.clone();
+        bytes[flip] ^= 0x10;
+        std::fs::write(&log, &bytes).unwrap();
+        let got = kv.get(&k);
+        assert!(
+            matches!(got, Err(Error::Corrupt { .. })),
+            "key {k}, byte {delta} from the value: {got:?}"
+        );
+        std::fs::write(&log, &original).unwrap();
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k)), "key {k} after repair");
+    }
+    assert_eq!(kv.get(&2_999).unwrap(), Some(value(2_999)));
+    assert_eq!(kv.get(&11).unwrap(), Some(value(11)));
+}

@@ -221,8 +221,10 @@ pub struct LogMeta {
 }
 
 const MAGIC: &[u8; 8] = b"RSKVCKPT";
-/// Version of the checkpoint file format; another value is refused.
-pub const FORMAT: u32 = 1;
+/// Version of the checkpoint file format (and of the log it describes); another value is
+/// refused. 2: every record on the device carries a checksum (`core::record`); a log written
+/// by format 1 has none and would fail verification.
+pub const FORMAT: u32 = 2;
 /// File names.
 pub const INDEX_META: &str = "index.meta";
 /// The dumped hash table.

@@ -6,7 +6,7 @@
 //! |------|---------|
 //! | 0 | [`RecordInfo`]: previous address (48 bits), version (13), invalid bit |
 //! | 1 | key length in bytes (low 32 bits), value capacity in bytes (high 32 bits) |
-//! | 2 | [`ValueState`]: value length (32), sequence (29), tombstone, sealed, locked bits |
+//! | 2 | [`ValueState`]: value length (32), sequence or checksum (29), tombstone, sealed, locked |
 //! | 3.. | key bytes, zero-padded to a word |
 //! | .. | value bytes, zero-padded to the capacity (a multiple of 8) |
 //!
@@ -21,6 +21,17 @@
 //!   changed meanwhile (a seqlock), so they never see a torn value and never block a writer.
 //! - A *sealed* record has been superseded by a copy at the tail; in-place writers that find it
 //!   sealed retry from the index, so no update can land in a record nobody will read again.
+//! - *Checksums.* Every record on the device carries a 29-bit checksum in word 2's sequence
+//!   field ([`record_checksum`]: every word, with the bits that may still legitimately change
+//!   masked out: word 0's invalid bit, word 2's sequence, sealed and locked bits). A page is
+//!   stamped when it is flushed, when its records no longer change (it is below the safe
+//!   read-only marker: no in-place writer remains, so the sequence has done its job), and a
+//!   snapshot checkpoint stamps its copy of a page before writing it. Every record read from the
+//!   device or a snapshot is verified before anything in it is trusted (key, chain pointer,
+//!   value); a mismatch is [`crate::core::status::Error::Corrupt`], never a wrong value or a
+//!   silently shortened chain. An in-memory reader that copies a value while the flush stamps
+//!   its record sees word 2 change and retries once, as with any seqlock writer. Stamping is
+//!   idempotent (the checksum does not cover the field it is stored in).
 //! - All log memory is accessed through `AtomicU64`, so concurrent in-place updates and reads are
 //!   not data races in Rust's model. The byte order is little-endian (the crate only builds there).
 
@@ -157,6 +168,10 @@ impl ValueState {
     pub const fn locked(self) -> bool {
         self.0 & Self::LOCKED != 0
     }
+    /// The raw word `state` with its sequence field replaced by the checksum `sum`.
+    const fn with_checksum(state: u64, sum: u64) -> u64 {
+        (state & !Self::SEQ_MASK) | (sum << 32 & Self::SEQ_MASK)
+    }
     /// The state after a write: next sequence number, new length and tombstone, unlocked.
     fn after_write(self, len: usize, tombstone: bool, sealed: bool) -> Self {
         let seq = (self.0 & Self::SEQ_MASK).wrapping_add(Self::SEQ_ONE) & Self::SEQ_MASK;
@@ -166,6 +181,32 @@ impl ValueState {
                 | if sealed { Self::SEALED } else { 0 },
         )
     }
+}
+
+/// Bits of a record checksum (it lives in word 2's sequence field).
+const CHECKSUM_BITS: u32 = 29;
+
+/// The checksum of a record of `len` words, read through `word(i)`: the bits that may change
+/// after the record reached the device (word 0's invalid bit, word 2's sequence/checksum,
+/// sealed and locked bits) are masked out. A multiply-xorshift chain over
+/// the words: every step is a bijection of the running state for a fixed word, so a change in
+/// any one word always changes the 64-bit state, and the reported 29 bits miss it with
+/// probability about 2^-29.
+#[must_use]
+pub fn record_checksum(len: usize, word: impl Fn(usize) -> u64) -> u64 {
+    const K: u64 = 0x9fb2_1c65_1e98_df25;
+    let mut h = (len as u64).wrapping_mul(K) ^ 0x2545_f491_4f6c_dd1d;
+    for i in 0..len {
+        let w = match i {
+            0 => word(0) & !RecordInfo::INVALID,
+            2 => word(2) & (ValueState::LEN_MASK | ValueState::TOMBSTONE),
+            _ => word(i),
+        };
+        h = (h ^ w).wrapping_mul(K);
+        h ^= h >> 32;
+    }
+    h = h.wrapping_mul(K);
+    (h ^ h >> 29) & ((1 << CHECKSUM_BITS) - 1)
 }
 
 /// Bytes a record with these key and value sizes occupies.
@@ -270,6 +311,14 @@ impl<'a> RecordRef<'a> {
     #[inline]
     pub fn info(&self) -> RecordInfo {
         RecordInfo(self.words[0].load(Ordering::Acquire))
+    }
+
+    /// Replaces the sequence field with the record's checksum (the page flush, once the record
+    /// can no longer change; see the module docs).
+    pub fn stamp_checksum(&self) {
+        let sum = record_checksum(self.words.len(), |i| self.words[i].load(Ordering::Acquire));
+        let state = self.words[2].load(Ordering::Acquire);
+        self.words[2].store(ValueState::with_checksum(state, sum), Ordering::Release);
     }
 
     /// Marks an abandoned record (creator only, before it leaves the mutable region).
@@ -508,6 +557,26 @@ impl ValueBuf {
     }
 }
 
+/// Stamps every record of a page image (from byte `first`) with its checksum: a snapshot
+/// checkpoint's copy of an in-memory page, before it is written (see the module docs).
+pub fn stamp_checksums_in(page: &mut [u8], first: usize) {
+    let mut off = first;
+    while off + HEADER_BYTES <= page.len() {
+        let rec = &page[off..];
+        if rec[..8] == [0; 8] {
+            return;
+        }
+        let size = DiskRecord::size_from_prefix(rec).unwrap_or(0);
+        if size < HEADER_BYTES || off + size > page.len() {
+            return;
+        }
+        let w = |i: usize| u64::from_le_bytes(rec[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let stamped = ValueState::with_checksum(w(2), record_checksum(size / 8, w));
+        page[off + 16..off + 24].copy_from_slice(&stamped.to_le_bytes());
+        off += size;
+    }
+}
+
 /// Clears the lock and seal bits of every record in a page image (from byte `first`) that is
 /// about to become log memory again (warm recovery). A page copied while a record was locked or
 /// being superseded keeps those bits on disk; in memory they would make readers and writers wait
@@ -565,6 +634,9 @@ impl<'a> DiskRecord<'a> {
         let state = ValueState(w(2));
         if state.len() > value_cap {
             return Err("value length exceeds its capacity");
+        }
+        if record_checksum(size / 8, w) != (state.0 & ValueState::SEQ_MASK) >> 32 {
+            return Err("record checksum mismatch");
         }
         Ok(Some(DiskRecord {
             bytes: &bytes[..size],
@@ -651,10 +723,8 @@ mod tests {
         assert!(matches!(p.read_value(&mut buf), ValueRead::Live));
         assert_eq!(buf.bytes(), short.bytes());
 
-        let bytes: Vec<u8> = mem
-            .iter()
-            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
-            .collect();
+        let mut bytes = to_bytes(&mem);
+        stamp_checksums_in(&mut bytes, 0);
         let d = DiskRecord::parse(&bytes).unwrap().unwrap();
         assert_eq!(d.key(), key.bytes());
         assert_eq!(d.value(), short.bytes());
@@ -666,6 +736,60 @@ mod tests {
         drop(l);
         assert!(matches!(p.read_value(&mut buf), ValueRead::Tombstone));
         assert!(r.lock().is_none(), "sealed record must refuse writers");
+    }
+
+    fn to_bytes(mem: &[AtomicU64]) -> Vec<u8> {
+        mem.iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn stamped_records_verify_and_any_flipped_bit_is_refused() {
+        let mem = page(16);
+        let key = Encoded::new(&"key".to_string()).unwrap();
+        let val = Encoded::new(&"a value of some length".to_string()).unwrap();
+        let size = record_size(key.len(), val.len().next_multiple_of(8)) / 8;
+        let info = RecordInfo::new(Address::new(4096), Version::FIRST);
+        let r = RecordRef::write_new(&mem[..size], info, &key, Some(&val));
+        // An in-place write moves the sequence; stamping replaces it.
+        r.lock().unwrap().write_value(&val);
+        assert!(
+            DiskRecord::parse(&to_bytes(&mem)).is_err(),
+            "unstamped record accepted"
+        );
+        let mut image = to_bytes(&mem);
+        stamp_checksums_in(&mut image, 0);
+        r.stamp_checksum();
+        let stamped = to_bytes(&mem);
+        assert_eq!(image, stamped, "stamping a copy and stamping memory differ");
+        let d = DiskRecord::parse(&stamped).unwrap().unwrap();
+        assert_eq!((d.key(), d.value()), (key.bytes(), val.bytes()));
+        // Readers in memory still see the same value.
+        let mut buf = ValueBuf::default();
+        assert!(matches!(r.read_value(&mut buf), ValueRead::Live));
+        assert_eq!(buf.bytes(), val.bytes());
+        // Stamping again (a page flushed twice after recovery) gives the same bytes.
+        r.stamp_checksum();
+        assert_eq!(to_bytes(&mem), stamped);
+
+        let checked = |b: &[u8]| DiskRecord::parse(b).map(|r| r.is_some());
+        for bit in 0..size * 64 {
+            let mut b = stamped.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            let word = bit / 64;
+            let in_word = bit % 64;
+            let may_change =
+                (word == 0 && in_word == 61) || (word == 2 && (in_word == 62 || in_word == 63));
+            if may_change {
+                // Invalid, sealed and locked bits change after the flush (recovery).
+                assert_eq!(checked(&b), Ok(true), "bit {bit}");
+            } else if word == 0 && b[..8] == [0; 8] {
+                continue;
+            } else {
+                assert!(checked(&b).is_err(), "flipped bit {bit} went unnoticed");
+            }
+        }
     }
 
     #[test]

@@ -526,7 +526,9 @@ impl<D: Disk> HybridLog<D> {
         let frame = &self.frames[self.geo.frame(page)];
         let me = self as *const Self as usize;
         let len = frame.buf.len();
-        // Invariant 3: the page no longer changes, so this is the hash of what gets written.
+        // Invariant 3: the page no longer changes, so its records get their checksums (see
+        // `core::record`) and this is the hash of what gets written.
+        stamp_checksums(page, frame.words());
         let sum = page_hash(page, frame.buf.as_slice());
         self.inflight.fetch_add(1, StdOrdering::AcqRel);
         let callback = Box::new(move |r: std::io::Result<usize>| {
@@ -820,6 +822,20 @@ fn wait_io(context: String, issue: impl FnOnce(crate::device::IoCallback)) -> Re
             context,
             std::io::Error::other("callback dropped"),
         )),
+    }
+}
+
+/// Stamps every record of `page` (its frame's words) with its checksum, up to the first
+/// unused or unparsable word.
+fn stamp_checksums(page: u64, words: &[AtomicU64]) {
+    let mut off = if page == 0 {
+        (Address::FIRST_VALID.raw() / 8) as usize
+    } else {
+        0
+    };
+    while let Some(Ok(Some(rec))) = words.get(off..).map(RecordRef::parse) {
+        rec.stamp_checksum();
+        off += rec.size() / 8;
     }
 }
 

@@ -558,9 +558,17 @@ impl<D: Disk> Engine<D> {
                 let _g = self.epoch.protect()?;
                 self.hlog.copy_page(page, &mut buf)
             };
-            if !copied {
-                // Evicted meanwhile: it was flushed, and records of the checkpointed version
-                // do not change in place while the checkpoint runs.
+            if copied {
+                // Every record that leaves memory carries its checksum (`core::record`).
+                let first = if page == 0 {
+                    Address::FIRST_VALID.raw() as usize
+                } else {
+                    0
+                };
+                crate::core::record::stamp_checksums_in(buf.as_mut_slice(), first);
+            } else {
+                // Evicted meanwhile: it was flushed (and stamped), and records of the
+                // checkpointed version do not change in place while the checkpoint runs.
                 buf = self
                     .hlog
                     .read_sync(geo.page_start(page).raw(), self.hlog.page_size())?;
