@@ -3,9 +3,9 @@
 # 2 threads), then the checkpoint scenario in both log modes (20k keys, 1 s: a full checkpoint
 # during the run, recovery from it, every key read back). Exits non-zero if any read returned
 # a missing or wrong value, any operation, checkpoint or recovery failed, or a run hung for
-# 2 minutes. Between them, a larger-than-memory run with batched multi-get reads (--batch-reads:
-# 16 device reads in flight per thread) and the memory probe on small buffers. Builds only
-# RsKv (no peer features). Runs in a few seconds once built.
+# 2 minutes. Between them, larger-than-memory runs with batched multi-get reads and multi-RMWs
+# (--batch-reads, --batch-rmw: up to 16 device reads in flight per thread) and the memory probe
+# on small buffers. Builds only RsKv (no peer features). Runs in a few seconds once built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run -p rskv-bench --release -- \
@@ -14,7 +14,7 @@ cargo run -p rskv-bench --release -- \
     --verify-all --run-timeout 120s --dir target/rskv-bench-smoke
 cargo run -p rskv-bench --release -- \
     --store rskv --keys 50k --value-size 100 --memory 4MiB --ops 20000 --threads 2 \
-    --workload b --distribution zipf --batch 16 --batch-reads \
+    --workload b,f --distribution zipf --batch 16 --batch-reads --batch-rmw \
     --verify-all --run-timeout 120s --dir target/rskv-bench-smoke
 cargo run -p rskv-bench --release -- --probe-memory 4MiB
 exec cargo run -p rskv-bench --release -- \

@@ -28,6 +28,7 @@ use crate::device::file_system_disk::FileSystemDisk;
 use crate::device::Disk;
 use crate::hlog::{HybridLog, LogMarkers};
 use crate::index::KeyHash;
+use crate::ops::pending::Started;
 use crate::ops::read::ReadStep;
 use crate::ops::recover::{Layout, RecoveryInfo};
 use crate::ops::rmw::{Decision, Latest};
@@ -774,26 +775,90 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         Ok(())
     }
 
-    /// [`RsKv::rmw`] of several keys with one function, with their memory accesses overlapped.
-    /// Returns the new values.
+    /// [`RsKv::rmw`] of several keys with one function, with their memory accesses overlapped
+    /// and the device reads of keys whose newest record is on disk in flight together (as in
+    /// [`RsKv::get_many`]). Returns the new values, by position.
+    ///
+    /// `f` gets the key (a reference into `keys`) and its current value. It may run more than
+    /// once for a key (retries) and not in key order: updates that wait for the disk run after
+    /// the in-memory ones. A key that appears twice is updated twice, each update seeing the
+    /// other's result or being seen by it, as for two threads.
     ///
     /// # Errors
-    /// The first error of an [`RsKv::rmw`] (the keys before it are updated).
-    pub fn rmw_many(&self, keys: &[K], mut f: impl FnMut(&K, Option<V>) -> V) -> Result<Vec<V>> {
+    /// The first error of an [`RsKv::rmw`], by position. Keys that went to disk finish their
+    /// updates before it is returned; keys in memory after the failing one are not updated.
+    pub fn rmw_many(&self, keys: &[K], f: impl FnMut(&K, Option<V>) -> V) -> Result<Vec<V>> {
         let enc: Vec<(Encoded, KeyHash)> =
             keys.iter().map(|k| facade_key(k)).collect::<Result<_>>()?;
-        let mut out = Vec::with_capacity(keys.len());
-        for (chunk, keys) in enc.chunks(BATCH).zip(keys.chunks(BATCH)) {
+        // The futures below share `f`; none of them holds it across an await.
+        let f = RefCell::new(f);
+        let mut out: Vec<Option<V>> = Vec::with_capacity(keys.len());
+        let mut on_disk = Vec::new();
+        let mut first_err = None;
+        'chunks: for (c, (chunk, ks)) in enc.chunks(BATCH).zip(keys.chunks(BATCH)).enumerate() {
             {
-                // Protected only while prefetching: an update may wait for the disk.
+                // Protected only while prefetching: each update protects itself.
                 let _g = self.engine.protect()?;
                 self.engine.prefetch(chunk.iter().map(|(_, h)| *h));
             }
-            for ((key, hash), k) in chunk.iter().zip(keys) {
-                out.push(self.rmw_encoded(key, *hash, |old| f(k, old))?);
+            for (j, ((key, hash), k)) in chunk.iter().zip(ks).enumerate() {
+                let mut last = None;
+                let started = {
+                    let mut g = |old: Option<V>| (f.borrow_mut())(k, old);
+                    let mut decide = facade_decider(&mut g, &mut last);
+                    self.engine.update_start(
+                        key,
+                        *hash,
+                        Address::INVALID,
+                        true,
+                        &mut decide,
+                        &mut |_, _| {},
+                    )
+                };
+                match started {
+                    Ok(Started::Done(_)) => out.push(last),
+                    Ok(disk) => {
+                        on_disk.push((c * BATCH + j, disk));
+                        out.push(None);
+                    }
+                    Err(e) => {
+                        first_err = Some((c * BATCH + j, e));
+                        break 'chunks;
+                    }
+                }
             }
         }
-        Ok(out)
+        // Every continuation issues its first read when first polled: join_all polls them all
+        // before waiting, so the reads overlap.
+        let updates = on_disk.into_iter().map(|(i, started)| {
+            let ((key, hash), k, f) = (&enc[i], &keys[i], &f);
+            async move {
+                let mut last = None;
+                let done = {
+                    let mut g = |old: Option<V>| (f.borrow_mut())(k, old);
+                    let mut decide = facade_decider(&mut g, &mut last);
+                    self.engine
+                        .update_rest(key, *hash, Address::INVALID, true, started, &mut decide)
+                        .await
+                };
+                (i, done.map(|_| last))
+            }
+        });
+        for (i, done) in futures_executor::block_on(futures_util::future::join_all(updates)) {
+            match done {
+                Ok(v) => out[i] = v,
+                Err(e) if first_err.as_ref().map_or(true, |(at, _)| i < *at) => {
+                    first_err = Some((i, e));
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some((_, e)) = first_err {
+            return Err(e);
+        }
+        out.into_iter()
+            .map(|v| v.ok_or_else(|| Error::Codec("rmw finished without computing a value".into())))
+            .collect()
     }
 
     /// Async [`RsKv::get`]: does not block the executor while the disk works.

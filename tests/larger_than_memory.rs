@@ -116,3 +116,71 @@ fn sessions_finish_pending_reads_and_rmws() {
         assert_eq!(got.as_ref(), Some(&value(*k)));
     }
 }
+
+/// `rmw_many` keeps the device reads of its on-disk keys in flight together, and every key
+/// (a repeated one too) ends with exactly its updates applied. The device holds read
+/// completions back until 8 reads are in flight, so an implementation that waits for each
+/// read before issuing the next only gets them when the watchdog releases them, and fails.
+#[test]
+fn rmw_many_keeps_disk_reads_in_flight_together() {
+    use rskv::device::faulty_disk::FaultyDisk;
+    use rskv::device::file_system_disk::FileSystemDisk;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
+    let kv: rskv::RsKv<u64, Vec<u8>, _> = rskv::RsKv::open(
+        rskv::Config::new()
+            .table_size(1 << 8)
+            .log_memory_size(64 << 10)
+            .page_size(4096),
+        disk.clone(),
+    )
+    .unwrap();
+    let n = 5_000u64;
+    for k in 0..n {
+        kv.insert(&k, &value(k)).unwrap();
+    }
+    // Early keys are on disk; key 7 comes twice.
+    let keys: Vec<u64> = (0..24u64).chain([7]).collect();
+    disk.hold_reads_until(8);
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let disk = disk.clone();
+        std::thread::spawn(move || {
+            // Releases the held reads after 10 s unless rmw_many finished first.
+            let _ = finished.recv_timeout(std::time::Duration::from_secs(10));
+            disk.release_reads();
+        })
+    };
+    let bump = |v: Option<Vec<u8>>| {
+        let mut v = v.expect("every key exists");
+        v[0] = v[0].wrapping_add(1);
+        v
+    };
+    let new = kv.rmw_many(&keys, |_, old| bump(old)).unwrap();
+    let _ = done.send(());
+    assert!(
+        disk.max_reads_in_flight() >= 8,
+        "device reads were not in flight together ({} at most)",
+        disk.max_reads_in_flight()
+    );
+    let once = |k: u64| bump(Some(value(k)));
+    for (i, k) in keys.iter().enumerate().take(24) {
+        if *k != 7 {
+            assert_eq!(new[i], once(*k), "key {k}");
+        }
+    }
+    let twice = bump(Some(once(7)));
+    assert!(new[7] == once(7) || new[7] == twice, "key 7, first");
+    assert!(new[24] == once(7) || new[24] == twice, "key 7, second");
+    assert_ne!(
+        new[7], new[24],
+        "each update of key 7 saw the other or was seen by it"
+    );
+    assert_eq!(kv.get(&7).unwrap(), Some(twice));
+    assert_eq!(kv.get(&3).unwrap(), Some(once(3)));
+    assert_eq!(kv.get(&(n - 1)).unwrap(), Some(value(n - 1)));
+    drop(kv);
+    watchdog.join().unwrap();
+}

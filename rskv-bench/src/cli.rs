@@ -118,6 +118,12 @@ pub struct Args {
     #[arg(long)]
     pub batch_reads: bool,
 
+    /// With --batch N: issue the RMWs of each batch together through the store's multi-RMW
+    /// (RsKv `rmw_many`, whose device reads are in flight at once; peers one by one), before
+    /// the batch's other operations. An RMW's sampled latency is then its whole batch's.
+    #[arg(long)]
+    pub batch_rmw: bool,
+
     /// RsKv: copy records that reads fetch from disk to the log's tail
     /// (`Config::copy_reads_to_tail`), so skewed reads of a larger-than-memory data set come
     /// back into memory. Peers ignore it (their caches do this on their own).
@@ -250,6 +256,9 @@ pub struct RunSpec {
     /// Reads of a batch go through one multi-get (see `--batch-reads`).
     #[serde(default)]
     pub batch_reads: bool,
+    /// RMWs of a batch go through one multi-RMW (see `--batch-rmw`).
+    #[serde(default)]
+    pub batch_rmw: bool,
     /// RsKv copies reads from disk to the tail (see `--copy-reads-to-tail`).
     #[serde(default)]
     pub copy_reads_to_tail: bool,
@@ -324,6 +333,7 @@ impl Args {
                             op_buffer: self.op_buffer,
                             batch: self.batch.max(1),
                             batch_reads: self.batch_reads && self.batch > 1,
+                            batch_rmw: self.batch_rmw && self.batch > 1,
                             copy_reads_to_tail: self.copy_reads_to_tail,
                             verify_all: self.verify_all,
                             keep_data: self.keep_data,

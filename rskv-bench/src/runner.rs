@@ -354,6 +354,8 @@ struct Shared<'a> {
     batch: usize,
     /// Reads of a batch go through one multi-get (`--batch-reads`).
     batch_reads: bool,
+    /// RMWs of a batch go through one multi-RMW (`--batch-rmw`).
+    batch_rmw: bool,
     spec: &'a RunSpec,
 }
 
@@ -452,6 +454,7 @@ fn run_phases<S: Store>(
         sample_mask: spec.sample_every - 1,
         batch: spec.batch.max(1),
         batch_reads: spec.batch_reads,
+        batch_rmw: spec.batch_rmw,
         spec,
     };
     let (warmup_secs, start, threads) = thread::scope(|s| {
@@ -653,11 +656,14 @@ fn run_ops<S: Store>(
     let mut n = 0u64;
     // The announced keys of a batch (one buffer for the whole run).
     let mut keys: Vec<u64> = Vec::with_capacity(sh.batch);
-    // With --batch-reads: how long the current batch's multi-get took (its reads' latency).
+    // With --batch-reads/--batch-rmw: how long the current batch's multi-get and multi-RMW
+    // took (the latency of each of their operations).
     let mut batch_read_ns = 0u64;
-    // Whether this call issued the current batch's multi-get (a call that starts mid-batch
-    // runs the reads before the next batch one by one).
+    let mut batch_rmw_ns = 0u64;
+    // Whether this call issued the current batch's multi-get / multi-RMW (a call that starts
+    // mid-batch runs the operations before the next batch one by one).
     let mut batch_open = false;
+    let mut rmw_open = false;
     while n < limit {
         if n & STOP_CHECK_MASK == 0 {
             if let Some(counter) = counter {
@@ -674,12 +680,13 @@ fn run_ops<S: Store>(
         if sh.batch > 1 && (*pos).is_multiple_of(sh.batch) {
             let end = (*pos + sh.batch).min(ops.len());
             keys.clear();
+            // Never past the run's last operation.
+            let run_end =
+                end.min(pos.saturating_add(usize::try_from(limit - n).unwrap_or(usize::MAX)));
             if sh.batch_reads {
-                // The batch's reads, all at once (never past the run's last operation).
-                let end =
-                    end.min(pos.saturating_add(usize::try_from(limit - n).unwrap_or(usize::MAX)));
+                // The batch's reads, all at once.
                 keys.extend(
-                    ops[*pos..end]
+                    ops[*pos..run_end]
                         .iter()
                         .filter(|o| o.kind() == OpKind::Read)
                         .map(|o| o.key()),
@@ -695,7 +702,29 @@ fn run_ops<S: Store>(
                 }
                 batch_read_ns = t0.elapsed().as_nanos() as u64;
                 batch_open = true;
-            } else {
+            }
+            if sh.batch_rmw {
+                // The batch's RMWs, all at once.
+                keys.clear();
+                keys.extend(
+                    ops[*pos..run_end]
+                        .iter()
+                        .filter(|o| o.kind() == OpKind::Rmw)
+                        .map(|o| o.key()),
+                );
+                let t0 = Instant::now();
+                match store.rmw_many(&keys) {
+                    Ok(found) => {
+                        for (&key, f) in keys.iter().zip(found) {
+                            c.check("rmw", key, f, sh.missing_allowed);
+                        }
+                    }
+                    Err(e) => c.error("rmw", keys.first().copied().unwrap_or(0), &e),
+                }
+                batch_rmw_ns = t0.elapsed().as_nanos() as u64;
+                rmw_open = true;
+            }
+            if !sh.batch_reads && !sh.batch_rmw {
                 keys.extend(ops[*pos..end].iter().map(|o| o.key()));
                 store.prefetch(&keys);
             }
@@ -705,10 +734,15 @@ fn run_ops<S: Store>(
         if *pos == ops.len() {
             *pos = 0;
         }
-        if batch_open && op.kind() == OpKind::Read {
-            // Done by the batch's multi-get above.
+        let batched = match op.kind() {
+            OpKind::Read if batch_open => Some(batch_read_ns),
+            OpKind::Rmw if rmw_open => Some(batch_rmw_ns),
+            _ => None,
+        };
+        if let Some(ns) = batched {
+            // Done by the batch's multi-get or multi-RMW above.
             if let Some(h) = hist.as_deref_mut().filter(|_| n & sh.sample_mask == 0) {
-                h.saturating_record(batch_read_ns);
+                h.saturating_record(ns);
             }
             n += 1;
             continue;

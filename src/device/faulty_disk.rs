@@ -3,10 +3,12 @@
 //! Invariants: every knob is an atomic, so tests may flip them from any thread while I/O runs.
 //! An injected failure never reaches the inner device (except the first half of a torn write), and
 //! every callback still runs exactly once. The counters count calls (failed ones included), not
-//! bytes.
+//! bytes. Held read completions ([`FaultyDisk::hold_reads_until`]) run when enough reads are in
+//! flight together or on [`FaultyDisk::release_reads`], never twice and never lost.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::{Disk, IoCallback};
 use crate::core::alloc::align_down;
@@ -25,6 +27,54 @@ pub struct FaultyDisk<D: Disk> {
     tear_next: AtomicBool,
     writes: AtomicU64,
     reads: AtomicU64,
+    flight: Arc<ReadFlight>,
+}
+
+/// Reads issued and not yet completed, shared with their callbacks.
+#[derive(Default)]
+struct ReadFlight {
+    /// Reads issued whose callback has not run yet.
+    now: AtomicU64,
+    /// The most reads that were ever in flight together.
+    max: AtomicU64,
+    /// Completions are held until this many reads are in flight (0: none are held).
+    hold_until: AtomicU64,
+    held: Mutex<Vec<(IoCallback, io::Result<usize>)>>,
+}
+
+impl std::fmt::Debug for ReadFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadFlight")
+            .field("now", &self.now)
+            .field("max", &self.max)
+            .field("hold_until", &self.hold_until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadFlight {
+    /// Runs every held completion and stops holding.
+    fn release(&self) {
+        self.hold_until.store(0, Ordering::SeqCst);
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        for (callback, result) in held {
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            callback(result);
+        }
+    }
+
+    /// A read's completion: held, or run now.
+    fn complete(&self, callback: IoCallback, result: io::Result<usize>) {
+        {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if self.hold_until.load(Ordering::SeqCst) != 0 {
+                held.push((callback, result));
+                return;
+            }
+        }
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        callback(result);
+    }
 }
 
 impl<D: Disk> FaultyDisk<D> {
@@ -38,7 +88,26 @@ impl<D: Disk> FaultyDisk<D> {
             tear_next: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            flight: Arc::default(),
         }
+    }
+
+    /// Holds back read completions until `n` reads are in flight together (then runs them all
+    /// and stops holding), or until [`FaultyDisk::release_reads`]. A test of whether the store
+    /// keeps reads in flight together: a store that waits for each read before issuing the next
+    /// waits until the release.
+    pub fn hold_reads_until(&self, n: u64) {
+        self.flight.hold_until.store(n, Ordering::SeqCst);
+    }
+
+    /// Runs every held read completion and stops holding.
+    pub fn release_reads(&self) {
+        self.flight.release();
+    }
+
+    /// The most reads that have been in flight together.
+    pub fn max_reads_in_flight(&self) -> u64 {
+        self.flight.max.load(Ordering::SeqCst)
     }
 
     /// The wrapped device.
@@ -145,8 +214,16 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         if self.fail_reads.load(Ordering::SeqCst) {
             return callback(Err(injected("read")));
         }
+        let flight = self.flight.clone();
+        let now = flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+        flight.max.fetch_max(now, Ordering::SeqCst);
+        let hold = flight.hold_until.load(Ordering::SeqCst);
+        let callback: IoCallback = Box::new(move |r| flight.complete(callback, r));
         // SAFETY: forwarded with the caller's contract unchanged.
         unsafe { self.inner.read_async(offset, buf, len, callback) }
+        if hold != 0 && now >= hold {
+            self.flight.release();
+        }
     }
 
     fn flush(&self) -> io::Result<()> {

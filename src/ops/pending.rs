@@ -190,7 +190,7 @@ impl<D: Disk> Engine<D> {
     }
 
     /// The rest of an update after [`Engine::update_start`].
-    async fn update_rest(
+    pub(crate) async fn update_rest(
         &self,
         key: &Encoded,
         hash: KeyHash,

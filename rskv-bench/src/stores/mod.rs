@@ -112,6 +112,10 @@ pub trait Store: Send + Sync {
     fn read_many(&self, keys: &[u64]) -> anyhow::Result<Vec<ReadCheck>> {
         keys.iter().map(|&k| self.read(k)).collect()
     }
+    /// RMWs of `keys` together (`--batch-rmw`). Default: one by one; the first error ends it.
+    fn rmw_many(&self, keys: &[u64]) -> anyhow::Result<Vec<ReadCheck>> {
+        keys.iter().map(|&k| self.rmw(k)).collect()
+    }
     fn info(&self) -> StoreInfo;
     /// Waits, after the load and before the warm-up, until background work the load left
     /// behind (LSM compactions) is done, so the run does not measure the load's debt.

@@ -137,6 +137,34 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
             .collect())
     }
 
+    fn rmw_many(&self, keys: &[u64]) -> anyhow::Result<Vec<ReadCheck>> {
+        let ks: Vec<K> = keys.iter().map(|&id| self.key(id)).collect();
+        let size = self.value_size;
+        // As in `rmw`: the last run of the function for a position is what it observed.
+        let mut seen = vec![ReadCheck::Missing; keys.len()];
+        let update = |k: &K, old: Option<V>| {
+            // rmw_many hands out references into `ks`: the position is the key's identity.
+            let i = ks.iter().position(|x| std::ptr::eq(x, k)).unwrap_or(0);
+            let key = keys[i];
+            match old {
+                Some(v) if v.ok(key, size) => {
+                    seen[i] = ReadCheck::Ok;
+                    v.bumped()
+                }
+                Some(_) => {
+                    seen[i] = ReadCheck::Wrong;
+                    V::make(key, 1, size)
+                }
+                None => {
+                    seen[i] = ReadCheck::Missing;
+                    V::make(key, 1, size)
+                }
+            }
+        };
+        with_kv!(self, kv => kv.rmw_many(&ks, update))?;
+        Ok(seen)
+    }
+
     fn prefetch(&self, keys: &[u64]) {
         with_kv!(self, kv => kv.prefetch(keys.iter().map(|&id| self.key(id))));
     }
