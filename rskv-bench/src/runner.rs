@@ -683,45 +683,16 @@ fn run_ops<S: Store>(
             // Never past the run's last operation.
             let run_end =
                 end.min(pos.saturating_add(usize::try_from(limit - n).unwrap_or(usize::MAX)));
+            let batch = &ops[*pos..run_end];
             if sh.batch_reads {
-                // The batch's reads, all at once.
-                keys.extend(
-                    ops[*pos..run_end]
-                        .iter()
-                        .filter(|o| o.kind() == OpKind::Read)
-                        .map(|o| o.key()),
-                );
-                let t0 = Instant::now();
-                match store.read_many(&keys) {
-                    Ok(found) => {
-                        for (&key, f) in keys.iter().zip(found) {
-                            c.check("read", key, f, sh.missing_allowed);
-                        }
-                    }
-                    Err(e) => c.error("read", keys.first().copied().unwrap_or(0), &e),
-                }
-                batch_read_ns = t0.elapsed().as_nanos() as u64;
+                batch_read_ns = run_together(batch, OpKind::Read, &mut keys, c, sh, |k| {
+                    store.read_many(k)
+                });
                 batch_open = true;
             }
             if sh.batch_rmw {
-                // The batch's RMWs, all at once.
-                keys.clear();
-                keys.extend(
-                    ops[*pos..run_end]
-                        .iter()
-                        .filter(|o| o.kind() == OpKind::Rmw)
-                        .map(|o| o.key()),
-                );
-                let t0 = Instant::now();
-                match store.rmw_many(&keys) {
-                    Ok(found) => {
-                        for (&key, f) in keys.iter().zip(found) {
-                            c.check("rmw", key, f, sh.missing_allowed);
-                        }
-                    }
-                    Err(e) => c.error("rmw", keys.first().copied().unwrap_or(0), &e),
-                }
-                batch_rmw_ns = t0.elapsed().as_nanos() as u64;
+                batch_rmw_ns =
+                    run_together(batch, OpKind::Rmw, &mut keys, c, sh, |k| store.rmw_many(k));
                 rmw_open = true;
             }
             if !sh.batch_reads && !sh.batch_rmw {
@@ -764,6 +735,31 @@ fn run_ops<S: Store>(
 }
 
 #[inline(always)]
+/// Runs the operations of `kind` among `batch` in one call of `many` (a store's multi-get or
+/// multi-RMW), checks what each found and returns how long the call took.
+fn run_together(
+    batch: &[Op],
+    kind: OpKind,
+    keys: &mut Vec<u64>,
+    c: &mut Counters,
+    sh: &Shared<'_>,
+    many: impl FnOnce(&[u64]) -> anyhow::Result<Vec<ReadCheck>>,
+) -> u64 {
+    let what = if kind == OpKind::Rmw { "rmw" } else { "read" };
+    keys.clear();
+    keys.extend(batch.iter().filter(|o| o.kind() == kind).map(|o| o.key()));
+    let t0 = Instant::now();
+    match many(keys) {
+        Ok(found) => {
+            for (&key, f) in keys.iter().zip(found) {
+                c.check(what, key, f, sh.missing_allowed);
+            }
+        }
+        Err(e) => c.error(what, keys.first().copied().unwrap_or(0), &e),
+    }
+    t0.elapsed().as_nanos() as u64
+}
+
 fn execute_op<S: Store>(store: &S, op: Op, n: u64, c: &mut Counters, missing_allowed: bool) {
     let key = op.key();
     match op.kind() {
