@@ -620,21 +620,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     ///
     /// # Errors
     /// Device, codec or size errors.
-    pub fn rmw(&self, key: &K, f: impl FnMut(Option<V>) -> V) -> Result<V> {
+    pub fn rmw(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
         let (key, hash) = facade_key(key)?;
-        self.rmw_encoded(&key, hash, f)
-    }
-
-    /// [`RsKv::rmw`] of an encoded key.
-    fn rmw_encoded(
-        &self,
-        key: &Encoded,
-        hash: KeyHash,
-        mut f: impl FnMut(Option<V>) -> V,
-    ) -> Result<V> {
         let mut last = None;
         let _written = self.engine.update_blocking(
-            key,
+            &key,
             hash,
             Address::INVALID,
             true,

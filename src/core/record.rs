@@ -557,9 +557,24 @@ impl ValueBuf {
     }
 }
 
-/// Stamps every record of a page image (from byte `first`) with its checksum: a snapshot
-/// checkpoint's copy of an in-memory page, before it is written (see the module docs).
-pub fn stamp_checksums_in(page: &mut [u8], first: usize) {
+/// The offset of the first record in log page `page`: the log starts at
+/// [`Address::FIRST_VALID`], inside page 0.
+#[must_use]
+pub const fn first_record_offset(page: u64) -> usize {
+    if page == 0 {
+        Address::FIRST_VALID.raw() as usize
+    } else {
+        0
+    }
+}
+
+/// Replaces word 2 of every record in a page image (from byte `first`, up to the first unused
+/// or unparsable space) with `state(record's words)`.
+fn rewrite_states(
+    page: &mut [u8],
+    first: usize,
+    state: impl Fn(usize, &dyn Fn(usize) -> u64) -> u64,
+) {
     let mut off = first;
     while off + HEADER_BYTES <= page.len() {
         let rec = &page[off..];
@@ -571,10 +586,18 @@ pub fn stamp_checksums_in(page: &mut [u8], first: usize) {
             return;
         }
         let w = |i: usize| u64::from_le_bytes(rec[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-        let stamped = ValueState::with_checksum(w(2), record_checksum(size / 8, w));
-        page[off + 16..off + 24].copy_from_slice(&stamped.to_le_bytes());
+        let new = state(size / 8, &w);
+        page[off + 16..off + 24].copy_from_slice(&new.to_le_bytes());
         off += size;
     }
+}
+
+/// Stamps every record of a page image (from byte `first`) with its checksum: a snapshot
+/// checkpoint's copy of an in-memory page, before it is written (see the module docs).
+pub fn stamp_checksums_in(page: &mut [u8], first: usize) {
+    rewrite_states(page, first, |words, w| {
+        ValueState::with_checksum(w(2), record_checksum(words, w))
+    });
 }
 
 /// Clears the lock and seal bits of every record in a page image (from byte `first`) that is
@@ -582,26 +605,9 @@ pub fn stamp_checksums_in(page: &mut [u8], first: usize) {
 /// being superseded keeps those bits on disk; in memory they would make readers and writers wait
 /// or retry forever, and after recovery no copy or lock holder exists.
 pub fn clear_transient_bits(page: &mut [u8], first: usize) {
-    let mut off = first;
-    while off + HEADER_BYTES <= page.len() {
-        let word = |i: usize| {
-            u64::from_le_bytes(
-                page[off + i * 8..off + i * 8 + 8]
-                    .try_into()
-                    .unwrap_or_default(),
-            )
-        };
-        if word(0) == 0 {
-            return;
-        }
-        let size = DiskRecord::size_from_prefix(&page[off..]).unwrap_or(0);
-        if size < HEADER_BYTES || off + size > page.len() {
-            return;
-        }
-        let state = word(2) & !(ValueState::SEALED | ValueState::LOCKED);
-        page[off + 16..off + 24].copy_from_slice(&state.to_le_bytes());
-        off += size;
-    }
+    rewrite_states(page, first, |_, w| {
+        w(2) & !(ValueState::SEALED | ValueState::LOCKED)
+    });
 }
 
 /// A record read from disk: a plain byte copy, parsed with the same layout.

@@ -219,7 +219,8 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         flight.max.fetch_max(now, Ordering::SeqCst);
         let hold = flight.hold_until.load(Ordering::SeqCst);
         let callback: IoCallback = Box::new(move |r| flight.complete(callback, r));
-        // SAFETY: forwarded with the caller's contract unchanged.
+        // SAFETY: forwarded with the caller's contract unchanged: the caller keeps `buf` until
+        // its callback runs, and a held callback still runs exactly once, only later.
         unsafe { self.inner.read_async(offset, buf, len, callback) }
         if hold != 0 && now >= hold {
             self.flight.release();

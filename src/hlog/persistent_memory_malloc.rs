@@ -36,7 +36,7 @@ use crossbeam_utils::CachePadded;
 use crate::core::address::{Address, PageGeometry};
 use crate::core::alloc::{align_down, align_up, AlignedBuf};
 use crate::core::light_epoch::LightEpoch;
-use crate::core::record::{DiskRecord, RecordInfo, RecordRef, HEADER_BYTES};
+use crate::core::record::{first_record_offset, DiskRecord, RecordInfo, RecordRef, HEADER_BYTES};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::sync::{AtomicU64, Ordering};
@@ -262,12 +262,7 @@ impl<D: Disk> HybridLog<D> {
             let buf = read_device(&self.disk, offset, self.page_size())?;
             let frame = self.frames[self.geo.frame(page)].buf.as_mut_slice();
             frame.copy_from_slice(buf.as_slice());
-            let first = if page == 0 {
-                Address::FIRST_VALID.raw() as usize
-            } else {
-                0
-            };
-            crate::core::record::clear_transient_bits(frame, first);
+            crate::core::record::clear_transient_bits(frame, first_record_offset(page));
         }
         let head = self.geo.page_start(first).max(self.begin()).raw();
         for m in [&self.head, &self.safe_head, &self.head_target] {
@@ -828,11 +823,7 @@ fn wait_io(context: String, issue: impl FnOnce(crate::device::IoCallback)) -> Re
 /// Stamps every record of `page` (its frame's words) with its checksum, up to the first
 /// unused or unparsable word.
 fn stamp_checksums(page: u64, words: &[AtomicU64]) {
-    let mut off = if page == 0 {
-        (Address::FIRST_VALID.raw() / 8) as usize
-    } else {
-        0
-    };
+    let mut off = first_record_offset(page) / 8;
     while let Some(Ok(Some(rec))) = words.get(off..).map(RecordRef::parse) {
         rec.stamp_checksum();
         off += rec.size() / 8;
@@ -850,11 +841,7 @@ pub fn page_hash(page: u64, bytes: &[u8]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut scratch = [0u8; CHUNK];
     // The next record header, or None once the records end.
-    let mut next = Some(if page == 0 {
-        (Address::FIRST_VALID.raw() as usize).min(bytes.len())
-    } else {
-        0
-    });
+    let mut next = Some(first_record_offset(page).min(bytes.len()));
     for (c, chunk) in bytes.chunks(CHUNK).enumerate() {
         let base = c * CHUNK;
         let copy = &mut scratch[..chunk.len()];

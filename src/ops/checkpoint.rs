@@ -560,11 +560,7 @@ impl<D: Disk> Engine<D> {
             };
             if copied {
                 // Every record that leaves memory carries its checksum (`core::record`).
-                let first = if page == 0 {
-                    Address::FIRST_VALID.raw() as usize
-                } else {
-                    0
-                };
+                let first = crate::core::record::first_record_offset(page);
                 crate::core::record::stamp_checksums_in(buf.as_mut_slice(), first);
             } else {
                 // Evicted meanwhile: it was flushed (and stamped), and records of the
