@@ -734,7 +734,6 @@ fn run_ops<S: Store>(
     n
 }
 
-#[inline(always)]
 /// Runs the operations of `kind` among `batch` in one call of `many` (a store's multi-get or
 /// multi-RMW), checks what each found and returns how long the call took.
 fn run_together(
@@ -760,6 +759,7 @@ fn run_together(
     t0.elapsed().as_nanos() as u64
 }
 
+#[inline(always)]
 fn execute_op<S: Store>(store: &S, op: Op, n: u64, c: &mut Counters, missing_allowed: bool) {
     let key = op.key();
     match op.kind() {

@@ -50,6 +50,27 @@ fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
         .copy_reads_to_tail(spec.copy_reads_to_tail)
 }
 
+/// What a read of `key` found.
+#[inline]
+fn checked<V: BenchValue>(key: u64, size: usize, got: Option<V>) -> ReadCheck {
+    match got {
+        None => ReadCheck::Missing,
+        Some(v) if v.ok(key, size) => ReadCheck::Ok,
+        Some(_) => ReadCheck::Wrong,
+    }
+}
+
+/// An RMW's update of `key`: the next version of a value that verifies, else version 1; and
+/// what the old value was.
+#[inline]
+fn bumped<V: BenchValue>(key: u64, size: usize, old: Option<V>) -> (ReadCheck, V) {
+    match old {
+        Some(v) if v.ok(key, size) => (ReadCheck::Ok, v.bumped()),
+        Some(_) => (ReadCheck::Wrong, V::make(key, 1, size)),
+        None => (ReadCheck::Missing, V::make(key, 1, size)),
+    }
+}
+
 impl<K: BenchKey, V: BenchValue> RsKvStore<K, V> {
     pub fn open(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<Self> {
         let config = config(spec, plan);
@@ -92,11 +113,7 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
     fn read(&self, key: u64) -> anyhow::Result<ReadCheck> {
         let k = self.key(key);
         let got = with_kv!(self, kv => kv.get(&k))?;
-        Ok(match got {
-            None => ReadCheck::Missing,
-            Some(v) if v.ok(key, self.value_size) => ReadCheck::Ok,
-            Some(_) => ReadCheck::Wrong,
-        })
+        Ok(checked(key, self.value_size, got))
     }
 
     #[inline]
@@ -105,19 +122,10 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
         let size = self.value_size;
         // The closure may run more than once (retries): the last run's observation counts.
         let mut seen = ReadCheck::Missing;
-        let update = |old: Option<V>| match old {
-            Some(v) if v.ok(key, size) => {
-                seen = ReadCheck::Ok;
-                v.bumped()
-            }
-            Some(_) => {
-                seen = ReadCheck::Wrong;
-                V::make(key, 1, size)
-            }
-            None => {
-                seen = ReadCheck::Missing;
-                V::make(key, 1, size)
-            }
+        let update = |old: Option<V>| {
+            let (found, new) = bumped(key, size, old);
+            seen = found;
+            new
         };
         with_kv!(self, kv => kv.rmw(&k, update))?;
         Ok(seen)
@@ -129,11 +137,7 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
         Ok(keys
             .iter()
             .zip(got)
-            .map(|(&key, v)| match v {
-                None => ReadCheck::Missing,
-                Some(v) if v.ok(key, self.value_size) => ReadCheck::Ok,
-                Some(_) => ReadCheck::Wrong,
-            })
+            .map(|(&key, v)| checked(key, self.value_size, v))
             .collect())
     }
 
@@ -145,21 +149,9 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
         let update = |k: &K, old: Option<V>| {
             // rmw_many hands out references into `ks`: the position is the key's identity.
             let i = ks.iter().position(|x| std::ptr::eq(x, k)).unwrap_or(0);
-            let key = keys[i];
-            match old {
-                Some(v) if v.ok(key, size) => {
-                    seen[i] = ReadCheck::Ok;
-                    v.bumped()
-                }
-                Some(_) => {
-                    seen[i] = ReadCheck::Wrong;
-                    V::make(key, 1, size)
-                }
-                None => {
-                    seen[i] = ReadCheck::Missing;
-                    V::make(key, 1, size)
-                }
-            }
+            let (found, new) = bumped(keys[i], size, old);
+            seen[i] = found;
+            new
         };
         with_kv!(self, kv => kv.rmw_many(&ks, update))?;
         Ok(seen)
