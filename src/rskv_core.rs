@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::config::{Config, Resolved};
 use crate::core::address::Address;
 use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
-use crate::core::codec::{decode, Codec, Encoded};
+use crate::core::codec::{decode, decode_word, Codec, Encoded};
 use crate::core::light_epoch::LightEpoch;
 use crate::core::record::ValueBuf;
 use crate::core::status::{Error, Result, Status};
@@ -28,6 +28,7 @@ use crate::device::file_system_disk::FileSystemDisk;
 use crate::device::Disk;
 use crate::hlog::{HybridLog, LogMarkers};
 use crate::index::KeyHash;
+use crate::ops::fast::{Fast, Word};
 use crate::ops::pending::Started;
 use crate::ops::read::ReadStep;
 use crate::ops::recover::{Layout, RecoveryInfo};
@@ -54,17 +55,23 @@ pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     if bytes.len() <= 8 {
         let mut word = [0u8; 8];
         word[..bytes.len()].copy_from_slice(bytes);
-        u64::from_le_bytes(word) ^ (bytes.len() as u64) << 56
+        hash_word(u64::from_le_bytes(word), bytes.len())
     } else {
         xxhash_rust::xxh3::xxh3_64(bytes)
     }
+}
+
+/// [`hash_bytes`] of an encoding of at most 8 bytes held zero-padded in `word`.
+#[inline(always)]
+pub(crate) fn hash_word(word: u64, len: usize) -> u64 {
+    word ^ (len as u64) << 56
 }
 
 /// [`hash_bytes`] of an encoding, without copying it when it fits a word (its padding is zero).
 #[inline]
 fn hash_encoded(e: &Encoded) -> u64 {
     if e.len() <= 8 {
-        e.first_word() ^ (e.len() as u64) << 56
+        hash_word(e.first_word(), e.len())
     } else {
         hash_bytes(e.bytes())
     }
@@ -592,7 +599,21 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     ///
     /// # Errors
     /// Device, codec or corruption errors.
+    #[inline]
     pub fn get(&self, key: &K) -> Result<Option<V>> {
+        if let Some(k) = Word::encode(key) {
+            match self.engine.read_word(k, k.hash()) {
+                Fast::Done(Some(v)) => return decode_word(v.word, v.len).map(Some),
+                Fast::Done(None) => return Ok(None),
+                Fast::Slow => {}
+            }
+        }
+        self.get_general(key)
+    }
+
+    /// [`RsKv::get`] through the general path.
+    #[inline(never)]
+    fn get_general(&self, key: &K) -> Result<Option<V>> {
         let (key, hash) = facade_key(key)?;
         let mut buf = ValueBuf::default();
         if self.engine.read_blocking(&key, hash, &mut buf)? {
@@ -606,7 +627,19 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     ///
     /// # Errors
     /// [`Error::RecordTooLarge`], [`Error::Poisoned`], codec errors.
+    #[inline]
     pub fn insert(&self, key: &K, value: &V) -> Result<()> {
+        if let (Some(k), Some(v)) = (Word::encode(key), Word::encode(value)) {
+            if let Fast::Done(_) = self.engine.update_word(k, k.hash(), |_| Some(v)) {
+                return Ok(());
+            }
+        }
+        self.insert_general(key, value)
+    }
+
+    /// [`RsKv::insert`] through the general path.
+    #[inline(never)]
+    fn insert_general(&self, key: &K, value: &V) -> Result<()> {
         let (key, hash) = facade_key(key)?;
         let value = Encoded::new(value)?;
         let g = self.engine.protect()?;
@@ -620,7 +653,27 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     ///
     /// # Errors
     /// Device, codec or size errors.
+    #[inline]
     pub fn rmw(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
+        // Only integer values can be known to fit one word before `f` runs.
+        if let Some(k) = Word::encode(key).filter(|_| Word::is_word_type::<V>()) {
+            let mut new = None;
+            let fast = self.engine.update_word(k, k.hash(), |old| {
+                let v = f(Some(decode_word(old.word, old.len).ok()?));
+                let w = Word::encode(&v);
+                new = Some(v);
+                w
+            });
+            if let (Fast::Done(_), Some(v)) = (fast, new) {
+                return Ok(v);
+            }
+        }
+        self.rmw_general(key, f)
+    }
+
+    /// [`RsKv::rmw`] through the general path.
+    #[inline(never)]
+    fn rmw_general(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
         let (key, hash) = facade_key(key)?;
         let mut last = None;
         let _written = self.engine.update_blocking(

@@ -38,15 +38,14 @@ fn round8(v: u64) -> u64 {
     v.div_ceil(8) * 8
 }
 
-/// Bytes of an RsKv record for these sizes: header, then key and value encodings (postcard)
-/// each padded to words.
-pub fn record_bytes(keys: u64, key_size: usize, value_size: usize) -> u64 {
+/// Bytes of an RsKv record for these sizes: header, then key and value encodings each padded
+/// to words (a `u64` is its 8 bytes; byte strings are postcard's length varint and the bytes).
+pub fn record_bytes(key_size: usize, value_size: usize) -> u64 {
     let key = if key_size == 8 {
-        varint_len(keys.saturating_sub(1))
+        8
     } else {
         key_size as u64 + varint_len(key_size as u64)
     };
-    // 8-byte values keep their top byte zero: at most 8 bytes of varint.
     let value = if value_size == 8 {
         8
     } else {
@@ -68,7 +67,7 @@ pub fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
         .max(1)
         .next_power_of_two();
     let index_bytes = table_size * BUCKET_BYTES;
-    let record = record_bytes(spec.keys, spec.key_size, spec.value_size);
+    let record = record_bytes(spec.key_size, spec.value_size);
     let (budget, log_wanted) = match spec.memory {
         Some(budget) => {
             if index_bytes >= budget {
@@ -128,9 +127,9 @@ mod tests {
 
     #[test]
     fn record_sizes() {
-        // 8M u64 keys (4-byte varints) and 8-byte values: 5 words.
-        assert_eq!(record_bytes(8_000_000, 8, 8), 40);
+        // u64 keys and 8-byte values: 5 words.
+        assert_eq!(record_bytes(8, 8), 40);
         // 100-byte values: 101 bytes of encoding, 104 padded.
-        assert_eq!(record_bytes(8_000_000, 8, 100), 24 + 8 + 104);
+        assert_eq!(record_bytes(8, 100), 24 + 8 + 104);
     }
 }

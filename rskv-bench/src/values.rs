@@ -7,8 +7,8 @@
 //!
 //! Layouts (the same bytes for every store):
 //! - 8-byte values: one word, `check32(key)` in the low 32 bits and a 24-bit version above,
-//!   so the top byte is always zero (as a `u64` in RsKv, postcard's varint then takes at most
-//!   8 bytes and the record stays at 5 words).
+//!   so the top byte is always zero (RsKv stores a `u64` as its 8 bytes; the zero top byte
+//!   kept the record at 5 words when integers were varints).
 //! - values of 16 bytes or more: `[key ^ SALT: 8 LE][version: 8 LE][pseudo-random bytes
 //!   seeded by the key]`. The tail is random so compressing peers gain nothing.
 
@@ -152,7 +152,7 @@ pub trait BenchKey:
 }
 
 impl BenchKey for u64 {
-    const TYPE: &'static str = "u64 (postcard varint)";
+    const TYPE: &'static str = "u64 (8 bytes LE)";
     #[inline]
     fn make(id: u64, _size: usize) -> Self {
         id
@@ -176,7 +176,7 @@ pub trait BenchValue: Serialize + DeserializeOwned + Send + Sync + Clone + 'stat
 }
 
 impl BenchValue for u64 {
-    const TYPE: &'static str = "u64 (postcard varint)";
+    const TYPE: &'static str = "u64 (8 bytes LE)";
     #[inline]
     fn make(key: u64, version: u64, _size: usize) -> Self {
         word_value(key, version)

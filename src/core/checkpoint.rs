@@ -223,8 +223,9 @@ pub struct LogMeta {
 const MAGIC: &[u8; 8] = b"RSKVCKPT";
 /// Version of the checkpoint file format (and of the log it describes); another value is
 /// refused. 2: every record on the device carries a checksum (`core::record`); a log written
-/// by format 1 has none and would fail verification.
-pub const FORMAT: u32 = 2;
+/// by format 1 has none and would fail verification. 3: a primitive integer that is a whole key
+/// or value is stored as its fixed-width bytes (`core::codec::fast`), no longer as a varint.
+pub const FORMAT: u32 = 3;
 /// File names.
 pub const INDEX_META: &str = "index.meta";
 /// The dumped hash table.

@@ -159,6 +159,37 @@ impl LightEpoch {
         })
     }
 
+    /// Protects the calling thread for one short operation that never nests another
+    /// protection inside it (the one-word fast paths of `ops::fast`). `None` where the general
+    /// [`LightEpoch::protect`] must be used instead: the thread has no slot yet (its first
+    /// operation takes one), or it is already protected (a nested call keeps the outer
+    /// protection's bookkeeping).
+    ///
+    /// The same handshake as `protect` (invariant 4), with the nesting counter set to 1 and
+    /// back to 0 by plain stores (it was 0), so a protection nested inside (an RMW function
+    /// that calls the store) nests as usual.
+    #[inline(always)]
+    #[must_use]
+    pub fn protect_short(&self) -> Option<ShortGuard<'_>> {
+        let slot = slots::cached()?;
+        let entry = self.table.get(slot)?;
+        if entry.depth.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        entry.depth.store(1, Ordering::Relaxed);
+        entry
+            .local
+            .store(self.current.load(Ordering::Acquire), Ordering::Relaxed);
+        // Invariant 4: publish `local` before reading any shared state.
+        fence(Ordering::SeqCst);
+        Some(ShortGuard {
+            epoch: self,
+            entry,
+            slot,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
     /// Protects slot `slot` (explicit-slot form, for models and tests).
     ///
     /// # Panics
@@ -394,6 +425,41 @@ impl Drop for EpochGuard<'_> {
     }
 }
 
+/// A protection from [`LightEpoch::protect_short`]: unprotects (and drains ready actions) on
+/// drop.
+pub struct ShortGuard<'a> {
+    epoch: &'a LightEpoch,
+    entry: &'a Entry,
+    slot: usize,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl ShortGuard<'_> {
+    /// Records that this thread acknowledged global phase word `phase` (see
+    /// [`LightEpoch::ack_phase`]).
+    #[inline(always)]
+    pub fn ack_phase(&self, phase: u64) {
+        self.entry.phase.store(phase, Ordering::Release);
+    }
+
+    /// The thread's slot in the epoch table.
+    #[must_use]
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+}
+
+impl Drop for ShortGuard<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.entry.depth.store(0, Ordering::Relaxed);
+        self.entry.local.store(UNPROTECTED, Ordering::Release);
+        if self.epoch.drain_count.load(Ordering::Acquire) > 0 {
+            self.epoch.drain();
+        }
+    }
+}
+
 // ---- thread slots --------------------------------------------------------------------------
 //
 // One process-wide registry maps live threads to slot numbers `0..MAX_THREADS`, shared by every
@@ -414,6 +480,8 @@ mod slots {
         fn drop(&mut self) {
             let s = self.0.get();
             if s < MAX_THREADS {
+                // Forget the copy first: nothing may use the slot once it is free again.
+                let _ = CACHED.try_with(|c| c.set(usize::MAX));
                 TAKEN[s].store(false, Ordering::Release);
             }
         }
@@ -421,6 +489,17 @@ mod slots {
 
     thread_local! {
         static SLOT: Slot = const { Slot(Cell::new(usize::MAX)) };
+        /// A copy of the slot number in a variable without a destructor, so reading it is one
+        /// thread-local load (no registration or liveness check); `usize::MAX` until the thread
+        /// takes a slot and again once it gave it back.
+        static CACHED: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+
+    /// The calling thread's slot if it already holds one.
+    #[inline(always)]
+    pub(super) fn cached() -> Option<usize> {
+        let s = CACHED.with(Cell::get);
+        (s != usize::MAX).then_some(s)
     }
 
     pub(super) fn get() -> Option<usize> {
@@ -434,6 +513,7 @@ mod slots {
                     .is_ok()
             })?;
             slot.0.set(s);
+            CACHED.with(|c| c.set(s));
             Some(s)
         })
         .ok()

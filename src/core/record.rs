@@ -439,6 +439,59 @@ impl<'a> RecordRef<'a> {
     }
 }
 
+/// Words of a record whose key is 1 to 8 bytes and whose value capacity is one word: the
+/// records the one-word fast paths (`ops::fast`) read and update.
+pub const WORD_RECORD_WORDS: usize = HEADER_WORDS + 2;
+
+/// A record with a one-word key and a one-word value capacity, seen through its exact words.
+#[derive(Clone, Copy)]
+pub struct WordRecord<'a> {
+    words: &'a [AtomicU64; WORD_RECORD_WORDS],
+    key_len: usize,
+}
+
+impl<'a> WordRecord<'a> {
+    /// The record in `words` if its word 1 says a key of `key_len` bytes (1 to 8) and a value
+    /// capacity of 8 bytes; `None` for any other shape.
+    #[must_use]
+    #[inline(always)]
+    pub fn of(words: &'a [AtomicU64; WORD_RECORD_WORDS], key_len: usize) -> Option<Self> {
+        debug_assert!((1..=8).contains(&key_len));
+        (words[1].load(Ordering::Relaxed) == key_len as u64 | 8 << 32)
+            .then_some(WordRecord { words, key_len })
+    }
+
+    /// Whether the key's (zero-padded) word is `key`.
+    #[must_use]
+    #[inline(always)]
+    pub fn key_is(&self, key: u64) -> bool {
+        self.words[HEADER_WORDS].load(Ordering::Relaxed) == key
+    }
+
+    /// One optimistic copy of the value word and the state it belongs to; `None` if a writer was
+    /// inside or came and went during the copy (the seqlock of [`RecordRef::read_value`]).
+    #[must_use]
+    #[inline(always)]
+    pub fn read(&self) -> Option<(u64, ValueState)> {
+        let s1 = self.words[2].load(Ordering::Acquire);
+        let v = self.words[HEADER_WORDS + 1].load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let s2 = self.words[2].load(Ordering::Relaxed);
+        (s1 == s2 && s1 & ValueState::LOCKED == 0).then_some((v, ValueState(s1)))
+    }
+
+    /// The same record as a general [`RecordRef`] (to lock it).
+    #[must_use]
+    #[inline(always)]
+    pub fn as_record(&self) -> RecordRef<'a> {
+        RecordRef {
+            words: &self.words[..],
+            key_len: self.key_len,
+            value_cap: 8,
+        }
+    }
+}
+
 /// The write lock of one record, for an in-place update. Unlocks on drop.
 pub struct RecordLock<'a> {
     rec: RecordRef<'a>,
@@ -472,14 +525,32 @@ impl RecordLock<'_> {
     pub fn write_value(&mut self, v: &Encoded) {
         debug_assert!(self.fits(v.len()));
         if let [x] = v.words() {
-            self.rec.value_words()[0].store(*x, Ordering::Relaxed);
-            self.new_state = Some(self.state.after_write(v.len(), false, false));
+            self.write_word(*x, v.len());
             return;
         }
         for (w, x) in self.rec.value_words().iter().zip(v.words()) {
             w.store(*x, Ordering::Relaxed);
         }
         self.new_state = Some(self.state.after_write(v.len(), false, false));
+    }
+
+    /// The first word of the value (zero-padded; the whole value when it is at most 8 bytes).
+    #[must_use]
+    #[inline]
+    pub fn first_value_word(&self) -> u64 {
+        self.rec
+            .value_words()
+            .first()
+            .map_or(0, |w| w.load(Ordering::Relaxed))
+    }
+
+    /// Replaces the value in place with the `len`-byte (1 to 8) encoding held in `word`; the
+    /// caller checked [`RecordLock::fits`].
+    #[inline]
+    pub fn write_word(&mut self, word: u64, len: usize) {
+        debug_assert!(self.fits(len) && len <= 8);
+        self.rec.value_words()[0].store(word, Ordering::Relaxed);
+        self.new_state = Some(self.state.after_write(len, false, false));
     }
 
     /// Marks the record deleted in place.

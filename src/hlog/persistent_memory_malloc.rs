@@ -391,6 +391,17 @@ impl<D: Disk> HybridLog<D> {
         }
     }
 
+    /// The `N` words at `address` (which the caller, epoch-protected, saw at or above `head`),
+    /// or `None` if they would run past the end of the page. The fast paths read word 1 before
+    /// trusting the shape; only a corrupt record could claim words past its page, and the
+    /// general path reports that.
+    #[inline(always)]
+    pub fn words_at<const N: usize>(&self, address: Address) -> Option<&[AtomicU64; N]> {
+        let frame = self.frames.get(self.geo.frame(self.geo.page(address)))?;
+        let off = (self.geo.offset(address) / 8) as usize;
+        frame.words().get(off..off + N)?.try_into().ok()
+    }
+
     /// Starts loading the record at `address` into the cache if it is in memory (a hint; the
     /// caller is epoch protected).
     #[inline]

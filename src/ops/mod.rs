@@ -3,6 +3,8 @@
 //! One file per operation: [`read`], [`upsert`], [`rmw`] (read-modify-write and conditional
 //! insert share the "find the latest record, decide, append with CAS" core), [`delete`], and
 //! [`pending`] (finishing operations whose records are on disk: blocking, async, sessions).
+//! [`fast`] finishes the common in-memory case of one-word keys and values in far fewer
+//! instructions, or hands it to the general path unchanged.
 //!
 //! # How an operation runs
 //! - An *attempt* runs inside one epoch protection and never refreshes in the middle, so the
@@ -16,6 +18,7 @@
 
 pub mod checkpoint;
 pub mod delete;
+pub mod fast;
 pub mod pending;
 pub mod read;
 pub mod recover;
@@ -29,7 +32,7 @@ use crossbeam_utils::CachePadded;
 use crate::core::address::Address;
 use crate::core::checkpoint::{Phase, SystemState};
 use crate::core::codec::Encoded;
-use crate::core::light_epoch::{EpochGuard, LightEpoch};
+use crate::core::light_epoch::{EpochGuard, LightEpoch, ShortGuard};
 use crate::core::record::{record_size, RecordInfo, RecordRef, Version};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
@@ -65,6 +68,18 @@ pub(crate) enum Rule {
     /// Version v+1 while v is being checkpointed: records of older versions are copied, never
     /// updated in place.
     CopyOlder,
+}
+
+impl Rule {
+    /// The rule of a fresh attempt in `phase`.
+    #[inline(always)]
+    fn of(phase: Phase) -> Rule {
+        match phase {
+            Phase::Rest | Phase::PrepIndexChkpt | Phase::IndexChkpt => Rule::Free,
+            Phase::Prepare => Rule::ShiftOnNewer,
+            _ => Rule::CopyOlder,
+        }
+    }
 }
 
 /// The version an attempt writes in, and its rule.
@@ -172,15 +187,19 @@ impl<D: Disk> Engine<D> {
                 };
             }
         }
-        let rule = match s.phase {
-            Phase::Rest | Phase::PrepIndexChkpt | Phase::IndexChkpt => Rule::Free,
-            Phase::Prepare => Rule::ShiftOnNewer,
-            _ => Rule::CopyOlder,
-        };
         OpVersion {
             version: s.version,
-            rule,
+            rule: Rule::of(s.phase),
         }
+    }
+
+    /// Reads and acknowledges the state word for one fast update (see [`fast`]); whether its
+    /// rule is [`Rule::Free`].
+    #[inline(always)]
+    pub(crate) fn acked_rule_is_free(&self, g: &ShortGuard<'_>) -> bool {
+        let word = self.state.load(Ordering::Acquire);
+        g.ack_phase(word);
+        Rule::of(SystemState::from_word(word).phase) == Rule::Free
     }
 
     /// Whether an attempt under `ov` must shift to the next version because the chain it is

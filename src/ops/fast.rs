@@ -1,0 +1,263 @@
+//! One-word fast paths: read, upsert and RMW of a key and value whose encodings fit in one
+//! 8-byte word each (integer keys and values, the common fixed-size case), when the key's newest
+//! record is in memory.
+//!
+//! # Why they exist
+//! An in-memory operation on a large store costs two dependent cache misses (bucket, then
+//! record). One operation at a time, a thread only goes faster than that chain if the CPU
+//! overlaps consecutive operations, and it can only do so when an operation is short enough that
+//! the next operation's bucket load enters the out-of-order window while this one still waits
+//! (on the reference VM the cliff is at about 150 instructions per operation, benchmark loop
+//! included; see BENCHMARKS.md). The general path handles every encoding, hash chains, the
+//! disk, retries and the checkpoint rules, and is several times longer than that.
+//!
+//! # Invariants
+//! 1. A fast path finishes an operation only in a state where the general path would finish it
+//!    the same way. In every other state it returns [`Fast::Slow`] *before changing anything*,
+//!    and the caller runs the general path from the start. The general path therefore stays the
+//!    definition of every operation; the fast paths need no retry, disk or checkpoint logic.
+//! 2. A fast read finishes when the index entry's record is in memory (at or above head), has
+//!    the one-word shape ([`WordRecord`]), holds the key, and one seqlock copy of its value was
+//!    consistent: exactly what the general read returns for that chain head.
+//! 3. A fast update also needs the store outside any checkpoint that constrains updates (the
+//!    phases whose rule is [`Rule::Free`], acknowledged as the general path does), the record
+//!    in the mutable region (at or above read-only), live (not a tombstone), unsealed, and its
+//!    lock. It then writes the new word in place and unlocks with the next sequence number:
+//!    the general path's in-place update. An RMW whose new value does not fit in one word
+//!    unlocks with the state unchanged (a reader that raced sees the same sequence and the same
+//!    value) and goes slow; its function then runs again there (RMW functions may run more than
+//!    once).
+//! 4. Protection is [`LightEpoch::protect_short`](crate::core::light_epoch::LightEpoch::protect_short):
+//!    the general handshake with less bookkeeping; it nests like any protection (an RMW
+//!    function may call the store for other keys, as in the general path).
+
+use crate::core::address::Address;
+use crate::core::codec;
+use crate::core::record::{WordRecord, WORD_RECORD_WORDS};
+use crate::device::Disk;
+use crate::index::{HashIndex, KeyHash};
+use crate::ops::Engine;
+#[cfg(doc)]
+use crate::ops::Rule;
+use crate::rskv_core::hash_word;
+
+/// An encoding of 1 to 8 bytes, zero-padded into one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Word {
+    /// The bytes, little-endian, zero above `len`.
+    pub word: u64,
+    /// Length in bytes (1 to 8).
+    pub len: usize,
+}
+
+impl Word {
+    /// `Some` when `len` is 1 to 8.
+    #[inline(always)]
+    pub fn new(word: u64, len: usize) -> Option<Word> {
+        (1..=8).contains(&len).then_some(Word { word, len })
+    }
+
+    /// The encoding of `v` if it is a primitive integer whose encoding fits one word (without
+    /// building an [`Encoded`](codec::Encoded): the bytes are the same, see [`codec::fast`]).
+    #[inline(always)]
+    pub fn encode<T: 'static>(v: &T) -> Option<Word> {
+        let (word, len) = codec::fast::encode(v)?;
+        Word::new(word, len)
+    }
+
+    /// Whether values of `T` are primitive integers (so [`Word::encode`] may succeed).
+    #[inline(always)]
+    pub fn is_word_type<T: 'static>() -> bool {
+        codec::fast::is_int::<T>()
+    }
+
+    /// The key hash of this encoding (as [`crate::rskv_core::hash_key`] derives it).
+    #[inline(always)]
+    pub fn hash(self) -> KeyHash {
+        KeyHash::new(hash_word(self.word, self.len))
+    }
+}
+
+/// What a fast path did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fast<T> {
+    /// Finished.
+    Done(T),
+    /// Nothing done: run the general path.
+    Slow,
+}
+
+impl<D: Disk> Engine<D> {
+    /// The record at `a` if it is in memory at or above `floor`, has the one-word shape and
+    /// holds `key`. Runs inside the caller's protection.
+    #[inline(always)]
+    fn word_record(&self, key: Word, a: Address, floor: Address) -> Option<WordRecord<'_>> {
+        if a.is_invalid() || a < floor {
+            return None;
+        }
+        let rec = WordRecord::of(self.hlog.words_at::<WORD_RECORD_WORDS>(a)?, key.len)?;
+        rec.key_is(key.word).then_some(rec)
+    }
+
+    /// Reads `key`: `Done(Some(value))`, `Done(None)` (no record, or a tombstone), or `Slow`.
+    #[inline(always)]
+    pub(crate) fn read_word(&self, key: Word, hash: KeyHash) -> Fast<Option<Word>> {
+        let Some(_g) = self.epoch.protect_short() else {
+            return Fast::Slow;
+        };
+        let entry = match self.index.find_entry(hash) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Fast::Done(None),
+            Err(_) => return Fast::Slow,
+        };
+        let Some(rec) = self.word_record(key, entry.address(), self.hlog.head()) else {
+            return Fast::Slow;
+        };
+        match rec.read() {
+            Some((_, state)) if state.tombstone() => Fast::Done(None),
+            Some((v, state)) => {
+                Word::new(v, state.len()).map_or(Fast::Slow, |w| Fast::Done(Some(w)))
+            }
+            None => Fast::Slow,
+        }
+    }
+
+    /// Updates `key` in place: `new(old)` gives the new value from the current one (`None`:
+    /// leave the record as it was and go slow). `Done` with the value written, or `Slow`.
+    #[inline(always)]
+    pub(crate) fn update_word(
+        &self,
+        key: Word,
+        hash: KeyHash,
+        new: impl FnOnce(Word) -> Option<Word>,
+    ) -> Fast<Word> {
+        let Some(g) = self.epoch.protect_short() else {
+            return Fast::Slow;
+        };
+        if !self.acked_rule_is_free(&g) {
+            return Fast::Slow;
+        }
+        let Ok(Some(entry)) = self.index.find_entry(hash) else {
+            return Fast::Slow;
+        };
+        let Some(rec) = self.word_record(key, entry.address(), self.hlog.read_only()) else {
+            return Fast::Slow;
+        };
+        let Some(mut lock) = rec.as_record().lock() else {
+            return Fast::Slow; // sealed: a newer copy exists
+        };
+        let s = lock.state();
+        let Some(old) = Word::new(lock.first_value_word(), s.len()).filter(|_| !s.tombstone())
+        else {
+            return Fast::Slow;
+        };
+        match new(old) {
+            Some(w) => {
+                lock.write_word(w.word, w.len);
+                Fast::Done(w)
+            }
+            None => Fast::Slow,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::checkpoint::{Phase, SystemState};
+    use crate::core::light_epoch::thread_slot;
+    use crate::device::file_system_disk::FileSystemDisk;
+    use crate::rskv_core::RsKv;
+    use crate::sync::Ordering;
+    use crate::Config;
+
+    fn store(dir: &std::path::Path) -> RsKv<u64, u64, FileSystemDisk> {
+        let config = Config::new()
+            .table_size(1 << 10)
+            .log_memory_size(1 << 20)
+            .page_size(64 << 10);
+        RsKv::open(config, FileSystemDisk::new(dir).unwrap()).unwrap()
+    }
+
+    fn word(v: u64) -> Word {
+        Word::encode(&v).unwrap()
+    }
+
+    #[test]
+    fn fast_paths_finish_only_where_the_general_path_would_do_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = store(dir.path());
+        let e = &kv.engine;
+        let k = word(7);
+        // The thread takes its epoch slot on its first general-path operation.
+        assert_eq!(kv.get(&7).unwrap(), None);
+        assert_eq!(e.read_word(k, k.hash()), Fast::Done(None));
+        assert_eq!(
+            e.update_word(k, k.hash(), |_| Some(word(1))),
+            Fast::Slow,
+            "absent: append"
+        );
+        kv.insert(&7, &1).unwrap();
+        assert_eq!(e.read_word(k, k.hash()), Fast::Done(Some(word(1))));
+        let tail = e.hlog.tail_address();
+        assert_eq!(
+            e.update_word(k, k.hash(), |old| Some(word(old.word + 1))),
+            Fast::Done(word(2))
+        );
+        assert_eq!(e.hlog.tail_address(), tail, "in place");
+        assert_eq!(kv.get(&7).unwrap(), Some(2));
+
+        // A checkpoint phase with a rule other than Free: updates go slow, reads stay fast.
+        let rest = e.state.load(Ordering::Acquire);
+        let prepare = SystemState {
+            phase: Phase::Prepare,
+            version: SystemState::from_word(rest).version,
+        };
+        e.state.store(prepare.word(), Ordering::Release);
+        assert_eq!(e.update_word(k, k.hash(), |_| Some(word(9))), Fast::Slow);
+        assert_eq!(e.read_word(k, k.hash()), Fast::Done(Some(word(2))));
+        e.state.store(rest, Ordering::Release);
+
+        // A fold-over checkpoint makes every record read-only: updates copy (general path).
+        kv.checkpoint().unwrap();
+        assert_eq!(e.update_word(k, k.hash(), |_| Some(word(9))), Fast::Slow);
+        assert_eq!(e.read_word(k, k.hash()), Fast::Done(Some(word(2))));
+        kv.rmw(&7, |old| old.unwrap() + 1).unwrap();
+        assert!(e.hlog.tail_address() > tail, "copied to the tail");
+        assert_eq!(
+            e.update_word(k, k.hash(), |old| Some(word(old.word + 1))),
+            Fast::Done(word(4))
+        );
+
+        // A tombstone in the mutable region: reads see nothing, updates go slow.
+        kv.remove(&7).unwrap();
+        assert_eq!(e.read_word(k, k.hash()), Fast::Done(None));
+        assert_eq!(e.update_word(k, k.hash(), |_| Some(word(9))), Fast::Slow);
+        assert_eq!(kv.rmw(&7, |old| old.unwrap_or(40) + 2).unwrap(), 42);
+        assert_eq!(kv.get(&7).unwrap(), Some(42));
+
+        // Another key in the same hash chain position is never mistaken for this one.
+        let other = word(8);
+        assert_eq!(e.read_word(other, k.hash()), Fast::Slow);
+    }
+
+    #[test]
+    fn an_rmw_function_may_call_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = store(dir.path());
+        kv.insert(&1, &10).unwrap();
+        kv.insert(&2, &32).unwrap();
+        let slot = thread_slot().unwrap();
+        let got = kv
+            .rmw(&1, |old| {
+                let other = kv.get(&2).unwrap().unwrap();
+                // The nested read must not have ended the RMW's own protection.
+                assert!(kv.engine.epoch.is_protected_at(slot));
+                old.unwrap() + other
+            })
+            .unwrap();
+        assert_eq!(got, 42);
+        assert!(!kv.engine.epoch.is_protected_at(slot));
+        assert_eq!(kv.get(&1).unwrap(), Some(42));
+    }
+}
