@@ -153,11 +153,18 @@ pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
 ///
 /// # Errors
 /// As [`decode`].
-#[inline]
+#[inline(always)]
 pub fn decode_word<T: DeserializeOwned + 'static>(word: u64, len: usize) -> Result<T> {
-    if let Some(v) = fast::decode_word(word, len) {
-        return v;
+    match fast::decode_exact(word, len) {
+        Some(v) => Ok(v),
+        None => decode_word_slow(word, len),
     }
+}
+
+/// [`decode_word`] of anything but an integer of its width (out of line: the fast paths stay
+/// short): a width error, or serde.
+#[inline(never)]
+fn decode_word_slow<T: DeserializeOwned + 'static>(word: u64, len: usize) -> Result<T> {
     decode(&word.to_le_bytes()[..len.min(8)])
 }
 
@@ -224,28 +231,39 @@ pub mod fast {
         None
     }
 
-    /// `T` from the `len` low bytes of `word`: `None` if `T` is not a supported integer, else
-    /// the value or the width error.
+    /// `T` from the `len` low bytes of `word` if `T` is a supported integer `len` bytes wide.
     #[inline(always)]
-    pub fn decode_word<T: 'static>(word: u64, len: usize) -> Option<Result<T>> {
-        let mut out: Option<Result<T>> = None;
+    pub fn decode_exact<T: 'static>(word: u64, len: usize) -> Option<T> {
+        let mut out: Option<T> = None;
         let slot: &mut dyn Any = &mut out;
         macro_rules! try_decode {
             ($t:ty, $w:expr) => {
-                if let Some(o) = slot.downcast_mut::<Option<Result<$t>>>() {
-                    *o = Some(if len == $w {
+                if let Some(o) = slot.downcast_mut::<Option<$t>>() {
+                    if len == $w {
                         let mut b = [0u8; $w];
                         b.copy_from_slice(&word.to_le_bytes()[..$w]);
-                        Ok(<$t>::from_le_bytes(b))
-                    } else {
-                        Err(width_error(stringify!($t), $w, len))
-                    });
+                        *o = Some(<$t>::from_le_bytes(b));
+                    }
                     return out;
                 }
             };
         }
         for_each_int!(try_decode);
         out
+    }
+
+    /// `T` from the `len` low bytes of `word`: `None` if `T` is not a supported integer, else
+    /// the value or the width error.
+    #[inline(always)]
+    pub fn decode_word<T: 'static>(word: u64, len: usize) -> Option<Result<T>> {
+        if !is_int::<T>() {
+            return None;
+        }
+        Some(
+            decode_exact(word, len).ok_or_else(|| {
+                width_error(std::any::type_name::<T>(), std::mem::size_of::<T>(), len)
+            }),
+        )
     }
 
     /// [`decode_word`] of plain bytes.

@@ -81,6 +81,7 @@ impl HashTable {
 
     /// Bucket `i`.
     #[must_use]
+    #[inline]
     pub fn bucket(&self, i: usize) -> &HashBucket {
         assert!(i < self.len());
         // SAFETY: i is in bounds of the 2^bits buckets this table owns for its lifetime.
@@ -96,6 +97,7 @@ impl HashTable {
     }
 
     /// Visits every slot of bucket `i`'s chain, in order, until `f` returns `Some`.
+    #[inline(always)]
     fn scan<'a, R>(
         &'a self,
         i: usize,
@@ -119,6 +121,7 @@ impl HashTable {
 
     /// The non-tentative entry for `hash`'s tag.
     #[must_use]
+    #[inline(always)]
     pub fn find_entry<'a>(
         &'a self,
         hash: KeyHash,

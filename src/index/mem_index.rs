@@ -71,6 +71,7 @@ impl MemIndex {
         }
     }
 
+    #[inline]
     fn table(&self, version: u64) -> &HashTable {
         // SAFETY: a table pointer read under epoch protection stays valid until an epoch action
         // frees it, which waits for every protected thread (see growth step 4). Both pointers a
@@ -78,8 +79,19 @@ impl MemIndex {
         unsafe { &*self.tables[version as usize & 1].load(StdOrdering::Acquire) }
     }
 
+    #[inline(always)]
     fn table_for(&self, hash: KeyHash) -> Result<&HashTable, IndexBusy> {
         let s = self.state.load(Ordering::Acquire);
+        if s & 0xff == REST {
+            return Ok(self.table(s >> 8));
+        }
+        self.table_while_growing(s, hash)
+    }
+
+    /// [`MemIndex::table_for`] outside REST (out of line: operations rarely meet growth).
+    #[cold]
+    #[inline(never)]
+    fn table_while_growing(&self, s: u64, hash: KeyHash) -> Result<&HashTable, IndexBusy> {
         let (phase, v) = (s & 0xff, s >> 8);
         match phase {
             REST => Ok(self.table(v)),
@@ -343,6 +355,7 @@ impl MemIndex {
 }
 
 impl HashIndex for MemIndex {
+    #[inline(always)]
     fn find_entry(&self, hash: KeyHash) -> Result<Option<EntrySlot<'_>>, IndexBusy> {
         Ok(self.table_for(hash)?.find_entry(hash, &self.pool))
     }
