@@ -630,7 +630,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     #[inline]
     pub fn insert(&self, key: &K, value: &V) -> Result<()> {
         if let (Some(k), Some(v)) = (Word::encode(key), Word::encode(value)) {
-            if let Fast::Done(_) = self.engine.update_word(k, k.hash(), |_| Some(v)) {
+            if let Some(lock) = self.engine.lock_word(k, k.hash()) {
+                lock.write(v);
                 return Ok(());
             }
         }
@@ -657,15 +658,16 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     pub fn rmw(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
         // Only integer values can be known to fit one word before `f` runs.
         if let Some(k) = Word::encode(key).filter(|_| Word::is_word_type::<V>()) {
-            let mut new = None;
-            let fast = self.engine.update_word(k, k.hash(), |old| {
-                let v = f(Some(decode_word(old.word, old.len).ok()?));
-                let w = Word::encode(&v);
-                new = Some(v);
-                w
-            });
-            if let (Fast::Done(_), Some(v)) = (fast, new) {
-                return Ok(v);
+            if let Some(lock) = self.engine.lock_word(k, k.hash()) {
+                let old = lock.old();
+                if let Ok(old) = decode_word(old.word, old.len) {
+                    let v = f(Some(old));
+                    if let Some(w) = Word::encode(&v) {
+                        lock.write(w);
+                        return Ok(v);
+                    }
+                }
+                // Dropping the lock leaves the record unchanged; the general path decides.
             }
         }
         self.rmw_general(key, f)

@@ -406,7 +406,7 @@ impl<'a> RecordRef<'a> {
 
     /// Takes the record's write lock; `None` if the record is sealed (a newer copy exists).
     #[must_use]
-    #[inline]
+    #[inline(always)]
     pub fn lock(&self) -> Option<RecordLock<'a>> {
         let mut round = 0;
         loop {
@@ -536,7 +536,7 @@ impl RecordLock<'_> {
 
     /// The first word of the value (zero-padded; the whole value when it is at most 8 bytes).
     #[must_use]
-    #[inline]
+    #[inline(always)]
     pub fn first_value_word(&self) -> u64 {
         self.rec
             .value_words()
@@ -546,7 +546,7 @@ impl RecordLock<'_> {
 
     /// Replaces the value in place with the `len`-byte (1 to 8) encoding held in `word`; the
     /// caller checked [`RecordLock::fits`].
-    #[inline]
+    #[inline(always)]
     pub fn write_word(&mut self, word: u64, len: usize) {
         debug_assert!(self.fits(len) && len <= 8);
         self.rec.value_words()[0].store(word, Ordering::Relaxed);
@@ -566,7 +566,7 @@ impl RecordLock<'_> {
 }
 
 impl Drop for RecordLock<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         let s = self.new_state.unwrap_or(self.state);
         self.rec.words[2].store(s.0 & !ValueState::LOCKED, Ordering::Release);

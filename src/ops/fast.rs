@@ -33,7 +33,8 @@
 
 use crate::core::address::Address;
 use crate::core::codec;
-use crate::core::record::{WordRecord, WORD_RECORD_WORDS};
+use crate::core::light_epoch::ShortGuard;
+use crate::core::record::{RecordLock, WordRecord, WORD_RECORD_WORDS};
 use crate::device::Disk;
 use crate::index::{HashIndex, KeyHash};
 use crate::ops::Engine;
@@ -122,42 +123,48 @@ impl<D: Disk> Engine<D> {
         }
     }
 
-    /// Updates `key` in place: `new(old)` gives the new value from the current one (`None`:
-    /// leave the record as it was and go slow). `Done` with the value written, or `Slow`.
+    /// Locks `key`'s record for an in-place update of its one-word value, or `None` (go slow).
     #[inline(always)]
-    pub(crate) fn update_word(
-        &self,
-        key: Word,
-        hash: KeyHash,
-        new: impl FnOnce(Word) -> Option<Word>,
-    ) -> Fast<Word> {
-        let Some(g) = self.epoch.protect_short() else {
-            return Fast::Slow;
-        };
-        if !self.acked_rule_is_free(&g) {
-            return Fast::Slow;
+    pub(crate) fn lock_word(&self, key: Word, hash: KeyHash) -> Option<WordLock<'_>> {
+        let guard = self.epoch.protect_short()?;
+        if !self.acked_rule_is_free(&guard) {
+            return None;
         }
-        let Ok(Some(entry)) = self.index.find_entry(hash) else {
-            return Fast::Slow;
-        };
-        let Some(rec) = self.word_record(key, entry.address(), self.hlog.read_only()) else {
-            return Fast::Slow;
-        };
-        let Some(mut lock) = rec.as_record().lock() else {
-            return Fast::Slow; // sealed: a newer copy exists
-        };
+        let entry = self.index.find_entry(hash).ok()??;
+        let rec = self.word_record(key, entry.address(), self.hlog.read_only())?;
+        // None: sealed (a newer copy exists).
+        let lock = rec.as_record().lock()?;
         let s = lock.state();
-        let Some(old) = Word::new(lock.first_value_word(), s.len()).filter(|_| !s.tombstone())
-        else {
-            return Fast::Slow;
-        };
-        match new(old) {
-            Some(w) => {
-                lock.write_word(w.word, w.len);
-                Fast::Done(w)
-            }
-            None => Fast::Slow,
-        }
+        let old = Word::new(lock.first_value_word(), s.len()).filter(|_| !s.tombstone())?;
+        Some(WordLock {
+            lock,
+            old,
+            _guard: guard,
+        })
+    }
+}
+
+/// A record locked for a fast in-place update, inside a short protection. Dropped without
+/// [`WordLock::write`], it leaves the record exactly as it was (the same state word, so a
+/// racing reader sees no change) and the caller goes slow.
+pub(crate) struct WordLock<'a> {
+    // Fields drop in order: the record lock is released before the protection ends.
+    lock: RecordLock<'a>,
+    old: Word,
+    _guard: ShortGuard<'a>,
+}
+
+impl WordLock<'_> {
+    /// The current value.
+    #[inline(always)]
+    pub fn old(&self) -> Word {
+        self.old
+    }
+
+    /// Writes `new` in place and unlocks with the next sequence number.
+    #[inline(always)]
+    pub fn write(mut self, new: Word) {
+        self.lock.write_word(new.word, new.len);
     }
 }
 
@@ -192,18 +199,13 @@ mod tests {
         // The thread takes its epoch slot on its first general-path operation.
         assert_eq!(kv.get(&7).unwrap(), None);
         assert_eq!(e.read_word(k, k.hash()), Fast::Done(None));
-        assert_eq!(
-            e.update_word(k, k.hash(), |_| Some(word(1))),
-            Fast::Slow,
-            "absent: append"
-        );
+        assert!(e.lock_word(k, k.hash()).is_none(), "absent: append");
         kv.insert(&7, &1).unwrap();
         assert_eq!(e.read_word(k, k.hash()), Fast::Done(Some(word(1))));
         let tail = e.hlog.tail_address();
-        assert_eq!(
-            e.update_word(k, k.hash(), |old| Some(word(old.word + 1))),
-            Fast::Done(word(2))
-        );
+        let l = e.lock_word(k, k.hash()).unwrap();
+        assert_eq!(l.old(), word(1));
+        l.write(word(2));
         assert_eq!(e.hlog.tail_address(), tail, "in place");
         assert_eq!(kv.get(&7).unwrap(), Some(2));
 
@@ -214,25 +216,27 @@ mod tests {
             version: SystemState::from_word(rest).version,
         };
         e.state.store(prepare.word(), Ordering::Release);
-        assert_eq!(e.update_word(k, k.hash(), |_| Some(word(9))), Fast::Slow);
+        assert!(e.lock_word(k, k.hash()).is_none());
         assert_eq!(e.read_word(k, k.hash()), Fast::Done(Some(word(2))));
         e.state.store(rest, Ordering::Release);
 
         // A fold-over checkpoint makes every record read-only: updates copy (general path).
         kv.checkpoint().unwrap();
-        assert_eq!(e.update_word(k, k.hash(), |_| Some(word(9))), Fast::Slow);
+        assert!(e.lock_word(k, k.hash()).is_none());
         assert_eq!(e.read_word(k, k.hash()), Fast::Done(Some(word(2))));
         kv.rmw(&7, |old| old.unwrap() + 1).unwrap();
         assert!(e.hlog.tail_address() > tail, "copied to the tail");
-        assert_eq!(
-            e.update_word(k, k.hash(), |old| Some(word(old.word + 1))),
-            Fast::Done(word(4))
-        );
+        let l = e.lock_word(k, k.hash()).unwrap();
+        assert_eq!(l.old(), word(3));
+        drop(l); // unlocked unchanged
+        assert_eq!(kv.get(&7).unwrap(), Some(3));
+        e.lock_word(k, k.hash()).unwrap().write(word(4));
+        assert_eq!(kv.get(&7).unwrap(), Some(4));
 
         // A tombstone in the mutable region: reads see nothing, updates go slow.
         kv.remove(&7).unwrap();
         assert_eq!(e.read_word(k, k.hash()), Fast::Done(None));
-        assert_eq!(e.update_word(k, k.hash(), |_| Some(word(9))), Fast::Slow);
+        assert!(e.lock_word(k, k.hash()).is_none());
         assert_eq!(kv.rmw(&7, |old| old.unwrap_or(40) + 2).unwrap(), 42);
         assert_eq!(kv.get(&7).unwrap(), Some(42));
 
