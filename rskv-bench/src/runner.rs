@@ -362,6 +362,10 @@ struct Shared<'a> {
 struct ThreadRun {
     warmup_ops: u64,
     ops: u64,
+    /// When this thread started and ended its measured phase (the run's time is from the
+    /// first start to the last end: a coordinator that is scheduled late after the barrier
+    /// must not shorten it).
+    start: Option<Instant>,
     end: Option<Instant>,
     hist: Option<Histogram<u64>>,
     counters: Counters,
@@ -372,6 +376,7 @@ impl ThreadRun {
         ThreadRun {
             warmup_ops: 0,
             ops: 0,
+            start: None,
             end: None,
             hist: None,
             counters: Counters::panicked("the run"),
@@ -477,11 +482,16 @@ fn run_phases<S: Store>(
         hist: new_histogram(),
         counters: Counters::default(),
     };
+    let first_start = threads
+        .iter()
+        .filter_map(|t| t.start)
+        .min()
+        .unwrap_or(start);
     for t in threads {
         out.warmup_ops += t.warmup_ops;
         out.ops += t.ops;
         if let Some(end) = t.end {
-            out.secs = out.secs.max(end.duration_since(start).as_secs_f64());
+            out.secs = out.secs.max(end.duration_since(first_start).as_secs_f64());
         }
         if let Some(h) = &t.hist {
             // Same bounds on both sides: adding cannot fail.
@@ -515,6 +525,7 @@ fn worker<S: Store>(store: &S, ops: &[Op], t: usize, sh: &Shared<'_>) -> ThreadR
         run_ops(store, ops, &mut pos, warm, None, None, c, sh)
     });
     sh.barrier.wait();
+    let start = Instant::now();
     let measure = match spec.length {
         RunLength::Ops(n) => Until::Count(share(n, spec.threads, t)),
         RunLength::Seconds(_) => Until::Flag(&sh.stop_run),
@@ -542,6 +553,7 @@ fn worker<S: Store>(store: &S, ops: &[Op], t: usize, sh: &Shared<'_>) -> ThreadR
     ThreadRun {
         warmup_ops,
         ops: ops_done,
+        start: Some(start),
         end: Some(end),
         hist: Some(hist),
         counters,
