@@ -599,7 +599,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     ///
     /// # Errors
     /// Device, codec or corruption errors.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         if let Some(k) = Word::encode(key) {
             match self.engine.read_word(k, k.hash()) {
@@ -627,7 +627,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     ///
     /// # Errors
     /// [`Error::RecordTooLarge`], [`Error::Poisoned`], codec errors.
-    #[inline]
+    #[inline(always)]
     pub fn insert(&self, key: &K, value: &V) -> Result<()> {
         if let (Some(k), Some(v)) = (Word::encode(key), Word::encode(value)) {
             if let Some(lock) = self.engine.lock_word(k, k.hash()) {
@@ -654,7 +654,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     ///
     /// # Errors
     /// Device, codec or size errors.
-    #[inline]
+    #[inline(always)]
     pub fn rmw(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
         // Only integer values can be known to fit one word before `f` runs.
         if let Some(k) = Word::encode(key).filter(|_| Word::is_word_type::<V>()) {

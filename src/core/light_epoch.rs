@@ -185,7 +185,6 @@ impl LightEpoch {
         Some(ShortGuard {
             epoch: self,
             entry,
-            slot,
             _not_send: std::marker::PhantomData,
         })
     }
@@ -430,7 +429,6 @@ impl Drop for EpochGuard<'_> {
 pub struct ShortGuard<'a> {
     epoch: &'a LightEpoch,
     entry: &'a Entry,
-    slot: usize,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -440,12 +438,6 @@ impl ShortGuard<'_> {
     #[inline(always)]
     pub fn ack_phase(&self, phase: u64) {
         self.entry.phase.store(phase, Ordering::Release);
-    }
-
-    /// The thread's slot in the epoch table.
-    #[must_use]
-    pub fn slot(&self) -> usize {
-        self.slot
     }
 }
 

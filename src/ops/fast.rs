@@ -42,6 +42,9 @@ use crate::ops::Engine;
 use crate::ops::Rule;
 use crate::rskv_core::hash_word;
 
+/// Seqlock copies a fast read tries before going slow.
+const READ_ATTEMPTS: usize = 4;
+
 /// An encoding of 1 to 8 bytes, zero-padded into one word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Word {
@@ -114,13 +117,18 @@ impl<D: Disk> Engine<D> {
         let Some(rec) = self.word_record(key, entry.address(), self.hlog.head()) else {
             return Fast::Slow;
         };
-        match rec.read() {
-            Some((_, state)) if state.tombstone() => Fast::Done(None),
-            Some((v, state)) => {
-                Word::new(v, state.len()).map_or(Fast::Slow, |w| Fast::Done(Some(w)))
+        // A writer inside, or one that came and went: try the copy again a few times (hot
+        // keys under concurrent updates) before handing over to the general path.
+        for _ in 0..READ_ATTEMPTS {
+            match rec.read() {
+                Some((_, state)) if state.tombstone() => return Fast::Done(None),
+                Some((v, state)) => {
+                    return Word::new(v, state.len()).map_or(Fast::Slow, |w| Fast::Done(Some(w)))
+                }
+                None => std::hint::spin_loop(),
             }
-            None => Fast::Slow,
         }
+        Fast::Slow
     }
 
     /// Locks `key`'s record for an in-place update of its one-word value, or `None` (go slow).
