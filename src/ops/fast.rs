@@ -7,9 +7,9 @@
 //! record). One operation at a time, a thread only goes faster than that chain if the CPU
 //! overlaps consecutive operations, and it can only do so when an operation is short enough that
 //! the next operation's bucket load enters the out-of-order window while this one still waits
-//! (on the reference VM the cliff is at about 150 instructions per operation, benchmark loop
-//! included; see BENCHMARKS.md). The general path handles every encoding, hash chains, the
-//! disk, retries and the checkpoint rules, and is several times longer than that.
+//! (`rskv-bench --probe-memory` shows the overlap fading with every few dozen instructions
+//! added; see BENCHMARKS.md). The general path handles every encoding, hash chains, the disk,
+//! retries and the checkpoint rules, and is several times longer.
 //!
 //! # Invariants
 //! 1. A fast path finishes an operation only in a state where the general path would finish it
