@@ -159,11 +159,11 @@ impl LightEpoch {
         })
     }
 
-    /// Protects the calling thread for one short operation that never nests another
-    /// protection inside it (the one-word fast paths of `ops::fast`). `None` where the general
-    /// [`LightEpoch::protect`] must be used instead: the thread has no slot yet (its first
-    /// operation takes one), or it is already protected (a nested call keeps the outer
-    /// protection's bookkeeping).
+    /// Protects the calling thread for one short operation (the one-word fast paths of
+    /// `ops::fast`) with less bookkeeping than [`LightEpoch::protect`]. `None` where the
+    /// general protect must be used instead: the thread has no slot yet (its first operation
+    /// takes one), or it is already protected (a nested call keeps the outer protection's
+    /// bookkeeping).
     ///
     /// The same handshake as `protect` (invariant 4), with the nesting counter set to 1 and
     /// back to 0 by plain stores (it was 0), so a protection nested inside (an RMW function

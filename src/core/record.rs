@@ -408,33 +408,39 @@ impl<'a> RecordRef<'a> {
     #[must_use]
     #[inline(always)]
     pub fn lock(&self) -> Option<RecordLock<'a>> {
-        let mut round = 0;
-        loop {
-            let s = self.state();
-            if s.sealed() {
-                return None;
-            }
-            if s.locked() {
-                crate::sync::backoff(&mut round);
-                continue;
-            }
-            if self.words[2]
-                .compare_exchange_weak(
-                    s.0,
-                    s.0 | ValueState::LOCKED,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                // Seqlock writer side: the lock bit is visible before any value store.
-                fence(Ordering::Release);
-                return Some(RecordLock {
-                    rec: *self,
-                    state: s,
-                    new_state: None,
-                });
-            }
+        lock_state(&self.words[2]).map(|state| RecordLock {
+            rec: *self,
+            state,
+            new_state: None,
+        })
+    }
+}
+
+/// Sets the lock bit of state word `w` (waiting while another writer holds it) and returns the
+/// state it replaced; `None` if the record is sealed (a newer copy exists).
+#[inline(always)]
+fn lock_state(w: &AtomicU64) -> Option<ValueState> {
+    let mut round = 0;
+    loop {
+        let s = ValueState(w.load(Ordering::Acquire));
+        if s.sealed() {
+            return None;
+        }
+        if s.locked() {
+            crate::sync::backoff(&mut round);
+            continue;
+        }
+        if w.compare_exchange_weak(
+            s.0,
+            s.0 | ValueState::LOCKED,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+        {
+            // Seqlock writer side: the lock bit is visible before any value store.
+            fence(Ordering::Release);
+            return Some(s);
         }
     }
 }
@@ -447,7 +453,6 @@ pub const WORD_RECORD_WORDS: usize = HEADER_WORDS + 2;
 #[derive(Clone, Copy)]
 pub struct WordRecord<'a> {
     words: &'a [AtomicU64; WORD_RECORD_WORDS],
-    key_len: usize,
 }
 
 impl<'a> WordRecord<'a> {
@@ -458,7 +463,7 @@ impl<'a> WordRecord<'a> {
     pub fn of(words: &'a [AtomicU64; WORD_RECORD_WORDS], key_len: usize) -> Option<Self> {
         debug_assert!((1..=8).contains(&key_len));
         (words[1].load(Ordering::Relaxed) == key_len as u64 | 8 << 32)
-            .then_some(WordRecord { words, key_len })
+            .then_some(WordRecord { words })
     }
 
     /// Whether the key's (zero-padded) word is `key`.
@@ -480,15 +485,56 @@ impl<'a> WordRecord<'a> {
         (s1 == s2 && s1 & ValueState::LOCKED == 0).then_some((v, ValueState(s1)))
     }
 
-    /// The same record as a general [`RecordRef`] (to lock it).
+    /// Takes the record's write lock (as [`RecordRef::lock`]); `None` if the record is sealed.
     #[must_use]
     #[inline(always)]
-    pub fn as_record(&self) -> RecordRef<'a> {
-        RecordRef {
-            words: &self.words[..],
-            key_len: self.key_len,
-            value_cap: 8,
-        }
+    pub fn lock(&self) -> Option<WordRecordLock<'a>> {
+        let state = lock_state(&self.words[2])?;
+        Some(WordRecordLock {
+            words: self.words,
+            state,
+            unlock_to: state.0,
+        })
+    }
+}
+
+/// The write lock of a [`WordRecord`]: [`RecordLock`] for a one-word value, holding only what
+/// the fast paths need. Unlocks on drop, to the state it was taken in unless a value was written.
+pub struct WordRecordLock<'a> {
+    words: &'a [AtomicU64; WORD_RECORD_WORDS],
+    state: ValueState,
+    /// The state word to store (without the lock bit) on unlock.
+    unlock_to: u64,
+}
+
+impl WordRecordLock<'_> {
+    /// The state when the lock was taken.
+    #[must_use]
+    #[inline(always)]
+    pub fn state(&self) -> ValueState {
+        self.state
+    }
+
+    /// The value word.
+    #[must_use]
+    #[inline(always)]
+    pub fn value_word(&self) -> u64 {
+        self.words[HEADER_WORDS + 1].load(Ordering::Relaxed)
+    }
+
+    /// Replaces the value with the `len`-byte (1 to 8) encoding in `word`.
+    #[inline(always)]
+    pub fn write_word(&mut self, word: u64, len: usize) {
+        debug_assert!((1..=8).contains(&len));
+        self.words[HEADER_WORDS + 1].store(word, Ordering::Relaxed);
+        self.unlock_to = self.state.after_write(len, false, false).0;
+    }
+}
+
+impl Drop for WordRecordLock<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.words[2].store(self.unlock_to & !ValueState::LOCKED, Ordering::Release);
     }
 }
 
@@ -532,16 +578,6 @@ impl RecordLock<'_> {
             w.store(*x, Ordering::Relaxed);
         }
         self.new_state = Some(self.state.after_write(v.len(), false, false));
-    }
-
-    /// The first word of the value (zero-padded; the whole value when it is at most 8 bytes).
-    #[must_use]
-    #[inline(always)]
-    pub fn first_value_word(&self) -> u64 {
-        self.rec
-            .value_words()
-            .first()
-            .map_or(0, |w| w.load(Ordering::Relaxed))
     }
 
     /// Replaces the value in place with the `len`-byte (1 to 8) encoding held in `word`; the

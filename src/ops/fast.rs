@@ -34,7 +34,7 @@
 use crate::core::address::Address;
 use crate::core::codec;
 use crate::core::light_epoch::ShortGuard;
-use crate::core::record::{RecordLock, WordRecord, WORD_RECORD_WORDS};
+use crate::core::record::{WordRecord, WordRecordLock, WORD_RECORD_WORDS};
 use crate::device::Disk;
 use crate::index::{HashIndex, KeyHash};
 use crate::ops::Engine;
@@ -141,9 +141,9 @@ impl<D: Disk> Engine<D> {
         let entry = self.index.find_entry(hash).ok()??;
         let rec = self.word_record(key, entry.address(), self.hlog.read_only())?;
         // None: sealed (a newer copy exists).
-        let lock = rec.as_record().lock()?;
+        let lock = rec.lock()?;
         let s = lock.state();
-        let old = Word::new(lock.first_value_word(), s.len()).filter(|_| !s.tombstone())?;
+        let old = Word::new(lock.value_word(), s.len()).filter(|_| !s.tombstone())?;
         Some(WordLock {
             lock,
             old,
@@ -157,7 +157,7 @@ impl<D: Disk> Engine<D> {
 /// racing reader sees no change) and the caller goes slow.
 pub(crate) struct WordLock<'a> {
     // Fields drop in order: the record lock is released before the protection ends.
-    lock: RecordLock<'a>,
+    lock: WordRecordLock<'a>,
     old: Word,
     _guard: ShortGuard<'a>,
 }
