@@ -2,7 +2,7 @@
 //! or foreign value, whether records are in the mutable region, read-only region or on disk.
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 fn rmw_totals_are_exact(threads: u64, log_memory: u64) {
@@ -142,5 +142,83 @@ fn index_grows_while_threads_operate() {
                 "thread {t} key {i}"
             );
         }
+    }
+}
+
+/// The one-word fast paths under contention: writers increment a few hot `u64` keys (in place,
+/// and through the general path whenever a record is sealed or leaves the mutable region of a
+/// small log), delete and re-insert a few others, and write filler records; readers check that
+/// every value they see belongs to its key and that the hot keys' versions only move forward.
+#[test]
+fn one_word_readers_see_only_their_keys_values_in_order() {
+    let (_dir, kv) = common::small_store::<u64, u64>(16 << 10);
+    let kv = Arc::new(kv);
+    // Keys 0..8 are incremented; keys 8..12 are deleted and re-inserted.
+    let (hot, churn) = (8u64, 4u64);
+    let value = |k: u64, version: u64| k << 40 | version;
+    for k in 0..hot + churn {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writes done so far: readers keep reading until the writers have done plenty.
+    let written = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (kv, stop, written) = (kv.clone(), stop.clone(), written.clone());
+            std::thread::spawn(move || {
+                let mut n = t;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    written.fetch_add(1, Ordering::Relaxed);
+                    match n % 6 {
+                        0..=2 => {
+                            let k = n % hot;
+                            kv.rmw(&k, |old| old.expect("hot keys are never deleted") + 1)
+                                .unwrap();
+                        }
+                        3 => {
+                            let k = hot + n % churn;
+                            kv.remove(&k).unwrap();
+                            kv.insert(&k, &value(k, n)).unwrap();
+                        }
+                        // Filler records push the others out of the mutable region.
+                        _ => kv.insert(&(1_000 + n % 512), &n).unwrap(),
+                    }
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (kv, written) = (kv.clone(), written.clone());
+            std::thread::spawn(move || {
+                let mut last = vec![0u64; hot as usize];
+                let mut i = 0u64;
+                while i < 50_000 || written.load(Ordering::Relaxed) < 1_000_000 {
+                    i += 1;
+                    let k = (i + t) % (hot + churn);
+                    let Some(v) = kv.get(&k).unwrap() else {
+                        assert!(k >= hot, "hot key {k} vanished");
+                        continue;
+                    };
+                    assert_eq!(v >> 40, k, "key {k} read another key's value {v:#x}");
+                    if k < hot {
+                        let version = v & ((1 << 40) - 1);
+                        assert!(
+                            version >= last[k as usize],
+                            "key {k} went back to {version}"
+                        );
+                        last[k as usize] = version;
+                    }
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
     }
 }
