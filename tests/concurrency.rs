@@ -49,6 +49,21 @@ fn rmw_increments_8_threads_through_disk() {
 }
 
 /// A value whose parts must agree: a torn read shows up as a mismatch.
+/// Waits for the readers, then stops and joins the writers (a reader's panic fails the test).
+fn stop_after(
+    readers: Vec<std::thread::JoinHandle<()>>,
+    stop: &AtomicBool,
+    writers: Vec<std::thread::JoinHandle<()>>,
+) {
+    for r in readers {
+        r.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+}
+
 fn pattern(key: u64, version: u64, len: usize) -> Vec<u64> {
     (0..len as u64)
         .map(|i| key.wrapping_mul(1_000_003) ^ version ^ i)
@@ -101,13 +116,7 @@ fn readers_never_see_torn_or_foreign_values() {
             })
         })
         .collect();
-    for r in readers {
-        r.join().unwrap();
-    }
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().unwrap();
-    }
+    stop_after(readers, &stop, writers);
 }
 
 #[test]
@@ -214,11 +223,5 @@ fn one_word_readers_see_only_their_keys_values_in_order() {
             })
         })
         .collect();
-    for r in readers {
-        r.join().unwrap();
-    }
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().unwrap();
-    }
+    stop_after(readers, &stop, writers);
 }
