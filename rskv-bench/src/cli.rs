@@ -178,12 +178,13 @@ pub struct Args {
     #[arg(long)]
     pub no_progress: bool,
 
-    /// Internal: run one spec (JSON) and print its result; used by the parent process.
     /// Instead of benchmarking, time two dependent random memory accesses (an operation's
-    /// index bucket, then its record) over two buffers of this size each, and exit.
+    /// index bucket, then its record) over two buffers of this size each, chained,
+    /// independent and independent with padding, and exit.
     #[arg(long, value_parser = parse_bytes)]
     pub probe_memory: Option<u64>,
 
+    /// Internal: run one spec (JSON) and print its result; used by the parent process.
     #[arg(long, hide = true)]
     pub child: Option<String>,
 }

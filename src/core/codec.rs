@@ -220,7 +220,7 @@ pub mod fast {
             ($t:ty, $w:expr) => {
                 if let Some(&x) = v.downcast_ref::<$t>() {
                     let mut word = [0u8; 8];
-                    word[..$w].copy_from_slice(&(x as $t).to_le_bytes()[..$w]);
+                    word[..$w].copy_from_slice(&x.to_le_bytes()[..$w]);
                     return Some((u64::from_le_bytes(word), $w));
                 }
             };

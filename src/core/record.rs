@@ -571,22 +571,13 @@ impl RecordLock<'_> {
     pub fn write_value(&mut self, v: &Encoded) {
         debug_assert!(self.fits(v.len()));
         if let [x] = v.words() {
-            self.write_word(*x, v.len());
-            return;
-        }
-        for (w, x) in self.rec.value_words().iter().zip(v.words()) {
-            w.store(*x, Ordering::Relaxed);
+            self.rec.value_words()[0].store(*x, Ordering::Relaxed);
+        } else {
+            for (w, x) in self.rec.value_words().iter().zip(v.words()) {
+                w.store(*x, Ordering::Relaxed);
+            }
         }
         self.new_state = Some(self.state.after_write(v.len(), false, false));
-    }
-
-    /// Replaces the value in place with the `len`-byte (1 to 8) encoding held in `word`; the
-    /// caller checked [`RecordLock::fits`].
-    #[inline(always)]
-    pub fn write_word(&mut self, word: u64, len: usize) {
-        debug_assert!(self.fits(len) && len <= 8);
-        self.rec.value_words()[0].store(word, Ordering::Relaxed);
-        self.new_state = Some(self.state.after_write(len, false, false));
     }
 
     /// Marks the record deleted in place.

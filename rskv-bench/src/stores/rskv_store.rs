@@ -100,9 +100,10 @@ impl<K: BenchKey, V: BenchValue> RsKvStore<K, V> {
     }
 }
 
+// The single operations are inlined into the benchmark loop: one operation's instructions
+// decide whether the CPU overlaps consecutive operations (see rskv's ops::fast), so the adapter
+// adds no call.
 impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
-    // Inlined into the benchmark loop: one operation's instructions decide whether the CPU
-    // overlaps consecutive operations (see rskv's ops::fast), so the adapter adds no call.
     #[inline(always)]
     fn upsert(&self, key: u64, version: u64) -> anyhow::Result<()> {
         let k = self.key(key);
@@ -111,8 +112,6 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
         Ok(())
     }
 
-    // Inlined into the benchmark loop: one operation's instructions decide whether the CPU
-    // overlaps consecutive operations (see rskv's ops::fast), so the adapter adds no call.
     #[inline(always)]
     fn read(&self, key: u64) -> anyhow::Result<ReadCheck> {
         let k = self.key(key);
@@ -120,8 +119,6 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
         Ok(checked(key, self.value_size, got))
     }
 
-    // Inlined into the benchmark loop: one operation's instructions decide whether the CPU
-    // overlaps consecutive operations (see rskv's ops::fast), so the adapter adds no call.
     #[inline(always)]
     fn rmw(&self, key: u64) -> anyhow::Result<ReadCheck> {
         let k = self.key(key);
