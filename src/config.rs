@@ -23,6 +23,24 @@ pub struct Config {
     /// that gives way to any newer record of the key, and is skipped when checking that would
     /// itself need the disk. Default off.
     pub copy_reads_to_tail: bool,
+    /// When recovery picks the newest checkpoint by itself and finds that a completed (once
+    /// acknowledged) log checkpoint cannot be recovered (a damaged file, a log page that no
+    /// longer matches it), fall back to the newest older checkpoint that can. Default off:
+    /// recovery then fails with [`Error::Checkpoint`] naming the checkpoint and the problem,
+    /// because falling back silently loses every update the newer checkpoint had made
+    /// durable. Either way nothing is deleted: a checkpoint skipped by a fallback (and any
+    /// newer than the one recovered) is moved to `checkpoints/set-aside/` for the user to
+    /// inspect or remove, since the recovered store's log will overwrite what it described.
+    /// Recovering an older checkpoint on purpose (`RsKv::recover` with its token) needs no
+    /// fallback.
+    pub recovery_fallback: bool,
+    /// The name recorded for the key type in checkpoints and checked when recovering
+    /// (default: the type's name without module paths, e.g. `u64`, `String`, `Vec<u8>`,
+    /// `UserData`). Set it to keep recovering after renaming the type, or to tell apart two
+    /// types of the same name whose encodings differ.
+    pub key_type_name: Option<String>,
+    /// As [`Config::key_type_name`], for the value type.
+    pub value_type_name: Option<String>,
 }
 
 impl Default for Config {
@@ -33,6 +51,9 @@ impl Default for Config {
             page_size: None,
             mutable_fraction: 0.9,
             copy_reads_to_tail: false,
+            recovery_fallback: false,
+            key_type_name: None,
+            value_type_name: None,
         }
     }
 }
@@ -101,6 +122,21 @@ impl Config {
     #[must_use]
     pub fn copy_reads_to_tail(mut self, on: bool) -> Self {
         self.copy_reads_to_tail = on;
+        self
+    }
+
+    /// Sets [`Config::recovery_fallback`].
+    #[must_use]
+    pub fn recovery_fallback(mut self, on: bool) -> Self {
+        self.recovery_fallback = on;
+        self
+    }
+
+    /// Sets [`Config::key_type_name`] and [`Config::value_type_name`].
+    #[must_use]
+    pub fn type_names(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.key_type_name = Some(key.into());
+        self.value_type_name = Some(value.into());
         self
     }
 

@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use crate::config::{Config, Resolved};
 use crate::core::address::Address;
-use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
+use crate::core::checkpoint::{
+    CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token, TypeNames,
+};
 use crate::core::codec::{decode, decode_word, Codec, Encoded};
 use crate::core::light_epoch::LightEpoch;
 use crate::core::record::ValueBuf;
@@ -299,6 +301,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         )?;
         let mut engine = Engine::new(epoch, resolved.index_bits, hlog);
         engine.copy_reads = config.copy_reads_to_tail;
+        engine.types = TypeNames::of::<K, V>(&config);
         let engine = Arc::new(engine);
         Ok(Self {
             engine,
@@ -313,9 +316,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         self.resolved
     }
 
-    /// Sizes and counters.
+    /// Sizes and counters. Callable from any thread, inside an operation or not.
     #[must_use]
     pub fn stats(&self) -> Stats {
+        // The index figures come from its state word and allocator counters, never from its
+        // tables (which growth frees under epoch protection), so no protection is needed.
         let (w, r) = self.engine.hlog.io_bytes();
         Stats {
             markers: self.engine.hlog.markers(),
@@ -345,8 +350,15 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     ///
     /// # Errors
     /// [`Error::IndexFull`] if overflow buckets ran out during the split; [`Error::Busy`] while a
-    /// checkpoint runs.
+    /// checkpoint runs, or when called from inside an operation of this store (an RMW
+    /// function): the growth waits for every thread inside an operation, this one included.
     pub fn grow_index(&self) -> Result<()> {
+        if self.engine.epoch.is_protected_here() {
+            return Err(Error::Busy(
+                "grow_index called from inside an operation of this store (e.g. an rmw \
+                 function); it would wait for its own thread",
+            ));
+        }
         let _claim = self.engine.cpr.claim("a checkpoint is running")?;
         self.engine
             .index
@@ -362,8 +374,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// operation of this store (a session's pending operations may stay pending).
     ///
     /// # Errors
-    /// [`Error::Busy`] if another checkpoint or an index growth runs; [`Error::Config`] for a
-    /// device that keeps nothing; I/O errors (no checkpoint is then recorded).
+    /// [`Error::Busy`] if another checkpoint or an index growth runs, or when called from inside
+    /// an operation of this store (an RMW function: the checkpoint would wait for its own
+    /// thread); [`Error::Config`] for a device that keeps nothing; I/O errors (no checkpoint is
+    /// then recorded).
     pub fn checkpoint(&self) -> Result<Token> {
         self.checkpoint_with(CheckpointKind::Full, LogMode::FoldOver)
     }
@@ -432,14 +446,18 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     }
 
     /// Recovers a store over `disk` (the device a checkpointed store wrote) from checkpoint
-    /// `token`, or from the newest usable one. The index size and page size come from the
+    /// `token`, or from the newest completed one. The index size and page size come from the
     /// checkpoint; `config` gives the memory budget. Checkpoints newer than the one recovered
-    /// are removed (the recovered store will overwrite the log they describe).
+    /// are moved to `checkpoints/set-aside/` (the recovered store will overwrite the log they
+    /// describe), never deleted; [`RecoveryInfo::set_aside`] lists them.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] naming the file and the problem when no usable checkpoint exists
-    /// (or `token`'s files are missing, truncated, corrupt or from another format);
-    /// [`Error::Corrupt`] when the log does not match the checkpoint; I/O errors.
+    /// [`Error::Checkpoint`] naming the file and the problem when the newest completed
+    /// checkpoint cannot be recovered (unless [`Config::recovery_fallback`] lets recovery fall
+    /// back to an older one), when none exists, or when `token`'s files are missing, truncated,
+    /// corrupt or from another format; [`Error::TypeMismatch`] when the checkpoint was written
+    /// with other key or value types; [`Error::Corrupt`] when the log does not match the
+    /// checkpoint; I/O errors.
     pub fn recover(config: Config, disk: D, token: Option<Token>) -> Result<(Self, RecoveryInfo)> {
         Self::recover_inner(config, disk, token, &|bytes| Ok(hash_bytes(bytes)))
     }
@@ -468,14 +486,18 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         hash: &dyn Fn(&[u8]) -> Result<u64>,
     ) -> Result<(Self, RecoveryInfo)> {
         let resolved = config.resolve()?;
+        let types = TypeNames::of::<K, V>(&config);
         let layout = Layout {
             hash,
             index_bits: resolved.index_bits,
             log_memory: config.log_memory_size,
             mutable_fraction: config.mutable_fraction,
+            fallback: config.recovery_fallback,
+            types: &types,
         };
         let (mut engine, info) = Engine::recover(disk, &layout, token)?;
         engine.copy_reads = config.copy_reads_to_tail;
+        engine.types = types;
         let geo = engine.hlog.geometry();
         let resolved = Resolved {
             index_bits: engine.index.bits(),
@@ -744,10 +766,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 *h = KeyHash::new(hash_key(k.borrow()));
                 n += 1;
             }
-            let Ok(_g) = self.engine.protect() else {
+            let Ok(g) = self.engine.protect() else {
                 return;
             };
-            self.engine.prefetch(hashes[..n].iter().copied());
+            self.engine.prefetch(&g, hashes[..n].iter().copied());
         }
     }
 
@@ -767,7 +789,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         for (c, chunk) in enc.chunks(BATCH).enumerate() {
             // One protection per chunk, so a long batch does not hold back epoch actions.
             let g = self.engine.protect()?;
-            self.engine.prefetch(chunk.iter().map(|(_, h)| *h));
+            self.engine.prefetch(&g, chunk.iter().map(|(_, h)| *h));
             for (j, (key, hash)) in chunk.iter().enumerate() {
                 out.push(match self.engine.read_mem(&g, key, *hash, &mut buf)? {
                     ReadStep::Found => Some(decode(buf.bytes())?),
@@ -789,7 +811,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 Ok::<_, Error>((i, found.then_some(buf)))
             }
         });
-        for done in futures_executor::block_on(futures_util::future::join_all(reads)) {
+        for done in crate::ops::pending::block_on(futures_util::future::join_all(reads)) {
             if let (i, Some(buf)) = done? {
                 out[i] = Some(decode(buf.bytes())?);
             }
@@ -811,7 +833,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             .collect::<Result<_>>()?;
         for chunk in enc.chunks(BATCH) {
             let g = self.engine.protect()?;
-            self.engine.prefetch(chunk.iter().map(|(_, h, _)| *h));
+            self.engine.prefetch(&g, chunk.iter().map(|(_, h, _)| *h));
             for (key, hash, value) in chunk {
                 self.engine
                     .upsert(&g, key, *hash, value, &mut |_| Ok(None))?;
@@ -843,8 +865,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         'chunks: for (c, (chunk, ks)) in enc.chunks(BATCH).zip(keys.chunks(BATCH)).enumerate() {
             {
                 // Protected only while prefetching: each update protects itself.
-                let _g = self.engine.protect()?;
-                self.engine.prefetch(chunk.iter().map(|(_, h)| *h));
+                let g = self.engine.protect()?;
+                self.engine.prefetch(&g, chunk.iter().map(|(_, h)| *h));
             }
             for (j, ((key, hash), k)) in chunk.iter().zip(ks).enumerate() {
                 let mut last = None;
@@ -889,7 +911,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 (i, done.map(|_| last))
             }
         });
-        for (i, done) in futures_executor::block_on(futures_util::future::join_all(updates)) {
+        for (i, done) in crate::ops::pending::block_on(futures_util::future::join_all(updates)) {
             match done {
                 Ok(v) => out[i] = v,
                 Err(e) if first_err.as_ref().map_or(true, |(at, _)| i < *at) => {
@@ -975,7 +997,7 @@ impl CheckpointHandle {
     /// # Errors
     /// The checkpoint's error.
     pub fn wait(self) -> Result<Token> {
-        futures_executor::block_on(self)
+        crate::ops::pending::block_on(self)
     }
 }
 

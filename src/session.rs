@@ -12,9 +12,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Poll};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 
 use crate::core::address::Address;
 use crate::core::codec::{decode, Codec, Encoded};
@@ -22,7 +24,7 @@ use crate::core::record::ValueBuf;
 use crate::core::status::{Result, Status};
 use crate::device::Disk;
 use crate::index::KeyHash;
-use crate::ops::checkpoint::SessionBook;
+use crate::ops::checkpoint::{PendingUpdate, SessionBook};
 use crate::ops::pending::Started;
 use crate::ops::read::ReadStep;
 use crate::rskv_core::{
@@ -39,18 +41,31 @@ pub struct SerialNum(pub u64);
 
 type PendingOp<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
-struct Notifier {
-    thread: std::thread::Thread,
-    woken: AtomicBool,
+/// A pending operation and, for an update, its count in the checkpoint's `WaitPending` (parked
+/// while the session is not driving it: see [`Session::complete_pending`]). A finished update's
+/// count ends when the entry is dropped, after the update landed.
+struct Pending<'a> {
+    op: PendingOp<'a>,
+    update: Option<PendingUpdate<'a>>,
 }
 
-impl Wake for Notifier {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+impl Pending<'_> {
+    fn set_driven(&mut self, driven: bool) {
+        if let Some(u) = self.update.as_mut() {
+            if driven {
+                u.unpark();
+            } else {
+                u.park();
+            }
+        }
     }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.thread.unpark();
+}
+
+impl Future for Pending<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.op.as_mut().poll(cx)
     }
 }
 
@@ -62,7 +77,7 @@ pub struct Session<'a, K, V, D: Disk> {
     /// The checkpoint version this session's operations currently run in.
     version: u64,
     book: Arc<SessionBook>,
-    pending: Vec<PendingOp<'a>>,
+    pending: FuturesUnordered<Pending<'a>>,
 }
 
 impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
@@ -88,7 +103,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
             serial: SerialNum(serial),
             version: kv.engine.system_state().version,
             book,
-            pending: Vec::new(),
+            pending: FuturesUnordered::new(),
         }
     }
 
@@ -164,10 +179,13 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
             ReadStep::Found => finish_read(ctx, Ok(true), &buf),
             ReadStep::NotFound => finish_read(ctx, Ok(false), &buf),
             ReadStep::Disk(address) => {
-                self.start_pending(Box::pin(async move {
-                    let found = engine.read_pending(&key, hash, address, &mut buf).await;
-                    let _ = finish_read(ctx, found, &buf);
-                }));
+                self.start_pending(Pending {
+                    op: Box::pin(async move {
+                        let found = engine.read_pending(&key, hash, address, &mut buf).await;
+                        let _ = finish_read(ctx, found, &buf);
+                    }),
+                    update: None,
+                });
                 Status::Pending
             }
         }
@@ -209,26 +227,30 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
             }
             Ok((key, hash, Started::Disk(address, seen, pending))) => {
                 let book = self.book.clone();
-                self.start_pending(Box::pin(async move {
-                    let r = engine
-                        .update_pending(
-                            &key,
-                            hash,
-                            Address::INVALID,
-                            true,
-                            address,
-                            seen,
-                            pending,
-                            &mut rmw_decider(&ctx),
-                            &mut |v| book.pending_finished(serial, v),
-                        )
-                        .await;
-                    if r.is_err() {
-                        // It wrote nothing: no checkpoint contains it.
-                        book.pending_finished(serial, u64::MAX);
-                    }
-                    ctx.complete(status_of(r));
-                }));
+                let started_in = pending.version();
+                self.start_pending(Pending {
+                    op: Box::pin(async move {
+                        let r = engine
+                            .update_pending(
+                                &key,
+                                hash,
+                                Address::INVALID,
+                                true,
+                                address,
+                                seen,
+                                started_in,
+                                &mut rmw_decider(&ctx),
+                                &mut |v| book.pending_finished(serial, v),
+                            )
+                            .await;
+                        if r.is_err() {
+                            // It wrote nothing: no checkpoint contains it.
+                            book.pending_finished(serial, u64::MAX);
+                        }
+                        ctx.complete(status_of(r));
+                    }),
+                    update: Some(pending),
+                });
                 Status::Pending
             }
         }
@@ -236,42 +258,39 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
 
     /// Takes a disk-bound continuation and polls it once at once, so its device read is issued
     /// now (as FASTER issues the I/O of an operation that goes pending) rather than at the next
-    /// `complete_pending`; later polls there see it done. The first poll's waker does nothing:
-    /// `complete_pending` polls every operation before it waits, which registers its own.
-    fn start_pending(&mut self, mut op: PendingOp<'a>) {
-        struct Nothing;
-        impl std::task::Wake for Nothing {
-            fn wake(self: Arc<Self>) {}
-        }
-        let waker = Waker::from(Arc::new(Nothing));
-        if op
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending()
-        {
+    /// `complete_pending`; later polls there see it done. Once this returns, nobody drives the
+    /// operation until `complete_pending`, so an update is parked: a checkpoint does not wait
+    /// for a session that is busy elsewhere or idle.
+    fn start_pending(&mut self, mut op: Pending<'a>) {
+        if Pin::new(&mut op).now_or_never().is_none() {
+            op.set_driven(false);
             self.pending.push(op);
         }
     }
 
     /// Drives pending operations. With `wait`, returns only when none is left; without, polls
-    /// once. Returns whether none is left.
+    /// once. Returns whether none is left. While it runs, the session's pending updates count
+    /// as driven, so a checkpoint's `WaitPending` lets them land in the version they started in.
     pub fn complete_pending(&mut self, wait: bool) -> bool {
-        let notifier = Arc::new(Notifier {
-            thread: std::thread::current(),
-            woken: AtomicBool::new(false),
-        });
-        let waker = Waker::from(notifier.clone());
-        let mut cx = Context::from_waker(&waker);
-        loop {
-            notifier.woken.store(false, Ordering::Release);
-            self.pending
-                .retain_mut(|op| op.as_mut().poll(&mut cx).is_pending());
-            if self.pending.is_empty() || !wait {
-                return self.pending.is_empty();
-            }
-            while !notifier.woken.load(Ordering::Acquire) {
-                std::thread::park();
-            }
+        self.drive(wait);
+        self.pending.is_empty()
+    }
+}
+
+impl<K, V, D: Disk> Session<'_, K, V, D> {
+    /// Polls the pending operations until none is left (`wait`) or once.
+    fn drive(&mut self, wait: bool) {
+        for p in self.pending.iter_mut() {
+            p.set_driven(true);
+        }
+        if wait {
+            crate::ops::pending::block_on(async { while self.pending.next().await.is_some() {} });
+        } else {
+            // Every operation that is ready finishes; `next` yields one per call.
+            while let Some(Some(())) = self.pending.next().now_or_never() {}
+        }
+        for p in self.pending.iter_mut() {
+            p.set_driven(false);
         }
     }
 }
@@ -292,22 +311,75 @@ fn finish_read<C: ReadContext>(mut ctx: C, found: Result<bool>, buf: &ValueBuf) 
 impl<K, V, D: Disk> Drop for Session<'_, K, V, D> {
     fn drop(&mut self) {
         // Pending operations still own their contexts; finish them so every context completes.
-        let notifier = Arc::new(Notifier {
-            thread: std::thread::current(),
-            woken: AtomicBool::new(false),
-        });
-        let waker = Waker::from(notifier.clone());
-        let mut cx = Context::from_waker(&waker);
-        while !self.pending.is_empty() {
-            notifier.woken.store(false, Ordering::Release);
-            self.pending
-                .retain_mut(|op| op.as_mut().poll(&mut cx).is_pending());
-            while !self.pending.is_empty() && !notifier.woken.load(Ordering::Acquire) {
-                std::thread::park();
-            }
-        }
+        self.drive(true);
         // An ended session is not listed by later checkpoints (it cannot be continued from
         // them); the registry does not grow with every session ever started.
         self.kv.engine.cpr.unregister(self.book.id);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::device::file_system_disk::FileSystemDisk;
+    use crate::{Config, RmwContext, RsKv, Status};
+    use std::future::Future;
+
+    struct Add(u64);
+
+    impl RmwContext for Add {
+        type Key = u64;
+        type Value = u64;
+        fn key(&self) -> &u64 {
+            &self.0
+        }
+        fn rmw_initial(&self) -> u64 {
+            1
+        }
+        fn rmw_copy(&self, old: &u64) -> u64 {
+            old + 1
+        }
+    }
+
+    /// A checkpoint's `WaitPending` waits only for updates someone drives: an idle session's
+    /// pending update is not counted, one inside `complete_pending` is (until it lands).
+    #[test]
+    fn an_idle_sessions_pending_update_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::new()
+            .table_size(1 << 8)
+            .log_memory_size(64 << 10)
+            .page_size(4096);
+        let kv: RsKv<u64, u64, _> =
+            RsKv::open(config, FileSystemDisk::new(dir.path()).unwrap()).unwrap();
+        for k in 0..5000u64 {
+            kv.insert(&k, &k).unwrap();
+        }
+        let v = kv.engine.system_state().version;
+        let mut s = kv.start_session();
+        assert_eq!(s.rmw(Add(0)), Status::Pending);
+        assert_eq!(s.pending_count(), 1);
+        assert_eq!(
+            kv.engine.cpr.driven_updates(v),
+            0,
+            "an idle session holds up checkpoints"
+        );
+        assert!(s.complete_pending(true));
+        assert_eq!(kv.engine.cpr.driven_updates(v), 0);
+        assert_eq!(kv.get(&0).unwrap(), Some(1));
+        // An async update counts only while polled.
+        let mut fut = Box::pin(kv.rmw_async(&1, |old| old.unwrap_or(0) + 1));
+        let waker = futures_util::task::noop_waker();
+        let polled = fut
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        if polled.is_pending() {
+            assert_eq!(
+                kv.engine.cpr.driven_updates(v),
+                0,
+                "an unpolled future holds up checkpoints"
+            );
+        }
+        drop(fut);
+        assert_eq!(kv.engine.cpr.driven_updates(v), 0);
     }
 }

@@ -194,8 +194,19 @@ fn missing_and_damaged_checkpoints_are_refused_by_name() {
         .err()
         .expect("truncated snapshot refused");
     assert!(e.to_string().contains("snapshot.dat"), "{e}");
-    // Latest falls back to t1, reporting why t2 was skipped.
-    let (kv, info) = recover(dir.path(), None).unwrap();
+    // Recovering the newest fails, naming t2: it completed, so falling back silently would
+    // lose what it made durable.
+    let e = recover(dir.path(), None)
+        .err()
+        .expect("fell back past a completed checkpoint");
+    assert!(e.to_string().contains(&t2.to_string()), "{e}");
+    // Asked to, it falls back to t1, reporting why t2 was skipped.
+    let (kv, info) = RsKv::recover(
+        config().recovery_fallback(true),
+        FileSystemDisk::new(dir.path()).unwrap(),
+        None,
+    )
+    .unwrap();
     assert_eq!(info.token, t1);
     assert_eq!(info.skipped.len(), 1);
     for k in 0..500u64 {
@@ -262,8 +273,9 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Truncating or flipping bytes of any checkpoint file, or of the log segment, makes recovery
-/// fall back to the older checkpoint (with exactly its data), still recover the newer one
-/// exactly (when only a redundant file was hit), or fail with an error: never wrong data.
+/// still recover the newer one exactly (when only a redundant file was hit) or fail with an
+/// error, and, with `recovery_fallback`, fall back to the older checkpoint (with exactly its
+/// data): never wrong data.
 #[test]
 fn damaged_files_fall_back_or_fail_cleanly() {
     let pristine = tempfile::tempdir().unwrap();
@@ -321,7 +333,24 @@ fn damaged_files_fall_back_or_fail_cleanly() {
             }
             std::fs::write(&path, &bytes).unwrap();
             let label = format!("{what} at {pos} of {}", victim.display());
+            // Without fallback: the newest checkpoint exactly, or an error.
             match recover(case.path(), None) {
+                Ok((kv, info)) => {
+                    assert_eq!(info.token, tokens[1], "{label}: fell back on its own");
+                    check(&kv, &at[1], 4000);
+                    continue;
+                }
+                Err(e) => assert!(
+                    matches!(e, Error::Checkpoint { .. } | Error::Corrupt { .. }),
+                    "{label}: {e}"
+                ),
+            }
+            let fallback = RsKv::recover(
+                config().recovery_fallback(true),
+                FileSystemDisk::new(case.path()).unwrap(),
+                None,
+            );
+            match fallback {
                 Ok((kv, info)) => {
                     let i = tokens.iter().position(|t| *t == info.token).unwrap();
                     check(&kv, &at[i], 4000);
@@ -346,57 +375,76 @@ fn damaged_files_fall_back_or_fail_cleanly() {
     assert!(fell_back > 0, "exact {exact}, failed {failed}");
 }
 
-/// An update waiting for the disk when a checkpoint starts is in the checkpoint if it finishes
-/// while the checkpoint waits for it, and is reported excluded if it finishes only afterwards.
+/// An update waiting for the disk when a checkpoint starts is in the checkpoint if its caller
+/// drives it meanwhile (the checkpoint waits for it), and is reported excluded if it sits in a
+/// session nobody drives (the checkpoint does not wait for it).
 #[test]
 fn pending_updates_are_included_or_reported_excluded() {
-    for finish_during_checkpoint in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let id;
-        {
-            let kv = open(dir.path());
-            for k in 0..5000u64 {
-                kv.insert(&k, &k).unwrap();
-            }
-            let mut s = kv.start_session();
-            id = s.id();
-            // Key 0 is long on disk: the RMW goes pending (serial 1).
-            assert_eq!(s.rmw(Add(0, 1000)), rskv::Status::Pending);
-            let handle = kv
-                .checkpoint_async(CheckpointKind::Full, LogMode::FoldOver)
-                .unwrap();
-            if finish_during_checkpoint {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                assert!(s.complete_pending(true));
-                handle.wait().unwrap();
-            } else {
-                handle.wait().unwrap(); // waits out WaitPending's bound
-                assert!(s.complete_pending(true));
-            }
-            assert_eq!(
-                kv.get(&0).unwrap(),
-                Some(1000),
-                "the live store has it either way"
-            );
-            assert_eq!(s.upsert(Put(1, 77)), rskv::Status::Ok); // serial 2, after the checkpoint
+    // A session that goes idle with its update pending.
+    let dir = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let kv = open(dir.path());
+        for k in 0..5000u64 {
+            kv.insert(&k, &k).unwrap();
         }
+        let mut s = kv.start_session();
+        id = s.id();
+        // Key 0 is long on disk: the RMW goes pending (serial 1).
+        assert_eq!(s.rmw(Add(0, 1000)), rskv::Status::Pending);
+        kv.checkpoint().unwrap();
+        assert!(s.complete_pending(true));
+        assert_eq!(kv.get(&0).unwrap(), Some(1000), "the live store has it");
+        assert_eq!(s.upsert(Put(1, 77)), rskv::Status::Ok); // serial 2, after the checkpoint
+    }
+    {
         let (kv, _) = recover(dir.path(), None).unwrap();
         let (_s, point) = kv.continue_session(id).unwrap();
         assert_eq!(point.until, 1);
+        assert_eq!(point.excluded, vec![1]);
+        assert_eq!(kv.get(&0).unwrap(), Some(0));
         assert_eq!(
             kv.get(&1).unwrap(),
             Some(1),
             "serial 2 is after the commit point"
         );
-        assert!(kv.get(&4999).unwrap() == Some(4999));
-        if finish_during_checkpoint {
-            assert!(point.excluded.is_empty());
-            assert_eq!(kv.get(&0).unwrap(), Some(1000));
-        } else {
-            assert_eq!(point.excluded, vec![1]);
-            assert_eq!(kv.get(&0).unwrap(), Some(0));
-        }
     }
+
+    // A blocking update whose device read is held across the checkpoint's start: driven
+    // throughout, so the checkpoint waits for it and it lands in the checkpointed version,
+    // whatever the interleaving.
+    use rskv::device::faulty_disk::FaultyDisk;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let disk = Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
+        let kv: RsKv<u64, u64, _> = RsKv::open(config(), disk.clone()).unwrap();
+        for k in 0..5000u64 {
+            kv.insert(&k, &k).unwrap();
+        }
+        disk.hold_reads_until(u64::MAX);
+        let reads = disk.reads();
+        std::thread::scope(|scope| {
+            let updater = scope.spawn(|| kv.rmw(&0, |v| v.unwrap_or(0) + 1000).unwrap());
+            while disk.reads() == reads {
+                std::thread::yield_now();
+            }
+            // The update is on its way to the disk (its read is held): checkpoint now.
+            let handle = kv
+                .checkpoint_async(CheckpointKind::Full, LogMode::FoldOver)
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            disk.release_reads();
+            handle.wait().unwrap();
+            assert_eq!(updater.join().unwrap(), 1000);
+        });
+    }
+    let (kv, _) = recover(dir.path(), None).unwrap();
+    assert_eq!(
+        kv.get(&0).unwrap(),
+        Some(1000),
+        "the driven update missed the checkpoint"
+    );
 }
 
 struct IdPut(u64, u64);

@@ -5,7 +5,13 @@
 //! operation up to the recovered serial number (except those reported excluded) is there with
 //! its exact effect, and none after it.
 //!
-//! `RSKV_CRASH_ROUNDS` sets the number of kills (default 12; e.g. 500 for a long run).
+//! Two layouts: small 4 KiB pages with fold-over and snapshot checkpoints in turn, and
+//! snapshot checkpoints only over 64 KiB pages and 8 MiB of log memory, whose snapshot files
+//! run from a few pages to several MiB (not multiples of the 2 MiB huge page: such a snapshot
+//! once could not be read back).
+//!
+//! `RSKV_CRASH_ROUNDS` sets the number of kills (default 12, 6 for the second layout; e.g. 500
+//! for a long run).
 
 mod common;
 
@@ -21,15 +27,54 @@ use rskv::{CheckpointKind, Config, LogMode, RsKv, SessionId};
 type Kv = RsKv<u64, u64, FileSystemDisk>;
 
 const SESSIONS: u64 = 3;
-const UPSERT_KEYS: u64 = 2000;
 const COUNTER_KEYS: u64 = 500;
 const CHILD_ENV: &str = "RSKV_CRASH_CHILD_DIR";
+const LAYOUT_ENV: &str = "RSKV_CRASH_LAYOUT";
 
-fn config() -> Config {
+/// How the store is laid out and checkpointed.
+#[derive(Clone, Copy)]
+struct Layout {
+    name: &'static str,
+    test: &'static str,
+    table: u64,
+    log_memory: u64,
+    page: u64,
+    upsert_keys: u64,
+    snapshot_only: bool,
+}
+
+const SMALL_PAGES: Layout = Layout {
+    name: "small",
+    test: "killed_store_recovers_each_session_prefix",
+    table: 1 << 10,
+    log_memory: 256 << 10,
+    page: 4096,
+    upsert_keys: 2000,
+    snapshot_only: false,
+};
+
+const LARGE_SNAPSHOTS: Layout = Layout {
+    name: "snapshots",
+    test: "killed_store_recovers_from_large_snapshots",
+    table: 1 << 15,
+    log_memory: 8 << 20,
+    page: 64 << 10,
+    upsert_keys: 60_000,
+    snapshot_only: true,
+};
+
+fn layout() -> Layout {
+    match std::env::var(LAYOUT_ENV).as_deref() {
+        Ok("snapshots") => LARGE_SNAPSHOTS,
+        _ => SMALL_PAGES,
+    }
+}
+
+fn config(l: Layout) -> Config {
     Config::new()
-        .table_size(1 << 10)
-        .log_memory_size(256 << 10)
-        .page_size(4096)
+        .table_size(l.table)
+        .log_memory_size(l.log_memory)
+        .page_size(l.page)
 }
 
 /// Operation `n` (serial number, from 1) of session `s`: `(key, Op)`.
@@ -38,21 +83,22 @@ enum Op {
     Add(u64),
 }
 
-fn op(s: u64, n: u64) -> (u64, Op) {
+fn op(l: Layout, s: u64, n: u64) -> (u64, Op) {
     if n % 4 == 0 {
-        (s * 1_000_000 + 10_000 + (n / 4) % COUNTER_KEYS, Op::Add(n))
+        (s * 1_000_000 + 100_000 + (n / 4) % COUNTER_KEYS, Op::Add(n))
     } else {
-        (s * 1_000_000 + n % UPSERT_KEYS, Op::Put(n))
+        (s * 1_000_000 + n % l.upsert_keys, Op::Put(n))
     }
 }
 
 /// The child: recover (or start), then run sessions and checkpoints until killed.
 fn child(dir: &Path) {
+    let l = layout();
     let disk = FileSystemDisk::new(dir).unwrap();
-    let kv: Kv = match RsKv::recover(config(), disk, None) {
+    let kv: Kv = match RsKv::recover(config(l), disk, None) {
         Ok((kv, _)) => kv,
-        Err(rskv::Error::Checkpoint { .. }) => {
-            RsKv::open(config(), FileSystemDisk::new(dir).unwrap()).unwrap()
+        Err(rskv::Error::Checkpoint { reason, .. }) if reason.contains("no checkpoint") => {
+            RsKv::open(config(l), FileSystemDisk::new(dir).unwrap()).unwrap()
         }
         Err(e) => panic!("child recovery failed: {e}"),
     };
@@ -75,7 +121,7 @@ fn child(dir: &Path) {
         for (mut session, s) in sessions.into_iter().zip(1..) {
             scope.spawn(move || loop {
                 let n = session.serial_num().0 + 1;
-                let status = match op(s, n) {
+                let status = match op(l, s, n) {
                     (k, Op::Put(v)) => session.upsert(Put(k, v)),
                     (k, Op::Add(v)) => session.rmw(Add(k, v)),
                 };
@@ -90,7 +136,7 @@ fn child(dir: &Path) {
             } else {
                 CheckpointKind::Full
             };
-            let mode = if i % 2 == 0 {
+            let mode = if i % 2 == 0 && !l.snapshot_only {
                 LogMode::FoldOver
             } else {
                 LogMode::Snapshot
@@ -114,6 +160,16 @@ fn progress_file(dir: &Path) -> std::path::PathBuf {
     dir.with_extension("progress")
 }
 
+/// Lengths of the snapshot files in the store's checkpoints.
+fn snapshot_sizes(store: &Path) -> Vec<u64> {
+    let Ok(dirs) = std::fs::read_dir(store.join("checkpoints")) else {
+        return Vec::new();
+    };
+    dirs.filter_map(|d| std::fs::metadata(d.ok()?.path().join("snapshot.dat")).ok())
+        .map(|m| m.len())
+        .collect()
+}
+
 /// Checkpoints the current child has completed.
 fn progress(dir: &Path) -> u64 {
     std::fs::read_to_string(progress_file(dir))
@@ -123,10 +179,10 @@ fn progress(dir: &Path) -> u64 {
 }
 
 /// Expected value of every key of session `s` after its operations `1..=until` minus `lost`.
-fn expected(s: u64, until: u64, lost: &HashSet<u64>) -> HashMap<u64, u64> {
+fn expected(l: Layout, s: u64, until: u64, lost: &HashSet<u64>) -> HashMap<u64, u64> {
     let mut m = HashMap::new();
     for n in (1..=until).filter(|n| !lost.contains(n)) {
-        match op(s, n) {
+        match op(l, s, n) {
             (k, Op::Put(v)) => {
                 m.insert(k, v);
             }
@@ -136,9 +192,9 @@ fn expected(s: u64, until: u64, lost: &HashSet<u64>) -> HashMap<u64, u64> {
     m
 }
 
-fn verify(dir: &Path, lost: &mut [HashSet<u64>], round: usize) -> Option<Vec<u64>> {
+fn verify(l: Layout, dir: &Path, lost: &mut [HashSet<u64>], round: usize) -> Option<Vec<u64>> {
     let disk = FileSystemDisk::new(dir).unwrap();
-    let kv: Kv = match RsKv::recover(config(), disk, None) {
+    let kv: Kv = match RsKv::recover(config(l), disk, None) {
         Ok((kv, _)) => kv,
         Err(rskv::Error::Checkpoint { reason, .. }) if reason.contains("no checkpoint") => {
             return None
@@ -149,8 +205,8 @@ fn verify(dir: &Path, lost: &mut [HashSet<u64>], round: usize) -> Option<Vec<u64
     for s in 1..=SESSIONS {
         let (_session, point) = kv.continue_session(SessionId(s)).unwrap();
         lost[s as usize].extend(point.excluded.iter().copied());
-        let want = expected(s, point.until, &lost[s as usize]);
-        let keys = (0..UPSERT_KEYS).chain((0..COUNTER_KEYS).map(|k| 10_000 + k));
+        let want = expected(l, s, point.until, &lost[s as usize]);
+        let keys = (0..l.upsert_keys).chain((0..COUNTER_KEYS).map(|k| 100_000 + k));
         for sub in keys {
             let k = s * 1_000_000 + sub;
             assert_eq!(
@@ -166,6 +222,15 @@ fn verify(dir: &Path, lost: &mut [HashSet<u64>], round: usize) -> Option<Vec<u64
 
 #[test]
 fn killed_store_recovers_each_session_prefix() {
+    crash_rounds(SMALL_PAGES, 12);
+}
+
+#[test]
+fn killed_store_recovers_from_large_snapshots() {
+    crash_rounds(LARGE_SNAPSHOTS, 6);
+}
+
+fn crash_rounds(l: Layout, default_rounds: usize) {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         child(Path::new(&dir));
         return;
@@ -173,7 +238,7 @@ fn killed_store_recovers_each_session_prefix() {
     let rounds: usize = std::env::var("RSKV_CRASH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(default_rounds);
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let mut lost = vec![HashSet::new(); SESSIONS as usize + 1];
@@ -182,6 +247,7 @@ fn killed_store_recovers_each_session_prefix() {
     let mut progressed = 0;
     let mut during_recovery = 0;
     let started = Instant::now();
+    let mut snapshots = Vec::new();
     for round in 0..rounds {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -192,13 +258,9 @@ fn killed_store_recovers_each_session_prefix() {
         let early = round % 4 == 3;
         let _ = std::fs::remove_file(progress_file(&store));
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "killed_store_recovers_each_session_prefix",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", l.test, "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &store)
+            .env(LAYOUT_ENV, l.name)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -228,7 +290,8 @@ fn killed_store_recovers_each_session_prefix() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        if let Some(untils) = verify(&store, &mut lost, round) {
+        snapshots.extend(snapshot_sizes(&store));
+        if let Some(untils) = verify(l, &store, &mut lost, round) {
             if let Some(prev) = &last {
                 // Prefixes never shrink across crashes.
                 assert!(
@@ -243,13 +306,22 @@ fn killed_store_recovers_each_session_prefix() {
         }
     }
     assert!(last.is_some(), "no checkpoint was ever completed");
+    let odd = |len: &u64| *len >= 2 << 20 && len % (2 << 20) != 0;
+    if l.snapshot_only && rounds >= 6 {
+        assert!(
+            snapshots.iter().any(odd),
+            "no snapshot of 2 MiB or more that is not a multiple of 2 MiB: {snapshots:?}"
+        );
+    }
     assert!(
         progressed > 0 || rounds < 3,
         "recovered prefixes never advanced"
     );
     eprintln!(
-        "crash test: {rounds} kills in {:?} ({during_recovery} before the child had recovered), \
-         final prefixes {last:?}",
-        started.elapsed()
+        "crash test ({}): {rounds} kills in {:?} ({during_recovery} before the child had recovered), \
+         final prefixes {last:?}, {} snapshot(s) of 2 MiB or more not a multiple of it",
+        l.name,
+        started.elapsed(),
+        snapshots.iter().filter(|l| odd(l)).count()
     );
 }

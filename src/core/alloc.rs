@@ -2,7 +2,10 @@
 //!
 //! Invariants: an [`AlignedBuf`] owns `len` bytes at an address aligned to `align` (a power of
 //! two, at least 8), zero-initialised at allocation; it is `Send + Sync` because it is plain owned
-//! memory. Log frames and O_DIRECT buffers are both `AlignedBuf`s aligned to the device sector size
+//! memory. Its length is always the length the caller asked for: the allocation behind it may be
+//! larger (whole huge pages, one alignment unit for `len == 0`), but nothing outside this module
+//! ever sees those extra bytes, so a buffer read from or written to a file moves exactly `len`
+//! bytes (a rounded length once made recovery ask a snapshot file for more than it held). Log frames and O_DIRECT buffers are both `AlignedBuf`s aligned to the device sector size
 //! (4096), so any of them can be handed to the disk as is.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -11,6 +14,9 @@ use std::ptr::NonNull;
 /// An owned, zeroed, aligned byte buffer.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
+    /// The length asked for (what `len`, `as_slice` and I/O see).
+    len: usize,
+    /// The allocation: at least `len` bytes.
     layout: Layout,
     /// Whether the memory is an anonymous mapping of its own (large buffers) rather than a
     /// heap allocation.
@@ -24,7 +30,7 @@ unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// Allocates `len` zeroed bytes aligned to `align`. `len == 0` allocates one alignment unit so
-    /// the pointer is always real.
+    /// the pointer is always real (the buffer is still empty).
     ///
     /// Buffers of 2 MiB or more (log frames, index tables) are anonymous mappings aligned to
     /// 2 MiB and advised to use transparent huge pages: the kernel hands them out zeroed and
@@ -48,14 +54,15 @@ impl AlignedBuf {
         let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         Self {
             ptr,
+            len,
             layout,
             mapped: false,
         }
     }
 
     #[cfg(target_os = "linux")]
-    fn mapped(len: usize) -> Option<Self> {
-        let len = len.next_multiple_of(HUGE_PAGE);
+    fn mapped(asked: usize) -> Option<Self> {
+        let len = asked.next_multiple_of(HUGE_PAGE);
         let total = len + HUGE_PAGE;
         // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
         // existing memory.
@@ -89,6 +96,7 @@ impl AlignedBuf {
         let layout = Layout::from_size_align(len, HUGE_PAGE).ok()?;
         Some(Self {
             ptr: NonNull::new(aligned as *mut u8)?,
+            len: asked,
             layout,
             mapped: true,
         })
@@ -99,16 +107,16 @@ impl AlignedBuf {
         None
     }
 
-    /// Length in bytes.
+    /// Length in bytes: the length asked for, never the rounded allocation.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.layout.size()
+        self.len
     }
 
-    /// Whether the buffer is empty (never: see [`AlignedBuf::zeroed`]).
+    /// Whether the buffer holds no bytes.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        false
+        self.len == 0
     }
 
     /// Base pointer, valid for `len()` bytes while `self` lives.
@@ -126,15 +134,15 @@ impl AlignedBuf {
     /// The bytes.
     #[must_use]
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is valid for layout.size() initialised (zeroed) bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+        // SAFETY: ptr is valid for layout.size() >= len initialised (zeroed) bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The bytes, mutably.
     #[must_use]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and &mut self guarantees exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -184,9 +192,29 @@ mod huge_tests {
     fn large_buffers_are_mapped_zeroed_and_aligned() {
         let mut b = AlignedBuf::zeroed(5 << 20, 4096);
         assert_eq!(b.as_ptr() as usize % HUGE_PAGE, 0);
-        assert!(b.len() >= 5 << 20);
         assert!(b.as_slice().iter().step_by(4096).all(|&x| x == 0));
         b.as_mut_slice()[(5 << 20) - 1] = 1;
+    }
+
+    #[test]
+    fn the_length_is_the_one_asked_for_whatever_the_allocation() {
+        // Around the huge-page threshold and between multiples of it (3 MiB lies in a 4 MiB
+        // mapping): the slice, and so every read or write of the buffer, is exactly `len`.
+        for len in [
+            0,
+            1,
+            4096,
+            HUGE_PAGE - 4096,
+            HUGE_PAGE,
+            3 << 20,
+            (4 << 20) + 4096,
+        ] {
+            let mut b = AlignedBuf::zeroed(len, 4096);
+            assert_eq!(b.len(), len);
+            assert_eq!(b.as_slice().len(), len);
+            assert_eq!(b.as_mut_slice().len(), len);
+            assert_eq!(b.is_empty(), len == 0);
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! | `PrepIndexChkpt`, `IndexChkpt` (v) | as in Rest | fuzzy dump of the hash table (index and full kinds) |
 //! | `Prepare` (v) | as in Rest, but an operation that meets a record of version v+1 (the chain head, or a disk chain head written after v+1 began) *shifts*: it restarts in v+1 | waits for all acks |
 //! | `InProgress` (v+1) | write v+1 records; a record of an older version is never updated in place, it is copied to the tail (and sealed) | records where v+1 starts, waits for acks |
-//! | `WaitPending` (v+1) | as InProgress; updates that went to disk in v may still finish in v | waits (bounded) for them |
+//! | `WaitPending` (v+1) | as InProgress; updates that went to disk in v may still finish in v | waits for those being driven (a blocking call, a session inside `complete_pending`, an async update while polled), never for one nobody drives |
 //! | `WaitFlush` (v+1) | as InProgress | closes the tail page: its end `E` is the checkpoint's end; fold-over flushes the log up to E, snapshot copies the in-memory pages below E to a file; then fsync |
 //! | `PersistenceCallback` (v+1) | as InProgress | collects each session's commit point, writes the metadata atomically |
 //! | `Rest` (v+1) | - | - |
@@ -148,8 +148,15 @@ impl fmt::Display for Token {
 }
 
 impl Token {
-    fn parse(name: &str) -> Option<Token> {
-        name.strip_prefix("ckpt-")?.parse().ok().map(Token)
+    /// The token a directory name stands for: `ckpt-N`, or with `set_aside`, also `ckpt-N.M`
+    /// (another checkpoint of that token, set aside).
+    fn parse(name: &str, set_aside: bool) -> Option<Token> {
+        let n = name.strip_prefix("ckpt-")?;
+        let n = match n.split_once('.') {
+            Some((n, _)) if set_aside => n,
+            _ => n,
+        };
+        n.parse().ok().map(Token)
     }
 }
 
@@ -218,6 +225,35 @@ pub struct LogMeta {
     pub sessions: Vec<SessionCommit>,
     /// Next session id to hand out after recovery.
     pub next_session_id: u64,
+    /// The store's key and value types (recovery refuses other types).
+    pub types: TypeNames,
+}
+
+/// The names of a store's key and value types, as its checkpoints record them
+/// ([`crate::core::codec::type_identity`] unless the configuration names them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TypeNames {
+    /// The key type.
+    pub key: String,
+    /// The value type.
+    pub value: String,
+}
+
+impl TypeNames {
+    /// The names of `K` and `V`, or those `config` gives.
+    #[must_use]
+    pub fn of<K, V>(config: &crate::config::Config) -> Self {
+        Self {
+            key: config
+                .key_type_name
+                .clone()
+                .unwrap_or_else(crate::core::codec::type_identity::<K>),
+            value: config
+                .value_type_name
+                .clone()
+                .unwrap_or_else(crate::core::codec::type_identity::<V>),
+        }
+    }
 }
 
 const MAGIC: &[u8; 8] = b"RSKVCKPT";
@@ -225,7 +261,8 @@ const MAGIC: &[u8; 8] = b"RSKVCKPT";
 /// refused. 2: every record on the device carries a checksum (`core::record`); a log written
 /// by format 1 has none and would fail verification. 3: a primitive integer that is a whole key
 /// or value is stored as its fixed-width bytes (`core::codec::fast`), no longer as a varint.
-pub const FORMAT: u32 = 3;
+/// 4: the record checksum covers the invalid bit, and `log.meta` names the key and value types.
+pub const FORMAT: u32 = 4;
 /// File names.
 pub const INDEX_META: &str = "index.meta";
 /// The dumped hash table.
@@ -234,6 +271,8 @@ pub const INDEX_DATA: &str = "index.dat";
 pub const LOG_META: &str = "log.meta";
 /// A snapshot's pages.
 pub const SNAPSHOT_DATA: &str = "snapshot.dat";
+/// Where recovery moves checkpoints it will not use again (never deletes them).
+pub const SET_ASIDE: &str = "set-aside";
 const KIND_INDEX: u32 = 1;
 const KIND_LOG: u32 = 2;
 
@@ -359,19 +398,40 @@ impl CheckpointDir {
     /// # Errors
     /// [`Error::Path`] if the root exists but cannot be listed.
     pub fn tokens(&self) -> Result<Vec<Token>> {
-        let entries = match std::fs::read_dir(&self.root) {
+        Self::tokens_in(&self.root, false)
+    }
+
+    /// The largest token ever used here, set-aside checkpoints included (a new checkpoint's
+    /// token must not repeat one of theirs).
+    ///
+    /// # Errors
+    /// [`Error::Path`] if a directory exists but cannot be listed.
+    pub fn last_token_ever(&self) -> Result<Option<Token>> {
+        let here = self.tokens()?.last().copied();
+        let aside = Self::tokens_in(&self.root.join(SET_ASIDE), true)?
+            .last()
+            .copied();
+        Ok(here.max(aside))
+    }
+
+    fn tokens_in(root: &Path, set_aside: bool) -> Result<Vec<Token>> {
+        let entries = match std::fs::read_dir(root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => {
                 return Err(Error::Path {
-                    path: self.root.clone(),
+                    path: root.to_path_buf(),
                     source,
                 })
             }
         };
         let mut tokens: Vec<Token> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(Token::parse))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| Token::parse(n, set_aside))
+            })
             .collect();
         tokens.sort();
         Ok(tokens)
@@ -413,6 +473,44 @@ impl CheckpointDir {
     pub fn read_log_meta(&self, token: Token) -> Result<LogMeta> {
         let path = self.dir(token).join(LOG_META);
         decode_meta(&path, KIND_LOG, &read_file(&path)?)
+    }
+
+    /// Whether checkpoint `token` holds a log checkpoint that was completed: its `log.meta`
+    /// exists (it is written last, atomically), whatever state it is in now.
+    #[must_use]
+    pub fn has_log_meta(&self, token: Token) -> bool {
+        self.dir(token).join(LOG_META).exists()
+    }
+
+    /// Whether any metadata file of `token` exists (else the directory is what a checkpoint
+    /// that never completed left behind).
+    #[must_use]
+    pub fn has_any_meta(&self, token: Token) -> bool {
+        self.has_log_meta(token) || self.dir(token).join(INDEX_META).exists()
+    }
+
+    /// Moves checkpoint `token` under `set-aside/` (a name of its own there, never over
+    /// another), where listing and recovery no longer see it; returns where it went.
+    ///
+    /// # Errors
+    /// [`Error::Path`] if the directory cannot be created or the checkpoint moved.
+    pub fn set_aside(&self, token: Token) -> Result<PathBuf> {
+        let aside = self.root.join(SET_ASIDE);
+        let path_err = |path: &Path, source| Error::Path {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(&aside).map_err(|e| path_err(&aside, e))?;
+        let mut to = aside.join(token.to_string());
+        let mut n = 1;
+        while to.exists() {
+            to = aside.join(format!("{token}.{n}"));
+            n += 1;
+        }
+        std::fs::rename(self.dir(token), &to).map_err(|e| path_err(&to, e))?;
+        crate::environment::file::sync_dir(&aside).map_err(|e| path_err(&aside, e))?;
+        crate::environment::file::sync_dir(&self.root).map_err(|e| path_err(&self.root, e))?;
+        Ok(to)
     }
 
     /// Removes checkpoint `token` (metadata first, so a crash midway leaves no half checkpoint
@@ -481,6 +579,10 @@ mod tests {
                 },
             }],
             next_session_id: 2,
+            types: TypeNames {
+                key: "u64".into(),
+                value: "String".into(),
+            },
         }
     }
 

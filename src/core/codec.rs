@@ -17,6 +17,34 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::core::status::{Error, Result};
 
 /// A type RsKv can store as a key or value.
+/// The name a checkpoint records for type `T`: [`std::any::type_name`] with every module path
+/// left out (`alloc::string::String` is `String`, `alloc::vec::Vec<u8>` is `Vec<u8>`,
+/// `my_app::model::UserData` is `UserData`). Module paths change when code moves, and the
+/// compiler does not promise to print them the same way in every release; the names
+/// themselves are what tells `RsKv<u64, String>` from `RsKv<String, u64>`. A renamed type keeps
+/// its old name through `Config::type_names`.
+#[must_use]
+pub fn type_identity<T: ?Sized>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut out = String::with_capacity(full.len());
+    // Where the identifier being copied starts in `out`: a `::` after it drops it.
+    let mut segment = 0;
+    let mut rest = full;
+    while let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix("::") {
+            out.truncate(segment);
+            rest = after;
+            continue;
+        }
+        out.push(c);
+        if !(c.is_alphanumeric() || c == '_') {
+            segment = out.len();
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 pub trait Codec: Serialize + DeserializeOwned + Send + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + 'static> Codec for T {}
 
@@ -320,6 +348,23 @@ impl<'de, T: bytemuck::Pod> Deserialize<'de> for Raw<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_identity_drops_module_paths() {
+        assert_eq!(type_identity::<u64>(), "u64");
+        assert_eq!(type_identity::<String>(), "String");
+        assert_eq!(type_identity::<Vec<u8>>(), "Vec<u8>");
+        assert_eq!(
+            type_identity::<(u64, Option<String>)>(),
+            "(u64, Option<String>)"
+        );
+        assert_eq!(
+            type_identity::<std::collections::HashMap<String, Vec<u32>>>(),
+            "HashMap<String, Vec<u32>>"
+        );
+        assert_eq!(type_identity::<Raw<[u8; 4]>>(), "Raw<[u8; 4]>");
+        assert_ne!(type_identity::<u32>(), type_identity::<u64>());
+    }
 
     #[test]
     fn round_trips_inline_and_heap() {

@@ -27,7 +27,17 @@
 //!
 //! Per-thread *phase acknowledgement* (`ack_phase`, `all_acked`) is the hook the checkpoint and
 //! index-growth state machines use: a global phase moves on only after every protected thread has
-//! acknowledged the current one.
+//! acknowledged the current one. A thread that waits for such a phase change must therefore not
+//! be protected itself ([`LightEpoch::is_protected_here`] tells).
+//!
+//! # Guards carry the rule
+//! Memory that an epoch action may free (the index's tables) is only reachable through functions
+//! that take a [`Protected`] witness (`&EpochGuard` or `&ShortGuard`) and return references that
+//! borrow from it, as crossbeam-epoch's `Atomic::load(&self, ord, &'g Guard) -> Shared<'g, T>`:
+//! reading without protection, or keeping what was read past the guard, does not compile.
+//! Moving a protection to a newer epoch needs `&mut` on its guard ([`EpochGuard::refresh`]); the
+//! explicit-slot functions (`protect_at`, `unprotect_at`, `refresh_at`), which could end or move
+//! another guard's protection, are `unsafe`.
 
 use crossbeam_utils::CachePadded;
 
@@ -151,7 +161,9 @@ impl LightEpoch {
         if slot >= self.table.len() {
             return Err(Error::TooManyThreads(self.table.len()));
         }
-        self.protect_at(slot);
+        // SAFETY: `slot` is the calling thread's own (thread_slot), and the guard is not `Send`,
+        // so only this thread touches the slot's nesting counter.
+        unsafe { self.protect_at(slot) };
         Ok(EpochGuard {
             epoch: self,
             slot,
@@ -191,9 +203,14 @@ impl LightEpoch {
 
     /// Protects slot `slot` (explicit-slot form, for models and tests).
     ///
+    /// # Safety
+    /// No other thread uses `slot` meanwhile (it is the caller's own, from [`thread_slot`], or a
+    /// model hands out slots itself): the nesting counter is the owning thread's alone, and a
+    /// racing update of it could end the protection a guard of that thread relies on.
+    ///
     /// # Panics
     /// If `slot >= capacity()`.
-    pub fn protect_at(&self, slot: usize) -> Epoch {
+    pub unsafe fn protect_at(&self, slot: usize) -> Epoch {
         let entry = &self.table[slot];
         let depth = entry.depth.load(Ordering::Relaxed);
         entry.depth.store(depth + 1, Ordering::Relaxed);
@@ -208,7 +225,12 @@ impl LightEpoch {
     }
 
     /// Unprotects slot `slot` (the outermost of nested protections clears it).
-    pub fn unprotect_at(&self, slot: usize) {
+    ///
+    /// # Safety
+    /// As for [`LightEpoch::protect_at`], and the call matches an earlier `protect_at` of the
+    /// caller that no [`EpochGuard`] or [`ShortGuard`] owns: ending a guard's protection would
+    /// leave what was read under it dangling.
+    pub unsafe fn unprotect_at(&self, slot: usize) {
         let entry = &self.table[slot];
         let depth = entry.depth.load(Ordering::Relaxed);
         debug_assert!(depth > 0, "unprotect without protect");
@@ -226,8 +248,21 @@ impl LightEpoch {
         self.table[slot].local.load(Ordering::Relaxed) != UNPROTECTED
     }
 
+    /// Whether the calling thread is protected on this epoch (inside an operation of its store,
+    /// e.g. in an RMW function). Such a thread must not wait for a phase change or an epoch
+    /// action: they wait for it. A thread without a slot yet is not protected (no slot is taken
+    /// here).
+    #[must_use]
+    pub fn is_protected_here(&self) -> bool {
+        slots::cached().is_some_and(|s| s < self.table.len() && self.is_protected_at(s))
+    }
+
     /// Moves a protected slot to the current epoch and runs the actions that became ready.
-    pub fn refresh_at(&self, slot: usize) {
+    ///
+    /// # Safety
+    /// As for [`LightEpoch::protect_at`], and nothing read under the slot's current protection
+    /// (by any of its nested guards) is used afterwards: actions bumped since may free it.
+    pub unsafe fn refresh_at(&self, slot: usize) {
         let entry = &self.table[slot];
         if entry.local.load(Ordering::Relaxed) != UNPROTECTED {
             let e = self.current.load(Ordering::Acquire);
@@ -393,6 +428,20 @@ impl Drop for LightEpoch {
     }
 }
 
+/// Proof that the calling thread is protected on [`Protected::epoch`] (crossbeam-epoch's
+/// `&Guard`). Functions that read memory an epoch action may free take `&'g impl Protected` and
+/// return references that borrow `'g`: such a read cannot happen without protection, and what
+/// it returns cannot outlive the protection. The function checks that the epoch is its own.
+///
+/// # Safety
+/// While a value of the implementing type exists, the thread that made it must be protected on
+/// `epoch()`, and nothing reachable through `&self` may end that protection or move it to a
+/// newer epoch. The type must not be `Send` or `Sync` (the protection is the thread's).
+pub unsafe trait Protected {
+    /// The epoch the thread is protected on.
+    fn epoch(&self) -> &LightEpoch;
+}
+
 /// An epoch protection of the calling thread; unprotects (and drains ready actions) on drop.
 /// Not `Send`: the protection belongs to the thread's slot, so it must not cross an `.await`
 /// onto another thread.
@@ -409,15 +458,42 @@ impl EpochGuard<'_> {
         self.slot
     }
 
+    /// Whether another protection of this thread encloses this one (an operation nested in an
+    /// RMW function): the slot's epoch must then stay where the outer one put it.
+    #[must_use]
+    pub fn is_nested(&self) -> bool {
+        self.epoch.table[self.slot].depth.load(Ordering::Relaxed) > 1
+    }
+
     /// Moves to the current epoch and runs ready actions (call in long loops and while waiting).
-    pub fn refresh(&self) {
-        self.epoch.refresh_at(self.slot);
+    /// Takes `&mut self`, so nothing borrowed from the guard survives it. Inside a nested
+    /// protection (another guard of this thread is alive, and may have lent out references) it
+    /// only runs ready actions and keeps the epoch, as crossbeam-epoch's `Guard::repin` does.
+    pub fn refresh(&mut self) {
+        let entry = &self.epoch.table[self.slot];
+        if entry.depth.load(Ordering::Relaxed) == 1 {
+            // SAFETY: the slot is this thread's (the guard is not `Send`); `&mut self` ends
+            // every borrow of this guard, and it is the only protection of the slot (depth 1).
+            unsafe { self.epoch.refresh_at(self.slot) };
+        } else if self.epoch.drain_count.load(Ordering::Acquire) > 0 {
+            self.epoch.drain();
+        }
+    }
+}
+
+// SAFETY: an EpochGuard protects its thread's slot from `protect` until it drops; it is not
+// `Send`, and the only method that moves the protection (`refresh`) takes `&mut self`.
+unsafe impl Protected for EpochGuard<'_> {
+    #[inline(always)]
+    fn epoch(&self) -> &LightEpoch {
+        self.epoch
     }
 }
 
 impl Drop for EpochGuard<'_> {
     fn drop(&mut self) {
-        self.epoch.unprotect_at(self.slot);
+        // SAFETY: the slot is this thread's, and this is the guard's own protection ending.
+        unsafe { self.epoch.unprotect_at(self.slot) };
         if self.epoch.drain_count.load(Ordering::Acquire) > 0 {
             self.epoch.drain();
         }
@@ -441,11 +517,28 @@ impl ShortGuard<'_> {
     }
 }
 
+// SAFETY: a ShortGuard protects its thread's slot from `protect_short` until it drops (a nested
+// guard that outlives it keeps the protection: see its `Drop`); it is not `Send` and has no
+// method that moves the protection.
+unsafe impl Protected for ShortGuard<'_> {
+    #[inline(always)]
+    fn epoch(&self) -> &LightEpoch {
+        self.epoch
+    }
+}
+
 impl Drop for ShortGuard<'_> {
     #[inline(always)]
     fn drop(&mut self) {
-        self.entry.depth.store(0, Ordering::Relaxed);
-        self.entry.local.store(UNPROTECTED, Ordering::Release);
+        // Normally no nested protection is left (depth 1). One that is (a nested guard kept
+        // past this one) keeps the slot protected, so what it lent out stays valid.
+        let depth = self.entry.depth.load(Ordering::Relaxed);
+        self.entry
+            .depth
+            .store(depth.saturating_sub(1), Ordering::Relaxed);
+        if depth <= 1 {
+            self.entry.local.store(UNPROTECTED, Ordering::Release);
+        }
         if self.epoch.drain_count.load(Ordering::Acquire) > 0 {
             self.epoch.drain();
         }
@@ -531,7 +624,8 @@ mod tests {
     fn action_waits_for_protected_thread() {
         let epoch = LightEpoch::with_capacity(4, 4);
         let ran = Arc::new(AtomicBool::new(false));
-        epoch.protect_at(1);
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.protect_at(1) };
         let r = ran.clone();
         epoch.bump_epoch(move || r.store(true, std::sync::atomic::Ordering::SeqCst));
         epoch.drain();
@@ -539,22 +633,28 @@ mod tests {
             !ran.load(std::sync::atomic::Ordering::SeqCst),
             "ran while slot 1 held the old epoch"
         );
-        epoch.refresh_at(1);
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.refresh_at(1) };
         assert!(
             ran.load(std::sync::atomic::Ordering::SeqCst),
             "did not run after slot 1 refreshed"
         );
-        epoch.unprotect_at(1);
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.unprotect_at(1) };
     }
 
     #[test]
     fn nested_protection_keeps_epoch_until_outermost() {
         let epoch = LightEpoch::with_capacity(2, 2);
-        epoch.protect_at(0);
-        epoch.protect_at(0);
-        epoch.unprotect_at(0);
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.protect_at(0) };
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.protect_at(0) };
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.unprotect_at(0) };
         assert!(epoch.is_protected_at(0));
-        epoch.unprotect_at(0);
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.unprotect_at(0) };
         assert!(!epoch.is_protected_at(0));
     }
 
@@ -575,8 +675,10 @@ mod tests {
     #[test]
     fn phases_need_every_protected_thread() {
         let epoch = LightEpoch::with_capacity(3, 2);
-        epoch.protect_at(0);
-        epoch.protect_at(2);
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.protect_at(0) };
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.protect_at(2) };
         epoch.ack_phase(0, 7);
         assert!(!epoch.all_acked(7));
         epoch.ack_phase(2, 7);
@@ -589,7 +691,8 @@ mod tests {
         // none can run while it stays protected, and the bumps must still return.
         let epoch = LightEpoch::with_capacity(4, 4);
         let count = Arc::new(AtomicUsize::new(0));
-        epoch.protect_at(0);
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.protect_at(0) };
         for _ in 0..1000 {
             let c = count.clone();
             epoch.bump_epoch(move || {
@@ -598,7 +701,8 @@ mod tests {
         }
         assert_eq!(count.load(Ordering::SeqCst), 0);
         assert_eq!(epoch.pending_actions(), 1000);
-        epoch.unprotect_at(0);
+        // SAFETY: the test thread alone uses the slots; no guard owns them.
+        unsafe { epoch.unprotect_at(0) };
         epoch.drain();
         assert_eq!(count.load(Ordering::SeqCst), 1000);
         assert_eq!(epoch.pending_actions(), 0);
@@ -614,7 +718,7 @@ mod tests {
                 let count = count.clone();
                 std::thread::spawn(move || {
                     for i in 0..2_000 {
-                        let g = epoch.protect().unwrap();
+                        let mut g = epoch.protect().unwrap();
                         if i % 10 == 0 {
                             let c = count.clone();
                             epoch.bump_epoch(move || {

@@ -23,7 +23,11 @@
 //!   sealed retry from the index, so no update can land in a record nobody will read again.
 //! - *Checksums.* Every record on the device carries a 29-bit checksum in word 2's sequence
 //!   field ([`record_checksum`]: every word, with the bits that may still legitimately change
-//!   masked out: word 0's invalid bit, word 2's sequence, sealed and locked bits). A page is
+//!   masked out: word 2's sequence, sealed and locked bits, none of which a reader of the
+//!   device looks at). The invalid bit is covered: a flipped one would silently hide a live
+//!   record (or revive an abandoned one). Its one legitimate change after the stamp, recovery
+//!   invalidating records of a version that missed the checkpoint, re-stamps the record in the
+//!   same write ([`invalidate_in`]). A page is
 //!   stamped when it is flushed, when its records no longer change (it is below the safe
 //!   read-only marker: no in-place writer remains, so the sequence has done its job), and a
 //!   snapshot checkpoint stamps its copy of a page before writing it. Every record read from the
@@ -129,6 +133,8 @@ impl ValueState {
     const LEN_MASK: u64 = 0xffff_ffff;
     const SEQ_ONE: u64 = 1 << 32;
     const SEQ_MASK: u64 = ((1 << 29) - 1) << 32;
+    /// The field that holds the sequence number in memory and the record checksum on disk.
+    pub const STAMP_MASK: u64 = Self::SEQ_MASK;
     const TOMBSTONE: u64 = 1 << 61;
     const SEALED: u64 = 1 << 62;
     const LOCKED: u64 = 1 << 63;
@@ -187,8 +193,8 @@ impl ValueState {
 const CHECKSUM_BITS: u32 = 29;
 
 /// The checksum of a record of `len` words, read through `word(i)`: the bits that may change
-/// after the record reached the device (word 0's invalid bit, word 2's sequence/checksum,
-/// sealed and locked bits) are masked out. A multiply-xorshift chain over
+/// after the record reached the device without changing what a reader of it sees (word 2's
+/// sequence/checksum, sealed and locked bits) are masked out. A multiply-xorshift chain over
 /// the words: every step is a bijection of the running state for a fixed word, so a change in
 /// any one word always changes the 64-bit state, and the reported 29 bits miss it with
 /// probability about 2^-29.
@@ -198,7 +204,6 @@ pub fn record_checksum(len: usize, word: impl Fn(usize) -> u64) -> u64 {
     let mut h = (len as u64).wrapping_mul(K) ^ 0x2545_f491_4f6c_dd1d;
     for i in 0..len {
         let w = match i {
-            0 => word(0) & !RecordInfo::INVALID,
             2 => word(2) & (ValueState::LEN_MASK | ValueState::TOMBSTONE),
             _ => word(i),
         };
@@ -698,6 +703,28 @@ pub fn stamp_checksums_in(page: &mut [u8], first: usize) {
     });
 }
 
+/// Marks the record at byte `off` of a page image invalid and re-stamps its checksum, which
+/// covers the invalid bit (recovery, for records of a version that missed the checkpoint). A
+/// record that is already invalid is left as it is.
+///
+/// # Errors
+/// A description of the problem if no whole record starts at `off`.
+pub fn invalidate_in(page: &mut [u8], off: usize) -> Result<(), &'static str> {
+    let rec = page.get(off..).ok_or("record offset past the page")?;
+    let size = match DiskRecord::parse(rec)? {
+        Some(r) if r.info().invalid() => return Ok(()),
+        Some(r) => r.size(),
+        None => return Err("no record at this offset"),
+    };
+    let rec = &mut page[off..off + size];
+    let w0 = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default()) | RecordInfo::INVALID;
+    rec[..8].copy_from_slice(&w0.to_le_bytes());
+    let w = |i: usize| u64::from_le_bytes(rec[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    let state = ValueState::with_checksum(w(2), record_checksum(size / 8, w));
+    rec[16..24].copy_from_slice(&state.to_le_bytes());
+    Ok(())
+}
+
 /// Clears the lock and seal bits of every record in a page image (from byte `first`) that is
 /// about to become log memory again (warm recovery). A page copied while a record was locked or
 /// being superseded keeps those bits on disk; in memory they would make readers and writers wait
@@ -883,10 +910,10 @@ mod tests {
             b[bit / 8] ^= 1 << (bit % 8);
             let word = bit / 64;
             let in_word = bit % 64;
-            let may_change =
-                (word == 0 && in_word == 61) || (word == 2 && (in_word == 62 || in_word == 63));
+            let may_change = word == 2 && (in_word == 62 || in_word == 63);
             if may_change {
-                // Invalid, sealed and locked bits change after the flush (recovery).
+                // Sealed and locked bits may change after the flush; no reader of the device
+                // looks at them, and recovery clears them before a page is log memory again.
                 assert_eq!(checked(&b), Ok(true), "bit {bit}");
             } else if word == 0 && b[..8] == [0; 8] {
                 continue;
@@ -894,6 +921,31 @@ mod tests {
                 assert!(checked(&b).is_err(), "flipped bit {bit} went unnoticed");
             }
         }
+    }
+
+    #[test]
+    fn invalidating_a_stamped_record_keeps_it_verifiable() {
+        let mem = page(16);
+        let key = Encoded::new(&7u64).unwrap();
+        let val = Encoded::new(&"v".to_string()).unwrap();
+        let size = record_size(key.len(), val.len().next_multiple_of(8)) / 8;
+        let info = RecordInfo::new(Address::new(4096), Version::FIRST);
+        let _ = RecordRef::write_new(&mem[..size], info, &key, Some(&val));
+        let mut image = to_bytes(&mem);
+        stamp_checksums_in(&mut image, 0);
+        let stamped = image.clone();
+        invalidate_in(&mut image, 0).unwrap();
+        let d = DiskRecord::parse(&image).unwrap().unwrap();
+        assert!(d.info().invalid());
+        assert_eq!(d.key(), key.bytes());
+        // Idempotent, and the bit alone (without the re-stamp) is refused.
+        let once = image.clone();
+        invalidate_in(&mut image, 0).unwrap();
+        assert_eq!(image, once);
+        let mut flipped = stamped;
+        flipped[7] ^= 0x20; // bit 61 of word 0
+        assert!(DiskRecord::parse(&flipped).is_err());
+        assert!(invalidate_in(&mut [0u8; 64], 0).is_err());
     }
 
     #[test]

@@ -93,6 +93,22 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A checkpoint was written by a store of other key or value types than the one
+    /// recovering it (see `Config::type_names` for a renamed type).
+    #[error(
+        "checkpoint {path} holds {what} type `{stored}`, not `{expected}` (recover it with the \
+         types it was written with, or name them with Config::type_names if the type was renamed)"
+    )]
+    TypeMismatch {
+        /// The checkpoint's metadata file.
+        path: PathBuf,
+        /// "key" or "value".
+        what: &'static str,
+        /// The type name the checkpoint records.
+        stored: String,
+        /// The type name of the recovering store.
+        expected: String,
+    },
     /// A checkpoint or index growth is already running.
     #[error("busy: {0}")]
     Busy(&'static str),

@@ -36,7 +36,9 @@ use crossbeam_utils::CachePadded;
 use crate::core::address::{Address, PageGeometry};
 use crate::core::alloc::{align_down, align_up, AlignedBuf};
 use crate::core::light_epoch::LightEpoch;
-use crate::core::record::{first_record_offset, DiskRecord, RecordInfo, RecordRef, HEADER_BYTES};
+use crate::core::record::{
+    first_record_offset, DiskRecord, RecordInfo, RecordRef, ValueState, HEADER_BYTES,
+};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::sync::{AtomicU64, Ordering};
@@ -841,23 +843,36 @@ fn stamp_checksums(page: u64, words: &[AtomicU64]) {
     }
 }
 
-/// The checksum of log page `page` (xxh3; never 0, which means "unknown"). The invalid bit of
-/// each record's header is left out: recovery sets it on records of a version that did not
-/// make the checkpoint, and the page must still verify when recovery runs again.
+/// The checksum of log page `page` (xxh3; never 0, which means "unknown"). Each record's
+/// invalid bit and its record checksum (word 2's stamp field) are left out: recovery sets the
+/// bit on records of a version that did not make the checkpoint, re-stamping them, and the page
+/// must still verify when recovery runs again. Both stay covered by the record checksum, which
+/// every reader of the record verifies.
 #[must_use]
 pub fn page_hash(page: u64, bytes: &[u8]) -> u64 {
-    // Streamed in 64 KiB chunks through a small copy whose header words get the bit cleared:
-    // hashing record by record would cost a call per (often 40-byte) record.
+    // Streamed in 64 KiB chunks through a small copy whose masked words are patched: hashing
+    // record by record would cost a call per (often 40-byte) record.
     const CHUNK: usize = 64 << 10;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut scratch = [0u8; CHUNK];
     // The next record header, or None once the records end.
     let mut next = Some(first_record_offset(page).min(bytes.len()));
+    // Word 2 of the last header, when it lies in a later chunk than its word 0.
+    let mut carry: Option<usize> = None;
     for (c, chunk) in bytes.chunks(CHUNK).enumerate() {
         let base = c * CHUNK;
+        let end = base + chunk.len();
         let copy = &mut scratch[..chunk.len()];
         copy.copy_from_slice(chunk);
-        while let Some(off) = next.filter(|off| *off < base + chunk.len()) {
+        // Words are 8-aligned and chunks are multiples of 8: a word never straddles.
+        let patch = |copy: &mut [u8], at: usize, mask: u64| {
+            let w = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+            copy[at - base..at - base + 8].copy_from_slice(&(w & !mask).to_le_bytes());
+        };
+        if let Some(at) = carry.take() {
+            patch(copy, at, ValueState::STAMP_MASK);
+        }
+        while let Some(off) = next.filter(|off| *off < end) {
             next = None;
             if off + HEADER_BYTES > bytes.len() {
                 break;
@@ -867,9 +882,12 @@ pub fn page_hash(page: u64, bytes: &[u8]) -> u64 {
             if word0 == 0 || size < HEADER_BYTES || off + size > bytes.len() {
                 break;
             }
-            // Headers are 8-aligned and chunks are multiples of 8: a header never straddles.
-            let at = off - base;
-            copy[at..at + 8].copy_from_slice(&(word0 & !RecordInfo::INVALID_BIT).to_le_bytes());
+            patch(copy, off, RecordInfo::INVALID_BIT);
+            if off + 16 < end {
+                patch(copy, off + 16, ValueState::STAMP_MASK);
+            } else {
+                carry = Some(off + 16);
+            }
             next = Some(off + size);
         }
         h.update(copy);

@@ -2,6 +2,7 @@
 //! now, the cold index of R2Kv later.
 
 use crate::core::address::Address;
+use crate::core::light_epoch::Protected;
 use crate::index::hash_bucket::HashBucketEntry;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -54,7 +55,8 @@ pub enum IndexBusy {
     Full,
 }
 
-/// A located index entry: the slot and the value seen in it.
+/// A located index entry: the slot and the value seen in it. It borrows from the epoch guard
+/// it was found under (`'a`), so it cannot be used once that protection may have ended.
 #[derive(Clone, Copy)]
 pub struct EntrySlot<'a> {
     pub(crate) slot: &'a AtomicU64,
@@ -94,18 +96,84 @@ impl EntrySlot<'_> {
     }
 }
 
-/// The operations the store needs from an index. Callers hold epoch protection for as long as
-/// they use a returned [`EntrySlot`].
+/// The operations the store needs from an index. Each takes the caller's epoch protection
+/// (`g`, an `&EpochGuard` or `&ShortGuard` of the index's epoch) and the [`EntrySlot`] it
+/// returns borrows from it, so a lookup without protection, or an entry kept past its guard,
+/// does not compile:
+///
+/// ```compile_fail,E0597
+/// # use std::sync::Arc;
+/// # use rskv::core::light_epoch::LightEpoch;
+/// # use rskv::index::{HashIndex, KeyHash, MemIndex};
+/// let epoch = Arc::new(LightEpoch::new());
+/// let index = MemIndex::new(4, epoch.clone());
+/// let entry = {
+///     let g = epoch.protect().unwrap();
+///     index.find_or_create_entry(&g, KeyHash::new(1)).unwrap()
+/// }; // `g` dropped here while still borrowed: the table may be freed from now on
+/// let _ = entry.address();
+/// ```
+///
+/// ```compile_fail,E0061
+/// # use std::sync::Arc;
+/// # use rskv::core::light_epoch::LightEpoch;
+/// # use rskv::index::{HashIndex, KeyHash, MemIndex};
+/// let index = MemIndex::new(4, Arc::new(LightEpoch::new()));
+/// let entry = index.find_entry(KeyHash::new(1)); // no guard, no lookup
+/// ```
+///
+/// Nor does keeping an entry across [`EpochGuard::refresh`], which may let the old table go:
+///
+/// ```compile_fail,E0502
+/// # use std::sync::Arc;
+/// # use rskv::core::light_epoch::LightEpoch;
+/// # use rskv::index::{HashIndex, KeyHash, MemIndex};
+/// let epoch = Arc::new(LightEpoch::new());
+/// let index = MemIndex::new(4, epoch.clone());
+/// let mut g = epoch.protect().unwrap();
+/// let entry = index.find_or_create_entry(&g, KeyHash::new(1)).unwrap();
+/// g.refresh();
+/// let _ = entry.address();
+/// ```
+///
+/// What does compile: the entry used while its guard lives.
+///
+/// [`EpochGuard::refresh`]: crate::core::light_epoch::EpochGuard::refresh
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use rskv::core::light_epoch::LightEpoch;
+/// # use rskv::index::{HashIndex, KeyHash, MemIndex};
+/// let epoch = Arc::new(LightEpoch::new());
+/// let index = MemIndex::new(4, epoch.clone());
+/// let g = epoch.protect().unwrap();
+/// let entry = index.find_or_create_entry(&g, KeyHash::new(1)).unwrap();
+/// assert!(entry.address().is_invalid());
+/// ```
 pub trait HashIndex: Send + Sync {
     /// The entry for `hash`'s (bucket, tag), if one exists.
     ///
     /// # Errors
     /// [`IndexBusy::RetryLater`] while the index is switching tables.
-    fn find_entry(&self, hash: KeyHash) -> Result<Option<EntrySlot<'_>>, IndexBusy>;
+    ///
+    /// # Panics
+    /// If `g` protects another epoch than the index's.
+    fn find_entry<'g, G: Protected + ?Sized>(
+        &'g self,
+        g: &'g G,
+        hash: KeyHash,
+    ) -> Result<Option<EntrySlot<'g>>, IndexBusy>;
 
     /// The entry for `hash`'s (bucket, tag), created (pointing at no record) if absent.
     ///
     /// # Errors
     /// [`IndexBusy`] as for `find_entry`, or `Full` when no overflow bucket is left.
-    fn find_or_create_entry(&self, hash: KeyHash) -> Result<EntrySlot<'_>, IndexBusy>;
+    ///
+    /// # Panics
+    /// As `find_entry`.
+    fn find_or_create_entry<'g, G: Protected + ?Sized>(
+        &'g self,
+        g: &'g G,
+        hash: KeyHash,
+    ) -> Result<EntrySlot<'g>, IndexBusy>;
 }

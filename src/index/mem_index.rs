@@ -23,9 +23,9 @@
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering as StdOrdering};
 use std::sync::Arc;
 
-use crate::core::light_epoch::LightEpoch;
+use crate::core::light_epoch::{LightEpoch, Protected};
 use crate::index::definitions::{EntrySlot, HashIndex, IndexBusy, KeyHash};
-use crate::index::hash_bucket::HashBucketEntry;
+use crate::index::hash_bucket::{HashBucket, HashBucketEntry};
 use crate::index::hash_table::{HashTable, OverflowPool};
 use crate::sync::{AtomicU64, Ordering};
 
@@ -39,8 +39,23 @@ const TODO: u8 = 0;
 const BUSY: u8 = 1;
 const DONE: u8 = 2;
 
-fn state(phase: u64, version: u64) -> u64 {
-    phase | version << 8
+/// The state word: phase (bits 0..8), version `v` (bit 8: table `v` is current, or the old one
+/// while growing) and log2 of table `v`'s bucket count (bits 16..). The sizes live in the word so
+/// that figures such as [`MemIndex::bits`] need no table, hence no epoch protection.
+fn state(phase: u64, version: u64, bits: u32) -> u64 {
+    phase | (version & 1) << 8 | u64::from(bits) << 16
+}
+
+fn phase_of(s: u64) -> u64 {
+    s & 0xff
+}
+
+fn version_of(s: u64) -> u64 {
+    (s >> 8) & 1
+}
+
+fn bits_of(s: u64) -> u32 {
+    (s >> 16) as u32
 }
 
 struct Grow {
@@ -49,6 +64,11 @@ struct Grow {
 }
 
 /// The in-memory index: a hash table that doubles online.
+///
+/// The tables are freed by epoch actions, so everything that reads them takes a guard of the
+/// index's epoch (`&impl Protected`) and returns references that borrow from it (see
+/// [`HashIndex`]); recovery, which builds an index before any other thread can see it, uses the
+/// `&mut self` methods instead (exclusive access is the proof there).
 pub struct MemIndex {
     tables: [AtomicPtr<HashTable>; 2],
     state: AtomicU64,
@@ -64,59 +84,100 @@ impl MemIndex {
         let t = Box::into_raw(Box::new(HashTable::new(bits)));
         Self {
             tables: [AtomicPtr::new(t), AtomicPtr::new(std::ptr::null_mut())],
-            state: AtomicU64::new(state(REST, 0)),
+            state: AtomicU64::new(state(REST, 0, bits)),
             grow: AtomicPtr::new(std::ptr::null_mut()),
             pool: Arc::new(OverflowPool::new()),
             epoch,
         }
     }
 
-    #[inline]
-    fn table(&self, version: u64) -> &HashTable {
-        // SAFETY: a table pointer read under epoch protection stays valid until an epoch action
-        // frees it, which waits for every protected thread (see growth step 4). Both pointers a
-        // state names are non-null while that state is visible.
+    /// Table `version`, without a witness.
+    ///
+    /// # Safety
+    /// For as long as the reference is used, the table must not be retired: the caller is epoch
+    /// protected on `self.epoch` and read a state naming `version` under that protection, or is
+    /// the grower (which alone retires tables), or has `&mut self`.
+    #[inline(always)]
+    unsafe fn table_unguarded(&self, version: u64) -> &HashTable {
+        // SAFETY: both pointers a visible state names are non-null; the caller keeps the table
+        // from being retired (see above), and a retired table is freed only by an epoch action.
         unsafe { &*self.tables[version as usize & 1].load(StdOrdering::Acquire) }
     }
 
+    /// Panics unless `g` protects this index's epoch (a guard of another epoch would not keep
+    /// this index's tables alive).
     #[inline(always)]
-    fn table_for(&self, hash: KeyHash) -> Result<&HashTable, IndexBusy> {
+    fn check<G: Protected + ?Sized>(&self, g: &G) {
+        assert!(
+            std::ptr::eq(g.epoch(), Arc::as_ptr(&self.epoch)),
+            "an index read under a guard of another epoch"
+        );
+    }
+
+    /// Table `version` of a state read under `g`.
+    #[inline(always)]
+    fn table<'g, G: Protected + ?Sized>(&'g self, g: &'g G, version: u64) -> &'g HashTable {
+        self.check(g);
+        // SAFETY: the caller read the state naming `version` while protected by `g`, which
+        // lives for 'g: the action that retires the table waits for it (growth step 4).
+        unsafe { self.table_unguarded(version) }
+    }
+
+    #[inline(always)]
+    fn table_for<'g, G: Protected + ?Sized>(
+        &'g self,
+        g: &'g G,
+        hash: KeyHash,
+    ) -> Result<&'g HashTable, IndexBusy> {
         let s = self.state.load(Ordering::Acquire);
-        if s & 0xff == REST {
-            return Ok(self.table(s >> 8));
+        if phase_of(s) == REST {
+            return Ok(self.table(g, version_of(s)));
         }
-        self.table_while_growing(s, hash)
+        self.table_while_growing(g, s, hash)
     }
 
     /// [`MemIndex::table_for`] outside REST (out of line: operations rarely meet growth).
     #[cold]
     #[inline(never)]
-    fn table_while_growing(&self, s: u64, hash: KeyHash) -> Result<&HashTable, IndexBusy> {
-        let (phase, v) = (s & 0xff, s >> 8);
+    fn table_while_growing<'g, G: Protected + ?Sized>(
+        &'g self,
+        g: &'g G,
+        s: u64,
+        hash: KeyHash,
+    ) -> Result<&'g HashTable, IndexBusy> {
+        let (phase, v) = (phase_of(s), version_of(s));
         match phase {
-            REST => Ok(self.table(v)),
+            REST => Ok(self.table(g, v)),
             PREPARE => Err(IndexBusy::RetryLater),
             _ => {
-                let old = self.table(v);
-                let new = self.table(1 - v);
-                self.ensure_split(old, new, hash.bucket(old.bits()) / CHUNK_BUCKETS)?;
+                let old = self.table(g, v);
+                let new = self.table(g, 1 - v);
+                // SAFETY: IN_PROGRESS was read under `g`; the grow state is freed with the old
+                // table, by the same action, which waits for `g`.
+                let grow = unsafe { self.grow_unguarded() };
+                self.ensure_split(grow, old, new, hash.bucket(old.bits()) / CHUNK_BUCKETS)?;
                 Ok(new)
             }
         }
     }
 
-    fn grow_state(&self) -> &Grow {
-        // SAFETY: non-null while IN_PROGRESS is visible; freed by an epoch action after REST.
+    /// The grow state.
+    ///
+    /// # Safety
+    /// As [`MemIndex::table_unguarded`], for a state that is `IN_PROGRESS`.
+    unsafe fn grow_unguarded(&self) -> &Grow {
+        // SAFETY: non-null while IN_PROGRESS is visible; freed by an epoch action after REST,
+        // which the caller's protection (or role as the grower) holds off.
         unsafe { &*self.grow.load(StdOrdering::Acquire) }
     }
 
     fn ensure_split(
         &self,
+        g: &Grow,
         old: &HashTable,
         new: &HashTable,
         chunk: usize,
     ) -> Result<(), IndexBusy> {
-        let g = self.grow_state();
         let c = &g.chunks[chunk];
         let mut round = 0;
         loop {
@@ -160,14 +221,15 @@ impl MemIndex {
 
     /// Doubles the table while other threads keep operating. Returns `false` if another growth
     /// was already running (this call then waits for it). The calling thread must not be
-    /// epoch-protected.
+    /// protected on the index's epoch: the growth waits for every protected thread (the store's
+    /// `grow_index` refuses such a call).
     ///
     /// # Errors
     /// [`IndexBusy::Full`] if overflow buckets run out while splitting (the growth is then
     /// finished by later operations that touch the unsplit chunks).
     pub fn grow(&self) -> Result<bool, IndexBusy> {
         let s = self.state.load(Ordering::Acquire);
-        let (phase, v) = (s & 0xff, s >> 8);
+        let (phase, v, bits) = (phase_of(s), version_of(s), bits_of(s));
         if phase != REST {
             self.wait_rest();
             return Ok(false);
@@ -176,14 +238,20 @@ impl MemIndex {
         // grow state, so they can be published after the claim.
         if self
             .state
-            .compare_exchange(s, state(PREPARE, v), Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                s,
+                state(PREPARE, v, bits),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_err()
         {
             self.wait_rest();
             return Ok(false);
         }
-        let old = self.table(v);
-        let new = Box::into_raw(Box::new(HashTable::new(old.bits() + 1)));
+        // SAFETY: this thread is the grower, and only the grower retires a table (step 4).
+        let old = unsafe { self.table_unguarded(v) };
+        let new = Box::into_raw(Box::new(HashTable::new(bits + 1)));
         let chunks = old.len().div_ceil(CHUNK_BUCKETS);
         let g = Box::into_raw(Box::new(Grow {
             chunks: (0..chunks).map(|_| AtomicU8::new(TODO)).collect(),
@@ -196,23 +264,26 @@ impl MemIndex {
             // SAFETY: the index outlives its epoch's actions: the store drains its epoch before
             // dropping the index (RsKv::drop), so `me` is valid when this runs.
             let this = unsafe { &*(me as *const MemIndex) };
-            this.state.store(state(IN_PROGRESS, v), Ordering::Release);
+            this.state
+                .store(state(IN_PROGRESS, v, bits), Ordering::Release);
         });
         let mut round = 0;
-        while self.state.load(Ordering::Acquire) & 0xff != IN_PROGRESS {
+        while phase_of(self.state.load(Ordering::Acquire)) != IN_PROGRESS {
             self.epoch.drain();
             crate::sync::backoff(&mut round);
         }
         // SAFETY: `new` is published and stays alive until a later growth retires it.
         let new_ref = unsafe { &*new };
+        // SAFETY: the grower frees the grow state itself, below.
+        let g_ref = unsafe { self.grow_unguarded() };
         for c in 0..chunks {
-            self.ensure_split(old, new_ref, c)?;
+            self.ensure_split(g_ref, old, new_ref, c)?;
         }
-        let g_ref = self.grow_state();
         while g_ref.done.load(Ordering::Acquire) < chunks as u64 {
             crate::sync::backoff(&mut round);
         }
-        self.state.store(state(REST, 1 - v), Ordering::Release);
+        self.state
+            .store(state(REST, 1 - v, bits + 1), Ordering::Release);
         let old_ptr = self.tables[v as usize].load(StdOrdering::Acquire) as usize;
         let pool = self.pool.clone();
         let g = g as usize;
@@ -236,28 +307,32 @@ impl MemIndex {
 
     fn wait_rest(&self) {
         let mut round = 0;
-        while self.state.load(Ordering::Acquire) & 0xff != REST {
+        while phase_of(self.state.load(Ordering::Acquire)) != REST {
             self.epoch.drain();
             crate::sync::backoff(&mut round);
         }
     }
 
-    /// log2 of the current bucket count.
+    /// log2 of the current bucket count (the old table's while growing). Reads no table, so it
+    /// needs no protection.
     #[must_use]
     pub fn bits(&self) -> u32 {
-        let s = self.state.load(Ordering::Acquire);
-        self.table(s >> 8).bits()
+        bits_of(self.state.load(Ordering::Acquire))
     }
 
-    /// Bytes of index memory: the tables and the overflow buckets.
+    /// Bytes of index memory: the tables and the overflow buckets. Reads no table (the sizes
+    /// are in the state word), so it needs no protection.
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
         let s = self.state.load(Ordering::Acquire);
-        let mut n = self.table(s >> 8).memory_bytes() + self.pool.memory_bytes();
-        if s & 0xff != REST {
-            n += self.table(1 - (s >> 8)).memory_bytes();
-        }
-        n
+        let table = std::mem::size_of::<HashBucket>() << bits_of(s);
+        // While growing, the new table (twice the size) exists too, or is about to.
+        let tables = if phase_of(s) == REST {
+            table
+        } else {
+            3 * table
+        };
+        tables + self.pool.memory_bytes()
     }
 
     /// Overflow buckets in use.
@@ -268,12 +343,14 @@ impl MemIndex {
 
     /// A fuzzy dump of the current table (checkpoint): hands `out` the bucket image in chunks
     /// (each bucket's 7 entries as little-endian words, tentative entries cleared, and a zero
-    /// overflow word), then returns the overflow-chain entries as `(bucket, entry)` pairs. The
-    /// caller is epoch protected per chunk by this function, and the index must not be growing.
+    /// overflow word), then returns the overflow-chain entries as `(bucket, entry)` pairs. Each
+    /// chunk is read under an epoch protection of its own, taken here (none is held while `out`
+    /// runs); the index must not be growing (the caller excludes growth).
     ///
     /// # Errors
-    /// The first error of `out`.
-    pub fn dump<E>(
+    /// The first error of `out`; [`Error::TooManyThreads`](crate::core::status::Error) if the
+    /// thread cannot be protected.
+    pub fn dump<E: From<crate::core::status::Error>>(
         &self,
         mut out: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(u32, Vec<(u64, u64)>), E> {
@@ -286,9 +363,13 @@ impl MemIndex {
         while first < n {
             let count = CHUNK.min(n - first);
             {
-                // Protection keeps the table alive (growth is excluded by the caller anyway).
-                let _g = self.epoch.protect();
-                let table = self.table(self.state.load(Ordering::Acquire) >> 8);
+                let g = self.epoch.protect()?;
+                let s = self.state.load(Ordering::Acquire);
+                debug_assert!(
+                    phase_of(s) == REST && bits_of(s) == bits,
+                    "dump while growing"
+                );
+                let table = self.table(&g, version_of(s));
                 for i in first..first + count {
                     let b = table.bucket(i);
                     let at = (i - first) * 64;
@@ -316,10 +397,18 @@ impl MemIndex {
         Ok((bits, overflow))
     }
 
-    /// Loads buckets `first..` of a fresh index (recovery, before any other thread uses it) from
-    /// a dump image chunk.
-    pub fn restore_buckets(&self, first: usize, image: &[u8]) {
-        let table = self.table(self.state.load(Ordering::Acquire) >> 8);
+    /// The current table of an index this thread has to itself.
+    fn table_mut(&mut self) -> &HashTable {
+        let v = version_of(self.state.load(Ordering::Acquire));
+        // SAFETY: `&mut self` for the reference's lifetime: no growth can start, hence no
+        // retirement of the current table.
+        unsafe { self.table_unguarded(v) }
+    }
+
+    /// Loads buckets `first..` of a fresh index (recovery, before any other thread can use it)
+    /// from a dump image chunk.
+    pub fn restore_buckets(&mut self, first: usize, image: &[u8]) {
+        let table = self.table_mut();
         for (n, bucket) in image.chunks_exact(64).enumerate() {
             let b = table.bucket(first + n);
             for (k, slot) in b.entries.iter().enumerate() {
@@ -333,35 +422,61 @@ impl MemIndex {
     ///
     /// # Errors
     /// [`IndexBusy::Full`] when no overflow bucket can be allocated.
-    pub fn restore_overflow(&self, i: usize, entry: u64) -> Result<(), IndexBusy> {
-        let table = self.table(self.state.load(Ordering::Acquire) >> 8);
-        table.insert_exclusive(i, HashBucketEntry::from_raw(entry), &self.pool)
+    pub fn restore_overflow(&mut self, i: usize, entry: u64) -> Result<(), IndexBusy> {
+        let pool = self.pool.clone();
+        self.table_mut()
+            .insert_exclusive(i, HashBucketEntry::from_raw(entry), &pool)
+    }
+
+    /// [`HashIndex::find_or_create_entry`] for an index this thread has to itself (recovery's
+    /// replay): `&mut self` is the proof that no table can be retired meanwhile.
+    ///
+    /// # Errors
+    /// [`IndexBusy::Full`] when no overflow bucket can be allocated.
+    pub fn find_or_create_entry_exclusive(
+        &mut self,
+        hash: KeyHash,
+    ) -> Result<EntrySlot<'_>, IndexBusy> {
+        let v = version_of(self.state.load(Ordering::Acquire));
+        // SAFETY: `&mut self` for the entry's lifetime: no growth can start, hence no
+        // retirement of the current table.
+        let table = unsafe { self.table_unguarded(v) };
+        table.find_or_create_entry(hash, &self.pool)
     }
 
     /// Starts loading `hash`'s bucket into the cache (a hint; skipped while growing).
     #[inline]
-    pub fn prefetch(&self, hash: KeyHash) {
+    pub fn prefetch<G: Protected + ?Sized>(&self, g: &G, hash: KeyHash) {
         let s = self.state.load(Ordering::Acquire);
-        if s & 0xff == REST {
-            self.table(s >> 8).prefetch(hash);
+        if phase_of(s) == REST {
+            self.table(g, version_of(s)).prefetch(hash);
         }
     }
 
     /// Whether the index is in the middle of growing.
     #[must_use]
     pub fn is_growing(&self) -> bool {
-        self.state.load(Ordering::Acquire) & 0xff != REST
+        phase_of(self.state.load(Ordering::Acquire)) != REST
     }
 }
 
 impl HashIndex for MemIndex {
     #[inline(always)]
-    fn find_entry(&self, hash: KeyHash) -> Result<Option<EntrySlot<'_>>, IndexBusy> {
-        Ok(self.table_for(hash)?.find_entry(hash, &self.pool))
+    fn find_entry<'g, G: Protected + ?Sized>(
+        &'g self,
+        g: &'g G,
+        hash: KeyHash,
+    ) -> Result<Option<EntrySlot<'g>>, IndexBusy> {
+        Ok(self.table_for(g, hash)?.find_entry(hash, &self.pool))
     }
 
-    fn find_or_create_entry(&self, hash: KeyHash) -> Result<EntrySlot<'_>, IndexBusy> {
-        self.table_for(hash)?.find_or_create_entry(hash, &self.pool)
+    fn find_or_create_entry<'g, G: Protected + ?Sized>(
+        &'g self,
+        g: &'g G,
+        hash: KeyHash,
+    ) -> Result<EntrySlot<'g>, IndexBusy> {
+        self.table_for(g, hash)?
+            .find_or_create_entry(hash, &self.pool)
     }
 }
 
@@ -370,16 +485,16 @@ impl Drop for MemIndex {
         // Pending retire actions hold raw pointers to tables; run them first.
         self.epoch.drain();
         let s = self.state.load(Ordering::Acquire);
-        let v = (s >> 8) as usize & 1;
+        let v = version_of(s) as usize;
         for (i, t) in self.tables.iter().enumerate() {
             let p = t.load(StdOrdering::Acquire);
-            if !p.is_null() && (i == v || s & 0xff != REST) {
+            if !p.is_null() && (i == v || phase_of(s) != REST) {
                 // SAFETY: &mut self: nobody else can reach the tables; each is dropped once.
                 drop(unsafe { Box::from_raw(p) });
             }
         }
         let g = self.grow.load(StdOrdering::Acquire);
-        if !g.is_null() && s & 0xff != REST {
+        if !g.is_null() && phase_of(s) != REST {
             // SAFETY: as above; in REST the grow state was already freed by its action.
             drop(unsafe { Box::from_raw(g) });
         }
@@ -390,6 +505,31 @@ impl Drop for MemIndex {
 mod tests {
     use super::*;
     use crate::core::address::Address;
+
+    #[test]
+    #[should_panic(expected = "another epoch")]
+    fn a_guard_of_another_epoch_is_refused() {
+        let index = MemIndex::new(4, Arc::new(LightEpoch::new()));
+        let other = LightEpoch::new();
+        let g = other.protect().unwrap();
+        let _ = index.find_entry(&g, KeyHash::new(1));
+    }
+
+    #[test]
+    fn sizes_come_from_the_state_word() {
+        let epoch = Arc::new(LightEpoch::new());
+        let mut index = MemIndex::new(3, epoch.clone());
+        assert_eq!((index.bits(), index.memory_bytes()), (3, 8 * 64));
+        let mut e = index
+            .find_or_create_entry_exclusive(KeyHash::new(9))
+            .unwrap();
+        e.try_update(Address::new(64)).unwrap();
+        assert!(index.grow().unwrap());
+        assert_eq!((index.bits(), index.memory_bytes()), (4, 16 * 64));
+        let g = epoch.protect().unwrap();
+        let e = index.find_entry(&g, KeyHash::new(9)).unwrap().unwrap();
+        assert_eq!(e.address(), Address::new(64));
+    }
 
     #[test]
     fn growth_keeps_every_entry_while_threads_insert() {
@@ -403,8 +543,8 @@ mod tests {
                     let mut n = 0u64;
                     while !stop.load(StdOrdering::Relaxed) || n < 5_000 {
                         let key = t << 32 | n;
-                        let g = epoch.protect().unwrap();
-                        match index.find_or_create_entry(KeyHash::new(key)) {
+                        let mut g = epoch.protect().unwrap();
+                        match index.find_or_create_entry(&g, KeyHash::new(key)) {
                             Ok(mut e) => {
                                 let _ = e.try_update(Address::new(64 + key % (1 << 40)));
                                 n += 1;
@@ -422,11 +562,11 @@ mod tests {
         stop.store(true, StdOrdering::Relaxed);
         let counts: Vec<u64> = writers.into_iter().map(|w| w.join().unwrap()).collect();
         assert_eq!(index.bits(), 6);
-        let _g = epoch.protect().unwrap();
+        let g = epoch.protect().unwrap();
         for (t, &n) in counts.iter().enumerate() {
             for i in 0..n {
                 let key = (t as u64) << 32 | i;
-                let e = index.find_entry(KeyHash::new(key)).unwrap();
+                let e = index.find_entry(&g, KeyHash::new(key)).unwrap();
                 // Same-tag keys share an entry, so only presence is certain, not the address.
                 assert!(e.is_some(), "key {key} lost by growth");
             }

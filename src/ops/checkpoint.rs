@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::core::address::Address;
 use crate::core::alloc::AlignedBuf;
@@ -25,16 +25,15 @@ use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::ops::Engine;
 
-/// How long `WaitPending` waits for updates of the old version that went to disk; those still
-/// waiting afterwards finish in the new version and are reported as excluded.
-const WAIT_PENDING_LIMIT: Duration = Duration::from_secs(2);
-
 /// Checkpoint bookkeeping of one store.
 pub(crate) struct Cpr {
     /// A checkpoint or an index growth is running.
     busy: AtomicBool,
-    /// Updates waiting for the disk, by the parity of the version they started in.
-    pending: [StdAtomicU64; 2],
+    /// Updates of a version (by its parity) that went to disk and are being driven to their
+    /// end: `WaitPending` waits for these. A session's pending update is counted only while
+    /// the session drives it (`complete_pending`), an async one only while it is polled, a
+    /// blocking one throughout: a pending update nobody drives never holds up a checkpoint.
+    driven: [StdAtomicU64; 2],
     sessions: Mutex<Vec<Arc<SessionBook>>>,
     next_session: StdAtomicU64,
     /// 0 until the checkpoint directory was scanned.
@@ -47,7 +46,7 @@ impl Default for Cpr {
     fn default() -> Self {
         Self {
             busy: AtomicBool::new(false),
-            pending: [StdAtomicU64::new(0), StdAtomicU64::new(0)],
+            driven: [StdAtomicU64::new(0), StdAtomicU64::new(0)],
             sessions: Mutex::new(Vec::new()),
             next_session: StdAtomicU64::new(1),
             next_token: StdAtomicU64::new(0),
@@ -70,10 +69,12 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// An update waiting for the disk, counted in the version it started in until dropped.
+/// An update waiting for the disk: counted in [`Cpr::driven`] for the version it started in,
+/// except while parked, until dropped. Whoever holds it says when nobody drives the update.
 pub(crate) struct PendingUpdate<'a> {
     cpr: &'a Cpr,
     version: u64,
+    parked: bool,
 }
 
 impl PendingUpdate<'_> {
@@ -81,11 +82,50 @@ impl PendingUpdate<'_> {
     pub(crate) fn version(&self) -> u64 {
         self.version
     }
+
+    fn counter(&self) -> &StdAtomicU64 {
+        &self.cpr.driven[(self.version & 1) as usize]
+    }
+
+    /// Nobody drives the update until [`PendingUpdate::unpark`]: checkpoints do not wait for it
+    /// (it may land in a later version, and is then excluded from the commit point).
+    pub(crate) fn park(&mut self) {
+        if !self.parked {
+            self.parked = true;
+            self.counter().fetch_sub(1, StdOrdering::AcqRel);
+        }
+    }
+
+    /// Its owner drives the update again.
+    pub(crate) fn unpark(&mut self) {
+        if self.parked {
+            self.parked = false;
+            self.counter().fetch_add(1, StdOrdering::AcqRel);
+        }
+    }
+
+    /// Runs `fut` (the update's continuation), parked whenever it is not being polled: for a
+    /// future handed to the caller's executor, which may hold it without polling it.
+    pub(crate) async fn parked_between_polls<F: std::future::Future>(
+        mut self,
+        fut: F,
+    ) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            self.unpark();
+            let polled = fut.as_mut().poll(cx);
+            if polled.is_pending() {
+                self.park();
+            }
+            polled
+        })
+        .await
+    }
 }
 
 impl Drop for PendingUpdate<'_> {
     fn drop(&mut self) {
-        self.cpr.pending[(self.version & 1) as usize].fetch_sub(1, StdOrdering::AcqRel);
+        self.park();
     }
 }
 
@@ -98,10 +138,19 @@ impl Cpr {
         Ok(Claim(&self.busy))
     }
 
-    /// Counts an update of `version` that goes to disk.
+    /// Counts an update of `version` that goes to disk (driven by the caller until parked).
     pub(crate) fn pending_update(&self, version: u64) -> PendingUpdate<'_> {
-        self.pending[(version & 1) as usize].fetch_add(1, StdOrdering::AcqRel);
-        PendingUpdate { cpr: self, version }
+        self.driven[(version & 1) as usize].fetch_add(1, StdOrdering::AcqRel);
+        PendingUpdate {
+            cpr: self,
+            version,
+            parked: false,
+        }
+    }
+
+    /// Updates of `version` that went to disk and are being driven now.
+    pub(crate) fn driven_updates(&self, version: u64) -> u64 {
+        self.driven[(version & 1) as usize].load(StdOrdering::Acquire)
     }
 
     /// Registers a session (a new id, or a recovered one).
@@ -317,7 +366,7 @@ impl<D: Disk> Engine<D> {
 
     fn next_token(&self, dir: &CheckpointDir) -> Result<Token> {
         if self.cpr.next_token.load(StdOrdering::Acquire) == 0 {
-            let last = dir.tokens()?.last().map_or(0, |t| t.0);
+            let last = dir.last_token_ever()?.map_or(0, |t| t.0);
             self.cpr.next_token.fetch_max(last + 1, StdOrdering::AcqRel);
         }
         Ok(Token(self.cpr.next_token.fetch_add(1, StdOrdering::AcqRel)))
@@ -371,6 +420,13 @@ impl<D: Disk> Engine<D> {
     /// # Errors
     /// As [`Engine::checkpoint`].
     pub(crate) fn begin_checkpoint(&self) -> Result<Started> {
+        if self.epoch.is_protected_here() {
+            // Each phase change waits for every protected thread to acknowledge it.
+            return Err(Error::Busy(
+                "checkpoint called from inside an operation of this store (e.g. an rmw \
+                 function); it would wait for its own thread",
+            ));
+        }
         let dir = self.checkpoint_dir()?;
         let claim = self.cpr.claim("a checkpoint or index growth is running")?;
         if self.index.is_growing() {
@@ -450,11 +506,10 @@ impl<D: Disk> Engine<D> {
         self.set_newer_from(newer_from);
         self.enter(Phase::InProgress, v + 1);
         self.enter(Phase::WaitPending, v + 1);
-        let deadline = Instant::now() + WAIT_PENDING_LIMIT;
-        let parity = (v & 1) as usize;
-        self.wait_for(|| {
-            self.cpr.pending[parity].load(StdOrdering::Acquire) == 0 || Instant::now() > deadline
-        });
+        // Updates of v that are on their way back from the disk may still land in v. Only
+        // driven ones are waited for (each ends with its device read), so the wait costs what
+        // their I/O costs; parked ones land in v+1 and are excluded from commit points.
+        self.wait_for(|| self.cpr.driven_updates(v) == 0);
         self.enter(Phase::WaitFlush, v + 1);
         let end = self.hlog.close_page();
         // Writers of records below `end` finish before anything reads those pages.
@@ -498,6 +553,7 @@ impl<D: Disk> Engine<D> {
             page_sums,
             sessions,
             next_session_id,
+            types: self.types.clone(),
         };
         dir.write_log_meta(token, &meta)?;
         self.set_system_state(SystemState {
@@ -513,7 +569,7 @@ impl<D: Disk> Engine<D> {
         let io = |e: std::io::Error| Error::io(format!("writing {}", path.display()), e);
         let start = self.hlog.tail_address().raw();
         let mut w = HashingWriter::create(&path).map_err(io)?;
-        let (table_bits, overflow) = self.index.dump(|chunk| w.write_all(chunk)).map_err(io)?;
+        let (table_bits, overflow) = self.index.dump(|chunk| w.write_all(chunk).map_err(io))?;
         let mut pairs = Vec::with_capacity(16 * overflow.len().min(1 << 16));
         for chunk in overflow.chunks(1 << 16) {
             pairs.clear();

@@ -17,8 +17,8 @@ impl<D: Disk> Engine<D> {
         key: &Encoded,
         hash: KeyHash,
     ) -> Result<(Status, u64)> {
-        self.retry(g, &mut None, |ov| {
-            let Some(mut entry) = self.index.find_entry(hash).map_err(Stop::from)? else {
+        self.retry(g, &mut None, |g, ov| {
+            let Some(mut entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
                 return Ok(Status::NotFound);
             };
             self.check_shift(ov, entry.address())?;

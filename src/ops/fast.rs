@@ -106,10 +106,10 @@ impl<D: Disk> Engine<D> {
     /// Reads `key`: `Done(Some(value))`, `Done(None)` (no record, or a tombstone), or `Slow`.
     #[inline(always)]
     pub(crate) fn read_word(&self, key: Word, hash: KeyHash) -> Fast<Option<Word>> {
-        let Some(_g) = self.epoch.protect_short() else {
+        let Some(g) = self.epoch.protect_short() else {
             return Fast::Slow;
         };
-        let entry = match self.index.find_entry(hash) {
+        let entry = match self.index.find_entry(&g, hash) {
             Ok(Some(e)) => e,
             Ok(None) => return Fast::Done(None),
             Err(_) => return Fast::Slow,
@@ -138,7 +138,7 @@ impl<D: Disk> Engine<D> {
         if !self.acked_rule_is_free(&guard) {
             return None;
         }
-        let entry = self.index.find_entry(hash).ok()??;
+        let entry = self.index.find_entry(&guard, hash).ok()??;
         let rec = self.word_record(key, entry.address(), self.hlog.read_only())?;
         // None: sealed (a newer copy exists).
         let lock = rec.lock()?;

@@ -15,6 +15,15 @@
 //! - Where FASTER would go PENDING, the attempt returns the disk address to fetch, with what it
 //!   saw of the index. The caller drops its protection while the I/O runs, then continues; an
 //!   update that finds the index entry changed meanwhile starts over.
+//! - Index lookups take the attempt's guard and what they return borrows from it
+//!   ([`crate::index::HashIndex`]), so an entry cannot be used outside its protection.
+//! - Nested operations (an RMW function that calls the store) share the thread's epoch slot.
+//!   A nested attempt never moves that slot to a newer epoch: the outer attempt still holds its
+//!   index entry and record, which a refresh would let the log evict or the index free. It
+//!   retries in place (a lost CAS resolves so, within [`NESTED_RETRIES`] rounds); when what it
+//!   waits for needs the epoch to move on ([`Stop::Wait`]: a page to be evicted for the log to
+//!   roll, an index growth to finish), which the outer protection prevents, it fails at once
+//!   with [`Error::Busy`].
 
 pub mod checkpoint;
 pub mod delete;
@@ -55,7 +64,14 @@ pub struct Engine<D: Disk> {
     pub(crate) cpr: Cpr,
     /// Copy records that reads fetch from disk to the tail (`Config::copy_reads_to_tail`).
     pub(crate) copy_reads: bool,
+    /// The key and value types, recorded by log checkpoints.
+    pub(crate) types: crate::core::checkpoint::TypeNames,
 }
+
+/// Attempts a nested operation makes without moving the epoch (after lost races, records
+/// locked by other writers) before it fails with [`Error::Busy`]; each after a backoff, mostly a
+/// yield.
+pub(crate) const NESTED_RETRIES: u32 = 1024;
 
 /// Which rule of the checkpoint state machine an attempt runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +109,9 @@ pub(crate) struct OpVersion {
 pub(crate) enum Stop {
     /// Refresh the epoch and try again.
     Retry,
+    /// Try again once the epoch moved on (the log must roll to a new page, the index must
+    /// finish switching tables). A nested operation cannot wait for that: see [`Engine::retry`].
+    Wait,
     /// The operation met a record of a newer version: retry in the current version.
     Shift,
     /// A hard error.
@@ -108,7 +127,7 @@ impl From<Error> for Stop {
 impl From<AllocError> for Stop {
     fn from(e: AllocError) -> Self {
         match e {
-            AllocError::RetryLater => Stop::Retry,
+            AllocError::RetryLater => Stop::Wait,
             AllocError::Fatal(e) => Stop::Fail(e),
         }
     }
@@ -117,7 +136,7 @@ impl From<AllocError> for Stop {
 impl From<IndexBusy> for Stop {
     fn from(e: IndexBusy) -> Self {
         match e {
-            IndexBusy::RetryLater => Stop::Retry,
+            IndexBusy::RetryLater => Stop::Wait,
             IndexBusy::Full => Stop::Fail(Error::IndexFull),
         }
     }
@@ -145,6 +164,7 @@ impl<D: Disk> Engine<D> {
             newer_from: AtomicU64::new(u64::MAX),
             cpr: Cpr::default(),
             copy_reads: false,
+            types: crate::core::checkpoint::TypeNames::default(),
         }
     }
 
@@ -241,34 +261,55 @@ impl<D: Disk> Engine<D> {
     /// Runs `attempt` until it stops with something other than [`Stop::Retry`] or
     /// [`Stop::Shift`], refreshing the epoch between attempts. Returns the result and the version
     /// the successful attempt ran in. A shift drops `pin`.
+    ///
+    /// Each attempt gets the guard by a reference that cannot outlive it (the closure is
+    /// higher-ranked over that borrow), so nothing it looked up in the index survives into the
+    /// refresh before the next attempt.
     pub(crate) fn retry<T>(
         &self,
         g: &EpochGuard<'_>,
         pin: &mut Option<u64>,
-        mut attempt: impl FnMut(OpVersion) -> Result<T, Stop>,
+        mut attempt: impl FnMut(&EpochGuard<'_>, OpVersion) -> Result<T, Stop>,
     ) -> Result<(T, u64)> {
         let mut round = 0;
         loop {
             let ov = self.op_version(g, *pin);
-            match attempt(ov) {
+            match attempt(g, ov) {
                 Ok(v) => return Ok((v, ov.version)),
                 Err(Stop::Fail(e)) => return Err(e),
-                Err(Stop::Shift) => {
-                    *pin = None;
-                    g.refresh();
-                    crate::sync::backoff(&mut round);
-                }
-                Err(Stop::Retry) => {
-                    g.refresh();
+                Err(stop) => {
+                    if matches!(stop, Stop::Shift) {
+                        *pin = None;
+                    }
+                    if g.is_nested() {
+                        // The outer attempt relies on the slot's epoch: never move it. What
+                        // needs the epoch to move will not happen while the outer one holds it.
+                        if matches!(stop, Stop::Wait) || round >= NESTED_RETRIES {
+                            return Err(Error::Busy(
+                                "an operation nested inside another's function cannot wait for \
+                                 the log or index to move on: the outer operation holds them",
+                            ));
+                        }
+                        self.epoch.drain();
+                    } else {
+                        // SAFETY: the slot is this thread's (`g` is not `Send`), it is the only
+                        // protection of the slot (not nested), and the failed attempt's lookups
+                        // under `g` ended with it (see above).
+                        unsafe { self.epoch.refresh_at(g.slot()) };
+                    }
                     crate::sync::backoff(&mut round);
                 }
             }
         }
     }
 
-    /// The index entry for `hash`, created if absent.
-    pub(crate) fn entry_for_update(&self, hash: KeyHash) -> Result<EntrySlot<'_>, Stop> {
-        Ok(self.index.find_or_create_entry(hash)?)
+    /// The index entry for `hash`, created if absent; it borrows from `g`.
+    pub(crate) fn entry_for_update<'g>(
+        &'g self,
+        g: &'g EpochGuard<'_>,
+        hash: KeyHash,
+    ) -> Result<EntrySlot<'g>, Stop> {
+        Ok(self.index.find_or_create_entry(g, hash)?)
     }
 
     /// Walks the chain from `from` while addresses are `>= floor` (and in memory: the caller
@@ -341,13 +382,17 @@ impl<D: Disk> Engine<D> {
 
     /// Prefetches what the operations on `hashes` will touch first: every bucket, then (once
     /// those are on their way) every chain head in memory, so that the cache misses of a batch
-    /// overlap instead of following one another. The caller is epoch protected.
-    pub(crate) fn prefetch(&self, hashes: impl Iterator<Item = KeyHash> + Clone) {
+    /// overlap instead of following one another, under the caller's protection `g`.
+    pub(crate) fn prefetch(
+        &self,
+        g: &EpochGuard<'_>,
+        hashes: impl Iterator<Item = KeyHash> + Clone,
+    ) {
         for h in hashes.clone() {
-            self.index.prefetch(h);
+            self.index.prefetch(g, h);
         }
         for h in hashes {
-            if let Ok(Some(e)) = self.index.find_entry(h) {
+            if let Ok(Some(e)) = self.index.find_entry(g, h) {
                 self.hlog.prefetch(e.address());
             }
         }

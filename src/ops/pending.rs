@@ -10,6 +10,10 @@
 //!
 //! No epoch protection is held across an `.await` (`EpochGuard` is not `Send`, and the futures
 //! must be), so a thread waiting for the disk never holds back flushing or eviction.
+//!
+//! Every blocking wait goes through [`block_on`], which may nest: an update's function can call
+//! a blocking operation of the store that itself waits for the disk (`futures_executor`'s
+//! `block_on` refuses to nest and panics).
 
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
@@ -117,7 +121,7 @@ impl<D: Disk> Engine<D> {
         match step {
             ReadStep::Found => Ok(true),
             ReadStep::NotFound => Ok(false),
-            ReadStep::Disk(a) => futures_executor::block_on(self.read_pending(key, hash, a, out)),
+            ReadStep::Disk(a) => block_on(self.read_pending(key, hash, a, out)),
         }
     }
 
@@ -134,11 +138,11 @@ impl<D: Disk> Engine<D> {
         in_place: bool,
         mut address: Address,
         mut seen: HashBucketEntry,
-        pending: PendingUpdate<'_>,
+        started_in: u64,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
         on_commit: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Status> {
-        let mut pin = Some(pending.version());
+        let mut pin = Some(started_in);
         loop {
             let found = loop {
                 let bytes = self.fetch(address).await?;
@@ -184,12 +188,29 @@ impl<D: Disk> Engine<D> {
         in_place: bool,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<Status> {
-        let started = self.update_start(key, hash, floor, in_place, decide, &mut |_, _| {})?;
-        self.update_rest(key, hash, floor, in_place, started, decide)
-            .await
+        match self.update_start(key, hash, floor, in_place, decide, &mut |_, _| {})? {
+            Started::Done(s) => Ok(s),
+            Started::Disk(address, seen, pending) => {
+                // The caller's executor may hold this future without polling it.
+                let (v, mut nothing) = (pending.version(), |_| {});
+                let rest = self.update_pending(
+                    key,
+                    hash,
+                    floor,
+                    in_place,
+                    address,
+                    seen,
+                    v,
+                    decide,
+                    &mut nothing,
+                );
+                pending.parked_between_polls(rest).await
+            }
+        }
     }
 
-    /// The rest of an update after [`Engine::update_start`].
+    /// The rest of an update after [`Engine::update_start`], driven by the caller throughout
+    /// (it blocks on it).
     pub(crate) async fn update_rest(
         &self,
         key: &Encoded,
@@ -202,9 +223,13 @@ impl<D: Disk> Engine<D> {
         match started {
             Started::Done(s) => Ok(s),
             Started::Disk(address, seen, pending) => {
-                let (a, p) = (address, pending);
-                self.update_pending(key, hash, floor, in_place, a, seen, p, decide, &mut |_| {})
-                    .await
+                let (a, v) = (address, pending.version());
+                let done = self
+                    .update_pending(key, hash, floor, in_place, a, seen, v, decide, &mut |_| {})
+                    .await;
+                // Counted as driven until it landed.
+                drop(pending);
+                done
             }
         }
     }
@@ -247,9 +272,7 @@ impl<D: Disk> Engine<D> {
     ) -> Result<Status> {
         match self.update_start(key, hash, floor, in_place, decide, &mut |_, _| {})? {
             Started::Done(s) => Ok(s),
-            disk => futures_executor::block_on(
-                self.update_rest(key, hash, floor, in_place, disk, decide),
-            ),
+            disk => block_on(self.update_rest(key, hash, floor, in_place, disk, decide)),
         }
     }
 }
@@ -260,4 +283,47 @@ pub(crate) enum Started<'a> {
     Done(Status),
     /// Continue on disk at this address, having seen this entry; counted as pending.
     Disk(Address, HashBucketEntry, PendingUpdate<'a>),
+}
+
+/// Runs `fut` to its end on the calling thread, parking it while nothing is ready. Unlike
+/// `futures_executor::block_on` it may be called from inside another `block_on` (a nested
+/// store operation inside an update's function): the inner wait simply blocks the thread,
+/// which the outer one was doing anyway.
+pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark {
+        thread: std::thread::Thread,
+        woken: AtomicBool,
+    }
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.woken.store(true, Ordering::Release);
+            self.thread.unpark();
+        }
+    }
+
+    let unpark = Arc::new(Unpark {
+        thread: std::thread::current(),
+        woken: AtomicBool::new(false),
+    });
+    let waker = Waker::from(unpark.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        unpark.woken.store(false, Ordering::Release);
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        // A wake between the poll and here set `woken`; park returns at once on an unpark
+        // token too, so no wake is lost.
+        while !unpark.woken.load(Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
 }

@@ -31,8 +31,8 @@ impl<D: Disk> Engine<D> {
         hash: KeyHash,
         out: &mut ValueBuf,
     ) -> Result<ReadStep> {
-        let (step, _) = self.retry(g, &mut None, |_| {
-            let Some(entry) = self.index.find_entry(hash).map_err(Stop::from)? else {
+        let (step, _) = self.retry(g, &mut None, |g, _| {
+            let Some(entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
                 return Ok(ReadStep::NotFound);
             };
             let head = self.hlog.head();

@@ -23,17 +23,16 @@ use std::sync::Arc;
 
 use crate::core::address::{Address, PageGeometry};
 use crate::core::checkpoint::{
-    CheckpointDir, IndexMeta, LogMeta, LogMode, Phase, SystemState, Token, INDEX_DATA,
+    CheckpointDir, IndexMeta, LogMeta, LogMode, Phase, SystemState, Token, TypeNames, INDEX_DATA,
     SNAPSHOT_DATA,
 };
 use crate::core::light_epoch::LightEpoch;
-use crate::core::record::{DiskRecord, RecordInfo, Version, HEADER_BYTES};
+use crate::core::record::{DiskRecord, Version, HEADER_BYTES};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::hlog::persistent_memory_malloc::read_device;
 use crate::hlog::HybridLog;
-use crate::index::MemIndex;
-use crate::index::{HashIndex, KeyHash};
+use crate::index::{KeyHash, MemIndex};
 use crate::ops::Engine;
 
 /// Bytes of log read per replay batch (at least one page).
@@ -52,8 +51,13 @@ pub struct RecoveryInfo {
     pub replayed_bytes: u64,
     /// Records that moved an index entry during replay.
     pub replayed_records: u64,
-    /// Newer checkpoints that failed verification and were skipped, with the reason.
+    /// Newer completed checkpoints that failed verification and were skipped, with the reason
+    /// (only with `Config::recovery_fallback`; without it recovery fails instead).
     pub skipped: Vec<(Token, String)>,
+    /// Checkpoints newer than the one recovered, moved to `checkpoints/set-aside/` (the
+    /// recovered store's log will overwrite what they describe): skipped ones, index-only ones,
+    /// and any newer ones when an older token was recovered on purpose. Never deleted.
+    pub set_aside: Vec<(Token, std::path::PathBuf)>,
 }
 
 /// How the engine is to be laid out in memory.
@@ -64,6 +68,10 @@ pub(crate) struct Layout<'h> {
     pub(crate) index_bits: u32,
     pub(crate) log_memory: u64,
     pub(crate) mutable_fraction: f64,
+    /// `Config::recovery_fallback`.
+    pub(crate) fallback: bool,
+    /// The recovering store's key and value types.
+    pub(crate) types: &'h TypeNames,
 }
 
 fn checkpoint_error(path: std::path::PathBuf, reason: impl Into<String>) -> Error {
@@ -81,8 +89,21 @@ struct Plan {
     indexes: Vec<(Token, IndexMeta)>,
 }
 
-fn plan(dir: &CheckpointDir, token: Token) -> Result<Plan> {
+fn plan(dir: &CheckpointDir, token: Token, types: &TypeNames) -> Result<Plan> {
     let log = dir.read_log_meta(token)?;
+    for (what, stored, expected) in [
+        ("key", &log.types.key, &types.key),
+        ("value", &log.types.value, &types.value),
+    ] {
+        if stored != expected {
+            return Err(Error::TypeMismatch {
+                path: dir.dir(token).join(crate::core::checkpoint::LOG_META),
+                what,
+                stored: stored.clone(),
+                expected: expected.clone(),
+            });
+        }
+    }
     let page = 1u64 << log.page_bits;
     if !(12..=28).contains(&log.page_bits)
         || log.end % page != 0
@@ -142,9 +163,11 @@ fn plan(dir: &CheckpointDir, token: Token) -> Result<Plan> {
 }
 
 impl<D: Disk> Engine<D> {
-    /// Recovers an engine over `disk` from checkpoint `token` (or the newest usable one: a
-    /// checkpoint whose files or log pages fail verification is skipped, and recovery falls
-    /// back to the one before it).
+    /// Recovers an engine over `disk` from checkpoint `token`, or from the newest completed
+    /// log checkpoint. A completed checkpoint that fails verification is an error unless
+    /// `layout.fallback` allows falling back to an older one. Nothing is ever deleted: once a
+    /// checkpoint is recovered, the newer ones (which describe a log about to be overwritten)
+    /// are moved aside, except directories of checkpoints that never completed (no metadata).
     pub(crate) fn recover(
         disk: D,
         layout: &Layout,
@@ -161,26 +184,42 @@ impl<D: Disk> Engine<D> {
         let tokens = dir.tokens()?;
         let candidates: Vec<Token> = match token {
             Some(t) => vec![t],
-            None => tokens.iter().rev().copied().collect(),
+            // Only completed log checkpoints: an index-only checkpoint or one that never
+            // finished cannot be recovered, and was never acknowledged as making data durable.
+            None => tokens
+                .iter()
+                .rev()
+                .copied()
+                .filter(|t| dir.has_log_meta(*t))
+                .collect(),
         };
         let mut skipped = Vec::new();
         for t in candidates {
             // Phase 1 reads only, so a failure here leaves the device as it was.
-            let attempt = plan(&dir, t).and_then(|p| {
+            let attempt = plan(&dir, t, layout.types).and_then(|p| {
                 let rebuilt = Rebuild::run(&disk, layout, &dir, &p)?;
                 Ok((p, rebuilt))
             });
             match attempt {
                 Ok((p, rebuilt)) => {
-                    // Checkpoints newer than the one recovered describe a log we are about
-                    // to overwrite.
-                    for newer in tokens.iter().filter(|n| **n > t) {
-                        dir.remove(*newer)?;
-                    }
-                    return Self::finish_recovery(disk, layout, &dir, p, rebuilt, skipped);
+                    let set_aside = set_aside_newer(&dir, &tokens, t)?;
+                    return Self::finish_recovery(disk, layout, &dir, p, rebuilt, skipped)
+                        .map(|(engine, info)| (engine, RecoveryInfo { set_aside, ..info }));
                 }
                 Err(e) if token.is_some() => return Err(e),
                 Err(e @ (Error::Checkpoint { .. } | Error::Corrupt { .. })) => {
+                    if !layout.fallback {
+                        return Err(checkpoint_error(
+                            dir.dir(t),
+                            format!(
+                                "this completed checkpoint cannot be recovered ({e}); recovery \
+                                 does not fall back to an older checkpoint on its own, as that \
+                                 would lose what this one made durable: recover an older token \
+                                 explicitly or set Config::recovery_fallback (nothing was \
+                                 changed on disk)"
+                            ),
+                        ));
+                    }
                     skipped.push((t, e.to_string()));
                 }
                 Err(e) => return Err(e),
@@ -250,6 +289,7 @@ impl<D: Disk> Engine<D> {
             replayed_bytes: log.end.saturating_sub(rebuilt.replay_from),
             replayed_records: rebuilt.moved,
             skipped,
+            set_aside: Vec::new(),
         };
         Ok((engine, info))
     }
@@ -289,8 +329,8 @@ impl Rebuild {
             sums: Vec::new(),
         };
         for (t, meta) in &plan.indexes {
-            let index = MemIndex::new(meta.table_bits, r.epoch.clone());
-            if load_index(&index, &dir.dir(*t).join(INDEX_DATA), meta).is_ok() {
+            let mut index = MemIndex::new(meta.table_bits, r.epoch.clone());
+            if load_index(&mut index, &dir.dir(*t).join(INDEX_DATA), meta).is_ok() {
                 r.index = index;
                 r.index_token = Some(*t);
                 r.replay_from = meta.start.max(log.begin);
@@ -432,7 +472,7 @@ impl Rebuild {
                     let hash = KeyHash::new(hash(rec.key())?);
                     let mut entry = self
                         .index
-                        .find_or_create_entry(hash)
+                        .find_or_create_entry_exclusive(hash)
                         .map_err(|_| Error::IndexFull)?;
                     if entry.address().raw() < address {
                         let _ = entry.try_update(Address::new(address));
@@ -446,6 +486,26 @@ impl Rebuild {
     }
 }
 
+/// Moves every checkpoint newer than `recovered` out of the way (the recovered store will
+/// overwrite the log they describe, and a later checkpoint must never pair with their index
+/// dumps). Directories with no metadata at all are what a checkpoint that never completed left
+/// behind: they held nothing acknowledged and are removed.
+fn set_aside_newer(
+    dir: &CheckpointDir,
+    tokens: &[Token],
+    recovered: Token,
+) -> Result<Vec<(Token, std::path::PathBuf)>> {
+    let mut moved = Vec::new();
+    for newer in tokens.iter().copied().filter(|n| *n > recovered) {
+        if dir.has_any_meta(newer) {
+            moved.push((newer, dir.set_aside(newer)?));
+        } else {
+            dir.remove(newer)?;
+        }
+    }
+    Ok(moved)
+}
+
 /// Marks the records at `addresses` (of the version after the checkpoint's) invalid on the
 /// device, so that no later checkpoint of this log counts them.
 fn invalidate<D: Disk>(hlog: &HybridLog<D>, geo: PageGeometry, addresses: &[u64]) -> Result<()> {
@@ -457,9 +517,14 @@ fn invalidate<D: Disk>(hlog: &HybridLog<D>, geo: PageGeometry, addresses: &[u64]
         let mut buf = hlog.read_sync(start, page_size)?;
         while i < addresses.len() && geo.page(Address::new(addresses[i])) == page {
             let off = (addresses[i] - start) as usize;
-            let word = &mut buf.as_mut_slice()[off..off + 8];
-            let info = u64::from_le_bytes(word.try_into().unwrap_or_default());
-            word.copy_from_slice(&(info | RecordInfo::INVALID_BIT).to_le_bytes());
+            // The record was verified by the scan; its checksum covers the bit, so it is
+            // re-stamped in the same write.
+            crate::core::record::invalidate_in(buf.as_mut_slice(), off).map_err(|reason| {
+                Error::Corrupt {
+                    address: addresses[i],
+                    reason: reason.into(),
+                }
+            })?;
             i += 1;
         }
         hlog.write_sync(start, &buf)?;
@@ -472,7 +537,7 @@ fn invalidate<D: Disk>(hlog: &HybridLog<D>, geo: PageGeometry, addresses: &[u64]
 }
 
 /// Loads an index checkpoint into a fresh `index`, checking its length and hash on the way.
-fn load_index(index: &MemIndex, path: &std::path::Path, meta: &IndexMeta) -> Result<()> {
+fn load_index(index: &mut MemIndex, path: &std::path::Path, meta: &IndexMeta) -> Result<()> {
     let err = |e: std::io::Error| checkpoint_error(path.to_path_buf(), format!("cannot read: {e}"));
     let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(err)?);
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();

@@ -86,8 +86,8 @@ impl<D: Disk> Engine<D> {
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<(UpdateStep, u64)> {
         let mut buf = ValueBuf::default();
-        self.retry(g, pin, |ov| {
-            let mut entry = self.entry_for_update(hash)?;
+        self.retry(g, pin, |g, ov| {
+            let mut entry = self.entry_for_update(g, hash)?;
             self.check_shift(ov, entry.address())?;
             let head = self.hlog.head();
             let (a, rec) = self.trace(entry.address(), key, floor.max(head))?;
@@ -188,8 +188,8 @@ impl<D: Disk> Engine<D> {
         pin: &mut Option<u64>,
         decide: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<(Option<Status>, u64)> {
-        self.retry(g, pin, |ov| {
-            let mut entry = self.entry_for_update(hash)?;
+        self.retry(g, pin, |g, ov| {
+            let mut entry = self.entry_for_update(g, hash)?;
             if entry.entry != seen {
                 return Ok(None);
             }
@@ -202,7 +202,7 @@ impl<D: Disk> Engine<D> {
             match self.write_decided(ov, &mut entry, key, decide(latest)?) {
                 Ok(s) => Ok(Some(s)),
                 // The entry moved under us: the newest record may have changed, start over.
-                Err(Stop::Retry) => Ok(None),
+                Err(Stop::Retry | Stop::Wait) => Ok(None),
                 Err(e) => Err(e),
             }
         })

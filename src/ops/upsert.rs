@@ -22,8 +22,8 @@ impl<D: Disk> Engine<D> {
         value: &Encoded,
         in_place: &mut dyn FnMut(&RecordLock<'_>) -> Result<Option<Encoded>>,
     ) -> Result<u64> {
-        let (_, version) = self.retry(g, &mut None, |ov| {
-            let mut entry = self.entry_for_update(hash)?;
+        let (_, version) = self.retry(g, &mut None, |g, ov| {
+            let mut entry = self.entry_for_update(g, hash)?;
             self.check_shift(ov, entry.address())?;
             let read_only = self.hlog.read_only();
             if let (a, Some(rec)) = self.trace(entry.address(), key, read_only)? {
