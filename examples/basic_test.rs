@@ -1,4 +1,5 @@
-//! The user's own example from the seed, unchanged but for `#[derive(Serialize, Deserialize)]`.
+//! The user's own example from the seed, unchanged but for `#[derive(Serialize, Deserialize)]`
+//! and the lines marked "added for CI", which check what it prints.
 use rskv::core::status::Status;
 use rskv::device::file_system_disk::FileSystemDisk;
 use rskv::rskv_core::{ReadContext, RsKv, UpsertContext};
@@ -83,6 +84,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let status = kv.upsert(&upsert_ctx);
     println!("Upsert status: {:?}", status);
+    // Added for CI: the upsert succeeded.
+    assert_eq!(status, Status::Ok, "upsert status");
 
     // Read
     let mut read_ctx = UserReadContext {
@@ -90,10 +93,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         value: None,
     };
     let status = kv.read(&mut read_ctx);
+    // Added for CI: a copy for the check below (the `if let` moves the value out).
+    let read_value = read_ctx.value.clone();
     if status == Status::Ok {
         if let Some(user) = read_ctx.value {
             println!("Read user: {:?}", user);
         }
     }
+    // Added for CI: the read found exactly the record written, so a wrong result fails the run
+    // instead of only being printed.
+    assert_eq!(status, Status::Ok, "read status");
+    assert_eq!(read_value, Some(upsert_ctx.value), "read value");
     Ok(())
 }

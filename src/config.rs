@@ -41,6 +41,15 @@ pub struct Config {
     pub key_type_name: Option<String>,
     /// As [`Config::key_type_name`], for the value type.
     pub value_type_name: Option<String>,
+    /// Refuse to open a device that holds a completed checkpoint ([`Error::Checkpoint`])
+    /// instead of recovering it (RocksDB's `error_if_exists`). Default off: `open` recovers the
+    /// newest checkpoint, as every Rust store does.
+    pub error_if_exists: bool,
+    /// Take a full checkpoint when the store is closed ([`crate::RsKv::close`], or dropped),
+    /// so that a clean shutdown keeps every update. Default off, as in FASTER: what survives a
+    /// drop or a crash is what the last checkpoint holds, and a drop costs nothing. A failure
+    /// in `close` is returned; in a drop it is only logged.
+    pub checkpoint_on_close: bool,
 }
 
 impl Default for Config {
@@ -54,6 +63,8 @@ impl Default for Config {
             recovery_fallback: false,
             key_type_name: None,
             value_type_name: None,
+            error_if_exists: false,
+            checkpoint_on_close: false,
         }
     }
 }
@@ -137,6 +148,20 @@ impl Config {
     pub fn type_names(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.key_type_name = Some(key.into());
         self.value_type_name = Some(value.into());
+        self
+    }
+
+    /// Sets [`Config::error_if_exists`].
+    #[must_use]
+    pub fn error_if_exists(mut self, on: bool) -> Self {
+        self.error_if_exists = on;
+        self
+    }
+
+    /// Sets [`Config::checkpoint_on_close`].
+    #[must_use]
+    pub fn checkpoint_on_close(mut self, on: bool) -> Self {
+        self.checkpoint_on_close = on;
         self
     }
 

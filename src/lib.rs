@@ -35,9 +35,9 @@ pub use crate::core::address::Address;
 pub use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
 pub use crate::core::codec::{Codec, Raw};
 pub use crate::core::status::{Error, Result, Status};
+pub use crate::ops::counters::OpStats;
 pub use crate::ops::recover::RecoveryInfo;
 pub use crate::rskv_core::{
-    hash_key, take_last_error, CheckpointHandle, DeleteContext, ReadContext, RmwContext, RsKv,
-    Stats, UpsertContext,
+    hash_key, CheckpointHandle, DeleteContext, ReadContext, RmwContext, RsKv, Stats, UpsertContext,
 };
 pub use crate::session::{SerialNum, Session, SessionId};

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::config::{Config, Resolved};
 use crate::core::address::Address;
 use crate::core::checkpoint::{
-    CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token, TypeNames,
+    CheckpointDir, CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token, TypeNames,
 };
 use crate::core::codec::{decode, decode_word, Codec, Encoded};
 use crate::core::light_epoch::LightEpoch;
@@ -30,6 +30,7 @@ use crate::device::file_system_disk::FileSystemDisk;
 use crate::device::Disk;
 use crate::hlog::{HybridLog, LogMarkers};
 use crate::index::KeyHash;
+use crate::ops::counters::{Count, OpStats};
 use crate::ops::fast::{Fast, Word};
 use crate::ops::pending::Started;
 use crate::ops::read::ReadStep;
@@ -121,8 +122,9 @@ pub trait UpsertContext {
     fn put_atomic(&self, _value: &mut Self::Value) -> bool {
         false
     }
-    /// Called once when a [`Session`] operation finishes.
-    fn complete(self, _status: Status)
+    /// Called once when a [`Session`] operation finishes, with what the operation returned
+    /// (or, for one that went pending, what it would have returned).
+    fn complete(self, _result: Result<Status, &Error>)
     where
         Self: Sized,
     {
@@ -143,8 +145,9 @@ pub trait ReadContext {
     }
     /// Receives the value when the key is found.
     fn get(&mut self, value: &Self::Value);
-    /// Called once when a [`Session`] operation finishes (after `get`, if found).
-    fn complete(self, _status: Status)
+    /// Called once when a [`Session`] operation finishes (after `get`, if found), with what the
+    /// operation returned (or, for one that went pending, what it would have returned).
+    fn complete(self, _result: Result<Status, &Error>)
     where
         Self: Sized,
     {
@@ -173,8 +176,9 @@ pub trait RmwContext {
         *value = self.rmw_copy(value);
         true
     }
-    /// Called once when a [`Session`] operation finishes.
-    fn complete(self, _status: Status)
+    /// Called once when a [`Session`] operation finishes, with what the operation returned
+    /// (or, for one that went pending, what it would have returned).
+    fn complete(self, _result: Result<Status, &Error>)
     where
         Self: Sized,
     {
@@ -193,29 +197,13 @@ pub trait DeleteContext {
     fn key_hash(&self) -> u64 {
         hash_key(self.key())
     }
-    /// Called once when a [`Session`] operation finishes.
-    fn complete(self, _status: Status)
+    /// Called once when a [`Session`] operation finishes, with what the operation returned
+    /// (or, for one that went pending, what it would have returned).
+    fn complete(self, _result: Result<Status, &Error>)
     where
         Self: Sized,
     {
     }
-}
-
-thread_local! {
-    static LAST_ERROR: RefCell<Option<Error>> = const { RefCell::new(None) };
-}
-
-/// The error behind the last [`Status::Error`] this thread got from a context operation.
-#[must_use]
-pub fn take_last_error() -> Option<Error> {
-    LAST_ERROR.with(|e| e.borrow_mut().take())
-}
-
-pub(crate) fn status_of(r: Result<Status>) -> Status {
-    r.unwrap_or_else(|e| {
-        LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(e));
-        Status::Error
-    })
 }
 
 /// Decodes a value handed to an update into what the typed closure wants.
@@ -228,6 +216,7 @@ pub(crate) fn decode_latest<V: Codec>(latest: Latest<'_>) -> Result<Option<V>> {
 
 /// Sizes and counters of a store.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Stats {
     /// The log markers.
     pub markers: LogMarkers,
@@ -243,6 +232,8 @@ pub struct Stats {
     pub bytes_written: u64,
     /// Bytes read from the device.
     pub bytes_read: u64,
+    /// Operation counts since the store was opened.
+    pub ops: OpStats,
 }
 
 /// The single-tier store: a latch-free hash index over a HybridLog on device `D`.
@@ -251,6 +242,10 @@ pub struct Stats {
 pub struct RsKv<K, V, D: Disk = FileSystemDisk> {
     pub(crate) engine: Arc<Engine<D>>,
     resolved: Resolved,
+    /// What `open` or `recover` recovered, if anything.
+    recovered: Option<RecoveryInfo>,
+    /// `Config::checkpoint_on_close`; cleared once `close` ran.
+    checkpoint_on_close: bool,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -269,27 +264,41 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         )
     }
 
-    /// Opens a new, empty store with `config` over `disk`.
+    /// Opens the store over `disk`: recovers the newest completed checkpoint the device holds
+    /// (as [`RsKv::recover`] with no token; [`RsKv::recovered`] tells what it found), or starts
+    /// an empty store if it holds none.
+    ///
+    /// What survives: the state of the newest checkpoint. Updates after it are gone after a
+    /// crash or a drop, unless [`Config::checkpoint_on_close`] checkpoints on a clean close.
+    /// Stores whose contexts override `key_hash` recover with [`RsKv::recover_with_hash`]
+    /// instead (recovery rehashes keys, and only the contexts know their hash).
     ///
     /// # Errors
-    /// [`Error::Config`] naming the bad field; [`Error::Checkpoint`] if the device holds
-    /// checkpoints (recover them instead, so a new store does not overwrite durable data).
+    /// [`Error::Config`] naming the bad field; with [`Config::error_if_exists`],
+    /// [`Error::Checkpoint`] if the device holds a completed checkpoint; the errors of
+    /// [`RsKv::recover`] when it recovers.
     pub fn open(config: Config, disk: D) -> Result<Self> {
         let resolved = config.resolve()?;
         if let Some(root) = disk.checkpoint_root().filter(|_| disk.is_persistent()) {
-            let dir = crate::core::checkpoint::CheckpointDir::new(root.clone());
-            let found = dir.tokens()?;
-            if !found.is_empty() {
-                // A new store would overwrite the log those checkpoints describe.
-                return Err(Error::Checkpoint {
-                    path: root,
-                    reason: format!(
-                        "the device holds {} checkpoint(s); recover them with RsKv::recover, \
-                         or remove this directory to start an empty store",
-                        found.len()
-                    ),
-                });
+            let dir = CheckpointDir::new(root.clone());
+            let tokens = dir.tokens()?;
+            let completed = tokens.iter().filter(|t| dir.has_log_meta(**t)).count();
+            if completed > 0 {
+                if config.error_if_exists {
+                    return Err(Error::Checkpoint {
+                        path: root,
+                        reason: format!(
+                            "the device holds {completed} checkpoint(s) and the configuration \
+                             says error_if_exists"
+                        ),
+                    });
+                }
+                return Self::recover(config, disk, None).map(|(kv, _)| kv);
             }
+            // No completed log checkpoint: the new store overwrites the log, which index-only
+            // checkpoints describe (moved aside, never paired with a later log checkpoint);
+            // directories of checkpoints that never completed are removed.
+            crate::ops::recover::set_aside_newer(&dir, &tokens, Token(0))?;
         }
         let epoch = Arc::new(LightEpoch::new());
         let hlog = HybridLog::new(
@@ -306,8 +315,30 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         Ok(Self {
             engine,
             resolved,
+            recovered: None,
+            checkpoint_on_close: config.checkpoint_on_close,
             _types: PhantomData,
         })
+    }
+
+    /// What `open` (or `recover`) recovered: `None` for a store that started empty.
+    #[must_use]
+    pub fn recovered(&self) -> Option<&RecoveryInfo> {
+        self.recovered.as_ref()
+    }
+
+    /// Closes the store: with [`Config::checkpoint_on_close`], takes a full checkpoint first
+    /// and returns its token. Sessions borrow the store, so none is left. Dropping the store
+    /// does the same but can only log a failure.
+    ///
+    /// # Errors
+    /// The checkpoint's errors (the store is closed all the same).
+    pub fn close(mut self) -> Result<Option<Token>> {
+        let on_close = std::mem::take(&mut self.checkpoint_on_close);
+        if on_close && self.engine.hlog.disk().is_persistent() {
+            return self.checkpoint().map(Some);
+        }
+        Ok(None)
     }
 
     /// The geometry the store resolved its configuration to.
@@ -330,6 +361,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             log_memory: self.engine.hlog.memory_bytes(),
             bytes_written: w,
             bytes_read: r,
+            ops: self.engine.counters.totals(),
         }
     }
 
@@ -360,11 +392,22 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             ));
         }
         let _claim = self.engine.cpr.claim("a checkpoint is running")?;
-        self.engine
+        let from = self.engine.index.bits();
+        let grown = self
+            .engine
             .index
             .grow()
             .map(|_| ())
-            .map_err(|_| Error::IndexFull)
+            .map_err(|_| Error::IndexFull);
+        match &grown {
+            Ok(()) => tracing::info!(
+                from_buckets = 1u64 << from,
+                to_buckets = 1u64 << self.engine.index.bits(),
+                "index grown"
+            ),
+            Err(e) => tracing::warn!(error = %e, "index growth failed"),
+        }
+        grown
     }
 
     // ---- checkpoints and recovery (CPR) -----------------------------------------------------
@@ -508,6 +551,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             Self {
                 engine: Arc::new(engine),
                 resolved,
+                recovered: Some(info.clone()),
+                checkpoint_on_close: config.checkpoint_on_close,
                 _types: PhantomData,
             },
             info,
@@ -535,8 +580,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     // ---- context API ------------------------------------------------------------------------
 
     /// Upserts through a context; returns the final status.
-    pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&self, ctx: &C) -> Status {
-        status_of(self.upsert_ctx(ctx, &mut |_| {}).map(|()| Status::Ok))
+    ///
+    /// # Errors
+    /// Codec, size and device errors.
+    pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
+        self.upsert_ctx(ctx, &mut |_| {}).map(|()| Status::Ok)
     }
 
     /// Upserts; `on_commit` runs with the version written in, still epoch protected.
@@ -567,8 +615,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     }
 
     /// Reads through a context: `ctx.get` receives the value. Waits for the disk if needed.
-    pub fn read<C: ReadContext<Key = K, Value = V>>(&self, ctx: &mut C) -> Status {
-        status_of(self.read_ctx(ctx))
+    ///
+    /// # Errors
+    /// Codec, corruption and device errors.
+    pub fn read<C: ReadContext<Key = K, Value = V>>(&self, ctx: &mut C) -> Result<Status> {
+        self.read_ctx(ctx)
     }
 
     fn read_ctx<C: ReadContext<Key = K, Value = V>>(&self, ctx: &mut C) -> Result<Status> {
@@ -586,8 +637,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     }
 
     /// Read-modify-write through a context. Waits for the disk if needed.
-    pub fn rmw_context<C: RmwContext<Key = K, Value = V>>(&self, ctx: &C) -> Status {
-        status_of(self.rmw_ctx(ctx))
+    ///
+    /// # Errors
+    /// Codec, size, corruption and device errors.
+    pub fn rmw_context<C: RmwContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
+        self.rmw_ctx(ctx)
     }
 
     fn rmw_ctx<C: RmwContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
@@ -598,8 +652,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     }
 
     /// Deletes through a context. `NotFound` if the key was not in the store.
-    pub fn delete<C: DeleteContext<Key = K, Value = V>>(&self, ctx: &C) -> Status {
-        status_of(self.delete_ctx(ctx, &mut |_| {}))
+    ///
+    /// # Errors
+    /// Codec and device errors.
+    pub fn delete<C: DeleteContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
+        self.delete_ctx(ctx, &mut |_| {})
     }
 
     /// Deletes; `on_commit` runs with the version, still epoch protected.
@@ -625,12 +682,41 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         if let Some(k) = Word::encode(key) {
             match self.engine.read_word(k, k.hash()) {
-                Fast::Done(Some(v)) => return decode_word(v.word, v.len).map(Some),
-                Fast::Done(None) => return Ok(None),
+                Fast::Done(Some(v)) => {
+                    self.engine.counters.bump(Count::ReadInMemory);
+                    return decode_word(v.word, v.len).map(Some);
+                }
+                Fast::Done(None) => {
+                    self.engine.counters.bump(Count::ReadNotFound);
+                    return Ok(None);
+                }
                 Fast::Slow => {}
             }
         }
         self.get_general(key)
+    }
+
+    /// Whether `key` has a live value (a read that does not decode the value).
+    ///
+    /// # Errors
+    /// Device, codec or corruption errors.
+    pub fn contains_key(&self, key: &K) -> Result<bool> {
+        if let Some(k) = Word::encode(key) {
+            match self.engine.read_word(k, k.hash()) {
+                Fast::Done(found) => {
+                    self.engine.counters.bump(if found.is_some() {
+                        Count::ReadInMemory
+                    } else {
+                        Count::ReadNotFound
+                    });
+                    return Ok(found.is_some());
+                }
+                Fast::Slow => {}
+            }
+        }
+        let (key, hash) = facade_key(key)?;
+        self.engine
+            .read_blocking(&key, hash, &mut ValueBuf::default())
     }
 
     /// [`RsKv::get`] through the general path.
@@ -654,6 +740,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         if let (Some(k), Some(v)) = (Word::encode(key), Word::encode(value)) {
             if let Some(lock) = self.engine.lock_word(k, k.hash()) {
                 lock.write(v);
+                self.engine.counters.bump(Count::Upsert);
                 return Ok(());
             }
         }
@@ -686,6 +773,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                     let v = f(Some(old));
                     if let Some(w) = Word::encode(&v) {
                         lock.write(w);
+                        self.engine.counters.bump(Count::Rmw);
                         return Ok(v);
                     }
                 }
@@ -963,6 +1051,36 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     }
 }
 
+impl<K, V, D: Disk> std::fmt::Debug for RsKv<K, V, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RsKv")
+            .field("types", &self.engine.types)
+            .field("resolved", &self.resolved)
+            .field("markers", &self.engine.hlog.markers())
+            .field("state", &self.engine.system_state())
+            .field("device", &self.engine.hlog.disk().describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, D: Disk> Drop for RsKv<K, V, D> {
+    fn drop(&mut self) {
+        // `Config::checkpoint_on_close`, unless `close` already ran (or this thread is
+        // unwinding from a panic: the store's state is then not known to be one to keep).
+        if self.checkpoint_on_close
+            && self.engine.hlog.disk().is_persistent()
+            && !std::thread::panicking()
+        {
+            if let Err(e) = self
+                .engine
+                .checkpoint(CheckpointKind::Full, LogMode::FoldOver)
+            {
+                tracing::error!(error = %e, "checkpoint on close failed; the newest checkpoint is what survives");
+            }
+        }
+    }
+}
+
 /// Lowers the calling thread's CPU priority (nice 10 on Linux; a no-op elsewhere or when refused):
 /// the background checkpoint thread yields to the threads serving operations, as compaction
 /// threads do in LSM stores.
@@ -983,6 +1101,14 @@ const BATCH: usize = 32;
 pub struct CheckpointHandle {
     token: Token,
     rx: futures_channel::oneshot::Receiver<Result<Token>>,
+}
+
+impl std::fmt::Debug for CheckpointHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointHandle")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CheckpointHandle {

@@ -21,15 +21,13 @@ use futures_util::FutureExt;
 use crate::core::address::Address;
 use crate::core::codec::{decode, Codec, Encoded};
 use crate::core::record::ValueBuf;
-use crate::core::status::{Result, Status};
+use crate::core::status::{Error, Result, Status};
 use crate::device::Disk;
 use crate::index::KeyHash;
 use crate::ops::checkpoint::{PendingUpdate, SessionBook};
 use crate::ops::pending::Started;
 use crate::ops::read::ReadStep;
-use crate::rskv_core::{
-    rmw_decider, status_of, DeleteContext, ReadContext, RmwContext, RsKv, UpsertContext,
-};
+use crate::rskv_core::{rmw_decider, DeleteContext, ReadContext, RmwContext, RsKv, UpsertContext};
 
 /// A session's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,35 +129,44 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     }
 
     /// Upserts (never pending: upserts do not read the disk).
-    pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&mut self, ctx: C) -> Status {
+    ///
+    /// # Errors
+    /// As [`RsKv::upsert`]; the context's `complete` sees the same result.
+    pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&mut self, ctx: C) -> Result<Status> {
         let serial = self.next_serial().0;
         let (book, version) = (&self.book, &mut self.version);
-        let status = status_of(
-            self.kv
-                .upsert_ctx(&ctx, &mut |v| book.finished(serial, version, v))
-                .map(|()| Status::Ok),
-        );
-        ctx.complete(status);
-        status
+        let r = self
+            .kv
+            .upsert_ctx(&ctx, &mut |v| book.finished(serial, version, v))
+            .map(|()| Status::Ok);
+        completed(r, |r| ctx.complete(r))
     }
 
     /// Deletes (never pending).
-    pub fn delete<C: DeleteContext<Key = K, Value = V>>(&mut self, ctx: C) -> Status {
+    ///
+    /// # Errors
+    /// As [`RsKv::delete`]; the context's `complete` sees the same result.
+    pub fn delete<C: DeleteContext<Key = K, Value = V>>(&mut self, ctx: C) -> Result<Status> {
         let serial = self.next_serial().0;
         let (book, version) = (&self.book, &mut self.version);
-        let status = status_of(
-            self.kv
-                .delete_ctx(&ctx, &mut |v| book.finished(serial, version, v)),
-        );
-        ctx.complete(status);
-        status
+        let r = self
+            .kv
+            .delete_ctx(&ctx, &mut |v| book.finished(serial, version, v));
+        completed(r, |r| ctx.complete(r))
     }
 
     /// Reads; `Pending` if the record is on disk (finish with [`Session::complete_pending`]).
     /// A pending operation's device read is issued before this returns, so reads issued
     /// back to back are in flight together; its context's `complete` runs at the latest in
     /// the `complete_pending` call that finishes it (earlier, if the device was that fast).
-    pub fn read<C: ReadContext<Key = K, Value = V> + Send + 'a>(&mut self, ctx: C) -> Status {
+    ///
+    /// # Errors
+    /// As [`RsKv::read`], for a read that finished at once; a pending read's error goes to its
+    /// context's `complete`.
+    pub fn read<C: ReadContext<Key = K, Value = V> + Send + 'a>(
+        &mut self,
+        ctx: C,
+    ) -> Result<Status> {
         let serial = self.next_serial().0;
         self.book.read(serial);
         let engine = &*self.kv.engine;
@@ -186,13 +193,20 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
                     }),
                     update: None,
                 });
-                Status::Pending
+                Ok(Status::Pending)
             }
         }
     }
 
     /// Read-modify-write; `Pending` if the newest record may be on disk.
-    pub fn rmw<C: RmwContext<Key = K, Value = V> + Send + Sync + 'a>(&mut self, ctx: C) -> Status {
+    ///
+    /// # Errors
+    /// As [`RsKv::rmw_context`], for an update that finished at once; a pending update's error
+    /// goes to its context's `complete`.
+    pub fn rmw<C: RmwContext<Key = K, Value = V> + Send + Sync + 'a>(
+        &mut self,
+        ctx: C,
+    ) -> Result<Status> {
         let serial = self.next_serial().0;
         let engine = &*self.kv.engine;
         let (book, version) = (&self.book, &mut self.version);
@@ -216,15 +230,8 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
             Ok((key, hash, step))
         })();
         match started {
-            Err(e) => {
-                let status = status_of(Err(e));
-                ctx.complete(status);
-                status
-            }
-            Ok((_, _, Started::Done(status))) => {
-                ctx.complete(status);
-                status
-            }
+            Err(e) => completed(Err(e), |r| ctx.complete(r)),
+            Ok((_, _, Started::Done(status))) => completed(Ok(status), |r| ctx.complete(r)),
             Ok((key, hash, Started::Disk(address, seen, pending))) => {
                 let book = self.book.clone();
                 let started_in = pending.version();
@@ -247,11 +254,11 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
                             // It wrote nothing: no checkpoint contains it.
                             book.pending_finished(serial, u64::MAX);
                         }
-                        ctx.complete(status_of(r));
+                        let _ = completed(r, |r| ctx.complete(r));
                     }),
                     update: Some(pending),
                 });
-                Status::Pending
+                Ok(Status::Pending)
             }
         }
     }
@@ -295,17 +302,34 @@ impl<K, V, D: Disk> Session<'_, K, V, D> {
     }
 }
 
-fn finish_read<C: ReadContext>(mut ctx: C, found: Result<bool>, buf: &ValueBuf) -> Status {
-    let status = status_of(found.and_then(|found| {
+fn finish_read<C: ReadContext>(mut ctx: C, found: Result<bool>, buf: &ValueBuf) -> Result<Status> {
+    let r = found.and_then(|found| {
         if found {
             ctx.get(&decode::<C::Value>(buf.bytes())?);
             Ok(Status::Ok)
         } else {
             Ok(Status::NotFound)
         }
-    }));
-    ctx.complete(status);
-    status
+    });
+    completed(r, |r| ctx.complete(r))
+}
+
+/// Hands an operation's result to its context's `complete` (the error by reference) and
+/// returns it.
+fn completed(r: Result<Status>, complete: impl FnOnce(Result<Status, &Error>)) -> Result<Status> {
+    complete(r.as_ref().copied());
+    r
+}
+
+impl<K, V, D: Disk> std::fmt::Debug for Session<'_, K, V, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("serial", &self.serial)
+            .field("version", &self.version)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K, V, D: Disk> Drop for Session<'_, K, V, D> {

@@ -4,6 +4,7 @@
 //! `tests/loom_epoch.rs`) substitutes with loom's checked versions. Everything else uses std's
 //! atomics even under loom: log frames and hash buckets are memory reinterpreted as `AtomicU64`,
 //! which only std's atomics (same layout as `u64`) allow.
+#![forbid(unsafe_code)]
 
 pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
 

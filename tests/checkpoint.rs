@@ -182,8 +182,7 @@ fn missing_and_damaged_checkpoints_are_refused_by_name() {
     bad[good.len() / 2] ^= 1;
     std::fs::write(&meta2, &bad).unwrap();
     let e = recover(dir.path(), Some(t2))
-        .err()
-        .expect("corrupt meta refused");
+        .expect_err("corrupt meta refused");
     assert!(e.to_string().contains("log.meta"), "{e}");
     std::fs::write(&meta2, &good).unwrap();
     // A truncated snapshot file is refused the same way.
@@ -191,14 +190,12 @@ fn missing_and_damaged_checkpoints_are_refused_by_name() {
     let data = std::fs::read(&snap).unwrap();
     std::fs::write(&snap, &data[..data.len() - 1]).unwrap();
     let e = recover(dir.path(), Some(t2))
-        .err()
-        .expect("truncated snapshot refused");
+        .expect_err("truncated snapshot refused");
     assert!(e.to_string().contains("snapshot.dat"), "{e}");
     // Recovering the newest fails, naming t2: it completed, so falling back silently would
     // lose what it made durable.
     let e = recover(dir.path(), None)
-        .err()
-        .expect("fell back past a completed checkpoint");
+        .expect_err("fell back past a completed checkpoint");
     assert!(e.to_string().contains(&t2.to_string()), "{e}");
     // Asked to, it falls back to t1, reporting why t2 was skipped.
     let (kv, info) = RsKv::recover(

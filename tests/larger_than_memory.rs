@@ -72,7 +72,8 @@ fn sessions_finish_pending_reads_and_rmws() {
         fn get(&mut self, value: &Vec<u8>) {
             self.got = Some(value.clone());
         }
-        fn complete(self, status: Status) {
+        fn complete(self, result: rskv::Result<Status, &rskv::Error>) {
+            let status = result.expect("read failed");
             self.out.lock().unwrap().push((self.key, status, self.got));
         }
     }

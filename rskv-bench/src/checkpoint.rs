@@ -18,13 +18,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
 
-use crate::cli::RunSpec;
-use crate::report::RunResult;
+use crate::results::{CheckpointResult, Dip, Interval, Recovered, RecoveryResult, RunResult};
 use crate::runner::{progress_bar, verify_keys, Probe, Scenario};
-use crate::sizing::MemoryPlan;
-use crate::stores::Store;
+use crate::spec::{CheckpointMode, CheckpointSpec, MemoryPlan, RunSpec};
+use crate::store::Store;
 use crate::sysinfo::CpuTicks;
 use crate::workload::splitmix64;
 
@@ -32,61 +30,6 @@ use crate::workload::splitmix64;
 pub const VERIFY_SAMPLE: u64 = 10_000;
 /// How often the coordinator looks at the checkpoint's files while it runs.
 const FILE_POLL: Duration = Duration::from_millis(5);
-
-/// How the checkpoint writes the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CheckpointMode {
-    /// Flush the log to its tail (the whole in-memory log becomes read-only).
-    FoldOver,
-    /// Copy the in-memory pages to `snapshot.dat`.
-    Snapshot,
-}
-
-impl CheckpointMode {
-    pub fn parse(s: &str) -> anyhow::Result<CheckpointMode> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "fold-over" | "foldover" | "fold_over" => CheckpointMode::FoldOver,
-            "snapshot" => CheckpointMode::Snapshot,
-            other => bail!("unknown --checkpoint mode `{other}` (fold-over, snapshot)"),
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CheckpointMode::FoldOver => "fold-over",
-            CheckpointMode::Snapshot => "snapshot",
-        }
-    }
-}
-
-/// The checkpoint scenario of one run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointSpec {
-    pub mode: CheckpointMode,
-    /// Seconds into the measured phase at which the checkpoint starts.
-    pub at_secs: f64,
-    /// Throughput sampling interval.
-    pub interval_secs: f64,
-    /// Use the store's background (low priority) checkpoint call.
-    #[serde(default)]
-    pub background: bool,
-}
-
-/// What recovery did, as the store tells it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Recovered {
-    /// Opening the device (part of `secs`).
-    pub disk_open_secs: f64,
-    /// Opening the device and recovering the store.
-    pub secs: f64,
-    pub replayed_bytes: u64,
-    pub replayed_records: u64,
-    /// Whether an index checkpoint was loaded (else the whole log was replayed).
-    pub index_loaded: bool,
-    /// The checkpointed version.
-    pub version: u64,
-}
 
 /// A store that can checkpoint and recover (RsKv).
 pub trait Checkpointable: Store + Sized {
@@ -99,29 +42,6 @@ pub trait Checkpointable: Store + Sized {
     fn checkpoint_path(spec: &RunSpec, token: u64) -> PathBuf;
     /// Recovers the store of `spec` from checkpoint `token`.
     fn recover(spec: &RunSpec, plan: &MemoryPlan, token: u64) -> anyhow::Result<(Self, Recovered)>;
-}
-
-/// One throughput sample: the interval ending at `end_secs` (into the measured phase).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Interval {
-    pub end_secs: f64,
-    pub ops: u64,
-}
-
-/// Throughput around the checkpoint, from the intervals and the checkpoint's own counts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Dip {
-    /// Operations / seconds of the intervals that ended before the checkpoint started.
-    pub baseline_mops: f64,
-    /// Operations completed while the checkpoint ran / its wall time.
-    pub during_mops: f64,
-    /// during / baseline.
-    pub during_ratio: f64,
-    /// Operations / seconds of the intervals that started after the checkpoint ended.
-    pub after_mops: f64,
-    /// The slowest interval, and when it ended.
-    pub min_interval_mops: f64,
-    pub min_interval_end_secs: f64,
 }
 
 /// Computes the dip; `start`/`end` are the checkpoint's, `during_ops` the operations between.
@@ -165,62 +85,6 @@ pub fn dip(intervals: &[Interval], start: f64, end: f64, during_ops: u64) -> Dip
         min_interval_mops: if min.0.is_finite() { min.0 } else { 0.0 },
         min_interval_end_secs: min.1,
     }
-}
-
-/// What recovery found when keys were read back.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RecoveryResult {
-    #[serde(flatten)]
-    pub recovered: Recovered,
-    /// Keys read back after recovery (a sample, or every key with --verify-all).
-    pub verify_keys: u64,
-    pub verify_all: bool,
-    pub verify_secs: f64,
-    /// Threads that read them back.
-    pub threads: usize,
-    pub reads_ok: u64,
-    pub missing: u64,
-    pub wrong: u64,
-    pub errors: u64,
-    pub first_problem: Option<String>,
-}
-
-/// The checkpoint part of a run's result.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CheckpointResult {
-    pub kind: String,
-    pub mode: String,
-    pub token: Option<u64>,
-    /// Into the measured phase: when the checkpoint started and how long it took.
-    pub start_secs: f64,
-    pub secs: f64,
-    /// When `index.meta` appeared, since the checkpoint started (to within 5 ms): the index
-    /// dump and the phases before it.
-    pub index_done_secs: Option<f64>,
-    /// When `snapshot.dat` appeared, since the checkpoint started (snapshot mode).
-    pub snapshot_started_secs: Option<f64>,
-    /// Bytes of the checkpoint's files, by name.
-    pub files: Vec<(String, u64)>,
-    /// Their sum.
-    pub dir_bytes: u64,
-    /// Bytes the store wrote to its log device while the checkpoint ran.
-    pub log_written_bytes: u64,
-    /// (dir_bytes + log_written_bytes) / secs, in MB/s (10^6).
-    pub write_mb_s: f64,
-    /// Log tail when the checkpoint started, ended, and at the end of the run.
-    pub log_tail_start: u64,
-    pub log_tail_end: u64,
-    pub log_tail_run_end: u64,
-    pub dip: Dip,
-    pub interval_secs: f64,
-    pub intervals: Vec<Interval>,
-    /// Cores' worth of CPU other processes used during the measured phase (from /proc/stat
-    /// less this process): above ~0.1 on a small machine, the numbers are disturbed.
-    pub other_cpu_cores: f64,
-    /// Reference: buffered sequential write + fsync of the checkpoint's size (64 MiB to 1 GiB)
-    /// into the same directory, after recovery, in MB/s.
-    pub disk_seq_write_mb_s: Option<f64>,
-    pub recovery: Option<RecoveryResult>,
 }
 
 /// Runs a checkpoint run of `spec` on the store `open` makes.
@@ -534,77 +398,5 @@ mod tests {
     fn dip_without_intervals_is_zero() {
         let d = dip(&[], 0.0, 1.0, 0);
         assert_eq!(d, Dip::default());
-    }
-
-    /// A whole checkpoint run on RsKv over FileSystemDisk, in both modes: the checkpoint is
-    /// taken during the run, recovery finds every sampled key.
-    #[test]
-    fn checkpoint_runs_recover_every_sampled_key() {
-        use clap::Parser;
-        let dir = std::env::temp_dir().join(format!("rskv-bench-ckpt-test-{}", std::process::id()));
-        let args = crate::cli::Args::try_parse_from([
-            "rskv-bench",
-            "--keys",
-            "20k",
-            "--threads",
-            "2",
-            "--duration",
-            "400ms",
-            "--warmup",
-            "0",
-            "--op-buffer",
-            "20000",
-            "--checkpoint",
-            "fold-over,snapshot",
-            "--interval",
-            "50ms",
-            "--no-progress",
-            "--dir",
-            dir.to_str().unwrap(),
-        ])
-        .unwrap();
-        let runs = args.runs().unwrap();
-        assert_eq!(runs.len(), 2);
-        for spec in &runs {
-            std::fs::create_dir_all(&spec.data_dir).unwrap();
-            let plan = crate::sizing::plan(spec).unwrap();
-            let r = crate::stores::run(spec, &plan).unwrap();
-            let _ = std::fs::remove_dir_all(&spec.data_dir);
-            assert!(r.ok(), "{:?}", r.failure);
-            let c = r.checkpoint.expect("a checkpoint result");
-            assert!(
-                c.token.is_some() && c.secs > 0.0 && c.dir_bytes > 0,
-                "{c:?}"
-            );
-            assert!(
-                c.files.iter().any(|(n, _)| n == "index.dat"),
-                "{:?}",
-                c.files
-            );
-            assert_eq!(
-                c.files.iter().any(|(n, _)| n == "snapshot.dat"),
-                spec.checkpoint.unwrap().mode == CheckpointMode::Snapshot
-            );
-            assert!(c.intervals.len() >= 8, "{}", c.intervals.len());
-            assert!(c.dip.baseline_mops > 0.0, "{:?}", c.dip);
-            let rec = c.recovery.expect("recovered");
-            assert_eq!(rec.verify_keys, VERIFY_SAMPLE);
-            assert_eq!(rec.reads_ok, VERIFY_SAMPLE);
-            assert!(rec.recovered.index_loaded);
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn modes_parse() {
-        assert_eq!(
-            CheckpointMode::parse("Fold-Over").unwrap(),
-            CheckpointMode::FoldOver
-        );
-        assert_eq!(
-            CheckpointMode::parse("snapshot").unwrap(),
-            CheckpointMode::Snapshot
-        );
-        assert!(CheckpointMode::parse("delta").is_err());
     }
 }

@@ -1,16 +1,16 @@
-//! Command line, and the list of runs it expands to.
+//! Command line, and the list of runs (`spec::RunSpec`) it expands to.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
-use serde::{Deserialize, Serialize};
+use clap::Parser;
 
-use crate::checkpoint::{CheckpointMode, CheckpointSpec};
-use crate::stores::StoreKind;
+use crate::spec::{
+    CheckpointMode, CheckpointSpec, DiskKind, Distribution, Mix, RunLength, RunSpec, StoreKind,
+    Warmup, Workload,
+};
 use crate::values::{validate_key_size, validate_value_size};
-use crate::workload::{Distribution, Mix, Workload};
 
 /// YCSB-style benchmark of RsKv (and, with cargo features, of peers on the same key streams).
 ///
@@ -189,28 +189,9 @@ pub struct Args {
     pub child: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-pub enum DiskKind {
-    File,
-    Null,
-}
-
-/// How long the measured phase lasts.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum RunLength {
-    Ops(u64),
-    Seconds(f64),
-}
-
-/// How long the warm-up lasts.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Warmup {
-    /// A share of the measured phase (of its ops or its duration).
-    Fraction(f64),
-    Seconds(f64),
-}
-
+// With the command line rather than in `spec`: it reads durations as the other options do.
 impl Warmup {
+    /// `--warmup` and `--checkpoint-at`: a share of the measured phase (`10%`) or a duration.
     fn parse(s: &str) -> anyhow::Result<Warmup> {
         let s = s.trim();
         if let Some(p) = s.strip_suffix('%') {
@@ -228,47 +209,6 @@ impl Warmup {
         }
         Ok(Warmup::Seconds(parse_duration(s)?.as_secs_f64()))
     }
-}
-
-/// Everything one run needs; the parent hands it to a child process as JSON.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunSpec {
-    pub index: usize,
-    pub store: StoreKind,
-    pub workload: Workload,
-    pub distribution: Distribution,
-    pub threads: usize,
-    pub keys: u64,
-    pub length: RunLength,
-    pub warmup: Warmup,
-    pub key_size: usize,
-    pub value_size: usize,
-    pub memory: Option<u64>,
-    pub data_dir: PathBuf,
-    pub disk: DiskKind,
-    pub table_size: Option<u64>,
-    pub page_size: Option<u64>,
-    pub seed: u64,
-    pub sample_every: u64,
-    pub op_buffer: u64,
-    /// Operations announced together (see `--batch`); 0 in old specs means 1.
-    #[serde(default)]
-    pub batch: usize,
-    /// Reads of a batch go through one multi-get (see `--batch-reads`).
-    #[serde(default)]
-    pub batch_reads: bool,
-    /// RMWs of a batch go through one multi-RMW (see `--batch-rmw`).
-    #[serde(default)]
-    pub batch_rmw: bool,
-    /// RsKv copies reads from disk to the tail (see `--copy-reads-to-tail`).
-    #[serde(default)]
-    pub copy_reads_to_tail: bool,
-    pub verify_all: bool,
-    pub keep_data: bool,
-    pub progress: bool,
-    /// The checkpoint scenario, if this is a checkpoint run.
-    #[serde(default)]
-    pub checkpoint: Option<CheckpointSpec>,
 }
 
 impl Args {

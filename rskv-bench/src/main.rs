@@ -9,8 +9,11 @@ mod checkpoint;
 mod cli;
 mod probe;
 mod report;
+mod results;
 mod runner;
 mod sizing;
+mod spec;
+mod store;
 mod stores;
 mod sysinfo;
 mod values;
@@ -23,8 +26,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 
-use crate::cli::{Args, RunLength, RunSpec, Warmup};
-use crate::report::RunResult;
+use crate::cli::Args;
+use crate::results::RunResult;
+use crate::spec::{RunLength, RunSpec, Warmup};
 use crate::sysinfo::human_bytes;
 
 /// Marks the child's result line on its stdout.

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{RunLength, RunSpec, Warmup};
-use crate::report::{Io, Latency, Rss, RunResult, Verify};
-use crate::sizing::MemoryPlan;
-use crate::stores::{ReadCheck, Store, StoreKind};
-use crate::sysinfo::{disk_usage, peak_rss, rss, ProcIo};
+use crate::results::{Io, Latency, ProcIo, Rss, RunResult, Verify};
+use crate::spec::{MemoryPlan, RunLength, RunSpec, StoreKind, Warmup};
+use crate::store::{ReadCheck, Store};
+use crate::sysinfo::{disk_usage, peak_rss, rss};
 use crate::workload::{generate_stream, stream_seed, KeyGen, Op, OpKind, Permutation};
 
 /// Operations between two looks at the stop flag: small, so a slow (disk-bound) store stops
@@ -939,8 +938,8 @@ mod tests {
             self.map().remove(&key);
             Ok(())
         }
-        fn info(&self) -> crate::stores::StoreInfo {
-            crate::stores::StoreInfo::default()
+        fn info(&self) -> crate::results::StoreInfo {
+            crate::results::StoreInfo::default()
         }
     }
 

@@ -1,9 +1,8 @@
 //! How a memory budget is split, for RsKv and (as one number) for the peers.
 
 use anyhow::bail;
-use serde::{Deserialize, Serialize};
 
-use crate::cli::RunSpec;
+use crate::spec::{MemoryPlan, RunSpec};
 
 const BUCKET_BYTES: u64 = 64;
 const MIN_PAGE: u64 = 4 << 10;
@@ -12,23 +11,6 @@ const MAX_PAGE: u64 = 32 << 20;
 const RECORD_HEADER: u64 = 24;
 /// Smallest log of an in-memory run.
 const MIN_AUTO_LOG: u64 = 64 << 20;
-
-/// RsKv's sizes for one run, and the budget every store gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemoryPlan {
-    /// Bytes every store may use: `--memory`, or (in-memory runs) RsKv's index + log.
-    pub budget: u64,
-    /// Whether the budget was given (a larger-than-memory run) or sized to fit the data.
-    pub explicit: bool,
-    /// RsKv hash buckets.
-    pub table_size: u64,
-    pub index_bytes: u64,
-    /// RsKv log memory (a whole number of pages).
-    pub log_bytes: u64,
-    pub page_size: u64,
-    /// Estimated bytes of one RsKv record.
-    pub record_bytes: u64,
-}
 
 fn varint_len(v: u64) -> u64 {
     u64::from((64 - v.leading_zeros()).max(1).div_ceil(7))

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use crate::results::ProcIo;
 
 /// A `kB` field of /proc/self/status (`VmRSS`, `VmHWM`), in bytes.
 pub fn status_bytes(field: &str) -> Option<u64> {
@@ -24,14 +24,7 @@ pub fn peak_rss() -> u64 {
     status_bytes("VmHWM").unwrap_or(0)
 }
 
-/// Bytes this process made the storage layer read and write (/proc/self/io), which counts
-/// O_DIRECT and write-back alike but not page-cache hits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcIo {
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-}
-
+// The type is a figure of the run's result (`results`); reading it from the kernel is here.
 impl ProcIo {
     pub fn now() -> ProcIo {
         let Ok(io) = std::fs::read_to_string("/proc/self/io") else {

@@ -5,6 +5,7 @@
 //! the log (`PageGeometry`), not by the type. Address 0 is never a record: the log starts at its
 //! first page's offset 64 (`Address::FIRST_VALID`), so 0 doubles as "no address"
 //! ([`Address::INVALID`]).
+#![forbid(unsafe_code)]
 
 /// Bits of an address.
 pub const ADDRESS_BITS: u32 = 48;

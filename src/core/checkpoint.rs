@@ -40,6 +40,7 @@
 //! `<log dir>/checkpoints/<token>/` holds `index.meta` + `index.dat` (an index checkpoint),
 //! `log.meta` (a log checkpoint) and, for a snapshot, `snapshot.dat`. A full checkpoint has all
 //! of them under one token.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::io::Read;

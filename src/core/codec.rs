@@ -10,6 +10,7 @@
 //!
 //! Keys are compared in encoded form, so an encoding must be canonical: equal keys must encode to
 //! equal bytes (true for every type serde derives, not for hash maps with random order).
+#![forbid(unsafe_code)]
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

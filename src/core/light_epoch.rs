@@ -606,6 +606,12 @@ mod slots {
     }
 }
 
+/// The calling thread's slot number if it already holds one (one thread-local load).
+#[inline(always)]
+pub(crate) fn cached_slot() -> Option<usize> {
+    slots::cached()
+}
+
 /// The calling thread's slot number, shared by every store's epoch table.
 ///
 /// # Errors

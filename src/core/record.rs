@@ -38,6 +38,7 @@
 //!   idempotent (the checksum does not cover the field it is stored in).
 //! - All log memory is accessed through `AtomicU64`, so concurrent in-place updates and reads are
 //!   not data races in Rust's model. The byte order is little-endian (the crate only builds there).
+#![forbid(unsafe_code)]
 
 use crate::core::address::Address;
 use crate::core::codec::Encoded;

@@ -7,9 +7,13 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Outcome of a context operation (`RsKv::read`, `RsKv::upsert`, a `Session` operation, ...).
+/// Outcome of a context operation (`RsKv::read`, `RsKv::upsert`, a `Session` operation, ...),
+/// inside a [`Result`]: `Ok(Status::Ok)`, `Ok(Status::NotFound)`, `Ok(Status::Pending)`, or the
+/// [`Error`]. A `Result<Status>` compares equal to a `Status` when it is `Ok` of it, so
+/// `kv.read(&mut ctx) == Status::Ok` reads as it did when the status came alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[must_use]
+#[non_exhaustive]
 pub enum Status {
     /// The operation completed; for a read, the value was handed to the context.
     Ok,
@@ -18,8 +22,18 @@ pub enum Status {
     /// The operation is waiting for the disk. Only a [`Session`](crate::Session) operation returns
     /// this; the session owns the context and finishes it in `complete_pending`.
     Pending,
-    /// The operation failed; [`take_last_error`](crate::take_last_error) says why.
-    Error,
+}
+
+impl PartialEq<Status> for Result<Status> {
+    fn eq(&self, other: &Status) -> bool {
+        matches!(self, Ok(s) if s == other)
+    }
+}
+
+impl PartialEq<Result<Status>> for Status {
+    fn eq(&self, other: &Result<Status>) -> bool {
+        other == self
+    }
 }
 
 /// Errors of RsKv. Every failure a caller can meet is one of these, never a panic.

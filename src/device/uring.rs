@@ -479,6 +479,7 @@ fn advance(mut op: Op, result: i32) -> Option<Op> {
 mod tests {
     use super::*;
     use crate::core::alloc::AlignedBuf;
+    use crate::device::file_system_disk::tests::skip_unless_ci;
     use crate::device::segment::Segment;
     use crate::environment::file::File;
     use std::io::Write;
@@ -576,7 +577,7 @@ mod tests {
         buf.as_mut_slice().fill(0xAA);
         let (o, slot, _dir) = op(IoKind::Read, true, &mut buf);
         if !o.req.segment.file.is_direct() {
-            println!("skipping: no O_DIRECT here");
+            skip_unless_ci("no O_DIRECT here");
             return;
         }
         assert!(advance(o, 1000).is_none());
@@ -591,7 +592,7 @@ mod tests {
         let engine = match UringEngine::start(8) {
             Ok(e) => e,
             Err(e) => {
-                println!("skipping: io_uring unavailable: {e}");
+                skip_unless_ci(format_args!("io_uring unavailable: {e}"));
                 return;
             }
         };

@@ -12,6 +12,7 @@
 //!   `EINTR` is retried; it is not an error.
 //! - [`write_atomic`] leaves either the old or the new contents at `path`, never a mix, even after a
 //!   crash: the data is made durable before the rename, and the rename before it returns.
+#![forbid(unsafe_code)]
 
 use std::fs::OpenOptions;
 use std::io;

@@ -319,6 +319,7 @@ impl<D: Disk> HybridLog<D> {
     }
 
     fn set_poison(&self, why: String) {
+        tracing::error!(reason = %why, "log device write failed: the store is poisoned (writes refused until it is reopened)");
         let _ = self.poison.set(why);
         self.poisoned.store(true, StdOrdering::Release);
     }

@@ -1,5 +1,6 @@
 //! What every index of RsKv provides: the in-memory [`MemIndex`](super::mem_index::MemIndex)
 //! now, the cold index of R2Kv later.
+#![forbid(unsafe_code)]
 
 use crate::core::address::Address;
 use crate::core::light_epoch::Protected;

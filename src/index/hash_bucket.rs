@@ -10,6 +10,7 @@
 //! The eighth word holds the index of an overflow bucket in the fixed-page allocator (0 = none).
 //! An all-zero entry is free. Keys are never stored in the index: records with the same
 //! (bucket, tag) form a chain through their previous-address fields.
+#![forbid(unsafe_code)]
 
 use crate::core::address::Address;
 use crate::core::malloc_fixed_page_size::FixedItem;

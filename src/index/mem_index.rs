@@ -261,8 +261,9 @@ impl MemIndex {
         self.grow.store(g, StdOrdering::Release);
         let me = self as *const Self as usize;
         self.epoch.bump_epoch(move || {
-            // SAFETY: the index outlives its epoch's actions: the store drains its epoch before
-            // dropping the index (RsKv::drop), so `me` is valid when this runs.
+            // SAFETY: `grow` holds `&self` until this action has run: the loop below spins
+            // (draining the epoch) until the IN_PROGRESS it stores is visible, and only this
+            // action stores it; so `me` is valid when this runs.
             let this = unsafe { &*(me as *const MemIndex) };
             this.state
                 .store(state(IN_PROGRESS, v, bits), Ordering::Release);

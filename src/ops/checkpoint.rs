@@ -462,7 +462,19 @@ impl<D: Disk> Engine<D> {
             engine: self,
             armed: true,
         };
+        let span = tracing::info_span!("checkpoint", %token, ?kind, ?mode);
+        let _entered = span.enter();
+        let began = std::time::Instant::now();
         let result = self.run_checkpoint(&dir, token, kind, mode);
+        match &result {
+            Ok(()) => tracing::info!(
+                version = self.system_state().version - 1,
+                tail = self.hlog.tail_address().raw(),
+                millis = began.elapsed().as_millis() as u64,
+                "checkpoint durable"
+            ),
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed; nothing was recorded"),
+        }
         rest.armed = result.is_err();
         drop(rest);
         if result.is_err() {

@@ -1,12 +1,14 @@
 //! Delete: a tombstone. In the mutable region the newest record is marked deleted in place;
 //! otherwise a tombstone record goes to the tail. Reads that meet a tombstone stop with
 //! NotFound; compaction (later) drops it with the records it hides.
+#![forbid(unsafe_code)]
 
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::EpochGuard;
 use crate::core::status::{Result, Status};
 use crate::device::Disk;
 use crate::index::{HashIndex, KeyHash};
+use crate::ops::counters::Count;
 use crate::ops::{Engine, Stop};
 
 impl<D: Disk> Engine<D> {
@@ -17,6 +19,7 @@ impl<D: Disk> Engine<D> {
         key: &Encoded,
         hash: KeyHash,
     ) -> Result<(Status, u64)> {
+        self.counters.bump(Count::Delete);
         self.retry(g, &mut None, |g, ov| {
             let Some(mut entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
                 return Ok(Status::NotFound);

@@ -30,6 +30,7 @@
 //! 4. Protection is [`LightEpoch::protect_short`](crate::core::light_epoch::LightEpoch::protect_short):
 //!    the general handshake with less bookkeeping; it nests like any protection (an RMW
 //!    function may call the store for other keys, as in the general path).
+#![forbid(unsafe_code)]
 
 use crate::core::address::Address;
 use crate::core::codec;

@@ -26,6 +26,7 @@
 //!   with [`Error::Busy`].
 
 pub mod checkpoint;
+pub mod counters;
 pub mod delete;
 pub mod fast;
 pub mod pending;
@@ -66,6 +67,8 @@ pub struct Engine<D: Disk> {
     pub(crate) copy_reads: bool,
     /// The key and value types, recorded by log checkpoints.
     pub(crate) types: crate::core::checkpoint::TypeNames,
+    /// Operation counts, per thread.
+    pub(crate) counters: counters::Counters,
 }
 
 /// Attempts a nested operation makes without moving the epoch (after lost races, records
@@ -165,6 +168,7 @@ impl<D: Disk> Engine<D> {
             cpr: Cpr::default(),
             copy_reads: false,
             types: crate::core::checkpoint::TypeNames::default(),
+            counters: counters::Counters::default(),
         }
     }
 

@@ -24,6 +24,7 @@ use crate::hlog::RecordBytes;
 use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::KeyHash;
 use crate::ops::checkpoint::PendingUpdate;
+use crate::ops::counters::Count;
 use crate::ops::read::ReadStep;
 use crate::ops::rmw::{Decision, DiskTrace, Latest, UpdateStep};
 use crate::ops::Engine;
@@ -38,12 +39,16 @@ impl<D: Disk> Engine<D> {
                 let _ = tx.send(r);
             }),
         );
-        rx.await.map_err(|_| {
+        let read = rx.await.map_err(|_| {
             Error::io(
                 "waiting for a device read",
                 std::io::Error::other("device dropped the read callback"),
             )
-        })?
+        })?;
+        if let Err(e) = &read {
+            tracing::warn!(address = address.raw(), error = %e, "device read failed");
+        }
+        read
     }
 
     /// Continues a read at `address` until it resolves.
@@ -58,12 +63,16 @@ impl<D: Disk> Engine<D> {
             let bytes = self.fetch(address).await?;
             match self.read_disk(key, address, &bytes, out)? {
                 ReadStep::Found => {
+                    self.counters.bump(Count::ReadOnDisk);
                     if self.copy_reads {
                         self.copy_read_to_tail(key, hash, address, out.bytes());
                     }
                     return Ok(true);
                 }
-                ReadStep::NotFound => return Ok(false),
+                ReadStep::NotFound => {
+                    self.counters.bump(Count::ReadNotFound);
+                    return Ok(false);
+                }
                 ReadStep::Disk(next) => address = next,
             }
         }
@@ -157,6 +166,7 @@ impl<D: Disk> Engine<D> {
                     self.update_after_disk(&g, key, hash, seen, &found, &mut pin, decide)?
                 {
                     on_commit(v);
+                    self.counters.bump(Count::Rmw);
                     return Ok(status);
                 }
                 // The entry changed while we were on disk: start over from memory.
@@ -164,6 +174,7 @@ impl<D: Disk> Engine<D> {
                     self.update_mem(&g, key, hash, floor, in_place, &mut pin, decide)?;
                 if let UpdateStep::Done(s) = step {
                     on_commit(v);
+                    self.counters.bump(Count::Rmw);
                     return Ok(s);
                 }
                 step
@@ -251,10 +262,12 @@ impl<D: Disk> Engine<D> {
             match self.update_mem(&g, key, hash, floor, in_place, &mut None, decide)? {
                 (UpdateStep::Done(s), v) => {
                     on_commit(v, false);
+                    self.counters.bump(Count::Rmw);
                     Started::Done(s)
                 }
                 (UpdateStep::Disk { address, seen }, v) => {
                     on_commit(v, true);
+                    self.counters.bump(Count::Pending);
                     Started::Disk(address, seen, self.cpr.pending_update(v))
                 }
             },

@@ -1,5 +1,6 @@
 //! Read: find the key's newest record; in memory copy the value out, on disk fetch and follow
 //! the chain.
+#![forbid(unsafe_code)]
 
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
@@ -9,6 +10,7 @@ use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::hlog::RecordBytes;
 use crate::index::{HashIndex, KeyHash};
+use crate::ops::counters::Count;
 use crate::ops::{Engine, Stop};
 
 /// Where a read stands.
@@ -49,6 +51,11 @@ impl<D: Disk> Engine<D> {
                 ReadStep::NotFound
             })
         })?;
+        self.counters.bump(match step {
+            ReadStep::Found => Count::ReadInMemory,
+            ReadStep::NotFound => Count::ReadNotFound,
+            ReadStep::Disk(_) => Count::Pending,
+        });
         Ok(step)
     }
 

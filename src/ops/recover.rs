@@ -17,6 +17,7 @@
 //! is synced, and the newest pages are read back into memory (warm start).
 //!
 //! Replay keeps one batch of pages in memory; the data is never loaded whole.
+#![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::sync::Arc;
@@ -180,6 +181,7 @@ impl<D: Disk> Engine<D> {
                 field: "device",
                 reason: "the device keeps nothing, so there is nothing to recover".into(),
             })?;
+        let _span = tracing::info_span!("recover", root = %root.display()).entered();
         let dir = CheckpointDir::new(root.clone());
         let tokens = dir.tokens()?;
         let candidates: Vec<Token> = match token {
@@ -203,6 +205,9 @@ impl<D: Disk> Engine<D> {
             match attempt {
                 Ok((p, rebuilt)) => {
                     let set_aside = set_aside_newer(&dir, &tokens, t)?;
+                    for (t, path) in &set_aside {
+                        tracing::warn!(token = %t, path = %path.display(), "newer checkpoint set aside");
+                    }
                     return Self::finish_recovery(disk, layout, &dir, p, rebuilt, skipped)
                         .map(|(engine, info)| (engine, RecoveryInfo { set_aside, ..info }));
                 }
@@ -220,6 +225,7 @@ impl<D: Disk> Engine<D> {
                             ),
                         ));
                     }
+                    tracing::warn!(token = %t, error = %e, "checkpoint skipped (recovery_fallback)");
                     skipped.push((t, e.to_string()));
                 }
                 Err(e) => return Err(e),
@@ -282,6 +288,13 @@ impl<D: Disk> Engine<D> {
             version: log.version + 1,
         });
         engine.cpr.set_recovered(&log.sessions, log.next_session_id);
+        tracing::info!(
+            token = %plan.token,
+            version = log.version,
+            replayed_bytes = log.end.saturating_sub(rebuilt.replay_from),
+            replayed_records = rebuilt.moved,
+            "recovered"
+        );
         let info = RecoveryInfo {
             token: plan.token,
             index_token: rebuilt.index_token,
@@ -490,7 +503,7 @@ impl Rebuild {
 /// overwrite the log they describe, and a later checkpoint must never pair with their index
 /// dumps). Directories with no metadata at all are what a checkpoint that never completed left
 /// behind: they held nothing acknowledged and are removed.
-fn set_aside_newer(
+pub(crate) fn set_aside_newer(
     dir: &CheckpointDir,
     tokens: &[Token],
     recovered: Token,

@@ -13,6 +13,7 @@
 //!
 //! Conditional insert (used by compaction and the two-tier store) is the same walk with a
 //! floor: it writes only if no record of the key exists above the floor address.
+#![forbid(unsafe_code)]
 
 use crate::core::address::Address;
 use crate::core::codec::Encoded;

@@ -1,6 +1,7 @@
 //! Upsert: a blind write. In the mutable region the newest record of the key is overwritten in
 //! place when the new value fits its capacity; otherwise a new record goes to the tail and the
 //! index entry is swung to it. Upserts never need the disk: older records are not read.
+#![forbid(unsafe_code)]
 
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::EpochGuard;
@@ -8,6 +9,7 @@ use crate::core::record::RecordLock;
 use crate::core::status::Result;
 use crate::device::Disk;
 use crate::index::KeyHash;
+use crate::ops::counters::Count;
 use crate::ops::{Engine, Stop};
 
 impl<D: Disk> Engine<D> {
@@ -50,6 +52,7 @@ impl<D: Disk> Engine<D> {
             }
             self.append_and_swing(ov, &mut entry, key, Some(value))
         })?;
+        self.counters.bump(Count::Upsert);
         Ok(version)
     }
 }

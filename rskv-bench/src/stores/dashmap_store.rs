@@ -6,10 +6,9 @@ use std::marker::PhantomData;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use super::{ReadCheck, Store, StoreInfo};
-use crate::cli::RunSpec;
-use crate::report::RunResult;
-use crate::sizing::MemoryPlan;
+use crate::results::{RunResult, StoreInfo};
+use crate::spec::{MemoryPlan, RunSpec};
+use crate::store::{ReadCheck, Store};
 use crate::values::{BenchKey, BenchValue, TypedVisitor};
 
 pub struct DashStore<K: BenchKey, V> {

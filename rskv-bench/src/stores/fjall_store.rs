@@ -6,9 +6,9 @@ use anyhow::Context;
 use fjall::config::CompressionPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
-use super::{ReadCheck, Store, StoreInfo};
-use crate::cli::RunSpec;
-use crate::sizing::MemoryPlan;
+use crate::results::StoreInfo;
+use crate::spec::{MemoryPlan, RunSpec};
+use crate::store::{ReadCheck, Store};
 use crate::sysinfo::human_bytes;
 use crate::values::{bump_value, key_bytes, value_bytes, value_ok};
 

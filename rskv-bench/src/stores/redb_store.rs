@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{ReadCheck, Store, StoreInfo};
-use crate::cli::RunSpec;
-use crate::sizing::MemoryPlan;
+use crate::results::StoreInfo;
+use crate::spec::{MemoryPlan, RunSpec};
+use crate::store::{ReadCheck, Store};
 use crate::sysinfo::human_bytes;
 use crate::values::{bump_value, key_bytes, value_bytes, value_ok};
 

@@ -7,9 +7,9 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
-use super::{ReadCheck, Store, StoreInfo};
-use crate::cli::RunSpec;
-use crate::sizing::MemoryPlan;
+use crate::results::StoreInfo;
+use crate::spec::{MemoryPlan, RunSpec};
+use crate::store::{ReadCheck, Store};
 use crate::sysinfo::human_bytes;
 use crate::values::{bump_value, fill_value, key_bytes, key_id, value_bytes, value_ok};
 

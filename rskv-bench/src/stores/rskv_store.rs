@@ -9,11 +9,10 @@ use rskv::device::file_system_disk::FileSystemDisk;
 use rskv::device::null_disk::NullDisk;
 use rskv::{CheckpointKind, Config, LogMode, RsKv, Token};
 
-use super::{ReadCheck, Store, StoreInfo};
-use crate::checkpoint::{CheckpointMode, Checkpointable, Recovered};
-use crate::cli::{DiskKind, RunSpec};
-use crate::report::RunResult;
-use crate::sizing::MemoryPlan;
+use crate::checkpoint::Checkpointable;
+use crate::results::{Recovered, RunResult, StoreInfo};
+use crate::spec::{CheckpointMode, DiskKind, MemoryPlan, RunSpec};
+use crate::store::{ReadCheck, Store};
 use crate::sysinfo::human_bytes;
 use crate::values::{BenchKey, BenchValue, TypedVisitor};
 
@@ -305,4 +304,69 @@ impl TypedVisitor for Visit<'_> {
 /// Runs RsKv with the key and value types that fit the sizes asked.
 pub fn run(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<RunResult> {
     crate::values::with_types(spec.key_size, spec.value_size, Visit { spec, plan })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::VERIFY_SAMPLE;
+
+    /// A whole checkpoint run on RsKv over FileSystemDisk, in both modes: the checkpoint is
+    /// taken during the run, recovery finds every sampled key.
+    #[test]
+    fn checkpoint_runs_recover_every_sampled_key() {
+        use clap::Parser;
+        let dir = std::env::temp_dir().join(format!("rskv-bench-ckpt-test-{}", std::process::id()));
+        let args = crate::cli::Args::try_parse_from([
+            "rskv-bench",
+            "--keys",
+            "20k",
+            "--threads",
+            "2",
+            "--duration",
+            "400ms",
+            "--warmup",
+            "0",
+            "--op-buffer",
+            "20000",
+            "--checkpoint",
+            "fold-over,snapshot",
+            "--interval",
+            "50ms",
+            "--no-progress",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap();
+        let runs = args.runs().unwrap();
+        assert_eq!(runs.len(), 2);
+        for spec in &runs {
+            std::fs::create_dir_all(&spec.data_dir).unwrap();
+            let plan = crate::sizing::plan(spec).unwrap();
+            let r = run(spec, &plan).unwrap();
+            let _ = std::fs::remove_dir_all(&spec.data_dir);
+            assert!(r.ok(), "{:?}", r.failure);
+            let c = r.checkpoint.expect("a checkpoint result");
+            assert!(
+                c.token.is_some() && c.secs > 0.0 && c.dir_bytes > 0,
+                "{c:?}"
+            );
+            assert!(
+                c.files.iter().any(|(n, _)| n == "index.dat"),
+                "{:?}",
+                c.files
+            );
+            assert_eq!(
+                c.files.iter().any(|(n, _)| n == "snapshot.dat"),
+                spec.checkpoint.unwrap().mode == CheckpointMode::Snapshot
+            );
+            assert!(c.intervals.len() >= 8, "{}", c.intervals.len());
+            assert!(c.dip.baseline_mops > 0.0, "{:?}", c.dip);
+            let rec = c.recovery.expect("recovered");
+            assert_eq!(rec.verify_keys, VERIFY_SAMPLE);
+            assert_eq!(rec.reads_ok, VERIFY_SAMPLE);
+            assert!(rec.recovered.index_loaded);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
