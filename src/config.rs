@@ -6,6 +6,7 @@ use crate::hlog::persistent_memory_malloc::{MAX_PAGE_BITS, MIN_FRAMES, MIN_PAGE_
 
 /// Configuration of an [`RsKv`](crate::RsKv) store.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// Hash buckets (64 bytes each, 7 entries); rounded up to a power of two.
     /// Default `1 << 16` (4 MiB of index). FASTER sizes it at about #keys / 2 entries.

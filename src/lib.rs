@@ -19,15 +19,25 @@
 //! ```
 #![warn(unsafe_op_in_unsafe_fn)]
 
-pub mod config;
+//!
+//! # Public surface
+//! The store ([`RsKv`], [`rskv_core`] with FASTER's context traits), its [`Config`], [`Error`]
+//! and [`Status`], sessions, checkpoints, and the devices ([`device`]: `FileSystemDisk`,
+//! `NullDisk`, `FaultyDisk` for tests). The engine (epoch, index, hybrid log, operations) is
+//! internal; `core::light_epoch`, `core::alloc` and `index` are public only for the loom model,
+//! the benchmark's memory probe and the compile-fail examples of the index's guard rule, and
+//! hidden from the docs.
+
+pub(crate) mod config;
 pub mod core;
 pub mod device;
-pub mod environment;
-pub mod hlog;
+pub(crate) mod environment;
+pub(crate) mod hlog;
+#[doc(hidden)]
 pub mod index;
-pub mod ops;
+pub(crate) mod ops;
 pub mod rskv_core;
-pub mod session;
+pub(crate) mod session;
 pub(crate) mod sync;
 
 pub use crate::config::{Config, Resolved};
@@ -35,6 +45,10 @@ pub use crate::core::address::Address;
 pub use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
 pub use crate::core::codec::{Codec, Raw};
 pub use crate::core::status::{Error, Result, Status};
+pub use crate::device::file_system_disk::FileSystemDisk;
+pub use crate::device::null_disk::NullDisk;
+pub use crate::device::Disk;
+pub use crate::hlog::LogMarkers;
 pub use crate::ops::counters::OpStats;
 pub use crate::ops::recover::RecoveryInfo;
 pub use crate::rskv_core::{

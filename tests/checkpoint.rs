@@ -181,21 +181,18 @@ fn missing_and_damaged_checkpoints_are_refused_by_name() {
     let mut bad = good.clone();
     bad[good.len() / 2] ^= 1;
     std::fs::write(&meta2, &bad).unwrap();
-    let e = recover(dir.path(), Some(t2))
-        .expect_err("corrupt meta refused");
+    let e = recover(dir.path(), Some(t2)).expect_err("corrupt meta refused");
     assert!(e.to_string().contains("log.meta"), "{e}");
     std::fs::write(&meta2, &good).unwrap();
     // A truncated snapshot file is refused the same way.
     let snap = ckpt.join(t2.to_string()).join("snapshot.dat");
     let data = std::fs::read(&snap).unwrap();
     std::fs::write(&snap, &data[..data.len() - 1]).unwrap();
-    let e = recover(dir.path(), Some(t2))
-        .expect_err("truncated snapshot refused");
+    let e = recover(dir.path(), Some(t2)).expect_err("truncated snapshot refused");
     assert!(e.to_string().contains("snapshot.dat"), "{e}");
     // Recovering the newest fails, naming t2: it completed, so falling back silently would
     // lose what it made durable.
-    let e = recover(dir.path(), None)
-        .expect_err("fell back past a completed checkpoint");
+    let e = recover(dir.path(), None).expect_err("fell back past a completed checkpoint");
     assert!(e.to_string().contains(&t2.to_string()), "{e}");
     // Asked to, it falls back to t1, reporting why t2 was skipped.
     let (kv, info) = RsKv::recover(

@@ -365,12 +365,6 @@ impl CheckpointDir {
         Self { root }
     }
 
-    /// The root directory.
-    #[must_use]
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The directory of checkpoint `token`.
     #[must_use]
     pub fn dir(&self, token: Token) -> PathBuf {

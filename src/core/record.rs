@@ -61,18 +61,13 @@ impl Version {
     /// Number of version bits in a record header.
     pub const BITS: u32 = 13;
     /// The first version of a new store.
+    #[cfg(test)]
     pub const FIRST: Version = Version(1);
     /// The record version of the store's (unbounded, starting at 1) checkpoint version `v`:
     /// wraps inside 13 bits, skipping 0. Only versions next to each other are ever compared.
     #[must_use]
     pub const fn of(v: u64) -> Version {
         Version(((v.saturating_sub(1)) % ((1 << Self::BITS) - 1)) as u16 + 1)
-    }
-    /// Versions wrap inside 13 bits, skipping 0.
-    #[must_use]
-    pub fn next(self) -> Version {
-        let n = (u32::from(self.0) + 1) % (1 << Self::BITS);
-        Version(if n == 0 { 1 } else { n as u16 })
     }
 }
 
@@ -92,21 +87,6 @@ impl RecordInfo {
     #[must_use]
     pub fn new(prev: Address, version: Version) -> Self {
         RecordInfo(prev.raw() | (u64::from(version.0) & Self::VERSION_MASK) << Self::VERSION_SHIFT)
-    }
-    /// From the raw word.
-    #[must_use]
-    pub const fn from_raw(raw: u64) -> Self {
-        RecordInfo(raw)
-    }
-    /// The raw word.
-    #[must_use]
-    pub const fn raw(self) -> u64 {
-        self.0
-    }
-    /// Whether the word is an unused page end rather than a record.
-    #[must_use]
-    pub const fn is_null(self) -> bool {
-        self.0 == 0
     }
     /// The previous record in the hash chain.
     #[must_use]
@@ -145,20 +125,10 @@ impl ValueState {
     pub fn new(len: usize, tombstone: bool) -> Self {
         ValueState(len as u64 | if tombstone { Self::TOMBSTONE } else { 0 })
     }
-    /// From the raw word.
-    #[must_use]
-    pub const fn from_raw(raw: u64) -> Self {
-        ValueState(raw)
-    }
     /// Length of the value in bytes.
     #[must_use]
     pub const fn len(self) -> usize {
         (self.0 & Self::LEN_MASK) as usize
-    }
-    /// Whether the value is empty.
-    #[must_use]
-    pub const fn is_empty(self) -> bool {
-        self.len() == 0
     }
     /// Whether the record marks a deletion.
     #[must_use]
@@ -339,12 +309,6 @@ impl<'a> RecordRef<'a> {
         ValueState(self.words[2].load(Ordering::Acquire))
     }
 
-    /// Value capacity in bytes.
-    #[must_use]
-    pub fn value_cap(&self) -> usize {
-        self.value_cap
-    }
-
     #[inline]
     fn key_words(&self) -> &'a [AtomicU64] {
         &self.words[HEADER_WORDS..HEADER_WORDS + self.key_len.div_ceil(8)]
@@ -372,17 +336,6 @@ impl<'a> RecordRef<'a> {
                 .iter()
                 .zip(key.words())
                 .all(|(w, k)| w.load(Ordering::Relaxed) == *k)
-    }
-
-    /// The key's bytes.
-    #[must_use]
-    pub fn key_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.key_len.next_multiple_of(8));
-        for w in self.key_words() {
-            out.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
-        }
-        out.truncate(self.key_len);
-        out
     }
 
     /// Copies the value into `out` consistently (seqlock read: retries while a writer is inside
