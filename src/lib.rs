@@ -29,6 +29,7 @@
 //! hidden from the docs.
 
 pub(crate) mod config;
+pub(crate) mod contexts;
 pub mod core;
 pub mod device;
 pub(crate) mod environment;

@@ -18,6 +18,9 @@ use std::task::{Context, Poll};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 
+use crate::contexts::{
+    delete_ctx, rmw_decider, upsert_ctx, DeleteContext, ReadContext, RmwContext, UpsertContext,
+};
 use crate::core::address::Address;
 use crate::core::codec::{decode, Codec, Encoded};
 use crate::core::record::ValueBuf;
@@ -27,7 +30,7 @@ use crate::index::KeyHash;
 use crate::ops::checkpoint::{PendingUpdate, SessionBook};
 use crate::ops::pending::Started;
 use crate::ops::read::ReadStep;
-use crate::rskv_core::{rmw_decider, DeleteContext, ReadContext, RmwContext, RsKv, UpsertContext};
+use crate::ops::Engine;
 
 /// A session's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,7 +72,8 @@ impl Future for Pending<'_> {
 
 /// A session on a store. Not shared between threads; `Send`, so it may move between them.
 pub struct Session<'a, K, V, D: Disk> {
-    kv: &'a RsKv<K, V, D>,
+    engine: &'a Engine<D>,
+    _types: std::marker::PhantomData<fn() -> (K, V)>,
     id: SessionId,
     serial: SerialNum,
     /// The checkpoint version this session's operations currently run in.
@@ -79,27 +83,27 @@ pub struct Session<'a, K, V, D: Disk> {
 }
 
 impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
-    pub(crate) fn new(kv: &'a RsKv<K, V, D>) -> Self {
-        let book = kv
-            .engine
+    pub(crate) fn new(engine: &'a Engine<D>) -> Self {
+        let book = engine
             .cpr
             .register(None)
             .expect("registering a new session id cannot fail");
-        Self::with_book(kv, book)
+        Self::with_book(engine, book)
     }
 
     /// Continues a recovered session: serial numbers go on after its commit point.
-    pub(crate) fn continued(kv: &'a RsKv<K, V, D>, id: SessionId) -> Result<Self> {
-        Ok(Self::with_book(kv, kv.engine.cpr.register(Some(id.0))?))
+    pub(crate) fn continued(engine: &'a Engine<D>, id: SessionId) -> Result<Self> {
+        Ok(Self::with_book(engine, engine.cpr.register(Some(id.0))?))
     }
 
-    fn with_book(kv: &'a RsKv<K, V, D>, book: Arc<SessionBook>) -> Self {
+    fn with_book(engine: &'a Engine<D>, book: Arc<SessionBook>) -> Self {
         let serial = book.last_serial();
         Self {
-            kv,
+            engine,
+            _types: std::marker::PhantomData,
             id: SessionId(book.id),
             serial: SerialNum(serial),
-            version: kv.engine.system_state().version,
+            version: engine.system_state().version,
             book,
             pending: FuturesUnordered::new(),
         }
@@ -131,27 +135,27 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     /// Upserts (never pending: upserts do not read the disk).
     ///
     /// # Errors
-    /// As [`RsKv::upsert`]; the context's `complete` sees the same result.
+    /// As [`RsKv::upsert`](crate::RsKv::upsert); the context's `complete` sees the same result.
     pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&mut self, ctx: C) -> Result<Status> {
         let serial = self.next_serial().0;
         let (book, version) = (&self.book, &mut self.version);
-        let r = self
-            .kv
-            .upsert_ctx(&ctx, &mut |v| book.finished(serial, version, v))
-            .map(|()| Status::Ok);
+        let r = upsert_ctx(self.engine, &ctx, &mut |v| {
+            book.finished(serial, version, v)
+        })
+        .map(|()| Status::Ok);
         completed(r, |r| ctx.complete(r))
     }
 
     /// Deletes (never pending).
     ///
     /// # Errors
-    /// As [`RsKv::delete`]; the context's `complete` sees the same result.
+    /// As [`RsKv::delete`](crate::RsKv::delete); the context's `complete` sees the same result.
     pub fn delete<C: DeleteContext<Key = K, Value = V>>(&mut self, ctx: C) -> Result<Status> {
         let serial = self.next_serial().0;
         let (book, version) = (&self.book, &mut self.version);
-        let r = self
-            .kv
-            .delete_ctx(&ctx, &mut |v| book.finished(serial, version, v));
+        let r = delete_ctx(self.engine, &ctx, &mut |v| {
+            book.finished(serial, version, v)
+        });
         completed(r, |r| ctx.complete(r))
     }
 
@@ -161,7 +165,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     /// the `complete_pending` call that finishes it (earlier, if the device was that fast).
     ///
     /// # Errors
-    /// As [`RsKv::read`], for a read that finished at once; a pending read's error goes to its
+    /// As [`RsKv::read`](crate::RsKv::read), for a read that finished at once; a pending read's error goes to its
     /// context's `complete`.
     pub fn read<C: ReadContext<Key = K, Value = V> + Send + 'a>(
         &mut self,
@@ -169,7 +173,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     ) -> Result<Status> {
         let serial = self.next_serial().0;
         self.book.read(serial);
-        let engine = &*self.kv.engine;
+        let engine = self.engine;
         let hash = KeyHash::new(ctx.key_hash());
         let started = (|| -> Result<(Encoded, ReadStep, ValueBuf)> {
             let key = Encoded::new(ctx.key())?;
@@ -201,14 +205,14 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     /// Read-modify-write; `Pending` if the newest record may be on disk.
     ///
     /// # Errors
-    /// As [`RsKv::rmw_context`], for an update that finished at once; a pending update's error
+    /// As [`RsKv::rmw_context`](crate::RsKv::rmw_context), for an update that finished at once; a pending update's error
     /// goes to its context's `complete`.
     pub fn rmw<C: RmwContext<Key = K, Value = V> + Send + Sync + 'a>(
         &mut self,
         ctx: C,
     ) -> Result<Status> {
         let serial = self.next_serial().0;
-        let engine = &*self.kv.engine;
+        let engine = self.engine;
         let (book, version) = (&self.book, &mut self.version);
         let started = (|| -> Result<(Encoded, KeyHash, Started<'a>)> {
             let key = Encoded::new(ctx.key())?;
@@ -338,72 +342,6 @@ impl<K, V, D: Disk> Drop for Session<'_, K, V, D> {
         self.drive(true);
         // An ended session is not listed by later checkpoints (it cannot be continued from
         // them); the registry does not grow with every session ever started.
-        self.kv.engine.cpr.unregister(self.book.id);
-    }
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use crate::device::file_system_disk::FileSystemDisk;
-    use crate::{Config, RmwContext, RsKv, Status};
-    use std::future::Future;
-
-    struct Add(u64);
-
-    impl RmwContext for Add {
-        type Key = u64;
-        type Value = u64;
-        fn key(&self) -> &u64 {
-            &self.0
-        }
-        fn rmw_initial(&self) -> u64 {
-            1
-        }
-        fn rmw_copy(&self, old: &u64) -> u64 {
-            old + 1
-        }
-    }
-
-    /// A checkpoint's `WaitPending` waits only for updates someone drives: an idle session's
-    /// pending update is not counted, one inside `complete_pending` is (until it lands).
-    #[test]
-    fn an_idle_sessions_pending_update_is_not_waited_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::new()
-            .table_size(1 << 8)
-            .log_memory_size(64 << 10)
-            .page_size(4096);
-        let kv: RsKv<u64, u64, _> =
-            RsKv::open(config, FileSystemDisk::new(dir.path()).unwrap()).unwrap();
-        for k in 0..5000u64 {
-            kv.insert(&k, &k).unwrap();
-        }
-        let v = kv.engine.system_state().version;
-        let mut s = kv.start_session();
-        assert_eq!(s.rmw(Add(0)), Status::Pending);
-        assert_eq!(s.pending_count(), 1);
-        assert_eq!(
-            kv.engine.cpr.driven_updates(v),
-            0,
-            "an idle session holds up checkpoints"
-        );
-        assert!(s.complete_pending(true));
-        assert_eq!(kv.engine.cpr.driven_updates(v), 0);
-        assert_eq!(kv.get(&0).unwrap(), Some(1));
-        // An async update counts only while polled.
-        let mut fut = Box::pin(kv.rmw_async(&1, |old| old.unwrap_or(0) + 1));
-        let waker = futures_util::task::noop_waker();
-        let polled = fut
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(&waker));
-        if polled.is_pending() {
-            assert_eq!(
-                kv.engine.cpr.driven_updates(v),
-                0,
-                "an unpolled future holds up checkpoints"
-            );
-        }
-        drop(fut);
-        assert_eq!(kv.engine.cpr.driven_updates(v), 0);
+        self.engine.cpr.unregister(self.book.id);
     }
 }

@@ -2,6 +2,7 @@
 pub mod definitions;
 pub mod hash_bucket;
 pub mod hash_table;
+pub(crate) mod key_hash;
 pub mod mem_index;
 
 pub use definitions::{EntrySlot, HashIndex, IndexBusy, KeyHash};

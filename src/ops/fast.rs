@@ -37,11 +37,11 @@ use crate::core::codec;
 use crate::core::light_epoch::ShortGuard;
 use crate::core::record::{WordRecord, WordRecordLock, WORD_RECORD_WORDS};
 use crate::device::Disk;
+use crate::index::key_hash::hash_word;
 use crate::index::{HashIndex, KeyHash};
 use crate::ops::Engine;
 #[cfg(doc)]
 use crate::ops::Rule;
-use crate::rskv_core::hash_word;
 
 /// Seqlock copies a fast read tries before going slow.
 const READ_ATTEMPTS: usize = 4;
@@ -76,7 +76,7 @@ impl Word {
         codec::fast::is_int::<T>()
     }
 
-    /// The key hash of this encoding (as [`crate::rskv_core::hash_key`] derives it).
+    /// The key hash of this encoding (as [`crate::index::key_hash::hash_key`] derives it).
     #[inline(always)]
     pub fn hash(self) -> KeyHash {
         KeyHash::new(hash_word(self.word, self.len))

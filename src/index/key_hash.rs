@@ -1,0 +1,82 @@
+//! Key hashing: one key, one hash, whichever way it comes in (a context's default `key_hash`,
+//! the facade, recovery rehashing a logged key). The index finalizes every hash; these only
+//! have to agree with each other.
+#![forbid(unsafe_code)]
+
+use crate::core::codec::Encoded;
+use crate::core::status::Result;
+use crate::index::KeyHash;
+
+/// RsKv's hash of a key, from its encoding: an encoding of up to 8 bytes is taken as one
+/// little-endian word with its length in the top byte (the index finalizes every hash with a
+/// full-avalanche mix), a longer one goes through xxh3. The default `key_hash` of every context.
+#[must_use]
+#[inline]
+pub fn hash_key<K: serde::Serialize + 'static>(key: &K) -> u64 {
+    match Encoded::new(key) {
+        Ok(e) => hash_encoded(&e),
+        // Unencodable keys fail later, when the operation encodes them; any hash will do here.
+        Err(_) => 0,
+    }
+}
+
+/// [`hash_key`] of an encoded key.
+#[inline]
+pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
+    if bytes.len() <= 8 {
+        let mut word = [0u8; 8];
+        word[..bytes.len()].copy_from_slice(bytes);
+        hash_word(u64::from_le_bytes(word), bytes.len())
+    } else {
+        xxhash_rust::xxh3::xxh3_64(bytes)
+    }
+}
+
+/// [`hash_bytes`] of an encoding of at most 8 bytes held zero-padded in `word`.
+#[inline(always)]
+pub(crate) fn hash_word(word: u64, len: usize) -> u64 {
+    word ^ (len as u64) << 56
+}
+
+/// [`hash_bytes`] of an encoding, without copying it when it fits a word (its padding is zero).
+#[inline]
+pub(crate) fn hash_encoded(e: &Encoded) -> u64 {
+    if e.len() <= 8 {
+        hash_word(e.first_word(), e.len())
+    } else {
+        hash_bytes(e.bytes())
+    }
+}
+
+/// Encodes a facade key and derives its hash exactly as [`hash_key`] does.
+#[inline(always)]
+pub(crate) fn encode_key<K: serde::Serialize + 'static>(key: &K) -> Result<(Encoded, KeyHash)> {
+    let key = Encoded::new(key)?;
+    let hash = KeyHash::new(hash_encoded(&key));
+    Ok((key, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The facade's hash (from the encoded words) is the hash recovery recomputes from a
+    /// record's key bytes, for short, word-sized and long keys of every kind.
+    #[test]
+    fn hash_of_encoding_is_hash_of_bytes() {
+        fn check<K: serde::Serialize + 'static>(k: K) {
+            let e = Encoded::new(&k).unwrap();
+            assert_eq!(hash_encoded(&e), hash_bytes(e.bytes()));
+            assert_eq!(hash_key(&k), hash_bytes(e.bytes()));
+        }
+        for x in [0u64, 1, 127, 128, 1 << 40, u64::MAX] {
+            check(x);
+            check(x as i64);
+            check((x, 3u8));
+            check(format!("key-{x}"));
+            check(vec![x; 9]);
+        }
+        check(());
+        check(String::new());
+    }
+}
