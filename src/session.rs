@@ -27,7 +27,7 @@ use crate::core::record::ValueBuf;
 use crate::core::status::{Error, Result, Status};
 use crate::device::Disk;
 use crate::index::KeyHash;
-use crate::ops::checkpoint::{PendingUpdate, SessionBook};
+use crate::ops::cpr::book::{PendingUpdate, SessionBook};
 use crate::ops::pending::Started;
 use crate::ops::read::ReadStep;
 use crate::ops::Engine;

@@ -1,37 +1,9 @@
-//! Checkpoints: FASTER's concurrent prefix recovery (CPR), its state machine and its files.
+//! Checkpoint files: what FASTER's concurrent prefix recovery (CPR) writes, and how it is read
+//! back and verified. The state machine that decides what a checkpoint contains is
+//! [`crate::ops::cpr`].
 //!
-//! # The state machine
-//! One global word holds `(phase, version)`. Every operation attempt reads it under epoch
-//! protection and acknowledges it in its epoch slot; the checkpoint driver moves to the next
-//! phase only once every protected thread has acknowledged the current one
-//! ([`LightEpoch::all_acked`](crate::core::light_epoch::LightEpoch::all_acked)). With `v` the
-//! version being checkpointed:
-//!
-//! | phase | what operations do | driver |
-//! |-------|--------------------|--------|
-//! | `Rest` (v) | write records of version v, update in place | - |
-//! | `PrepIndexChkpt`, `IndexChkpt` (v) | as in Rest | fuzzy dump of the hash table (index and full kinds) |
-//! | `Prepare` (v) | as in Rest, but an operation that meets a record of version v+1 (the chain head, or a disk chain head written after v+1 began) *shifts*: it restarts in v+1 | waits for all acks |
-//! | `InProgress` (v+1) | write v+1 records; a record of an older version is never updated in place, it is copied to the tail (and sealed) | records where v+1 starts, waits for acks |
-//! | `WaitPending` (v+1) | as InProgress; updates that went to disk in v may still finish in v | waits for those being driven (a blocking call, a session inside `complete_pending`, an async update while polled), never for one nobody drives |
-//! | `WaitFlush` (v+1) | as InProgress | closes the tail page: its end `E` is the checkpoint's end; fold-over flushes the log up to E, snapshot copies the in-memory pages below E to a file; then fsync |
-//! | `PersistenceCallback` (v+1) | as InProgress | collects each session's commit point, writes the metadata atomically |
-//! | `Rest` (v+1) | - | - |
-//!
-//! # Invariants
-//! 1. Along every hash chain, record versions never decrease toward the head: a v operation
-//!    that would append after (or update in place) a v+1 record shifts to v+1 instead.
-//! 2. No v+1 operation changes a record of version <= v in place while a checkpoint of v runs,
-//!    so the log below `E`, read with "version <= v", is exactly the state of version v.
-//! 3. Records of version v+1 can only lie at or above `newer_from` (the tail read before
-//!    InProgress was published); recovery invalidates those below `E` on disk, so a later
-//!    checkpoint of the same log never mistakes them for its own.
-//! 4. A session's commit point is `until`: every operation with a serial number `<= until` except
-//!    `excluded` (updates that were waiting for the disk and finished in a later version) is in
-//!    the checkpoint, and none after it. An operation records its session's progress while it is
-//!    still epoch protected, so the driver, which collects after everybody acknowledged the
-//!    final phase, never sees an operation that finished in v but is not yet recorded.
-//! 5. Metadata files are written with [`crate::environment::file::write_atomic`]
+//! # Durability of the files
+//! Metadata files are written with [`crate::environment::file::write_atomic`]
 //!    and carry a magic, a format number and an xxh3 checksum; data files (index dump,
 //!    snapshot) are fsynced before the metadata naming them is written, and their checksums are
 //!    in the metadata. A checkpoint exists once its metadata file does.
@@ -50,71 +22,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::status::{Error, Result};
 use crate::environment::file::write_atomic;
-
-/// Phases of the checkpoint state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Phase {
-    /// No checkpoint running.
-    Rest = 0,
-    /// An index checkpoint is about to start.
-    PrepIndexChkpt = 1,
-    /// The hash table is being dumped.
-    IndexChkpt = 2,
-    /// Threads learn that version v is ending.
-    Prepare = 3,
-    /// New operations run in v+1.
-    InProgress = 4,
-    /// Updates of v that went to disk are finishing.
-    WaitPending = 5,
-    /// The log up to the checkpoint's end is being made durable.
-    WaitFlush = 6,
-    /// The metadata is being written.
-    PersistenceCallback = 7,
-}
-
-impl Phase {
-    fn from_u8(p: u8) -> Phase {
-        match p {
-            1 => Phase::PrepIndexChkpt,
-            2 => Phase::IndexChkpt,
-            3 => Phase::Prepare,
-            4 => Phase::InProgress,
-            5 => Phase::WaitPending,
-            6 => Phase::WaitFlush,
-            7 => Phase::PersistenceCallback,
-            _ => Phase::Rest,
-        }
-    }
-}
-
-/// The global `(phase, version)` word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SystemState {
-    /// Current phase.
-    pub phase: Phase,
-    /// Version new operations run in (v+1 from InProgress on).
-    pub version: u64,
-}
-
-impl SystemState {
-    const VERSION_MASK: u64 = (1 << 56) - 1;
-
-    /// Packs into one word.
-    #[must_use]
-    pub fn word(self) -> u64 {
-        (self.phase as u64) << 56 | (self.version & Self::VERSION_MASK)
-    }
-
-    /// Unpacks a word.
-    #[must_use]
-    pub fn from_word(w: u64) -> Self {
-        SystemState {
-            phase: Phase::from_u8((w >> 56) as u8),
-            version: w & Self::VERSION_MASK,
-        }
-    }
-}
 
 /// What a checkpoint captures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -578,14 +485,6 @@ mod tests {
                 key: "u64".into(),
                 value: "String".into(),
             },
-        }
-    }
-
-    #[test]
-    fn state_word_roundtrip() {
-        for phase in [Phase::Rest, Phase::Prepare, Phase::PersistenceCallback] {
-            let s = SystemState { phase, version: 77 };
-            assert_eq!(SystemState::from_word(s.word()), s);
         }
     }
 

@@ -39,9 +39,9 @@ use crate::core::record::{WordRecord, WordRecordLock, WORD_RECORD_WORDS};
 use crate::device::Disk;
 use crate::index::key_hash::hash_word;
 use crate::index::{HashIndex, KeyHash};
-use crate::ops::Engine;
 #[cfg(doc)]
-use crate::ops::Rule;
+use crate::ops::cpr::Rule;
+use crate::ops::Engine;
 
 /// Seqlock copies a fast read tries before going slow.
 const READ_ATTEMPTS: usize = 4;
@@ -180,9 +180,9 @@ impl WordLock<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::checkpoint::{Phase, SystemState};
     use crate::core::light_epoch::thread_slot;
     use crate::device::file_system_disk::FileSystemDisk;
+    use crate::ops::cpr::{Phase, SystemState};
     use crate::rskv_core::RsKv;
     use crate::sync::Ordering;
     use crate::Config;

@@ -1,5 +1,5 @@
 //! Recovery: rebuilds an engine from a log checkpoint, an optional index checkpoint and the log
-//! on the device (see [`crate::core::checkpoint`] for the guarantees).
+//! on the device (see [`crate::ops::cpr`] for the guarantees and [`crate::core::checkpoint`] for the files).
 //!
 //! Phase 1 reads only, so a checkpoint that fails anywhere in it is skipped and the next older
 //! one is tried:
@@ -24,8 +24,7 @@ use std::sync::Arc;
 
 use crate::core::address::{Address, PageGeometry};
 use crate::core::checkpoint::{
-    CheckpointDir, IndexMeta, LogMeta, LogMode, Phase, SystemState, Token, TypeNames, INDEX_DATA,
-    SNAPSHOT_DATA,
+    CheckpointDir, IndexMeta, LogMeta, LogMode, Token, TypeNames, INDEX_DATA, SNAPSHOT_DATA,
 };
 use crate::core::light_epoch::LightEpoch;
 use crate::core::record::{DiskRecord, Version, HEADER_BYTES};
@@ -34,6 +33,7 @@ use crate::device::Disk;
 use crate::hlog::persistent_memory_malloc::read_device;
 use crate::hlog::HybridLog;
 use crate::index::{KeyHash, MemIndex};
+use crate::ops::cpr::{Phase, SystemState};
 use crate::ops::Engine;
 
 /// Bytes of log read per replay batch (at least one page).
@@ -125,7 +125,7 @@ fn plan(dir: &CheckpointDir, token: Token, types: &TypeNames) -> Result<Plan> {
         let pages = (want >> log.page_bits) as usize;
         let sums_from = (log.snapshot_start >> log.page_bits) - (log.begin >> log.page_bits);
         let sums = log.page_sums.get(sums_from as usize..).unwrap_or(&[]);
-        if sums.len() != pages || crate::ops::checkpoint::sums_hash(sums) != log.snapshot_hash {
+        if sums.len() != pages || crate::ops::cpr::driver::sums_hash(sums) != log.snapshot_hash {
             return Err(checkpoint_error(
                 dir.dir(token).join(crate::core::checkpoint::LOG_META),
                 "snapshot page sums do not match the snapshot",

@@ -24,8 +24,9 @@ use crate::device::Disk;
 use crate::hlog::RecordBytes;
 use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::KeyHash;
+use crate::ops::cpr::OpVersion;
 use crate::ops::read::DiskMatch;
-use crate::ops::{Engine, OpVersion, Stop};
+use crate::ops::{Engine, Stop};
 
 /// The key's newest value as an update sees it.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,262 @@
+//! The [`Engine`]: the store without types (epoch, index, hybrid log, checkpoint state), and
+//! what every operation shares: the retry loop of attempts, chain walks, appends. The
+//! operations themselves are the sibling modules; the checkpoint state machine's rules are
+//! [`crate::ops::cpr`].
+
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+use crate::core::address::Address;
+use crate::core::codec::Encoded;
+use crate::core::light_epoch::{EpochGuard, LightEpoch};
+use crate::core::record::{record_size, RecordInfo, RecordRef, Version};
+use crate::core::status::{Error, Result};
+use crate::device::Disk;
+use crate::hlog::{AllocError, HybridLog};
+use crate::index::{EntrySlot, HashIndex, IndexBusy, KeyHash, MemIndex};
+use crate::ops::cpr::book::Cpr;
+use crate::ops::cpr::{OpVersion, Phase, SystemState};
+use crate::sync::AtomicU64;
+
+/// The store without types: epoch, index and log.
+pub struct Engine<D: Disk> {
+    pub(crate) epoch: Arc<LightEpoch>,
+    pub(crate) index: MemIndex,
+    pub(crate) hlog: HybridLog<D>,
+    /// The `(phase, version)` word of the checkpoint state machine.
+    pub(super) state: CachePadded<AtomicU64>,
+    /// Records of the version after the one being checkpointed lie at or above this address
+    /// (`u64::MAX` while none can exist yet).
+    pub(super) newer_from: AtomicU64,
+    /// Checkpoint bookkeeping: sessions, pending updates, the driver's claim.
+    pub(crate) cpr: Cpr,
+    /// Copy records that reads fetch from disk to the tail (`Config::copy_reads_to_tail`).
+    pub(crate) copy_reads: bool,
+    /// The key and value types, recorded by log checkpoints.
+    pub(crate) types: crate::core::checkpoint::TypeNames,
+    /// Operation counts, per thread.
+    pub(crate) counters: crate::ops::counters::Counters,
+}
+
+/// Attempts a nested operation makes without moving the epoch (after lost races, records
+/// locked by other writers) before it fails with [`Error::Busy`]; each after a backoff, mostly a
+/// yield.
+pub(crate) const NESTED_RETRIES: u32 = 1024;
+
+/// Why an attempt stopped without a result.
+pub(crate) enum Stop {
+    /// Refresh the epoch and try again.
+    Retry,
+    /// Try again once the epoch moved on (the log must roll to a new page, the index must
+    /// finish switching tables). A nested operation cannot wait for that: see [`Engine::retry`].
+    Wait,
+    /// The operation met a record of a newer version: retry in the current version.
+    Shift,
+    /// A hard error.
+    Fail(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Fail(e)
+    }
+}
+
+impl From<AllocError> for Stop {
+    fn from(e: AllocError) -> Self {
+        match e {
+            AllocError::RetryLater => Stop::Wait,
+            AllocError::Fatal(e) => Stop::Fail(e),
+        }
+    }
+}
+
+impl From<IndexBusy> for Stop {
+    fn from(e: IndexBusy) -> Self {
+        match e {
+            IndexBusy::RetryLater => Stop::Wait,
+            IndexBusy::Full => Stop::Fail(Error::IndexFull),
+        }
+    }
+}
+
+impl<D: Disk> Engine<D> {
+    /// An engine over an index of `2^index_bits` buckets and a log.
+    pub(crate) fn new(epoch: Arc<LightEpoch>, index_bits: u32, hlog: HybridLog<D>) -> Self {
+        Self::with_index(epoch.clone(), MemIndex::new(index_bits, epoch), hlog)
+    }
+
+    /// An engine over an existing index (recovery builds it first).
+    pub(crate) fn with_index(epoch: Arc<LightEpoch>, index: MemIndex, hlog: HybridLog<D>) -> Self {
+        Self {
+            index,
+            epoch,
+            hlog,
+            state: CachePadded::new(AtomicU64::new(
+                SystemState {
+                    phase: Phase::Rest,
+                    version: 1,
+                }
+                .word(),
+            )),
+            newer_from: AtomicU64::new(u64::MAX),
+            cpr: Cpr::default(),
+            copy_reads: false,
+            types: crate::core::checkpoint::TypeNames::default(),
+            counters: crate::ops::counters::Counters::default(),
+        }
+    }
+
+    /// Protects the calling thread. The checkpoint state is read (and acknowledged) per
+    /// attempt by [`Engine::op_version`], which every operation runs first; a protection that
+    /// runs no attempt holds back a phase change only until it ends.
+    pub(crate) fn protect(&self) -> Result<EpochGuard<'_>> {
+        self.epoch.protect()
+    }
+
+    /// Runs `attempt` until it stops with something other than [`Stop::Retry`] or
+    /// [`Stop::Shift`], refreshing the epoch between attempts. Returns the result and the version
+    /// the successful attempt ran in. A shift drops `pin`.
+    ///
+    /// Each attempt gets the guard by a reference that cannot outlive it (the closure is
+    /// higher-ranked over that borrow), so nothing it looked up in the index survives into the
+    /// refresh before the next attempt.
+    pub(crate) fn retry<T>(
+        &self,
+        g: &EpochGuard<'_>,
+        pin: &mut Option<u64>,
+        mut attempt: impl FnMut(&EpochGuard<'_>, OpVersion) -> Result<T, Stop>,
+    ) -> Result<(T, u64)> {
+        let mut round = 0;
+        loop {
+            let ov = self.op_version(g, *pin);
+            match attempt(g, ov) {
+                Ok(v) => return Ok((v, ov.version)),
+                Err(Stop::Fail(e)) => return Err(e),
+                Err(stop) => {
+                    if matches!(stop, Stop::Shift) {
+                        *pin = None;
+                    }
+                    if g.is_nested() {
+                        // The outer attempt relies on the slot's epoch: never move it. What
+                        // needs the epoch to move will not happen while the outer one holds it.
+                        if matches!(stop, Stop::Wait) || round >= NESTED_RETRIES {
+                            return Err(Error::Busy(
+                                "an operation nested inside another's function cannot wait for \
+                                 the log or index to move on: the outer operation holds them",
+                            ));
+                        }
+                        self.epoch.drain();
+                    } else {
+                        // SAFETY: the slot is this thread's (`g` is not `Send`), it is the only
+                        // protection of the slot (not nested), and the failed attempt's lookups
+                        // under `g` ended with it (see above).
+                        unsafe { self.epoch.refresh_at(g.slot()) };
+                    }
+                    crate::sync::backoff(&mut round);
+                }
+            }
+        }
+    }
+
+    /// The index entry for `hash`, created if absent; it borrows from `g`.
+    pub(crate) fn entry_for_update<'g>(
+        &'g self,
+        g: &'g EpochGuard<'_>,
+        hash: KeyHash,
+    ) -> Result<EntrySlot<'g>, Stop> {
+        Ok(self.index.find_or_create_entry(g, hash)?)
+    }
+
+    /// Walks the chain from `from` while addresses are `>= floor` (and in memory: the caller
+    /// passes a floor at or above head), returning the key's record if met, and where the walk
+    /// stopped.
+    #[inline]
+    pub(crate) fn trace(
+        &self,
+        from: Address,
+        key: &Encoded,
+        floor: Address,
+    ) -> Result<(Address, Option<RecordRef<'_>>)> {
+        let mut a = from;
+        while !a.is_invalid() && a >= floor {
+            let rec = self.hlog.record(a)?;
+            if rec.key_is(key) {
+                return Ok((a, Some(rec)));
+            }
+            let prev = rec.info().prev();
+            if prev >= a {
+                return Err(Error::Corrupt {
+                    address: a.raw(),
+                    reason: "chain does not go backwards".into(),
+                });
+            }
+            a = prev;
+        }
+        Ok((a, None))
+    }
+
+    /// Writes a new record at the tail, chained to `prev`. Not yet published.
+    pub(crate) fn append(
+        &self,
+        ov: OpVersion,
+        prev: Address,
+        key: &Encoded,
+        value: Option<&Encoded>,
+    ) -> Result<(Address, RecordRef<'_>), Stop> {
+        let size = record_size(key.len(), value.map_or(0, |v| v.len().next_multiple_of(8)));
+        if size > self.hlog.page_size() {
+            return Err(Stop::Fail(Error::RecordTooLarge {
+                size,
+                page_size: self.hlog.page_size(),
+            }));
+        }
+        let address = self.hlog.allocate(size)?;
+        self.check_shift(ov, prev)?;
+        let info = RecordInfo::new(prev, Version::of(ov.version));
+        let rec = RecordRef::write_new(self.hlog.space(address, size), info, key, value);
+        Ok((address, rec))
+    }
+
+    /// Appends a record and swings `entry` to it; on a lost CAS the record is marked invalid
+    /// and the attempt retries.
+    pub(crate) fn append_and_swing(
+        &self,
+        ov: OpVersion,
+        entry: &mut EntrySlot<'_>,
+        key: &Encoded,
+        value: Option<&Encoded>,
+    ) -> Result<(), Stop> {
+        let (address, rec) = self.append(ov, entry.address(), key, value)?;
+        if entry.try_update(address).is_ok() {
+            Ok(())
+        } else {
+            rec.set_invalid();
+            Err(Stop::Retry)
+        }
+    }
+
+    /// Prefetches what the operations on `hashes` will touch first: every bucket, then (once
+    /// those are on their way) every chain head in memory, so that the cache misses of a batch
+    /// overlap instead of following one another, under the caller's protection `g`.
+    pub(crate) fn prefetch(
+        &self,
+        g: &EpochGuard<'_>,
+        hashes: impl Iterator<Item = KeyHash> + Clone,
+    ) {
+        for h in hashes.clone() {
+            self.index.prefetch(g, h);
+        }
+        for h in hashes {
+            if let Ok(Some(e)) = self.index.find_entry(g, h) {
+                self.hlog.prefetch(e.address());
+            }
+        }
+    }
+
+    /// Whether a chain continues on disk at `a` (below head, inside the log).
+    pub(crate) fn on_disk(&self, a: Address) -> bool {
+        !a.is_invalid() && a >= self.hlog.begin()
+    }
+}
