@@ -288,9 +288,38 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     }
 }
 
+thread_local! {
+    /// How many sessions this thread is driving now (`complete_pending` nested in a context's
+    /// callback counts twice).
+    static DRIVING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the calling thread is inside a session's `complete_pending` (in a context callback):
+/// it then drives pending updates that a blocking checkpoint would wait for.
+pub(crate) fn driving_here() -> bool {
+    DRIVING.with(|d| d.get() > 0)
+}
+
+/// Counts the calling thread as driving a session until dropped (a panicking callback too).
+struct Driving;
+
+impl Driving {
+    fn enter() -> Self {
+        DRIVING.with(|d| d.set(d.get() + 1));
+        Driving
+    }
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        DRIVING.with(|d| d.set(d.get() - 1));
+    }
+}
+
 impl<K, V, D: Disk> Session<'_, K, V, D> {
     /// Polls the pending operations until none is left (`wait`) or once.
     fn drive(&mut self, wait: bool) {
+        let _driving = Driving::enter();
         for p in self.pending.iter_mut() {
             p.set_driven(true);
         }

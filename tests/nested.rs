@@ -101,3 +101,77 @@ fn nested_writes_that_fill_the_log_fail_instead_of_hanging() {
     }
     assert_eq!(kv.get(&2_009_999).unwrap(), Some(9_999));
 }
+
+/// A context's `complete` runs inside `complete_pending`, while the session drives its other
+/// pending updates; a blocking checkpoint there would wait for those updates, which only this
+/// thread can finish. It must fail with `Busy`, not hang.
+#[test]
+fn a_checkpoint_from_a_completion_callback_is_busy_not_a_hang() {
+    use rskv::device::faulty_disk::FaultyDisk;
+    use std::sync::{Arc, Mutex};
+
+    type Store = rskv::RsKv<u64, u64, Arc<FaultyDisk<rskv::FileSystemDisk>>>;
+    struct CheckpointOnComplete<'a> {
+        kv: &'a Store,
+        got: Arc<Mutex<Option<rskv::Result<rskv::Token>>>>,
+    }
+    impl rskv::RmwContext for CheckpointOnComplete<'_> {
+        type Key = u64;
+        type Value = u64;
+        fn key(&self) -> &u64 {
+            &0
+        }
+        fn rmw_initial(&self) -> u64 {
+            1
+        }
+        fn rmw_copy(&self, old: &u64) -> u64 {
+            old + 1
+        }
+        fn complete(self, _result: rskv::Result<rskv::Status, &rskv::Error>) {
+            *self.got.lock().unwrap() = Some(self.kv.checkpoint());
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FaultyDisk::new(rskv::FileSystemDisk::new(dir.path()).unwrap()));
+    let config = rskv::Config::new()
+        .table_size(1 << 8)
+        .log_memory_size(64 << 10)
+        .page_size(4096);
+    let kv: Store = rskv::RsKv::open(config, disk.clone()).unwrap();
+    for k in 0..20_000u64 {
+        kv.insert(&k, &k).unwrap();
+    }
+    let got = Arc::new(Mutex::new(None));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut session = kv.start_session();
+            // Both reads complete together, the checkpointing update's first.
+            disk.hold_reads_until(2);
+            let ctx = CheckpointOnComplete {
+                kv: &kv,
+                got: got.clone(),
+            };
+            assert_eq!(session.rmw(ctx), rskv::Status::Pending);
+            assert_eq!(session.rmw(common::Add(1, 5)), rskv::Status::Pending);
+            tx.send(session.complete_pending(true)).unwrap();
+        });
+        let done = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                // The hung thread cannot be joined: end the test binary as a failure.
+                eprintln!("a checkpoint from a completion callback hung");
+                std::process::abort()
+            });
+        assert!(done);
+    });
+    match got.lock().unwrap().take() {
+        Some(Err(rskv::Error::Busy(_))) => {}
+        other => panic!("expected Busy from the callback, got {other:?}"),
+    }
+    assert_eq!(kv.get(&0).unwrap(), Some(1));
+    assert_eq!(kv.get(&1).unwrap(), Some(6));
+    // Outside the callback, checkpoints work.
+    kv.checkpoint().unwrap();
+}

@@ -112,6 +112,13 @@ impl<D: Disk> Engine<D> {
     /// device without storage; I/O errors (the checkpoint is then not written and the store
     /// keeps running).
     pub(crate) fn checkpoint(&self, kind: CheckpointKind, mode: LogMode) -> Result<Token> {
+        if crate::session::driving_here() {
+            // WaitPending would wait for updates that only this thread, blocked here, drives.
+            return Err(Error::Busy(
+                "checkpoint called from a context callback inside complete_pending; it would \
+                 wait for the session's pending updates that this thread drives",
+            ));
+        }
         let started = self.begin_checkpoint()?;
         self.run_started(started, kind, mode)
     }
