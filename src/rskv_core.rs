@@ -31,9 +31,10 @@ use crate::ops::Engine;
 use crate::session::{Session, SessionId};
 
 mod facade;
+mod maintenance;
 
 pub use crate::contexts::{DeleteContext, ReadContext, RmwContext, UpsertContext};
-use crate::index::key_hash::hash_bytes;
+use crate::index::key_hash::{hash_bytes, HashFn, KeyHasher};
 pub use crate::index::key_hash::hash_key;
 
 /// Sizes and counters of a store.
@@ -100,6 +101,24 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// [`Error::Checkpoint`] if the device holds a completed checkpoint; the errors of
     /// [`RsKv::recover`] when it recovers.
     pub fn open(config: Config, disk: D) -> Result<Self> {
+        Self::open_inner(config, disk, None)
+    }
+
+    /// [`RsKv::open`] for a store whose contexts override `key_hash`: recovery rebuilds the
+    /// index by hashing every replayed key, and compaction files each copy under its key's
+    /// hash, so both must use the hash the operations do.
+    ///
+    /// # Errors
+    /// As [`RsKv::open`]; [`Error::Codec`] if a logged key does not decode as `K`.
+    pub fn open_with_hash(
+        config: Config,
+        disk: D,
+        key_hash: impl Fn(&K) -> u64 + Send + Sync + 'static,
+    ) -> Result<Self> {
+        Self::open_inner(config, disk, Some(hash_fn(key_hash)))
+    }
+
+    fn open_inner(config: Config, disk: D, hash: Option<HashFn>) -> Result<Self> {
         let resolved = config.resolve()?;
         if let Some(root) = disk.checkpoint_root().filter(|_| disk.is_persistent()) {
             let dir = CheckpointDir::new(root.clone());
@@ -115,7 +134,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                         ),
                     });
                 }
-                return Self::recover(config, disk, None).map(|(kv, _)| kv);
+                return Self::recover_inner(config, disk, None, hash).map(|(kv, _)| kv);
             }
             // No completed log checkpoint: the new store overwrites the log, which index-only
             // checkpoints describe (moved aside, never paired with a later log checkpoint);
@@ -133,6 +152,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let mut engine = Engine::new(epoch, resolved.index_bits, hlog);
         engine.copy_reads = config.copy_reads_to_tail;
         engine.types = TypeNames::of::<K, V>(&config);
+        if let Some(hash) = hash {
+            engine.hasher = KeyHasher::custom(hash);
+        }
         let engine = Arc::new(engine);
         Ok(Self {
             engine,
@@ -324,12 +346,13 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// with other key or value types; [`Error::Corrupt`] when the log does not match the
     /// checkpoint; I/O errors.
     pub fn recover(config: Config, disk: D, token: Option<Token>) -> Result<(Self, RecoveryInfo)> {
-        Self::recover_inner(config, disk, token, &|bytes| Ok(hash_bytes(bytes)))
+        Self::recover_inner(config, disk, token, None)
     }
 
     /// [`RsKv::recover`] for a store whose contexts override `key_hash`: recovery rebuilds the
     /// index by hashing every replayed key, and must use the same hash as the operations did
-    /// (a different one would file keys where lookups never look).
+    /// (a different one would file keys where lookups never look). The store keeps the hash
+    /// for compaction.
     ///
     /// # Errors
     /// As [`RsKv::recover`]; [`Error::Codec`] if a logged key does not decode as `K`.
@@ -337,23 +360,22 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         config: Config,
         disk: D,
         token: Option<Token>,
-        key_hash: impl Fn(&K) -> u64,
+        key_hash: impl Fn(&K) -> u64 + Send + Sync + 'static,
     ) -> Result<(Self, RecoveryInfo)> {
-        Self::recover_inner(config, disk, token, &|bytes| {
-            Ok(key_hash(&decode::<K>(bytes)?))
-        })
+        Self::recover_inner(config, disk, token, Some(hash_fn(key_hash)))
     }
 
     fn recover_inner(
         config: Config,
         disk: D,
         token: Option<Token>,
-        hash: &dyn Fn(&[u8]) -> Result<u64>,
+        custom: Option<HashFn>,
     ) -> Result<(Self, RecoveryInfo)> {
         let resolved = config.resolve()?;
         let types = TypeNames::of::<K, V>(&config);
+        let own = |bytes: &[u8]| Ok(hash_bytes(bytes));
         let layout = Layout {
-            hash,
+            hash: custom.as_deref().unwrap_or(&own),
             index_bits: resolved.index_bits,
             log_memory: config.log_memory_size,
             mutable_fraction: config.mutable_fraction,
@@ -363,6 +385,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let (mut engine, info) = Engine::recover(disk, &layout, token)?;
         engine.copy_reads = config.copy_reads_to_tail;
         engine.types = types;
+        if let Some(hash) = custom {
+            engine.hasher = KeyHasher::custom(hash);
+        }
         let geo = engine.hlog.geometry();
         let resolved = Resolved {
             index_bits: engine.index.bits(),
@@ -489,6 +514,11 @@ impl std::future::Future for CheckpointHandle {
             .poll(cx)
             .map(|r| r.unwrap_or_else(|_| Err(gone())))
     }
+}
+
+/// A typed key hash as a function of the key's encoding.
+fn hash_fn<K: Codec>(key_hash: impl Fn(&K) -> u64 + Send + Sync + 'static) -> HashFn {
+    Arc::new(move |bytes| Ok(key_hash(&decode::<K>(bytes)?)))
 }
 
 /// Lists the checkpoints in `dir` with the problems of their files.

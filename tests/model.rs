@@ -66,6 +66,11 @@ enum Op {
     Delete(u16),
     Checkpoint(u8),
     Recover,
+    /// Compact this fraction (of 255) of the on-disk part of the log.
+    Compact(u8),
+    /// Truncate this fraction (of 255) of the on-disk part of the log.
+    Truncate(u8),
+    Grow,
 }
 
 const KINDS: [(CheckpointKind, LogMode); 5] = [
@@ -85,7 +90,17 @@ fn op() -> impl Strategy<Value = Op> {
         1 => key.prop_map(Op::Delete),
         1 => (0u8..KINDS.len() as u8).prop_map(Op::Checkpoint),
         1 => Just(Op::Recover),
+        1 => any::<u8>().prop_map(Op::Compact),
+        1 => any::<u8>().prop_map(Op::Truncate),
+        1 => Just(Op::Grow),
     ]
+}
+
+/// `begin + f/255` of the way to `safe_head`.
+fn on_disk_point<V: ModelValue>(kv: &Kv<V>, f: u8) -> rskv::Address {
+    let m = kv.stats().markers;
+    let span = m.safe_head.raw().saturating_sub(m.begin.raw());
+    rskv::Address::new(m.begin.raw() + span * u64::from(f) / 255)
 }
 
 fn run<V: ModelValue>(ops: &[Op], copy: bool) -> Result<(), TestCaseError> {
@@ -126,6 +141,38 @@ fn run<V: ModelValue>(ops: &[Op], copy: bool) -> Result<(), TestCaseError> {
                 kv.checkpoint_with(kind, mode).unwrap();
                 if kind != CheckpointKind::IndexOnly {
                     durable = Some(model.clone());
+                }
+            }
+            Op::Compact(f) => {
+                let c = kv.compact(on_disk_point(&kv, *f)).unwrap();
+                prop_assert_eq!(c.records, c.copied + c.superseded + c.tombstones);
+                for k in 0..48u16 {
+                    prop_assert_eq!(
+                        kv.get(&k).unwrap(),
+                        model.get(&k).cloned(),
+                        "op {} after compaction {:?}, key {}",
+                        i,
+                        c,
+                        k
+                    );
+                }
+            }
+            Op::Truncate(f) => {
+                kv.truncate_until(on_disk_point(&kv, *f)).unwrap();
+                // Truncation may drop a key whose newest record was below the new begin; it
+                // never brings back or changes a value.
+                for k in 0..48u16 {
+                    let got = kv.get(&k).unwrap();
+                    if got.is_none() {
+                        model.remove(&k);
+                    }
+                    prop_assert_eq!(got, model.get(&k).cloned(), "op {} after truncation, key {}", i, k);
+                }
+            }
+            Op::Grow => {
+                // A few doublings: each one doubles the memory.
+                if kv.stats().index_buckets < 1 << 12 {
+                    kv.grow_index().unwrap();
                 }
             }
             Op::Recover => {

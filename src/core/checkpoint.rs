@@ -415,6 +415,30 @@ impl CheckpointDir {
         Ok(to)
     }
 
+    /// Removes the log part of checkpoint `token` (its metadata first, then the snapshot),
+    /// keeping an index checkpoint it holds: what truncation does to a checkpoint whose log
+    /// range is gone but whose index a newer log checkpoint may still start from.
+    ///
+    /// # Errors
+    /// [`Error::Path`] if a file cannot be removed.
+    pub fn remove_log(&self, token: Token) -> Result<()> {
+        let dir = self.dir(token);
+        for name in [LOG_META, SNAPSHOT_DATA] {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Path {
+                        path: dir.join(name),
+                        source,
+                    })
+                }
+            }
+        }
+        let _ = crate::environment::file::sync_dir(&dir);
+        Ok(())
+    }
+
     /// Removes checkpoint `token` (metadata first, so a crash midway leaves no half checkpoint
     /// that looks complete).
     ///

@@ -238,6 +238,10 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         self.inner.truncate_before(offset)
     }
 
+    fn storage_bytes(&self) -> io::Result<u64> {
+        self.inner.storage_bytes()
+    }
+
     fn is_persistent(&self) -> bool {
         self.inner.is_persistent()
     }

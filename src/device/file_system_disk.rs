@@ -695,6 +695,22 @@ impl Disk for FileSystemDisk {
         Ok(())
     }
 
+    fn storage_bytes(&self) -> io::Result<u64> {
+        let mut total = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if parse_segment_name(&entry.file_name()).is_some() {
+                match entry.metadata() {
+                    Ok(m) => total += m.len(),
+                    // Removed by a truncation while we listed.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(total)
+    }
+
     fn describe(&self) -> String {
         self.description.clone()
     }

@@ -61,6 +61,15 @@ pub trait Disk: Send + Sync + 'static {
     /// The error of removing a file.
     fn truncate_before(&self, offset: u64) -> io::Result<()>;
 
+    /// Bytes the log occupies on the device now (the segment files' sizes); 0 for a device that
+    /// keeps nothing.
+    ///
+    /// # Errors
+    /// The error of listing the storage.
+    fn storage_bytes(&self) -> io::Result<u64> {
+        Ok(0)
+    }
+
     /// Whether pages written here really leave memory (false for [`null_disk::NullDisk`], which
     /// keeps nothing: a store over it must never evict).
     fn is_persistent(&self) -> bool {
@@ -94,6 +103,9 @@ impl<D: Disk + ?Sized> Disk for std::sync::Arc<D> {
     }
     fn truncate_before(&self, offset: u64) -> io::Result<()> {
         (**self).truncate_before(offset)
+    }
+    fn storage_bytes(&self) -> io::Result<u64> {
+        (**self).storage_bytes()
     }
     fn is_persistent(&self) -> bool {
         (**self).is_persistent()

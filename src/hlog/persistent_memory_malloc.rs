@@ -101,11 +101,19 @@ pub struct HybridLog<D: Disk> {
     inflight: StdAtomicU64,
     poison: OnceLock<String>,
     poisoned: AtomicBool,
-    /// xxh3 of each page as written to the device (0: unknown), indexed by page number. Kept
-    /// so that checkpoints can tell recovery what every page below their end must hash to.
-    page_sums: std::sync::Mutex<Vec<u64>>,
+    /// xxh3 of each page as written to the device (0: unknown), from the first page that a
+    /// checkpoint may still need. Kept so that checkpoints can tell recovery what every page
+    /// below their end must hash to; [`HybridLog::forget_sums_below`] drops truncated pages.
+    page_sums: std::sync::Mutex<PageSums>,
     bytes_written: StdAtomicU64,
     bytes_read: StdAtomicU64,
+}
+
+/// Page hashes from page `first` on.
+#[derive(Debug, Default)]
+struct PageSums {
+    first: u64,
+    sums: std::collections::VecDeque<u64>,
 }
 
 /// Snapshot of the markers, for reports and tests.
@@ -113,6 +121,9 @@ pub struct HybridLog<D: Disk> {
 pub struct LogMarkers {
     /// First address still in the log.
     pub begin: Address,
+    /// Below this, no thread reads records in memory any more: the most that compaction and
+    /// truncation may take.
+    pub safe_head: Address,
     /// Below this, records are on disk only.
     pub head: Address,
     /// Flushed to the device up to here.
@@ -201,7 +212,7 @@ impl<D: Disk> HybridLog<D> {
             inflight: StdAtomicU64::new(0),
             poison: OnceLock::new(),
             poisoned: AtomicBool::new(false),
-            page_sums: std::sync::Mutex::new(Vec::new()),
+            page_sums: std::sync::Mutex::new(PageSums::default()),
             bytes_written: StdAtomicU64::new(0),
             bytes_read: StdAtomicU64::new(0),
         })
@@ -329,6 +340,7 @@ impl<D: Disk> HybridLog<D> {
     pub fn markers(&self) -> LogMarkers {
         LogMarkers {
             begin: Address::new(self.begin.load(Ordering::Acquire)),
+            safe_head: self.safe_head_address(),
             head: Address::new(self.head.load(Ordering::Acquire)),
             flushed_until: Address::new(self.flushed_until.load(Ordering::Acquire)),
             safe_read_only: Address::new(self.safe_read_only.load(Ordering::Acquire)),
@@ -702,13 +714,17 @@ impl<D: Disk> HybridLog<D> {
             .page_sums
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if sums.len() <= page as usize {
-            sums.resize(page as usize + 1, 0);
+        if page < sums.first {
+            return; // truncated away
         }
-        sums[page as usize] = sum;
+        let i = (page - sums.first) as usize;
+        if sums.sums.len() <= i {
+            sums.sums.resize(i + 1, 0);
+        }
+        sums.sums[i] = sum;
     }
 
-    /// Hashes of pages `first..end` as on the device (0 where unknown).
+    /// Hashes of pages `first..end` as on the device (0 where unknown or forgotten).
     #[must_use]
     pub fn page_sums(&self, first: u64, end: u64) -> Vec<u64> {
         let sums = self
@@ -716,8 +732,60 @@ impl<D: Disk> HybridLog<D> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         (first..end)
-            .map(|p| sums.get(p as usize).copied().unwrap_or(0))
+            .map(|p| {
+                p.checked_sub(sums.first)
+                    .and_then(|i| sums.sums.get(i as usize).copied())
+                    .unwrap_or(0)
+            })
             .collect()
+    }
+
+    /// Drops the hashes of pages below `page` (their segments are gone), so the table stays as
+    /// long as the live log, not as the log ever written.
+    pub fn forget_sums_below(&self, page: u64) {
+        let mut sums = self
+            .page_sums
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if page <= sums.first {
+            return;
+        }
+        let n = ((page - sums.first) as usize).min(sums.sums.len());
+        sums.sums.drain(..n);
+        sums.first = page;
+    }
+
+    /// Moves `begin` forward to `to` (never back): from then on addresses below it are not in
+    /// the log. `to` must not pass `safe_head` (nothing truncated may still be in memory, or be
+    /// read there by a thread that saw an older head). Sequentially consistent, for the
+    /// checkpoint's pin of `begin` (see `ops::truncate`). Returns the begin before the call.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `to` when it is beyond `safe_head`.
+    pub fn shift_begin(&self, to: Address) -> Result<Address> {
+        let safe_head = self.safe_head_address();
+        if to > safe_head {
+            return Err(Error::Config {
+                field: "truncate address",
+                reason: format!(
+                    "{to} is beyond the part of the log that is only on the device (safe head \
+                     {safe_head})"
+                ),
+            });
+        }
+        Ok(Address::new(self.begin.fetch_max(to.raw(), Ordering::SeqCst)))
+    }
+
+    /// `begin`, read sequentially consistent (the checkpoint's pin, see `ops::truncate`).
+    #[must_use]
+    pub fn begin_seq_cst(&self) -> Address {
+        Address::new(self.begin.load(Ordering::SeqCst))
+    }
+
+    /// The first address that no thread may still read in memory.
+    #[must_use]
+    pub fn safe_head(&self) -> Address {
+        self.safe_head_address()
     }
 
     /// Flushed to the device up to here.

@@ -56,6 +56,82 @@ pub(crate) fn encode_key<K: serde::Serialize + 'static>(key: &K) -> Result<(Enco
     Ok((key, hash))
 }
 
+/// A function from a key's encoding to its hash, for stores whose contexts override
+/// `key_hash`.
+pub(crate) type HashFn = std::sync::Arc<dyn Fn(&[u8]) -> Result<u64> + Send + Sync>;
+
+/// How the engine gets a logged key's hash back from its bytes (compaction, iteration): RsKv's
+/// own hash, or the one a store whose contexts override `key_hash` was opened with. Contexts'
+/// hashes are checked against RsKv's own (one word compare per context operation) so that a
+/// store using another hash without saying which refuses to rehash instead of filing copies
+/// where lookups never look.
+#[derive(Default)]
+pub(crate) struct KeyHasher {
+    custom: Option<HashFn>,
+    foreign: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyHasher")
+            .field("custom", &self.custom.is_some())
+            .field("foreign", &self.foreign)
+            .finish()
+    }
+}
+
+impl KeyHasher {
+    /// A hasher using `custom`.
+    pub(crate) fn custom(custom: HashFn) -> Self {
+        Self {
+            custom: Some(custom),
+            foreign: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The hash a context gave for `key`; notes a hash that is not RsKv's own.
+    #[inline]
+    pub(crate) fn of_context(&self, key: &Encoded, given: u64) -> KeyHash {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.custom.is_none() && !self.foreign.load(Relaxed) && given != hash_encoded(key) {
+            self.foreign.store(true, Relaxed);
+        }
+        KeyHash::new(given)
+    }
+
+    /// The hash of a logged key.
+    ///
+    /// # Errors
+    /// As [`KeyHasher::check`]; the custom function's errors.
+    pub(crate) fn rehash(&self, bytes: &[u8]) -> Result<u64> {
+        self.check()?;
+        match &self.custom {
+            Some(f) => f(bytes),
+            None => Ok(hash_bytes(bytes)),
+        }
+    }
+
+    /// Whether logged keys can be rehashed.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) when contexts used another hash than RsKv's and
+    /// the store was not told which.
+    pub(crate) fn check(&self) -> Result<()> {
+        match &self.custom {
+            None if self.foreign.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(crate::core::status::Error::Config {
+                    field: "key_hash",
+                    reason: "this store's contexts override key_hash; compaction and \
+                             iteration must rehash logged keys the same way: open the store \
+                             with RsKv::open_with_hash (or recover_with_hash)"
+                        .into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,10 @@ pub struct Engine<D: Disk> {
     pub(crate) types: crate::core::checkpoint::TypeNames,
     /// Operation counts, per thread.
     pub(crate) counters: crate::ops::counters::Counters,
+    /// Truncation and device-space bookkeeping.
+    pub(crate) retention: crate::ops::truncate::Retention,
+    /// Logged keys' hashes, for compaction and iteration.
+    pub(crate) hasher: crate::index::key_hash::KeyHasher,
 }
 
 /// Attempts a nested operation makes without moving the epoch (after lost races, records
@@ -105,6 +109,8 @@ impl<D: Disk> Engine<D> {
             copy_reads: false,
             types: crate::core::checkpoint::TypeNames::default(),
             counters: crate::ops::counters::Counters::default(),
+            retention: crate::ops::truncate::Retention::default(),
+            hasher: crate::index::key_hash::KeyHasher::default(),
         }
     }
 
@@ -213,9 +219,15 @@ impl<D: Disk> Engine<D> {
             }));
         }
         let address = self.hlog.allocate(size)?;
-        self.check_shift(ov, prev)?;
         let info = RecordInfo::new(prev, Version::of(ov.version));
         let rec = RecordRef::write_new(self.hlog.space(address, size), info, key, value);
+        if let Err(stop) = self.check_shift(ov, prev) {
+            // The space is taken either way: an invalid record keeps the page parseable past
+            // it (a zero hole would end every scan of the page there: recovery's replay and
+            // compaction would miss the records after it).
+            rec.set_invalid();
+            return Err(stop);
+        }
         Ok((address, rec))
     }
 

@@ -26,6 +26,7 @@
 //!   with [`crate::Error::Busy`].
 
 pub mod counters;
+pub mod compact;
 pub mod cpr;
 pub mod delete;
 pub mod engine;
@@ -34,6 +35,8 @@ pub mod pending;
 pub mod read;
 pub mod recover;
 pub mod rmw;
+pub mod scan;
+pub mod truncate;
 pub mod upsert;
 
 pub(crate) use engine::{Engine, Stop};

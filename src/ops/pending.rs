@@ -25,7 +25,7 @@ use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::KeyHash;
 use crate::ops::counters::Count;
 use crate::ops::cpr::book::PendingUpdate;
-use crate::ops::read::ReadStep;
+use crate::ops::read::{DiskWalk, ReadStep};
 use crate::ops::rmw::{Decision, DiskTrace, Latest, UpdateStep};
 use crate::ops::Engine;
 
@@ -51,29 +51,47 @@ impl<D: Disk> Engine<D> {
         read
     }
 
-    /// Continues a read at `address` until it resolves.
+    /// Continues a read on disk until it resolves. A walk whose next record was truncated
+    /// after the walk began (before its fetch, or under it: the device then reads zeros or
+    /// nothing) starts over from the index; see [`DiskWalk`].
     pub(crate) async fn read_pending(
         &self,
         key: &Encoded,
         hash: KeyHash,
-        mut address: Address,
+        mut walk: DiskWalk,
         out: &mut ValueBuf,
     ) -> Result<bool> {
         loop {
-            let bytes = self.fetch(address).await?;
-            match self.read_disk(key, address, &bytes, out)? {
-                ReadStep::Found => {
-                    self.counters.bump(Count::ReadOnDisk);
-                    if self.copy_reads {
-                        self.copy_read_to_tail(key, hash, address, out.bytes());
+            if walk.at >= self.hlog.begin() {
+                let fetched = self
+                    .fetch(walk.at)
+                    .await
+                    .and_then(|bytes| self.read_disk(key, walk, &bytes, out));
+                match fetched {
+                    Ok(ReadStep::Found) => {
+                        self.counters.bump(Count::ReadOnDisk);
+                        if self.copy_reads {
+                            self.copy_read_to_tail(key, hash, walk.at, out.bytes());
+                        }
+                        return Ok(true);
                     }
-                    return Ok(true);
+                    Ok(ReadStep::NotFound) => {
+                        self.counters.bump(Count::ReadNotFound);
+                        return Ok(false);
+                    }
+                    Ok(ReadStep::Disk(next)) => {
+                        walk = next;
+                        continue;
+                    }
+                    Err(e) if walk.at >= self.hlog.begin() => return Err(e),
+                    Err(_) => {} // truncated under the fetch
                 }
-                ReadStep::NotFound => {
-                    self.counters.bump(Count::ReadNotFound);
-                    return Ok(false);
-                }
-                ReadStep::Disk(next) => address = next,
+            }
+            let g = self.protect()?;
+            match self.read_mem(&g, key, hash, out)? {
+                ReadStep::Found => return Ok(true),
+                ReadStep::NotFound => return Ok(false),
+                ReadStep::Disk(w) => walk = w,
             }
         }
     }
@@ -112,7 +130,7 @@ impl<D: Disk> Engine<D> {
         match step {
             ReadStep::Found => Ok(true),
             ReadStep::NotFound => Ok(false),
-            ReadStep::Disk(a) => self.read_pending(key, hash, a, out).await,
+            ReadStep::Disk(w) => self.read_pending(key, hash, w, out).await,
         }
     }
 
@@ -130,7 +148,7 @@ impl<D: Disk> Engine<D> {
         match step {
             ReadStep::Found => Ok(true),
             ReadStep::NotFound => Ok(false),
-            ReadStep::Disk(a) => block_on(self.read_pending(key, hash, a, out)),
+            ReadStep::Disk(w) => block_on(self.read_pending(key, hash, w, out)),
         }
     }
 
@@ -154,10 +172,20 @@ impl<D: Disk> Engine<D> {
         let mut pin = Some(started_in);
         loop {
             let found = loop {
-                let bytes = self.fetch(address).await?;
-                match self.update_disk(key, address, &bytes, floor)? {
-                    DiskTrace::Next(next) => address = next,
-                    done => break done,
+                // Below `begin` the chain ends: the CAS against `seen` in `update_after_disk`
+                // catches a truncation that moved a live record (its copy swung the entry).
+                if address < self.hlog.begin() {
+                    break DiskTrace::Absent;
+                }
+                let fetched = self
+                    .fetch(address)
+                    .await
+                    .and_then(|bytes| self.update_disk(key, address, &bytes, floor));
+                match fetched {
+                    Ok(DiskTrace::Next(next)) => address = next,
+                    Ok(done) => break done,
+                    Err(_) if address < self.hlog.begin() => break DiskTrace::Absent,
+                    Err(e) => return Err(e),
                 }
             };
             let step = {

@@ -20,8 +20,23 @@ pub enum ReadStep {
     Found,
     /// No live value.
     NotFound,
-    /// Continue with the record at this disk address.
-    Disk(Address),
+    /// Continue on disk.
+    Disk(DiskWalk),
+}
+
+/// Where a read continues on disk, and the `begin` marker it started under.
+///
+/// A read decides "absent below begin" against the `begin` it loaded *before* the index entry
+/// (see `ops::truncate`): a record truncated before that load had its live copy appended (and
+/// the entry swung) before `begin` moved, so the walk from the entry meets the copy first. A
+/// chain pointer below the walk's `begin` ends it; one at or above it whose page was truncated
+/// since makes the read start over from the index, without touching the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskWalk {
+    /// The record to fetch next.
+    pub at: Address,
+    /// `begin` as loaded before the index entry.
+    pub begin: Address,
 }
 
 impl<D: Disk> Engine<D> {
@@ -34,6 +49,8 @@ impl<D: Disk> Engine<D> {
         out: &mut ValueBuf,
     ) -> Result<ReadStep> {
         let (step, _) = self.retry(g, &mut None, |g, _| {
+            // Before the entry: see `DiskWalk`.
+            let begin = self.hlog.begin();
             let Some(entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
                 return Ok(ReadStep::NotFound);
             };
@@ -45,8 +62,8 @@ impl<D: Disk> Engine<D> {
                     ValueRead::Tombstone => ReadStep::NotFound,
                 });
             }
-            Ok(if self.on_disk(a) {
-                ReadStep::Disk(a)
+            Ok(if !a.is_invalid() && a >= begin {
+                ReadStep::Disk(DiskWalk { at: a, begin })
             } else {
                 ReadStep::NotFound
             })
@@ -59,30 +76,31 @@ impl<D: Disk> Engine<D> {
         Ok(step)
     }
 
-    /// Continues a read with the record fetched from `address`.
+    /// Continues a read with the record fetched from `walk.at`.
     pub(crate) fn read_disk(
         &self,
         key: &Encoded,
-        address: Address,
+        walk: DiskWalk,
         bytes: &RecordBytes,
         out: &mut ValueBuf,
     ) -> Result<ReadStep> {
-        match self.disk_match(key, address, bytes)? {
+        match self.disk_match(key, walk.at, bytes, walk.begin)? {
             DiskMatch::Value(v) => {
                 out.fill_from_bytes(v);
                 Ok(ReadStep::Found)
             }
             DiskMatch::Tombstone | DiskMatch::End => Ok(ReadStep::NotFound),
-            DiskMatch::Next(prev) => Ok(ReadStep::Disk(prev)),
+            DiskMatch::Next(prev) => Ok(ReadStep::Disk(DiskWalk { at: prev, ..walk })),
         }
     }
 
-    /// Checks a fetched record against `key`.
+    /// Checks a fetched record against `key`; the chain ends below `begin`.
     pub(crate) fn disk_match<'b>(
         &self,
         key: &Encoded,
         address: Address,
         bytes: &'b RecordBytes,
+        begin: Address,
     ) -> Result<DiskMatch<'b>> {
         let rec = bytes.record(address)?;
         let info = rec.info();
@@ -101,7 +119,7 @@ impl<D: Disk> Engine<D> {
                 reason: "chain does not go backwards".into(),
             });
         }
-        Ok(if self.on_disk(prev) {
+        Ok(if !prev.is_invalid() && prev >= begin {
             DiskMatch::Next(prev)
         } else {
             DiskMatch::End

@@ -63,7 +63,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let mut buf = ValueBuf::default();
         if self
             .engine
-            .read_blocking(&key, KeyHash::new(ctx.key_hash()), &mut buf)?
+            .read_blocking(
+                &key,
+                self.engine.hasher.of_context(&key, ctx.key_hash()),
+                &mut buf,
+            )?
         {
             ctx.get(&decode(buf.bytes())?);
             Ok(Status::Ok)
@@ -82,7 +86,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
 
     fn rmw_ctx<C: RmwContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
         let key = Encoded::new(ctx.key())?;
-        let hash = KeyHash::new(ctx.key_hash());
+        let hash = self.engine.hasher.of_context(&key, ctx.key_hash());
         self.engine
             .update_blocking(&key, hash, Address::INVALID, true, &mut rmw_decider(ctx))
     }

@@ -176,12 +176,19 @@ impl<D: Disk> Engine<D> {
         let began = std::time::Instant::now();
         let result = self.run_checkpoint(&dir, token, kind, mode);
         match &result {
-            Ok(()) => tracing::info!(
-                version = self.system_state().version - 1,
-                tail = self.hlog.tail_address().raw(),
-                millis = began.elapsed().as_millis() as u64,
-                "checkpoint durable"
-            ),
+            Ok(()) => {
+                tracing::info!(
+                    version = self.system_state().version - 1,
+                    tail = self.hlog.tail_address().raw(),
+                    millis = began.elapsed().as_millis() as u64,
+                    "checkpoint durable"
+                );
+                // A truncation waiting for this checkpoint can give its space back now. The
+                // checkpoint is durable whatever happens here.
+                if let Err(e) = self.release_space() {
+                    tracing::warn!(error = %e, "releasing truncated log space failed");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "checkpoint failed; nothing was recorded"),
         }
         rest.armed = result.is_err();
@@ -236,7 +243,9 @@ impl<D: Disk> Engine<D> {
         // Writers of records below `end` finish before anything reads those pages.
         self.wait_epoch_safe();
         let geo = self.hlog.geometry();
-        let first_page = geo.page(self.hlog.begin());
+        // The begin this checkpoint records: no release deletes below it while it runs.
+        let pin = self.pin_begin();
+        let first_page = geo.page(pin.begin);
         let (snapshot_start, snapshot_hash, page_sums) = match mode {
             LogMode::FoldOver => {
                 self.hlog.shift_read_only(end);
@@ -266,7 +275,7 @@ impl<D: Disk> Engine<D> {
             version: v,
             mode,
             page_bits: self.hlog.geometry().page_bits,
-            begin: self.hlog.begin().raw(),
+            begin: pin.begin.raw(),
             newer_from,
             end: end.raw(),
             snapshot_start,

@@ -1,0 +1,200 @@
+//! Lookup compaction (FASTER's `CompactWithLookup`): copy the records of `[begin, until)` that
+//! are still the newest of their key to the tail, then truncate. Design, invariants and the
+//! interleavings with live operations: `docs/DESIGN.md`, "Log maintenance".
+//!
+//! In short: workers read the range from the device in large sequential reads
+//! ([`crate::ops::scan`]). A live record at `x` is copied by a conditional insert with floor
+//! `x + 1`: it appends a copy and swings the index entry only if no record of the key exists
+//! at `x + 1` or above, checked and swung with the same CAS as any update, so a concurrent
+//! update always wins. Tombstones are dropped: in one log every older record of the key lies
+//! below them and goes with the truncation. Only when every worker finished does `begin` move
+//! (`ops::truncate`); a failed pass moves nothing, and the copies it made are ordinary records
+//! holding the key's current value.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::core::address::Address;
+use crate::core::codec::Encoded;
+use crate::core::status::{Error, Result, Status};
+use crate::device::Disk;
+use crate::index::KeyHash;
+use crate::ops::rmw::{Decision, Latest};
+use crate::ops::scan::for_each_record;
+use crate::ops::truncate::Truncation;
+use crate::ops::Engine;
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Compaction {
+    /// Bytes of log read from the device.
+    pub scanned_bytes: u64,
+    /// Valid records met in the range (tombstones included).
+    pub records: u64,
+    /// Records that were still their key's newest and were copied to the tail.
+    pub copied: u64,
+    /// Records that a newer record of their key superseded: left to the truncation.
+    pub superseded: u64,
+    /// Tombstones dropped (every older record of their key goes with the truncation).
+    pub tombstones: u64,
+    /// The truncation that ended the pass (`None` when the range was empty).
+    pub truncation: Option<Truncation>,
+}
+
+impl Compaction {
+    fn add(&mut self, o: &Compaction) {
+        self.scanned_bytes += o.scanned_bytes;
+        self.records += o.records;
+        self.copied += o.copied;
+        self.superseded += o.superseded;
+        self.tombstones += o.tombstones;
+    }
+
+    /// Bytes of segment files the pass deleted (0 until a checkpoint no longer needs them,
+    /// when the store has checkpoints).
+    #[must_use]
+    pub fn bytes_freed(&self) -> u64 {
+        self.truncation.map_or(0, |t| t.bytes_freed)
+    }
+}
+
+impl<D: Disk> Engine<D> {
+    /// Compacts the log below `until` (rounded down to its page) with `threads` workers.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] while another compaction or truncation runs, or when called from
+    /// inside an operation of this store; [`Error::Config`] for `until` below `begin` or beyond
+    /// `safe_head`, or a store whose contexts use a hash it was not told about; device and
+    /// corruption errors (nothing is truncated then).
+    pub(crate) fn compact(&self, until: Address, threads: usize) -> Result<Compaction> {
+        if self.epoch.is_protected_here() {
+            return Err(Error::Busy(
+                "compact called from inside an operation of this store; its copies would \
+                 wait for the operation that calls it",
+            ));
+        }
+        let _claim = self.claim_maintenance()?;
+        let begin = self.hlog.begin();
+        let safe_head = self.hlog.safe_head();
+        if until < begin || until > safe_head {
+            return Err(Error::Config {
+                field: "compact address",
+                reason: format!(
+                    "{until} is outside the part of the log that is only on the device \
+                     [{begin}, {safe_head}]"
+                ),
+            });
+        }
+        self.hasher.check()?;
+        let geo = self.hlog.geometry();
+        let until = geo.page_start(geo.page(until)).max(begin);
+        if until == begin {
+            return Ok(Compaction::default());
+        }
+        let span = tracing::info_span!("compact", begin = begin.raw(), until = until.raw());
+        let _entered = span.enter();
+        let work = Work {
+            next: AtomicU64::new(geo.page(begin)),
+            end: geo.page(until),
+            begin,
+            failed: AtomicBool::new(false),
+        };
+        let results: Vec<Result<Compaction>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads.max(1))
+                .map(|_| s.spawn(|| self.compact_worker(&work)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(Error::io(
+                            "compacting the log",
+                            std::io::Error::other("a compaction worker panicked"),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let mut total = Compaction::default();
+        for r in results {
+            total.add(&r?);
+        }
+        total.truncation = Some(self.truncate_claimed(until)?);
+        tracing::info!(
+            scanned = total.scanned_bytes,
+            copied = total.copied,
+            superseded = total.superseded,
+            tombstones = total.tombstones,
+            freed = total.bytes_freed(),
+            "compaction done"
+        );
+        Ok(total)
+    }
+
+    fn compact_worker(&self, work: &Work) -> Result<Compaction> {
+        let result = self.compact_chunks(work);
+        if result.is_err() {
+            work.failed.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    fn compact_chunks(&self, work: &Work) -> Result<Compaction> {
+        let geo = self.hlog.geometry();
+        let per_read = self.scan_pages_per_read();
+        let page_size = self.hlog.page_size();
+        let mut c = Compaction::default();
+        loop {
+            if work.failed.load(Ordering::Acquire) {
+                return Ok(c);
+            }
+            let first = work.next.fetch_add(per_read, Ordering::AcqRel);
+            if first >= work.end {
+                return Ok(c);
+            }
+            let count = per_read.min(work.end - first);
+            let buf = self.read_pages(first, count)?;
+            c.scanned_bytes += buf.len() as u64;
+            for (k, bytes) in buf.as_slice().chunks_exact(page_size).enumerate() {
+                let page = first + k as u64;
+                for_each_record(geo, page, bytes, work.begin, |address, rec| {
+                    if rec.info().invalid() {
+                        return Ok(());
+                    }
+                    c.records += 1;
+                    if rec.state().tombstone() {
+                        c.tombstones += 1;
+                    } else if self.copy_if_newest(rec.key(), rec.value(), address)? {
+                        c.copied += 1;
+                    } else {
+                        c.superseded += 1;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+    }
+
+    /// Appends `key -> value` (logged at `address`) at the tail unless a newer record of the
+    /// key exists. Returns whether it did.
+    fn copy_if_newest(&self, key: &[u8], value: &[u8], address: Address) -> Result<bool> {
+        let hash = KeyHash::new(self.hasher.rehash(key)?);
+        let (key, value) = (Encoded::from_bytes(key), Encoded::from_bytes(value));
+        let floor = Address::new(address.raw() + 1);
+        let status = self.update_blocking(&key, hash, floor, false, &mut |latest| {
+            Ok(match latest {
+                Latest::Absent => Decision::Write(value.clone()),
+                Latest::Deleted | Latest::Value(_) => Decision::Abort,
+            })
+        })?;
+        Ok(status == Status::Ok)
+    }
+}
+
+/// The pages of one pass, handed out to workers a read at a time.
+struct Work {
+    next: AtomicU64,
+    end: u64,
+    begin: Address,
+    failed: AtomicBool,
+}

@@ -1,0 +1,55 @@
+//! Log maintenance on the store: truncation and lookup compaction (the engine's side is
+//! [`crate::ops::truncate`] and [`crate::ops::compact`]).
+
+use crate::core::address::Address;
+use crate::core::codec::Codec;
+use crate::core::status::Result;
+use crate::device::Disk;
+use crate::ops::compact::Compaction;
+use crate::ops::truncate::Truncation;
+use crate::rskv_core::RsKv;
+
+impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
+    /// Drops the log below `until` (rounded down to its page): from then on the records there
+    /// are gone, whatever they held (FASTER's `ShiftBeginAddress`; the cache mode of a store
+    /// that may forget its oldest data). Use [`RsKv::compact`] to keep what is still live.
+    ///
+    /// The segment files below go as soon as no checkpoint needs them: at once for a store
+    /// without checkpoints, else when the next checkpoint (which records the new begin) is
+    /// durable; older checkpoints that needed them are removed then. Until that checkpoint, a
+    /// crash recovers the truncated records with the rest of the older checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Busy`](crate::Error::Busy) while a compaction or truncation runs;
+    /// [`Error::Config`](crate::Error::Config) for `until` below the log's begin or beyond its
+    /// safe head ([`crate::LogMarkers::safe_head`]: what is only on the device); I/O errors of
+    /// deleting files (the truncation itself has then happened).
+    pub fn truncate_until(&self, until: Address) -> Result<Truncation> {
+        self.engine.truncate_until(until)
+    }
+
+    /// Compacts the log below `until` (rounded down to its page) with two worker threads:
+    /// copies every record that is still its key's newest to the tail, drops the rest, then
+    /// truncates (as [`RsKv::truncate_until`]). Runs beside every other operation and
+    /// checkpoints; a concurrent update of a key always wins over its copy.
+    ///
+    /// # Errors
+    /// As [`RsKv::compact_with_threads`].
+    pub fn compact(&self, until: Address) -> Result<Compaction> {
+        self.compact_with_threads(until, 2)
+    }
+
+    /// [`RsKv::compact`] with `threads` workers.
+    ///
+    /// # Errors
+    /// [`Error::Busy`](crate::Error::Busy) while another compaction or truncation runs, or
+    /// when called from inside an operation of this store;
+    /// [`Error::Config`](crate::Error::Config) for `until` below the log's begin or beyond its
+    /// safe head, or for a store whose contexts override `key_hash` and that was not opened
+    /// with that hash ([`RsKv::open_with_hash`]); device and corruption errors. A failed
+    /// compaction truncates nothing: the store stays as it was, plus copies of live records
+    /// (which hold the same values).
+    pub fn compact_with_threads(&self, until: Address, threads: usize) -> Result<Compaction> {
+        self.engine.compact(until, threads)
+    }
+}
