@@ -55,6 +55,7 @@ pub use crate::ops::counters::OpStats;
 pub use crate::ops::recover::RecoveryInfo;
 pub use crate::ops::truncate::Truncation;
 pub use crate::rskv_core::{
-    hash_key, CheckpointHandle, DeleteContext, ReadContext, RmwContext, RsKv, Stats, UpsertContext,
+    hash_key, CheckpointHandle, DeleteContext, Iter, ReadContext, RmwContext, RsKv, Stats,
+    UpsertContext,
 };
 pub use crate::session::{SerialNum, Session, SessionId};

@@ -32,6 +32,7 @@ use crate::session::{Session, SessionId};
 
 mod facade;
 mod maintenance;
+pub use maintenance::Iter;
 
 pub use crate::contexts::{DeleteContext, ReadContext, RmwContext, UpsertContext};
 use crate::index::key_hash::{hash_bytes, HashFn, KeyHasher};

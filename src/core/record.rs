@@ -310,6 +310,18 @@ impl<'a> RecordRef<'a> {
     }
 
     #[inline]
+    /// A copy of the key's bytes (keys never change once written).
+    #[must_use]
+    pub fn key_bytes(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = self
+            .key_words()
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .collect();
+        out.truncate(self.key_len);
+        out
+    }
+
     fn key_words(&self) -> &'a [AtomicU64] {
         &self.words[HEADER_WORDS..HEADER_WORDS + self.key_len.div_ceil(8)]
     }

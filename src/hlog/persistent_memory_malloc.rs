@@ -417,6 +417,24 @@ impl<D: Disk> HybridLog<D> {
         frame.words().get(off..off + N)?.try_into().ok()
     }
 
+    /// The record at `address` of an in-memory page, or `None` where the page's records end;
+    /// the caller is epoch protected and saw the page at or above `head`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the words there do not parse as a record.
+    pub fn record_in_page(&self, address: Address) -> Result<Option<RecordRef<'_>>> {
+        let frame = &self.frames[self.geo.frame(self.geo.page(address))];
+        let off = (self.geo.offset(address) / 8) as usize;
+        let words = frame.words().get(off..).unwrap_or(&[]);
+        if words.len() * 8 < HEADER_BYTES {
+            return Ok(None);
+        }
+        RecordRef::parse(words).map_err(|reason| Error::Corrupt {
+            address: address.raw(),
+            reason: reason.into(),
+        })
+    }
+
     /// Starts loading the record at `address` into the cache if it is in memory (a hint; the
     /// caller is epoch protected).
     #[inline]

@@ -4,6 +4,9 @@
 #![forbid(unsafe_code)]
 
 use crate::core::address::{Address, PageGeometry};
+use crate::core::codec::Encoded;
+use crate::index::{HashIndex, KeyHash};
+use crate::ops::Stop;
 use crate::core::alloc::AlignedBuf;
 use crate::core::record::{first_record_offset, DiskRecord, HEADER_BYTES};
 use crate::core::status::{Error, Result};
@@ -83,4 +86,227 @@ pub(crate) fn for_each_record(
         off += size;
     }
     Ok(())
+}
+
+/// A live key and its value, as encoded bytes.
+pub(crate) type Pair = (Vec<u8>, Vec<u8>);
+
+/// Streams the live pairs of the log as of its creation (`end`: the tail then): each key that
+/// had a live value then is yielded once, with a value it held during the scan. A record at
+/// `x` is yielded iff it is its key's newest record below `end` (records at `end` and above
+/// were written after the scan began and are not visited) and not a deletion. That record can
+/// only change while the scan runs by an in-place update (the value read is then one the key
+/// held during the scan), or by compaction and truncation, which the scan excludes by holding
+/// their claim. Memory: one scan read (or one page) of records at a time.
+pub(crate) struct LiveScan<'e, D: Disk> {
+    engine: &'e Engine<D>,
+    _claim: crate::ops::truncate::MaintenanceClaim<'e>,
+    end: Address,
+    next_page: u64,
+    end_page: u64,
+    ready: std::collections::VecDeque<Pair>,
+}
+
+/// A record met by the scan, before the newest-below-`end` check.
+struct Candidate {
+    address: Address,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl<D: Disk> Engine<D> {
+    /// Starts a [`LiveScan`].
+    ///
+    /// # Errors
+    /// [`Error::Busy`] while a compaction or truncation runs, or when called from inside an
+    /// operation of this store; [`Error::Config`] for a store with an unknown context hash.
+    pub(crate) fn live_scan(&self) -> Result<LiveScan<'_, D>> {
+        if self.epoch.is_protected_here() {
+            return Err(Error::Busy(
+                "a scan cannot start inside an operation of this store: it waits for every \
+                 operation in flight",
+            ));
+        }
+        let claim = self.claim_maintenance()?;
+        self.hasher.check()?;
+        let end = self.hlog.tail_address();
+        // Every record below `end` was allocated by an operation in flight now or earlier:
+        // once those have left, every one of them is written.
+        self.wait_epoch_safe();
+        let geo = self.hlog.geometry();
+        let end_page = geo.page(end) + u64::from(geo.offset(end) != 0);
+        Ok(LiveScan {
+            engine: self,
+            _claim: claim,
+            end,
+            next_page: geo.page(self.hlog.begin()),
+            end_page,
+            ready: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// The address of `key`'s newest record below `end`, if any.
+    fn newest_below(&self, key: &Encoded, hash: KeyHash, end: Address) -> Result<Option<Address>> {
+        let begin = self.hlog.begin();
+        let found = {
+            let g = self.protect()?;
+            let (found, _) = self.retry(&g, &mut None, |g, _| {
+                let Some(entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
+                    return Ok(Err(None));
+                };
+                let head = self.hlog.head();
+                let mut a = entry.address();
+                while !a.is_invalid() && a >= head {
+                    let rec = self.hlog.record(a)?;
+                    if a < end && !rec.info().invalid() && rec.key_is(key) {
+                        return Ok(Err(Some(a)));
+                    }
+                    a = backwards(a, rec.info().prev())?;
+                }
+                // Ok: continue on the device at `a`.
+                Ok(if !a.is_invalid() && a >= begin {
+                    Ok(a)
+                } else {
+                    Err(None)
+                })
+            })?;
+            found
+        };
+        let mut a = match found {
+            Err(done) => return Ok(done),
+            Ok(a) => a,
+        };
+        loop {
+            let bytes = crate::ops::pending::block_on(self.fetch(a))?;
+            let rec = bytes.record(a)?;
+            if a < end && !rec.info().invalid() && rec.key() == key.bytes() {
+                return Ok(Some(a));
+            }
+            a = backwards(a, rec.info().prev())?;
+            if a.is_invalid() || a < begin {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The records of pages `first..first + count` (all below head when read: from the
+    /// device).
+    fn disk_candidates(&self, first: u64, count: u64, out: &mut Vec<Candidate>) -> Result<()> {
+        let geo = self.hlog.geometry();
+        let page_size = self.hlog.page_size();
+        let buf = self.read_pages(first, count)?;
+        let begin = self.hlog.begin();
+        for (k, bytes) in buf.as_slice().chunks_exact(page_size).enumerate() {
+            for_each_record(geo, first + k as u64, bytes, begin, |address, rec| {
+                if !rec.info().invalid() && !rec.state().tombstone() {
+                    out.push(Candidate {
+                        address,
+                        key: rec.key().to_vec(),
+                        value: rec.value().to_vec(),
+                    });
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The records of page `page` below `end` from memory; `false` if the page has left
+    /// memory (read it from the device then).
+    fn memory_candidates(&self, page: u64, end: Address, out: &mut Vec<Candidate>) -> Result<bool> {
+        let geo = self.hlog.geometry();
+        let g = self.protect()?;
+        if page < geo.page(self.hlog.head()) {
+            return Ok(false);
+        }
+        // Under `g`, the page stays in memory (head may move, its frame is not reused).
+        let start = geo.page_start(page).raw() + first_record_offset(page) as u64;
+        let mut a = Address::new(start);
+        let page_end = geo.page_start(page + 1);
+        let mut buf = crate::core::record::ValueBuf::default();
+        while a < end && a < page_end {
+            let Some(rec) = self.hlog.record_in_page(a)? else {
+                break;
+            };
+            if !rec.info().invalid() {
+                if let crate::core::record::ValueRead::Live = rec.read_value(&mut buf) {
+                    out.push(Candidate {
+                        address: a,
+                        key: rec.key_bytes(),
+                        value: buf.bytes().to_vec(),
+                    });
+                }
+            }
+            a = Address::new(a.raw() + rec.size() as u64);
+        }
+        drop(g);
+        Ok(true)
+    }
+}
+
+/// `prev` of the record at `a`, checked to go backwards.
+fn backwards(a: Address, prev: Address) -> Result<Address> {
+    if !prev.is_invalid() && prev >= a {
+        return Err(Error::Corrupt {
+            address: a.raw(),
+            reason: "chain does not go backwards".into(),
+        });
+    }
+    Ok(prev)
+}
+
+impl<D: Disk> LiveScan<'_, D> {
+    /// Loads the next read's worth of pages into `ready`; `false` when the scan is over.
+    fn fill(&mut self) -> Result<bool> {
+        let e = self.engine;
+        if self.next_page >= self.end_page {
+            return Ok(false);
+        }
+        let geo = e.hlog.geometry();
+        let mut found = Vec::new();
+        let head_page = geo.page(e.hlog.head());
+        let first = self.next_page;
+        if first < head_page {
+            let count = e
+                .scan_pages_per_read()
+                .min(head_page - first)
+                .min(self.end_page - first);
+            e.disk_candidates(first, count, &mut found)?;
+            self.next_page += count;
+        } else {
+            if !e.memory_candidates(first, self.end, &mut found)? {
+                e.disk_candidates(first, 1, &mut found)?;
+            }
+            self.next_page += 1;
+        }
+        for c in found {
+            let key = Encoded::from_bytes(&c.key);
+            let hash = KeyHash::new(e.hasher.rehash(&c.key)?);
+            if e.newest_below(&key, hash, self.end)? == Some(c.address) {
+                self.ready.push_back((c.key, c.value));
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl<D: Disk> Iterator for LiveScan<'_, D> {
+    type Item = Result<Pair>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(p) = self.ready.pop_front() {
+                return Some(Ok(p));
+            }
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    // Stop after an error.
+                    self.next_page = self.end_page;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }

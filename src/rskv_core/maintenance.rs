@@ -1,11 +1,14 @@
-//! Log maintenance on the store: truncation and lookup compaction (the engine's side is
-//! [`crate::ops::truncate`] and [`crate::ops::compact`]).
+//! Log maintenance on the store: truncation, lookup compaction and iteration (the engine's
+//! side is [`crate::ops::truncate`], [`crate::ops::compact`] and [`crate::ops::scan`]).
+
+use std::marker::PhantomData;
 
 use crate::core::address::Address;
-use crate::core::codec::Codec;
+use crate::core::codec::{decode, Codec};
 use crate::core::status::Result;
 use crate::device::Disk;
 use crate::ops::compact::Compaction;
+use crate::ops::scan::LiveScan;
 use crate::ops::truncate::Truncation;
 use crate::rskv_core::RsKv;
 
@@ -51,5 +54,53 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// (which hold the same values).
     pub fn compact_with_threads(&self, until: Address, threads: usize) -> Result<Compaction> {
         self.engine.compact(until, threads)
+    }
+}
+
+/// An iterator over the live pairs of a store ([`RsKv::iter`]).
+pub struct Iter<'a, K, V, D: Disk> {
+    scan: LiveScan<'a, D>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Codec, V: Codec, D: Disk> Iterator for Iter<'_, K, V, D> {
+    type Item = Result<(K, V)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (k, v) = match self.scan.next()? {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(decode::<K>(&k).and_then(|k| Ok((k, decode::<V>(&v)?))))
+    }
+}
+
+impl<K, V, D: Disk> std::fmt::Debug for Iter<'_, K, V, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Iter").finish_non_exhaustive()
+    }
+}
+
+impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
+    /// Iterates over the live key-value pairs, streaming the log from the device (one 4 MiB
+    /// read at a time) and then from memory. Every key that is live when the iterator is
+    /// created is yielded exactly once, with a value it held while the iteration ran; keys
+    /// inserted after it was created are not. Other operations run meanwhile; compaction and
+    /// truncation wait (they return [`Error::Busy`](crate::Error::Busy)) until the iterator is
+    /// dropped. Order: by the address of each key's record, not by key.
+    ///
+    /// Each pair costs a lookup of its key's chain (a device read when the chain continues on
+    /// the device), like a compaction.
+    ///
+    /// # Errors
+    /// [`Error::Busy`](crate::Error::Busy) while a compaction or truncation runs, or when
+    /// called from inside an operation of this store; [`Error::Config`](crate::Error::Config)
+    /// for a store whose contexts use a hash it was not told about. Device, corruption and
+    /// codec errors come as items (the iteration ends after one).
+    pub fn iter(&self) -> Result<Iter<'_, K, V, D>> {
+        Ok(Iter {
+            scan: self.engine.live_scan()?,
+            _types: PhantomData,
+        })
     }
 }

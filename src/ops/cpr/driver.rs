@@ -96,7 +96,7 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Waits until every thread protected now has left its operation.
-    fn wait_epoch_safe(&self) {
+    pub(crate) fn wait_epoch_safe(&self) {
         let flag = Arc::new(AtomicBool::new(false));
         let f = flag.clone();
         self.epoch
