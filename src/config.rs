@@ -51,6 +51,10 @@ pub struct Config {
     /// drop or a crash is what the last checkpoint holds, and a drop costs nothing. A failure
     /// in `close` is returned; in a drop it is only logged.
     pub checkpoint_on_close: bool,
+    /// Compact the log in the background to keep it within a disk budget
+    /// ([`LogCompaction`](crate::LogCompaction), F2's settings). Default off: the log grows
+    /// until the user compacts or truncates it.
+    pub log_compaction: Option<crate::ops::compact::LogCompaction>,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             value_type_name: None,
             error_if_exists: false,
             checkpoint_on_close: false,
+            log_compaction: None,
         }
     }
 }
@@ -166,6 +171,13 @@ impl Config {
         self
     }
 
+    /// Compacts the log in the background by `settings` (see [`Config::log_compaction`]).
+    #[must_use]
+    pub fn log_compaction(mut self, settings: crate::ops::compact::LogCompaction) -> Self {
+        self.log_compaction = Some(settings);
+        self
+    }
+
     /// Checks the values and rounds them to what the store will use. Too small a log memory is
     /// rounded up to the minimum of 4 pages of 4 KiB; `Resolved` reports the result.
     ///
@@ -179,6 +191,9 @@ impl Config {
             });
         }
         let index_bits = self.table_size.next_power_of_two().trailing_zeros();
+        if let Some(c) = &self.log_compaction {
+            c.validate()?;
+        }
         if !(0.0..=1.0).contains(&self.mutable_fraction) || self.mutable_fraction.is_nan() {
             return Err(Error::Config {
                 field: "mutable_fraction",

@@ -50,10 +50,10 @@ pub use crate::device::file_system_disk::FileSystemDisk;
 pub use crate::device::null_disk::NullDisk;
 pub use crate::device::Disk;
 pub use crate::hlog::LogMarkers;
-pub use crate::ops::compact::Compaction;
+pub use crate::ops::compact::{Compaction, LogCompaction};
 pub use crate::ops::counters::OpStats;
 pub use crate::ops::recover::RecoveryInfo;
-pub use crate::ops::truncate::Truncation;
+pub use crate::ops::truncate::{CompactionTotals, Truncation};
 pub use crate::rskv_core::{
     hash_key, CheckpointHandle, DeleteContext, Iter, ReadContext, RmwContext, RsKv, Stats,
     UpsertContext,

@@ -58,6 +58,13 @@ pub struct Stats {
     pub bytes_read: u64,
     /// Operation counts since the store was opened.
     pub ops: OpStats,
+    /// Bytes of log from its begin to its tail (what a log-compaction budget counts).
+    pub log_bytes: u64,
+    /// Bytes the log's segment files take on the device now (more than `log_bytes` while
+    /// truncated space waits for a checkpoint; read from the file system on each call).
+    pub disk_bytes: u64,
+    /// What compactions did since the store was opened.
+    pub compaction: crate::ops::truncate::CompactionTotals,
 }
 
 /// The single-tier store: a latch-free hash index over a HybridLog on device `D`.
@@ -207,6 +214,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             bytes_written: w,
             bytes_read: r,
             ops: self.engine.counters.totals(),
+            log_bytes: self.engine.log_bytes(),
+            disk_bytes: self.engine.hlog.disk().storage_bytes().unwrap_or(0),
+            compaction: self.engine.retention.totals.snapshot(),
         }
     }
 

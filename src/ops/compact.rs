@@ -120,6 +120,11 @@ impl<D: Disk> Engine<D> {
             total.add(&r?);
         }
         total.truncation = Some(self.truncate_claimed(until)?);
+        let t = &self.retention.totals;
+        t.passes.fetch_add(1, Ordering::Relaxed);
+        t.scanned_bytes
+            .fetch_add(total.scanned_bytes, Ordering::Relaxed);
+        t.copied.fetch_add(total.copied, Ordering::Relaxed);
         tracing::info!(
             scanned = total.scanned_bytes,
             copied = total.copied,
@@ -132,6 +137,7 @@ impl<D: Disk> Engine<D> {
     }
 
     fn compact_worker(&self, work: &Work) -> Result<Compaction> {
+        COMPACTING.with(|c| c.set(true));
         let result = self.compact_chunks(work);
         if result.is_err() {
             work.failed.store(true, Ordering::Release);
@@ -191,10 +197,163 @@ impl<D: Disk> Engine<D> {
     }
 }
 
+thread_local! {
+    /// Whether this thread is a compaction worker (never throttled).
+    static COMPACTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a compaction worker.
+pub(crate) fn compacting_here() -> bool {
+    COMPACTING.with(std::cell::Cell::get)
+}
+
 /// The pages of one pass, handed out to workers a read at a time.
 struct Work {
     next: AtomicU64,
     end: u64,
     begin: Address,
     failed: AtomicBool,
+}
+
+/// Background log compaction: keep the log (from its begin to its tail) within a disk
+/// budget, as F2 does. Set with [`Config::log_compaction`](crate::Config::log_compaction);
+/// off by default. The store's maintenance thread checks every `Config::maintenance_interval`
+/// whether the log passed `trigger * budget` and then compacts `fraction` of it (at most
+/// `max_pass` bytes) from its begin with `threads` workers. A pass that gives back less than a
+/// tenth of what it scanned doubles the wait before the next one (up to 64 intervals), so a log
+/// of live data is not rewritten over and over. While the log is past `budget + max_pass`,
+/// operations of other threads pause 100 µs before they start, so compaction catches up instead
+/// of the disk filling.
+///
+/// Space comes back at once for a store without checkpoints; with checkpoints, when the next
+/// checkpoint records the new begin (see [`RsKv::truncate_until`](crate::RsKv::truncate_until)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct LogCompaction {
+    /// Bytes of log the store may keep.
+    pub budget: u64,
+    /// Compact once the log passes this fraction of the budget (F2: 0.8).
+    pub trigger: f64,
+    /// Fraction of the log a pass compacts, from its begin (F2: 0.2).
+    pub fraction: f64,
+    /// Most bytes one pass scans (F2: 256 MiB).
+    pub max_pass: u64,
+    /// Worker threads of a pass (default 2).
+    pub threads: usize,
+}
+
+impl LogCompaction {
+    /// F2's settings with a budget of `bytes`.
+    #[must_use]
+    pub fn with_budget(bytes: u64) -> Self {
+        Self {
+            budget: bytes,
+            trigger: 0.8,
+            fraction: 0.2,
+            max_pass: 256 << 20,
+            threads: 2,
+        }
+    }
+
+    /// Sets the trigger fraction.
+    #[must_use]
+    pub fn trigger(mut self, fraction: f64) -> Self {
+        self.trigger = fraction;
+        self
+    }
+
+    /// Sets the fraction compacted per pass.
+    #[must_use]
+    pub fn fraction(mut self, fraction: f64) -> Self {
+        self.fraction = fraction;
+        self
+    }
+
+    /// Sets the most bytes scanned per pass.
+    #[must_use]
+    pub fn max_pass(mut self, bytes: u64) -> Self {
+        self.max_pass = bytes;
+        self
+    }
+
+    /// Sets the worker threads of a pass.
+    #[must_use]
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the field out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, reason: String| Err(Error::Config { field, reason });
+        if self.budget < 1 << 20 {
+            return bad("log_compaction.budget", format!("{} bytes is under 1 MiB", self.budget));
+        }
+        for (field, f) in [
+            ("log_compaction.trigger", self.trigger),
+            ("log_compaction.fraction", self.fraction),
+        ] {
+            if !(f > 0.0 && f <= 1.0) {
+                return bad(field, format!("{f} is not in (0, 1]"));
+            }
+        }
+        if self.max_pass < 1 << 20 {
+            return bad("log_compaction.max_pass", format!("{} bytes is under 1 MiB", self.max_pass));
+        }
+        if !(1..=64).contains(&self.threads) {
+            return bad("log_compaction.threads", format!("{} is not in 1..=64", self.threads));
+        }
+        Ok(())
+    }
+}
+
+/// A pass that gives back less than this fraction of what it scanned counts as wasted: the
+/// next one waits longer.
+pub(crate) const WASTED_PASS: f64 = 0.1;
+
+impl<D: Disk> Engine<D> {
+    /// Bytes of log between `begin` and the tail.
+    pub(crate) fn log_bytes(&self) -> u64 {
+        let m = self.hlog.markers();
+        m.tail.raw().saturating_sub(m.begin.raw())
+    }
+
+    /// One pass of the background maintenance: compacts the oldest part of the log if it has
+    /// passed the trigger. Returns the pass, or `None` when none was due (or possible: the part
+    /// to compact must be on the device only).
+    ///
+    /// # Errors
+    /// As [`Engine::compact`]; `Busy` when a compaction, truncation or scan runs.
+    pub(crate) fn compact_if_due(&self, p: &LogCompaction) -> Result<Option<Compaction>> {
+        let size = self.log_bytes();
+        if (size as f64) < p.trigger * p.budget as f64 {
+            return Ok(None);
+        }
+        let m = self.hlog.markers();
+        let span = ((size as f64 * p.fraction) as u64).clamp(1, p.max_pass.max(1));
+        let until = Address::new((m.begin.raw() + span).min(m.safe_head.raw()));
+        let geo = self.hlog.geometry();
+        if geo.page(until) <= geo.page(m.begin) {
+            return Ok(None);
+        }
+        self.compact(until, p.threads).map(Some)
+    }
+
+    /// Whether writers should slow down: the log is past its hard limit (the budget plus
+    /// what one pass may need to copy), because compaction cannot keep up.
+    pub(crate) fn over_hard_limit(&self, p: &LogCompaction) -> bool {
+        self.log_bytes() > p.budget.saturating_add(p.max_pass)
+    }
+}
+
+impl Compaction {
+    /// Whether the pass gave back less than [`WASTED_PASS`] of what it scanned (estimated by
+    /// records: the log holds mostly live data, so rewriting it again soon would be wasted).
+    #[must_use]
+    pub(crate) fn wasted(&self) -> bool {
+        self.records > 0 && (self.copied as f64) > (1.0 - WASTED_PASS) * self.records as f64
+    }
 }

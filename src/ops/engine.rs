@@ -41,6 +41,9 @@ pub struct Engine<D: Disk> {
     pub(crate) retention: crate::ops::truncate::Retention,
     /// Logged keys' hashes, for compaction and iteration.
     pub(crate) hasher: crate::index::key_hash::KeyHasher,
+    /// Set by the maintenance thread while the log is past its hard limit: operations of other
+    /// threads pause before they start ([`Engine::protect`]).
+    pub(crate) throttle: std::sync::atomic::AtomicBool,
 }
 
 /// Attempts a nested operation makes without moving the epoch (after lost races, records
@@ -111,6 +114,7 @@ impl<D: Disk> Engine<D> {
             counters: crate::ops::counters::Counters::default(),
             retention: crate::ops::truncate::Retention::default(),
             hasher: crate::index::key_hash::KeyHasher::default(),
+            throttle: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -118,7 +122,19 @@ impl<D: Disk> Engine<D> {
     /// attempt by [`Engine::op_version`], which every operation runs first; a protection that
     /// runs no attempt holds back a phase change only until it ends.
     pub(crate) fn protect(&self) -> Result<EpochGuard<'_>> {
+        if self.throttle.load(std::sync::atomic::Ordering::Relaxed) {
+            self.slow_down();
+        }
         self.epoch.protect()
+    }
+
+    /// Pauses an operation about to start while the log is past its hard limit
+    /// ([`crate::LogCompaction`]), unless the thread compacts or is inside an operation.
+    #[cold]
+    fn slow_down(&self) {
+        if !crate::ops::compact::compacting_here() && !self.epoch.is_protected_here() {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
     }
 
     /// Runs `attempt` until it stops with something other than [`Stop::Retry`] or

@@ -51,6 +51,48 @@ pub(crate) struct Retention {
     pinned: AtomicU64,
     /// Device space is released below here.
     released: AtomicU64,
+    /// What compactions did since the store was opened.
+    pub(crate) totals: CompactionCounters,
+}
+
+/// Running totals of compactions (relaxed counters, for `Stats`).
+#[derive(Debug, Default)]
+pub(crate) struct CompactionCounters {
+    pub(crate) passes: AtomicU64,
+    pub(crate) scanned_bytes: AtomicU64,
+    pub(crate) copied: AtomicU64,
+    pub(crate) bytes_freed: AtomicU64,
+    pub(crate) wasted_passes: AtomicU64,
+}
+
+/// What compactions did since the store was opened ([`crate::Stats::compaction`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactionTotals {
+    /// Passes that truncated the log.
+    pub passes: u64,
+    /// Bytes of log scanned.
+    pub scanned_bytes: u64,
+    /// Records copied to the tail.
+    pub copied: u64,
+    /// Bytes of segment files deleted (by compactions, truncations and the checkpoints that
+    /// released their space).
+    pub bytes_freed: u64,
+    /// Background passes that gave back less than a tenth of what they scanned.
+    pub wasted_passes: u64,
+}
+
+impl CompactionCounters {
+    pub(crate) fn snapshot(&self) -> CompactionTotals {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CompactionTotals {
+            passes: l(&self.passes),
+            scanned_bytes: l(&self.scanned_bytes),
+            copied: l(&self.copied),
+            bytes_freed: l(&self.bytes_freed),
+            wasted_passes: l(&self.wasted_passes),
+        }
+    }
 }
 
 impl Default for Retention {
@@ -60,6 +102,7 @@ impl Default for Retention {
             releasing: AtomicBool::new(false),
             pinned: AtomicU64::new(u64::MAX),
             released: AtomicU64::new(0),
+            totals: CompactionCounters::default(),
         }
     }
 }
@@ -219,7 +262,9 @@ impl<D: Disk> Engine<D> {
         self.hlog
             .forget_sums_below(self.hlog.geometry().page(Address::new(keep)));
         r.released.fetch_max(keep, Ordering::AcqRel);
-        Ok(before.saturating_sub(after))
+        let freed = before.saturating_sub(after);
+        r.totals.bytes_freed.fetch_add(freed, Ordering::Relaxed);
+        Ok(freed)
     }
 }
 
