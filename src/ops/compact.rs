@@ -13,6 +13,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use futures_util::StreamExt;
+
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
 use crate::core::status::{Error, Result, Status};
@@ -22,6 +24,10 @@ use crate::ops::rmw::{Decision, Latest};
 use crate::ops::scan::for_each_record;
 use crate::ops::truncate::Truncation;
 use crate::ops::Engine;
+
+/// Conditional inserts a compaction worker keeps going at once (each may wait for a device
+/// read of its key's chain).
+const COPIES_IN_FLIGHT: usize = 64;
 
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -161,6 +167,7 @@ impl<D: Disk> Engine<D> {
             let count = per_read.min(work.end - first);
             let buf = self.read_pages(first, count)?;
             c.scanned_bytes += buf.len() as u64;
+            let mut live = Vec::new();
             for (k, bytes) in buf.as_slice().chunks_exact(page_size).enumerate() {
                 let page = first + k as u64;
                 for_each_record(geo, page, bytes, work.begin, |address, rec| {
@@ -170,29 +177,45 @@ impl<D: Disk> Engine<D> {
                     c.records += 1;
                     if rec.state().tombstone() {
                         c.tombstones += 1;
-                    } else if self.copy_if_newest(rec.key(), rec.value(), address)? {
-                        c.copied += 1;
                     } else {
-                        c.superseded += 1;
+                        live.push((address, rec.key(), rec.value()));
                     }
                     Ok(())
                 })?;
+            }
+            // The lookups of a read's records run together: those whose chain continues on
+            // the device keep their reads in flight at once.
+            let copies = futures_util::stream::iter(
+                live.into_iter()
+                    .map(|(address, key, value)| self.copy_if_newest(key, value, address)),
+            )
+            .buffer_unordered(COPIES_IN_FLIGHT)
+            .collect::<Vec<_>>();
+            for copied in crate::ops::pending::block_on(copies) {
+                if copied? {
+                    c.copied += 1;
+                } else {
+                    c.superseded += 1;
+                }
             }
         }
     }
 
     /// Appends `key -> value` (logged at `address`) at the tail unless a newer record of the
     /// key exists. Returns whether it did.
-    fn copy_if_newest(&self, key: &[u8], value: &[u8], address: Address) -> Result<bool> {
+    async fn copy_if_newest(&self, key: &[u8], value: &[u8], address: Address) -> Result<bool> {
         let hash = KeyHash::new(self.hasher.rehash(key)?);
         let (key, value) = (Encoded::from_bytes(key), Encoded::from_bytes(value));
         let floor = Address::new(address.raw() + 1);
-        let status = self.update_blocking(&key, hash, floor, false, &mut |latest| {
+        let mut decide = |latest: Latest<'_>| {
             Ok(match latest {
                 Latest::Absent => Decision::Write(value.clone()),
                 Latest::Deleted | Latest::Value(_) => Decision::Abort,
             })
-        })?;
+        };
+        let status = self
+            .update_async(&key, hash, floor, false, &mut decide)
+            .await?;
         Ok(status == Status::Ok)
     }
 }

@@ -45,12 +45,12 @@ impl<D: Disk> Engine<D> {
 /// [`Error::Corrupt`] for a page other than the first that holds no record (a missing or
 /// zeroed segment: scanning on would take its records for absent) or a record that fails its
 /// checksum; `f`'s errors.
-pub(crate) fn for_each_record(
+pub(crate) fn for_each_record<'b>(
     geo: PageGeometry,
     page: u64,
-    bytes: &[u8],
+    bytes: &'b [u8],
     from: Address,
-    mut f: impl FnMut(Address, DiskRecord<'_>) -> Result<()>,
+    mut f: impl FnMut(Address, DiskRecord<'b>) -> Result<()>,
 ) -> Result<()> {
     let base = geo.page_start(page);
     let first = first_record_offset(page);
