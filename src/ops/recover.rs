@@ -332,8 +332,9 @@ impl Rebuild {
     ) -> Result<Self> {
         let log = &plan.log;
         let epoch = Arc::new(LightEpoch::new());
+        // The log's chains were built in tables of up to `log.table_bits` (see its docs).
         let mut r = Rebuild {
-            index: MemIndex::new(layout.index_bits, epoch.clone()),
+            index: MemIndex::new(layout.index_bits.max(log.table_bits), epoch.clone()),
             epoch,
             index_token: None,
             replay_from: log.begin.max(Address::FIRST_VALID.raw()),
@@ -349,6 +350,12 @@ impl Rebuild {
                 r.replay_from = meta.start.max(log.begin);
                 break;
             }
+        }
+        // An index checkpoint taken before the index last grew is smaller than the log's
+        // chains need: grow it first (this index has no sorter, so entries are copied to both
+        // halves, which is always correct).
+        while r.index.bits() < log.table_bits {
+            r.index.grow().map_err(|_| Error::IndexFull)?;
         }
         let geo = PageGeometry::new(
             log.page_bits,

@@ -266,6 +266,8 @@ impl<D: Disk> Engine<D> {
             version: v,
             mode,
             page_bits: self.hlog.geometry().page_bits,
+            // No growth runs while the checkpoint holds the claim.
+            table_bits: self.index.bits(),
             begin: self.hlog.begin().raw(),
             newer_from,
             end: end.raw(),
