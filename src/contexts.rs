@@ -9,7 +9,6 @@ use crate::core::record::ValueBuf;
 use crate::core::status::{Error, Result, Status};
 use crate::device::Disk;
 use crate::index::key_hash::hash_key;
-use crate::index::KeyHash;
 use crate::ops::rmw::{Decision, Latest};
 use crate::ops::Engine;
 
@@ -152,7 +151,7 @@ pub(crate) fn upsert_ctx<C: UpsertContext, D: Disk>(
 ) -> Result<()> {
     let key = Encoded::new(ctx.key())?;
     let value = Encoded::new(ctx.value())?;
-    let hash = KeyHash::new(ctx.key_hash());
+    let hash = engine.context_hash(&key, ctx.key_hash());
     let g = engine.protect()?;
     let mut buf = ValueBuf::default();
     let version = engine.upsert(&g, &key, hash, &value, &mut |lock| {
@@ -179,7 +178,8 @@ pub(crate) fn delete_ctx<C: DeleteContext, D: Disk>(
 ) -> Result<Status> {
     let key = Encoded::new(ctx.key())?;
     let g = engine.protect()?;
-    let (status, version) = engine.delete(&g, &key, KeyHash::new(ctx.key_hash()))?;
+    let hash = engine.context_hash(&key, ctx.key_hash());
+    let (status, version) = engine.delete(&g, &key, hash)?;
     on_commit(version);
     Ok(status)
 }

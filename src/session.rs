@@ -174,15 +174,15 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
         let serial = self.next_serial().0;
         self.book.read(serial);
         let engine = self.engine;
-        let hash = KeyHash::new(ctx.key_hash());
-        let started = (|| -> Result<(Encoded, ReadStep, ValueBuf)> {
+        let started = (|| -> Result<(Encoded, KeyHash, ReadStep, ValueBuf)> {
             let key = Encoded::new(ctx.key())?;
+            let hash = engine.context_hash(&key, ctx.key_hash());
             let mut buf = ValueBuf::default();
             let g = engine.protect()?;
             let step = engine.read_mem(&g, &key, hash, &mut buf)?;
-            Ok((key, step, buf))
+            Ok((key, hash, step, buf))
         })();
-        let (key, step, mut buf) = match started {
+        let (key, hash, step, mut buf) = match started {
             Ok(s) => s,
             Err(e) => return finish_read(ctx, Err(e), &ValueBuf::default()),
         };
@@ -216,7 +216,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
         let (book, version) = (&self.book, &mut self.version);
         let started = (|| -> Result<(Encoded, KeyHash, Started<'a>)> {
             let key = Encoded::new(ctx.key())?;
-            let hash = KeyHash::new(ctx.key_hash());
+            let hash = engine.context_hash(&key, ctx.key_hash());
             let step = engine.update_start(
                 &key,
                 hash,

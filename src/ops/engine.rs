@@ -37,6 +37,14 @@ pub struct Engine<D: Disk> {
     pub(crate) types: crate::core::checkpoint::TypeNames,
     /// Operation counts, per thread.
     pub(crate) counters: crate::ops::counters::Counters,
+    /// Keys are hashed other than by RsKv's `hash_key` (a context overrides `key_hash`, or the
+    /// store was recovered with such a hash): growth then cannot sort chains
+    /// ([`crate::ops::growth`]).
+    pub(crate) foreign_hash: std::sync::atomic::AtomicBool,
+    /// How the memory budget is split, if one is set (`Config::memory_budget`).
+    pub(crate) budget: Option<crate::config::MemoryBudget>,
+    /// Growths and budget refusals, maintenance passes.
+    pub(crate) growth: crate::ops::growth::GrowthBook,
 }
 
 /// Attempts a nested operation makes without moving the epoch (after lost races, records
@@ -105,7 +113,16 @@ impl<D: Disk> Engine<D> {
             copy_reads: false,
             types: crate::core::checkpoint::TypeNames::default(),
             counters: crate::ops::counters::Counters::default(),
+            foreign_hash: std::sync::atomic::AtomicBool::new(false),
+            budget: None,
+            growth: crate::ops::growth::GrowthBook::default(),
         }
+    }
+
+    /// Sets the memory budget: the index is bounded by its share.
+    pub(crate) fn set_budget(&mut self, budget: Option<crate::config::MemoryBudget>) {
+        self.budget = budget;
+        self.index.set_memory_limit(budget.map(|b| b.index));
     }
 
     /// Protects the calling thread. The checkpoint state is read (and acknowledged) per

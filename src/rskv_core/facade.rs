@@ -61,10 +61,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     fn read_ctx<C: ReadContext<Key = K, Value = V>>(&self, ctx: &mut C) -> Result<Status> {
         let key = Encoded::new(ctx.key())?;
         let mut buf = ValueBuf::default();
-        if self
-            .engine
-            .read_blocking(&key, KeyHash::new(ctx.key_hash()), &mut buf)?
-        {
+        if self.engine.read_blocking(
+            &key,
+            self.engine.context_hash(&key, ctx.key_hash()),
+            &mut buf,
+        )? {
             ctx.get(&decode(buf.bytes())?);
             Ok(Status::Ok)
         } else {
@@ -82,7 +83,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
 
     fn rmw_ctx<C: RmwContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
         let key = Encoded::new(ctx.key())?;
-        let hash = KeyHash::new(ctx.key_hash());
+        let hash = self.engine.context_hash(&key, ctx.key_hash());
         self.engine
             .update_blocking(&key, hash, Address::INVALID, true, &mut rmw_decider(ctx))
     }
