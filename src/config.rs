@@ -51,6 +51,11 @@ pub struct Config {
     /// ([`RsKv::grow_index`](crate::RsKv::grow_index) still grows it by hand). Overflow
     /// buckets a growth could not remove (entries whose chains are on disk are copied to both
     /// halves, as in FASTER) are not counted against the next one.
+    ///
+    /// While a growth starts, operations wait (they retry) until every thread that was inside
+    /// an operation has left it; an operation nested in an update's function cannot wait (its
+    /// outer operation is one of those) and fails with [`Error::Busy`]. A store whose update
+    /// functions call it and cannot retry should grow by hand instead.
     pub auto_grow_index: Option<f64>,
     /// How often the store's maintenance thread looks for work (index growth), when nothing
     /// wakes it earlier. Default 250 ms (F2's). The thread exists only while a task is enabled

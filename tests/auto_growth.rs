@@ -243,3 +243,57 @@ fn growth_that_cannot_sort_chains_does_not_run_away() {
         assert_eq!(kv.get(&k).expect("get"), Some(value(k)), "key {k}");
     }
 }
+
+/// Contexts that hash keys their own way (the identity, as the seed's do): growth cannot sort
+/// chains by RsKv's hash, so it copies entries to both halves, and every key still reads back.
+#[test]
+fn stores_with_their_own_key_hash_grow_correctly() {
+    struct Put(u64);
+    impl rskv::UpsertContext for Put {
+        type Key = u64;
+        type Value = u64;
+        fn key(&self) -> &u64 {
+            &self.0
+        }
+        fn value(&self) -> &u64 {
+            &self.0
+        }
+        fn key_hash(&self) -> u64 {
+            self.0
+        }
+    }
+    struct Get(u64, Option<u64>);
+    impl rskv::ReadContext for Get {
+        type Key = u64;
+        type Value = u64;
+        fn key(&self) -> &u64 {
+            &self.0
+        }
+        fn key_hash(&self) -> u64 {
+            self.0
+        }
+        fn get(&mut self, value: &u64) {
+            self.1 = Some(*value);
+        }
+    }
+    const KEYS: u64 = 50_000;
+    let kv: RsKv<u64, u64, NullDisk> = RsKv::open(
+        Config::new().table_size(1 << 6).log_memory_size(16 << 20),
+        NullDisk::new(),
+    )
+    .expect("open");
+    for k in 0..KEYS {
+        assert_eq!(kv.upsert(&Put(k)).expect("upsert"), rskv::Status::Ok);
+    }
+    let stats = settled(&kv, 1 << 16);
+    assert!(stats.index_growths > 0, "no automatic growth: {stats:?}");
+    for k in 0..KEYS {
+        let mut get = Get(k, None);
+        assert_eq!(
+            kv.read(&mut get).expect("read"),
+            rskv::Status::Ok,
+            "key {k}"
+        );
+        assert_eq!(get.1, Some(k), "key {k}");
+    }
+}
