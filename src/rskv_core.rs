@@ -254,10 +254,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
 
     /// Takes a full checkpoint (index and log, fold-over) and returns once it is durable.
     /// Operations of other threads keep running. Call from a thread that is not inside an
-    /// operation of this store (a session's pending operations may stay pending).
+    /// operation of this store (a session's pending operations may stay pending). An index
+    /// growth that is running (automatic or by hand) is waited for first.
     ///
     /// # Errors
-    /// [`Error::Busy`] if another checkpoint or an index growth runs, or when called from inside
+    /// [`Error::Busy`] if another checkpoint runs, or when called from inside
     /// an operation of this store (an RMW function: the checkpoint would wait for its own
     /// thread); [`Error::Config`] for a device that keeps nothing; I/O errors (no checkpoint is
     /// then recorded).
@@ -273,9 +274,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         self.engine.checkpoint(kind, mode)
     }
 
-    /// Starts a checkpoint on a thread of its own and returns at once with its token; the
-    /// returned [`CheckpointHandle`] is a `Future` that resolves once the checkpoint is durable
-    /// (or can be waited on).
+    /// Starts a checkpoint on a thread of its own and returns at once with its token (after
+    /// waiting for an index growth that is running); the returned [`CheckpointHandle`] is a
+    /// `Future` that resolves once the checkpoint is durable (or can be waited on).
     ///
     /// # Errors
     /// Those known at once: [`Error::Busy`], [`Error::Config`] for a device without storage,
@@ -322,7 +323,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// Removes checkpoint `token`.
     ///
     /// # Errors
-    /// [`Error::Busy`] while a checkpoint runs; [`Error::Path`] if a file cannot be removed.
+    /// [`Error::Busy`] while a checkpoint runs (a running index growth is waited for);
+    /// [`Error::Path`] if a file cannot be removed.
     pub fn remove_checkpoint(&self, token: Token) -> Result<()> {
         let may_wait = !self.engine.epoch.is_protected_here();
         let _claim = self.engine.cpr.claim("a checkpoint is running", may_wait)?;
