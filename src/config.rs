@@ -1,18 +1,66 @@
 //! Store configuration: a plain struct with `Default`, builder-style setters, and validation
 //! that names the bad field.
 
+use std::time::Duration;
+
 use crate::core::status::{Error, Result};
 use crate::hlog::persistent_memory_malloc::{MAX_PAGE_BITS, MIN_FRAMES, MIN_PAGE_BITS};
+
+/// Bytes of one hash bucket (and of one overflow bucket).
+const BUCKET_BYTES: u64 = 64;
 
 /// Configuration of an [`RsKv`](crate::RsKv) store.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
-    /// Hash buckets (64 bytes each, 7 entries); rounded up to a power of two.
-    /// Default `1 << 16` (4 MiB of index). FASTER sizes it at about #keys / 2 entries.
+    /// Hash buckets (64 bytes each, 7 entries) the index starts with; rounded up to a power of
+    /// two. Default `1 << 16` (4 MiB of index). FASTER sizes it at about #keys / 2 entries.
+    /// The index doubles by itself as keys come (see [`Config::auto_grow_index`]).
     pub table_size: u64,
-    /// Bytes of log memory (the in-memory pages of the hybrid log). Default 256 MiB.
+    /// Bytes of log memory (the in-memory pages of the hybrid log). Default 256 MiB. Ignored
+    /// when [`Config::memory_budget`] is set: the budget decides it.
     pub log_memory_size: u64,
+    /// One memory budget in bytes for the index tables, their overflow buckets and the log
+    /// memory (the read cache will join it). Default `None`: `table_size` and
+    /// `log_memory_size` as given, and the index grows without bound.
+    ///
+    /// The split: the index gets a quarter of the budget, or twice its starting table
+    /// (`64 × table_size` bytes) if that is more; the log gets the rest, rounded down to whole
+    /// pages (the page size as set, or derived from the log's share as without a budget), and
+    /// the index also gets that rounding. The index's share then bounds it:
+    /// - automatic growth (and [`RsKv::grow_index`](crate::RsKv::grow_index)) doubles the
+    ///   table only if the growth fits the share at its peak: the old table, the new one (twice
+    ///   as big) and the overflow buckets, counted as three times those in use (the old
+    ///   table's until it is freed, and up to two copies of each in the new one). When it does
+    ///   not fit, the index stays as it is and [`Stats::growth_refused_by_budget`](crate::Stats)
+    ///   says so;
+    /// - operations allocate no overflow bucket page past the share: inserting a new key then
+    ///   fails with [`Error::IndexFull`] (the index is as large as the budget allows; raise
+    ///   the budget).
+    ///
+    /// The store's resident memory stays within the budget plus a fixed slack of 16 MiB
+    /// ([`MEMORY_BUDGET_SLACK`]) for what it does not count: the epoch table, the overflow
+    /// allocator's page table, I/O and checkpoint buffers, thread stacks and allocator
+    /// rounding. A budget whose log share is under 4 pages is refused with
+    /// [`Error::Config`]; at recovery the split is made again with the recovered index's
+    /// size and the checkpoint's page size.
+    pub memory_budget: Option<u64>,
+    /// Automatic index growth: a background thread doubles the index, while operations run,
+    /// when the overflow buckets it gained since its last growth pass this fraction of its
+    /// buckets (Tsavorite's rule). Default `Some(0.5)`; `None` turns it off
+    /// ([`RsKv::grow_index`](crate::RsKv::grow_index) still grows it by hand). Overflow
+    /// buckets a growth could not remove (entries whose chains are on disk are copied to both
+    /// halves, as in FASTER) are not counted against the next one.
+    ///
+    /// While a growth starts, operations wait (they retry) until every thread that was inside
+    /// an operation has left it; an operation nested in an update's function cannot wait (its
+    /// outer operation is one of those) and fails with [`Error::Busy`]. A store whose update
+    /// functions call it and cannot retry should grow by hand instead.
+    pub auto_grow_index: Option<f64>,
+    /// How often the store's maintenance thread looks for work (index growth), when nothing
+    /// wakes it earlier. Default 250 ms (F2's). The thread exists only while a task is enabled
+    /// ([`Config::auto_grow_index`]).
+    pub maintenance_interval: Duration,
     /// Bytes of one log page, a power of two from 4 KiB to 256 MiB; also the largest record.
     /// Default: `log_memory_size / 16` rounded down to a power of two, clamped to 4 KiB..32 MiB.
     pub page_size: Option<u64>,
@@ -62,6 +110,9 @@ impl Default for Config {
         Self {
             table_size: 1 << 16,
             log_memory_size: 256 << 20,
+            memory_budget: None,
+            auto_grow_index: Some(0.5),
+            maintenance_interval: Duration::from_millis(250),
             page_size: None,
             mutable_fraction: 0.9,
             copy_reads_to_tail: false,
@@ -84,6 +135,80 @@ pub struct Resolved {
     pub page_bits: u32,
     /// In-memory page frames.
     pub frames: u64,
+    /// How [`Config::memory_budget`] was split, if one was set.
+    pub budget: Option<MemoryBudget>,
+}
+
+/// The resident memory the store may hold beyond [`Config::memory_budget`]: what the budget does
+/// not count (epoch table, the overflow allocator's page table of 512 KiB, I/O and checkpoint
+/// buffers, thread stacks, allocator rounding). Measured by `tests/memory_budget.rs`.
+pub const MEMORY_BUDGET_SLACK: u64 = 16 << 20;
+
+/// How a [`Config::memory_budget`] is split (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// The whole budget.
+    pub total: u64,
+    /// The index's share: its tables and overflow buckets, growth included.
+    pub index: u64,
+    /// The log's share: its in-memory pages (`frames × page size`).
+    pub log: u64,
+}
+
+impl MemoryBudget {
+    /// Splits `total` bytes for an index of `2^index_bits` buckets and a log of pages of
+    /// `2^page_bits` bytes (`None`: derived from the log's share, as without a budget).
+    /// Returns the split and the page bits.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`memory_budget`) when the log's share is under [`MIN_FRAMES`] pages.
+    pub(crate) fn split(
+        total: u64,
+        index_bits: u32,
+        page_bits: Option<u32>,
+    ) -> Result<(Self, u32)> {
+        let table = BUCKET_BYTES << index_bits;
+        let index_floor = (total / 4).max(2 * table);
+        let room = total.saturating_sub(index_floor);
+        let page_bits = page_bits.unwrap_or_else(|| derived_page_bits(room));
+        let frames = room >> page_bits;
+        if frames < MIN_FRAMES {
+            return Err(Error::Config {
+                field: "memory_budget",
+                reason: format!(
+                    "{total} bytes leave the log {room} bytes after the index's {index_floor} \
+                     (a quarter of the budget, at least twice the {table}-byte table), fewer \
+                     than {MIN_FRAMES} pages of {} bytes; raise the budget or lower table_size",
+                    1u64 << page_bits
+                ),
+            });
+        }
+        if frames > MAX_FRAMES {
+            return Err(Error::Config {
+                field: "memory_budget",
+                reason: format!("its log share is {frames} pages, too many; raise page_size"),
+            });
+        }
+        let log = frames << page_bits;
+        Ok((
+            Self {
+                total,
+                index: total - log,
+                log,
+            },
+            page_bits,
+        ))
+    }
+}
+
+/// The most in-memory pages a log may have.
+const MAX_FRAMES: u64 = 1 << 20;
+
+/// The page size (log2) for `log_memory` bytes when none is set: a sixteenth of it, rounded down
+/// to a power of two, clamped to 4 KiB..32 MiB.
+fn derived_page_bits(log_memory: u64) -> u32 {
+    let per_page = (log_memory / 16).max(1);
+    (63 - per_page.leading_zeros()).clamp(MIN_PAGE_BITS, 25)
 }
 
 impl Resolved {
@@ -135,6 +260,28 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::memory_budget`] (bytes).
+    #[must_use]
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Sets [`Config::auto_grow_index`] (the fraction of overflow buckets to buckets; `None`
+    /// turns automatic growth off).
+    #[must_use]
+    pub fn auto_grow_index(mut self, fraction: Option<f64>) -> Self {
+        self.auto_grow_index = fraction;
+        self
+    }
+
+    /// Sets [`Config::maintenance_interval`].
+    #[must_use]
+    pub fn maintenance_interval(mut self, every: Duration) -> Self {
+        self.maintenance_interval = every;
+        self
+    }
+
     /// Sets [`Config::copy_reads_to_tail`].
     #[must_use]
     pub fn copy_reads_to_tail(mut self, on: bool) -> Self {
@@ -179,7 +326,8 @@ impl Config {
     }
 
     /// Checks the values and rounds them to what the store will use. Too small a log memory is
-    /// rounded up to the minimum of 4 pages of 4 KiB; `Resolved` reports the result.
+    /// rounded up to the minimum of 4 pages of 4 KiB; with a memory budget, the log memory is
+    /// the budget's log share ([`Config::memory_budget`]). `Resolved` reports the result.
     ///
     /// # Errors
     /// [`Error::Config`] naming the field that is out of range.
@@ -200,7 +348,21 @@ impl Config {
                 reason: format!("{} is not in 0..=1", self.mutable_fraction),
             });
         }
-        let page_bits = match self.page_size {
+        if let Some(f) = self.auto_grow_index {
+            if !(f.is_finite() && f > 0.0) {
+                return Err(Error::Config {
+                    field: "auto_grow_index",
+                    reason: format!("{f} is not a positive fraction of overflow buckets"),
+                });
+            }
+        }
+        if self.maintenance_interval.is_zero() {
+            return Err(Error::Config {
+                field: "maintenance_interval",
+                reason: "zero would make the maintenance thread spin".into(),
+            });
+        }
+        let set_page_bits = match self.page_size {
             Some(p) => {
                 if !p.is_power_of_two()
                     || !(MIN_PAGE_BITS..=MAX_PAGE_BITS).contains(&p.trailing_zeros())
@@ -210,18 +372,25 @@ impl Config {
                         reason: format!("{p} is not a power of two from 4 KiB to 256 MiB"),
                     });
                 }
-                p.trailing_zeros()
+                Some(p.trailing_zeros())
             }
-            None => {
-                let per_page = (self.log_memory_size / 16).max(1);
-                (63 - per_page.leading_zeros()).clamp(MIN_PAGE_BITS, 25)
-            }
+            None => None,
         };
+        if let Some(total) = self.memory_budget {
+            let (budget, page_bits) = MemoryBudget::split(total, index_bits, set_page_bits)?;
+            return Ok(Resolved {
+                index_bits,
+                page_bits,
+                frames: budget.log >> page_bits,
+                budget: Some(budget),
+            });
+        }
+        let page_bits = set_page_bits.unwrap_or_else(|| derived_page_bits(self.log_memory_size));
         let frames = self
             .log_memory_size
             .div_ceil(1 << page_bits)
             .max(MIN_FRAMES);
-        if frames > 1 << 20 {
+        if frames > MAX_FRAMES {
             return Err(Error::Config {
                 field: "log_memory_size",
                 reason: format!("{frames} pages is too many; raise page_size"),
@@ -231,6 +400,7 @@ impl Config {
             index_bits,
             page_bits,
             frames,
+            budget: None,
         })
     }
 }
@@ -279,5 +449,87 @@ mod tests {
                 ..
             }
         ));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = Config::new()
+                .auto_grow_index(Some(bad))
+                .resolve()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Config {
+                        field: "auto_grow_index",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
+        let e = Config::new()
+            .maintenance_interval(Duration::ZERO)
+            .resolve()
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Config {
+                field: "maintenance_interval",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_budget_is_split_between_index_and_log() {
+        // 128 MiB, default 4 MiB table: the index gets a quarter, the log 96 MiB in 4 MiB
+        // pages (a sixteenth of 96 MiB rounded down to a power of two).
+        let r = Config::new().memory_budget(128 << 20).resolve().unwrap();
+        let b = r.budget.unwrap();
+        assert_eq!((b.total, b.index, b.log), (128 << 20, 32 << 20, 96 << 20));
+        assert_eq!((r.page_size(), r.log_memory_size()), (4 << 20, 96 << 20));
+        // A 16 MiB table takes twice its size (more than a quarter of 100 MiB); the log gets
+        // 8 pages of 8 MiB of the 68 MiB left, and the index the 4 MiB of rounding.
+        let r = Config::new()
+            .memory_budget(100 << 20)
+            .table_size(1 << 18)
+            .page_size(8 << 20)
+            .resolve()
+            .unwrap();
+        let b = r.budget.unwrap();
+        assert_eq!((b.index, b.log), (36 << 20, 64 << 20));
+        assert_eq!(r.frames, 8);
+        // log_memory_size is ignored under a budget.
+        let r = Config::new()
+            .memory_budget(128 << 20)
+            .log_memory_size(1 << 30)
+            .resolve()
+            .unwrap();
+        assert_eq!(r.log_memory_size(), 96 << 20);
+    }
+
+    #[test]
+    fn impossible_budgets_are_refused() {
+        let refused = |c: Config| {
+            matches!(
+                c.resolve(),
+                Err(Error::Config {
+                    field: "memory_budget",
+                    ..
+                })
+            )
+        };
+        // The default 4 MiB table takes 8 MiB of a 9 MiB budget, and 1 MiB is not 4 pages.
+        assert!(refused(
+            Config::new().memory_budget(9 << 20).page_size(1 << 20)
+        ));
+        assert!(refused(Config::new().memory_budget(0)));
+        // The smallest budget for a 1-bucket table: three quarters of it must hold 4 pages of
+        // 4 KiB.
+        assert!(refused(Config::new().memory_budget(21_844).table_size(1)));
+        let r = Config::new()
+            .memory_budget(21_848)
+            .table_size(1)
+            .resolve()
+            .unwrap();
+        assert_eq!((r.frames, r.page_size()), (4, 4096));
     }
 }

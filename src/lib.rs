@@ -36,12 +36,13 @@ pub(crate) mod environment;
 pub(crate) mod hlog;
 #[doc(hidden)]
 pub mod index;
+pub(crate) mod maintenance;
 pub(crate) mod ops;
 pub mod rskv_core;
 pub(crate) mod session;
 pub(crate) mod sync;
 
-pub use crate::config::{Config, Resolved};
+pub use crate::config::{Config, MemoryBudget, Resolved, MEMORY_BUDGET_SLACK};
 pub use crate::core::address::Address;
 pub use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
 pub use crate::core::codec::{Codec, Raw};

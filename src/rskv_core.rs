@@ -15,7 +15,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::config::{Config, Resolved};
+use crate::config::{Config, MemoryBudget, Resolved};
 use crate::core::checkpoint::{
     CheckpointDir, CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token, TypeNames,
 };
@@ -25,6 +25,7 @@ use crate::core::status::{Error, Result};
 use crate::device::file_system_disk::FileSystemDisk;
 use crate::device::Disk;
 use crate::hlog::{HybridLog, LogMarkers};
+use crate::maintenance::{lower_thread_priority, Maintainer, Settings};
 use crate::ops::counters::OpStats;
 use crate::ops::recover::{Layout, RecoveryInfo};
 use crate::ops::Engine;
@@ -48,10 +49,23 @@ pub struct Stats {
     pub index_buckets: u64,
     /// Overflow buckets in use.
     pub overflow_buckets: u64,
-    /// Bytes of index memory.
+    /// Bytes of index memory: `index_table_bytes + overflow_bytes`.
     pub index_memory: usize,
+    /// Bytes of the index's tables: the current one, and while the index grows (until the old
+    /// one is freed) both.
+    pub index_table_bytes: u64,
+    /// Bytes of overflow bucket memory held (kept and reused once allocated).
+    pub overflow_bytes: u64,
     /// Bytes of log memory.
     pub log_memory: usize,
+    /// The memory budget and how it is split, if one is set ([`Config::memory_budget`]).
+    pub memory_budget: Option<MemoryBudget>,
+    /// Index growths since the store was opened, automatic or by hand.
+    pub index_growths: u64,
+    /// The index needed to grow but the memory budget did not allow it (cleared by a growth).
+    pub growth_refused_by_budget: bool,
+    /// Passes of the maintenance thread since the store was opened (0 without one).
+    pub maintenance_passes: u64,
     /// Bytes written to the device.
     pub bytes_written: u64,
     /// Bytes read from the device.
@@ -72,6 +86,9 @@ pub struct Stats {
 /// `RsKv` is `Send + Sync`; share it with `Arc`. Every operation takes `&self`.
 pub struct RsKv<K, V, D: Disk = FileSystemDisk> {
     pub(crate) engine: Arc<Engine<D>>,
+    /// The maintenance thread (automatic index growth), if a task is enabled. Stopped before
+    /// anything else of the store goes away.
+    maintainer: Option<Maintainer>,
     resolved: Resolved,
     /// What `open` or `recover` recovered, if anything.
     recovered: Option<RecoveryInfo>,
@@ -163,8 +180,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         if let Some(hash) = hash {
             engine.hasher = KeyHasher::custom(hash);
         }
-        let engine = Arc::new(engine);
+        engine.set_budget(resolved.budget);
+        let engine = engine.into_shared();
         Ok(Self {
+            maintainer: start_maintainer(&engine, &config)?,
             engine,
             resolved,
             recovered: None,
@@ -186,6 +205,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// The checkpoint's errors (the store is closed all the same).
     pub fn close(mut self) -> Result<Option<Token>> {
+        drop(self.maintainer.take());
         let on_close = std::mem::take(&mut self.checkpoint_on_close);
         if on_close && self.engine.hlog.disk().is_persistent() {
             return self.checkpoint().map(Some);
@@ -205,12 +225,25 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         // The index figures come from its state word and allocator counters, never from its
         // tables (which growth frees under epoch protection), so no protection is needed.
         let (w, r) = self.engine.hlog.io_bytes();
+        let growth = &self.engine.growth;
+        let index = &self.engine.index;
+        let ((bits, tables), overflow) = (index.sizes(), index.overflow_bytes());
         Stats {
             markers: self.engine.hlog.markers(),
-            index_buckets: 1 << self.engine.index.bits(),
-            overflow_buckets: self.engine.index.overflow_buckets(),
-            index_memory: self.engine.index.memory_bytes(),
+            index_buckets: 1 << bits,
+            overflow_buckets: index.overflow_buckets(),
+            index_memory: (tables + overflow) as usize,
+            index_table_bytes: tables,
+            overflow_bytes: overflow,
             log_memory: self.engine.hlog.memory_bytes(),
+            memory_budget: self.engine.budget,
+            index_growths: growth.growths.load(std::sync::atomic::Ordering::Relaxed),
+            growth_refused_by_budget: growth
+                .refused_by_budget
+                .load(std::sync::atomic::Ordering::Acquire),
+            maintenance_passes: growth
+                .maintenance_passes
+                .load(std::sync::atomic::Ordering::Relaxed),
             bytes_written: w,
             bytes_read: r,
             ops: self.engine.counters.totals(),
@@ -232,35 +265,20 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         Session::new(&self.engine)
     }
 
-    /// Doubles the hash index while other threads keep operating. Call from a thread that is
-    /// not inside an operation of this store.
+    /// Doubles the hash index while other threads keep operating (the index also grows by
+    /// itself, see [`Config::auto_grow_index`]). Call from a thread that is not inside an
+    /// operation of this store. Waits for an automatic growth that is running, then doubles
+    /// again.
     ///
     /// # Errors
     /// [`Error::IndexFull`] if overflow buckets ran out during the split; [`Error::Busy`] while a
     /// checkpoint runs, or when called from inside an operation of this store (an RMW
-    /// function): the growth waits for every thread inside an operation, this one included.
+    /// function): the growth waits for every thread inside an operation, this one included;
+    /// [`Error::Config`] (`memory_budget`) if the budget's index share cannot hold the growth.
     pub fn grow_index(&self) -> Result<()> {
-        if self.engine.epoch.is_protected_here() {
-            return Err(Error::Busy(
-                "grow_index called from inside an operation of this store (e.g. an rmw \
-                 function); it would wait for its own thread",
-            ));
-        }
-        let _claim = self.engine.cpr.claim("a checkpoint is running")?;
-        let from = self.engine.index.bits();
-        let grown = self
-            .engine
-            .index
-            .grow()
-            .map(|_| ())
-            .map_err(|_| Error::IndexFull);
-        match &grown {
-            Ok(()) => tracing::info!(
-                from_buckets = 1u64 << from,
-                to_buckets = 1u64 << self.engine.index.bits(),
-                "index grown"
-            ),
-            Err(e) => tracing::warn!(error = %e, "index growth failed"),
+        let grown = self.engine.grow_index().map_err(Error::from);
+        if let Err(e) = &grown {
+            tracing::warn!(error = %e, "index growth failed");
         }
         grown
     }
@@ -269,10 +287,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
 
     /// Takes a full checkpoint (index and log, fold-over) and returns once it is durable.
     /// Operations of other threads keep running. Call from a thread that is not inside an
-    /// operation of this store (a session's pending operations may stay pending).
+    /// operation of this store (a session's pending operations may stay pending). An index
+    /// growth that is running (automatic or by hand) is waited for first.
     ///
     /// # Errors
-    /// [`Error::Busy`] if another checkpoint or an index growth runs, or when called from inside
+    /// [`Error::Busy`] if another checkpoint runs, or when called from inside
     /// an operation of this store (an RMW function: the checkpoint would wait for its own
     /// thread); [`Error::Config`] for a device that keeps nothing; I/O errors (no checkpoint is
     /// then recorded).
@@ -288,9 +307,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         self.engine.checkpoint(kind, mode)
     }
 
-    /// Starts a checkpoint on a thread of its own and returns at once with its token; the
-    /// returned [`CheckpointHandle`] is a `Future` that resolves once the checkpoint is durable
-    /// (or can be waited on).
+    /// Starts a checkpoint on a thread of its own and returns at once with its token (after
+    /// waiting for an index growth that is running); the returned [`CheckpointHandle`] is a
+    /// `Future` that resolves once the checkpoint is durable (or can be waited on).
     ///
     /// # Errors
     /// Those known at once: [`Error::Busy`], [`Error::Config`] for a device without storage,
@@ -337,15 +356,18 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// Removes checkpoint `token`.
     ///
     /// # Errors
-    /// [`Error::Busy`] while a checkpoint runs; [`Error::Path`] if a file cannot be removed.
+    /// [`Error::Busy`] while a checkpoint runs (a running index growth is waited for);
+    /// [`Error::Path`] if a file cannot be removed.
     pub fn remove_checkpoint(&self, token: Token) -> Result<()> {
-        let _claim = self.engine.cpr.claim("a checkpoint is running")?;
+        let may_wait = !self.engine.epoch.is_protected_here();
+        let _claim = self.engine.cpr.claim("a checkpoint is running", may_wait)?;
         self.engine.checkpoint_dir()?.remove(token)
     }
 
     /// Recovers a store over `disk` (the device a checkpointed store wrote) from checkpoint
     /// `token`, or from the newest completed one. The index size and page size come from the
-    /// checkpoint; `config` gives the memory budget. Checkpoints newer than the one recovered
+    /// checkpoint; `config` gives the memory (`log_memory_size`, or `memory_budget` split again
+    /// for the recovered index and page size) and automatic growth. Checkpoints newer than the one recovered
     /// are moved to `checkpoints/set-aside/` (the recovered store will overwrite the log they
     /// describe), never deleted; [`RecoveryInfo::set_aside`] lists them.
     ///
@@ -389,6 +411,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             hash: custom.as_deref().unwrap_or(&own),
             index_bits: resolved.index_bits,
             log_memory: config.log_memory_size,
+            budget: config.memory_budget,
             mutable_fraction: config.mutable_fraction,
             fallback: config.recovery_fallback,
             types: &types,
@@ -404,10 +427,13 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             index_bits: engine.index.bits(),
             page_bits: geo.page_bits,
             frames: geo.frames,
+            budget: engine.budget,
         };
+        let engine = engine.into_shared();
         Ok((
             Self {
-                engine: Arc::new(engine),
+                maintainer: start_maintainer(&engine, &config)?,
+                engine,
                 resolved,
                 recovered: Some(info.clone()),
                 checkpoint_on_close: config.checkpoint_on_close,
@@ -450,6 +476,9 @@ impl<K, V, D: Disk> std::fmt::Debug for RsKv<K, V, D> {
 
 impl<K, V, D: Disk> Drop for RsKv<K, V, D> {
     fn drop(&mut self) {
+        // First: the thread may be growing the index, which the checkpoint below would wait
+        // for, and it holds the engine.
+        drop(self.maintainer.take());
         // `Config::checkpoint_on_close`, unless `close` already ran (or this thread is
         // unwinding from a panic: the store's state is then not known to be one to keep).
         if self.checkpoint_on_close
@@ -466,16 +495,22 @@ impl<K, V, D: Disk> Drop for RsKv<K, V, D> {
     }
 }
 
-/// Lowers the calling thread's CPU priority (nice 10 on Linux; a no-op elsewhere or when refused):
-/// the background checkpoint thread yields to the threads serving operations, as compaction
-/// threads do in LSM stores.
-fn lower_thread_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes its
-    // nice value, and a refusal is ignored.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+/// Starts the store's maintenance thread if `config` enables one of its tasks.
+fn start_maintainer<D: Disk>(
+    engine: &Arc<Engine<D>>,
+    config: &Config,
+) -> Result<Option<Maintainer>> {
+    let settings = Settings::of(config);
+    if let Some(c) = &config.log_compaction {
+        // Past the budget plus one pass, compaction is not keeping up: slow writers down.
+        engine
+            .hlog
+            .set_size_limit(c.budget.saturating_add(c.max_pass));
+    }
+    if settings.any() {
+        Maintainer::start(engine.clone(), settings).map(Some)
+    } else {
+        Ok(None)
     }
 }
 

@@ -114,6 +114,11 @@ pub struct LogMeta {
     pub mode: LogMode,
     /// log2 of the page size of the log that wrote it.
     pub page_bits: u32,
+    /// log2 of the index's bucket count when the checkpoint was taken. The log's hash chains
+    /// were built in tables at most this large (the index only grows), so recovery rebuilds
+    /// the index at least this large: a smaller table would file keys of several chains under
+    /// one entry, whose walk follows only one of them.
+    pub table_bits: u32,
     /// First address of the log.
     pub begin: u64,
     /// Records of version v+1 start at or after this address.
@@ -170,7 +175,8 @@ const MAGIC: &[u8; 8] = b"RSKVCKPT";
 /// by format 1 has none and would fail verification. 3: a primitive integer that is a whole key
 /// or value is stored as its fixed-width bytes (`core::codec::fast`), no longer as a varint.
 /// 4: the record checksum covers the invalid bit, and `log.meta` names the key and value types.
-pub const FORMAT: u32 = 4;
+/// 5: `log.meta` records the index size (`LogMeta::table_bits`).
+pub const FORMAT: u32 = 5;
 /// File names.
 pub const INDEX_META: &str = "index.meta";
 /// The dumped hash table.
@@ -491,6 +497,7 @@ mod tests {
             version: 3,
             mode: LogMode::Snapshot,
             page_bits: 12,
+            table_bits: 10,
             begin: 64,
             newer_from: 8192,
             end: 12288,

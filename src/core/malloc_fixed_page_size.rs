@@ -12,8 +12,13 @@
 //!   24-bit tag bumped on every pop, so a pop racing with pop-and-push-again (ABA) fails its CAS.
 //! - Callers free an item only once no thread can still reach it: the index frees overflow
 //!   buckets in an epoch action after a table is retired, never while it is reachable.
+//! - [`MallocFixedPageSize::allocate`] allocates no page past the page limit (the index's share
+//!   of a memory budget); racing allocators may overshoot it by a page each.
+//!   [`MallocFixedPageSize::allocate_beyond_limit`] ignores it (a growth's split, which the
+//!   budget check before the growth already paid for).
 
 use std::sync::atomic::{AtomicPtr, Ordering as StdOrdering};
+use std::sync::OnceLock;
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -28,7 +33,8 @@ pub trait FixedItem: Send + Sync + 'static {
 }
 
 const PAGE_BITS: u32 = 10;
-const PAGE_ITEMS: usize = 1 << PAGE_BITS;
+/// Items per page.
+pub const PAGE_ITEMS: usize = 1 << PAGE_BITS;
 const MAX_PAGES: usize = 1 << 16;
 const IDX_BITS: u32 = 40;
 const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
@@ -39,6 +45,13 @@ pub struct MallocFixedPageSize<T: FixedItem> {
     next: AtomicU64,
     free_head: AtomicU64,
     allocated: AtomicU64,
+    /// Pages allocated (they are never returned before drop).
+    pages_in_use: AtomicU64,
+    /// Pages [`MallocFixedPageSize::allocate`] may hold; `u64::MAX` for no limit.
+    page_limit: AtomicU64,
+    /// When `allocated` reaches this count, `allocate` unparks the watcher (`u64::MAX`: never).
+    watch_at: AtomicU64,
+    watcher: OnceLock<std::thread::Thread>,
 }
 
 impl<T: FixedItem> Default for MallocFixedPageSize<T> {
@@ -58,15 +71,51 @@ impl<T: FixedItem> MallocFixedPageSize<T> {
             next: AtomicU64::new(1),
             free_head: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
+            pages_in_use: AtomicU64::new(0),
+            page_limit: AtomicU64::new(u64::MAX),
+            watch_at: AtomicU64::new(u64::MAX),
+            watcher: OnceLock::new(),
         }
     }
 
-    /// Allocates a zeroed item; `None` when all `2^26` items are in use.
+    /// Allocates a zeroed item; `None` when all `2^26` items are in use, or when it would need
+    /// a page past the page limit.
     pub fn allocate(&self) -> Option<u64> {
+        self.allocate_with(true)
+    }
+
+    /// [`MallocFixedPageSize::allocate`] regardless of the page limit.
+    pub fn allocate_beyond_limit(&self) -> Option<u64> {
+        self.allocate_with(false)
+    }
+
+    fn allocate_with(&self, limited: bool) -> Option<u64> {
+        let i = self.take(limited)?;
+        let n = self.allocated.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.watch_at.load(Ordering::Relaxed) {
+            if let Some(t) = self.watcher.get() {
+                t.unpark();
+            }
+        }
+        Some(i)
+    }
+
+    fn take(&self, limited: bool) -> Option<u64> {
         if let Some(i) = self.pop_free() {
             self.get(i).clear();
-            self.allocated.fetch_add(1, Ordering::Relaxed);
             return Some(i);
+        }
+        if limited {
+            // Checked before taking an index, so a refusal does not use up the index space.
+            let page = self.next.load(Ordering::Acquire) >> PAGE_BITS;
+            if page >= self.page_limit.load(Ordering::Relaxed)
+                && self
+                    .pages
+                    .get(page as usize)
+                    .map_or(true, |p| p.load(StdOrdering::Acquire).is_null())
+            {
+                return None;
+            }
         }
         let i = self.next.fetch_add(1, Ordering::AcqRel);
         let page = (i >> PAGE_BITS) as usize;
@@ -88,10 +137,23 @@ impl<T: FixedItem> MallocFixedPageSize<T> {
                 // SAFETY: ptr came from Box::into_raw of a [T; PAGE_ITEMS] boxed slice just above
                 // and was never published.
                 drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, PAGE_ITEMS)) });
+            } else {
+                self.pages_in_use.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.allocated.fetch_add(1, Ordering::Relaxed);
         Some(i)
+    }
+
+    /// Sets how many pages [`MallocFixedPageSize::allocate`] may hold (`u64::MAX`: no limit).
+    pub fn set_page_limit(&self, pages: u64) {
+        self.page_limit.store(pages, Ordering::Relaxed);
+    }
+
+    /// Unparks `thread` when an allocation brings the count of items in use to `count` (one
+    /// thread for the allocator's life; later calls keep the first). `u64::MAX` turns it off.
+    pub fn watch(&self, count: u64, thread: &std::thread::Thread) {
+        let _ = self.watcher.set(thread.clone());
+        self.watch_at.store(count, Ordering::Relaxed);
     }
 
     /// The item at index `i` (which `allocate` returned).
@@ -168,13 +230,11 @@ impl<T: FixedItem> MallocFixedPageSize<T> {
     /// Bytes of item memory held (pages allocated).
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
-        let pages = self
-            .pages
-            .iter()
-            .filter(|p| !p.load(StdOrdering::Relaxed).is_null())
-            .count();
-        pages * PAGE_ITEMS * std::mem::size_of::<T>()
+        self.pages_in_use.load(Ordering::Relaxed) as usize * Self::PAGE_BYTES
     }
+
+    /// Bytes of one page of items.
+    pub const PAGE_BYTES: usize = PAGE_ITEMS * std::mem::size_of::<T>();
 }
 
 impl<T: FixedItem> Drop for MallocFixedPageSize<T> {
@@ -243,5 +303,68 @@ mod tests {
             "reused item must be cleared"
         );
         assert_eq!(a.allocated(), 12_000);
+    }
+
+    #[test]
+    fn the_page_limit_bounds_allocate_but_not_allocate_beyond_limit_or_reuse() {
+        let a = MallocFixedPageSize::<Item>::new();
+        a.set_page_limit(2);
+        let got: Vec<u64> = std::iter::from_fn(|| a.allocate()).take(5000).collect();
+        // Item 0 is reserved: two pages hold 2 * PAGE_ITEMS - 1 items.
+        assert_eq!(got.len(), 2 * PAGE_ITEMS - 1);
+        assert_eq!(
+            a.memory_bytes(),
+            2 * MallocFixedPageSize::<Item>::PAGE_BYTES
+        );
+        a.free(got[7]);
+        assert_eq!(
+            a.allocate(),
+            Some(got[7]),
+            "a freed item is reused under the limit"
+        );
+        assert!(a.allocate().is_none());
+        assert!(a.allocate_beyond_limit().is_some());
+        assert_eq!(
+            a.memory_bytes(),
+            3 * MallocFixedPageSize::<Item>::PAGE_BYTES
+        );
+        a.set_page_limit(u64::MAX);
+        assert!(a.allocate().is_some());
+    }
+
+    #[test]
+    fn reaching_the_watched_count_unparks_the_watcher() {
+        use std::sync::atomic::AtomicBool;
+        let a = std::sync::Arc::new(MallocFixedPageSize::<Item>::new());
+        let registered = std::sync::Arc::new(AtomicBool::new(false));
+        let allocated = std::sync::Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (a, registered, allocated) = (a.clone(), registered.clone(), allocated.clone());
+            std::thread::spawn(move || {
+                a.watch(10, &std::thread::current());
+                registered.store(true, Ordering::Release);
+                // Spin, not block: a blocking wait (a channel) may park and eat the token.
+                while !allocated.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                // The unpark came before this park, so it returns at once; without one it
+                // would sleep the whole timeout (a hang detector, not a timing measure).
+                let start = std::time::Instant::now();
+                std::thread::park_timeout(std::time::Duration::from_secs(30));
+                start.elapsed()
+            })
+        };
+        while !registered.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        for _ in 0..10 {
+            a.allocate().unwrap();
+        }
+        allocated.store(true, Ordering::Release);
+        let slept = watcher.join().unwrap();
+        assert!(
+            slept < std::time::Duration::from_secs(30),
+            "the 10th allocation did not unpark the watcher"
+        );
     }
 }

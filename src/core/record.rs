@@ -309,6 +309,8 @@ impl<'a> RecordRef<'a> {
         ValueState(self.words[2].load(Ordering::Acquire))
     }
 
+    /// The key's words (its encoding, zero-padded to whole words; never changed once the
+    /// record is published).
     #[inline]
     /// A copy of the key's bytes (keys never change once written).
     #[must_use]
@@ -322,13 +324,19 @@ impl<'a> RecordRef<'a> {
         out
     }
 
-    fn key_words(&self) -> &'a [AtomicU64] {
+    pub(crate) fn key_words(&self) -> &'a [AtomicU64] {
         &self.words[HEADER_WORDS..HEADER_WORDS + self.key_len.div_ceil(8)]
     }
 
     #[inline]
     fn value_words(&self) -> &'a [AtomicU64] {
         &self.words[HEADER_WORDS + self.key_len.div_ceil(8)..]
+    }
+
+    /// Length of the key's encoding in bytes.
+    #[must_use]
+    pub fn key_len(&self) -> usize {
+        self.key_len
     }
 
     /// Whether the record's key is `key` (compared in encoded form).

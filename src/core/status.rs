@@ -95,8 +95,10 @@ pub enum Error {
         /// Bytes of log memory.
         memory: usize,
     },
-    /// The index cannot allocate another overflow bucket.
-    #[error("hash index is full: no overflow bucket left")]
+    /// The index cannot allocate another overflow bucket: its share of
+    /// [`Config::memory_budget`](crate::Config::memory_budget) is used up, or all 2^26 overflow
+    /// buckets are in use.
+    #[error("hash index is full: no overflow bucket left (its share of the memory budget is used up, or 2^26 are in use)")]
     IndexFull,
     /// A checkpoint file is missing, truncated, corrupt, foreign or from another format, or no
     /// usable checkpoint exists.

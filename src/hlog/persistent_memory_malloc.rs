@@ -107,6 +107,10 @@ pub struct HybridLog<D: Disk> {
     page_sums: std::sync::Mutex<PageSums>,
     bytes_written: StdAtomicU64,
     bytes_read: StdAtomicU64,
+    /// Bytes of log (`tail - begin`) past which writers are slowed (`u64::MAX`: never).
+    size_limit: StdAtomicU64,
+    /// The log was past `size_limit` when a page last opened or `begin` last moved.
+    over_limit: AtomicBool,
 }
 
 /// Page hashes from page `first` on.
@@ -215,6 +219,8 @@ impl<D: Disk> HybridLog<D> {
             page_sums: std::sync::Mutex::new(PageSums::default()),
             bytes_written: StdAtomicU64::new(0),
             bytes_read: StdAtomicU64::new(0),
+            size_limit: StdAtomicU64::new(u64::MAX),
+            over_limit: AtomicBool::new(false),
         })
     }
 
@@ -515,7 +521,29 @@ impl<D: Disk> HybridLog<D> {
         }
         self.tail.store(tail_word(page, 0), Ordering::Release);
         self.shift_markers(page);
+        self.check_size(self.geo.page_start(page));
         Ok(())
+    }
+
+    /// Sets the log size (`tail - begin`) past which [`HybridLog::over_limit`] says so.
+    pub fn set_size_limit(&self, bytes: u64) {
+        self.size_limit.store(bytes, StdOrdering::Relaxed);
+        self.check_size(self.tail_address());
+    }
+
+    /// Whether the log was past its size limit when a page last opened or `begin` last moved
+    /// (one relaxed load: what operations check before they start).
+    #[inline]
+    pub fn over_limit(&self) -> bool {
+        self.over_limit.load(StdOrdering::Relaxed)
+    }
+
+    fn check_size(&self, tail: Address) {
+        let size = tail.raw().saturating_sub(self.begin.load(Ordering::Acquire));
+        let over = size > self.size_limit.load(StdOrdering::Relaxed);
+        if over != self.over_limit.load(StdOrdering::Relaxed) {
+            self.over_limit.store(over, StdOrdering::Relaxed);
+        }
     }
 
     /// Moves read-only and the head target for a tail now in page `tail_page`.
@@ -791,7 +819,9 @@ impl<D: Disk> HybridLog<D> {
                 ),
             });
         }
-        Ok(Address::new(self.begin.fetch_max(to.raw(), Ordering::SeqCst)))
+        let before = Address::new(self.begin.fetch_max(to.raw(), Ordering::SeqCst));
+        self.check_size(self.tail_address());
+        Ok(before)
     }
 
     /// `begin`, read sequentially consistent (the checkpoint's pin, see `ops::truncate`).

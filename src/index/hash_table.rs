@@ -212,7 +212,8 @@ impl HashTable {
                 .then(|| slot.store(entry.raw(), Ordering::Release))
         });
         if done.is_none() {
-            let new = pool.allocate().ok_or(IndexBusy::Full)?;
+            // A split's buckets were paid for by the budget check before the growth.
+            let new = pool.allocate_beyond_limit().ok_or(IndexBusy::Full)?;
             pool.get(new).entries[0].store(entry.raw(), Ordering::Release);
             last.overflow.store(new, Ordering::Release);
         }
@@ -232,6 +233,27 @@ impl HashTable {
             }
             None::<()>
         });
+    }
+
+    /// Frees every slot of bucket `i`'s chain, keeping its overflow buckets linked. Only for a
+    /// thread that alone writes that chain (a split starting over).
+    pub fn clear_exclusive(&self, i: usize, pool: &OverflowPool) {
+        self.scan(i, pool, |slot, _| {
+            slot.store(0, Ordering::Relaxed);
+            None::<()>
+        });
+    }
+
+    /// How many overflow buckets bucket `i`'s chain holds.
+    #[must_use]
+    pub fn overflow_count(&self, i: usize, pool: &OverflowPool) -> u64 {
+        let mut n = 0;
+        let mut next = self.bucket(i).overflow.load(Ordering::Acquire);
+        while next != 0 {
+            n += 1;
+            next = pool.get(next).overflow.load(Ordering::Acquire);
+        }
+        n
     }
 
     /// Indices of the overflow buckets linked from bucket `i`.

@@ -48,6 +48,26 @@ pub(crate) fn hash_encoded(e: &Encoded) -> u64 {
     }
 }
 
+/// [`hash_bytes`] of an encoding of `len` bytes given as its zero-padded little-endian words
+/// (a record's key in the log), without copying it out.
+pub(crate) fn hash_words(len: usize, mut words: impl Iterator<Item = u64>) -> u64 {
+    if len <= 8 {
+        return hash_word(words.next().unwrap_or(0), len);
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut left = len;
+    for w in words {
+        let bytes = w.to_le_bytes();
+        let n = left.min(8);
+        h.update(&bytes[..n]);
+        left -= n;
+        if left == 0 {
+            break;
+        }
+    }
+    h.digest()
+}
+
 /// Encodes a facade key and derives its hash exactly as [`hash_key`] does.
 #[inline(always)]
 pub(crate) fn encode_key<K: serde::Serialize + 'static>(key: &K) -> Result<(Encoded, KeyHash)> {
@@ -94,9 +114,26 @@ impl KeyHasher {
     pub(crate) fn of_context(&self, key: &Encoded, given: u64) -> KeyHash {
         use std::sync::atomic::Ordering::Relaxed;
         if self.custom.is_none() && !self.foreign.load(Relaxed) && given != hash_encoded(key) {
-            self.foreign.store(true, Relaxed);
+            self.note_foreign();
         }
         KeyHash::new(given)
+    }
+
+    /// Notes that keys are hashed other than by RsKv's own hash.
+    #[cold]
+    pub(crate) fn note_foreign(&self) {
+        if !self.foreign.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            tracing::info!(
+                "keys are hashed other than by RsKv's hash_key: index growth will copy entries \
+                 to both halves instead of sorting their chains"
+            );
+        }
+    }
+
+    /// Whether keys may be hashed other than by RsKv's own hash (a custom hash was given, or
+    /// a context used another): index growth cannot sort chains by RsKv's hash then.
+    pub(crate) fn is_foreign(&self) -> bool {
+        self.custom.is_some() || self.foreign.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The hash of a logged key.
@@ -144,6 +181,10 @@ mod tests {
             let e = Encoded::new(&k).unwrap();
             assert_eq!(hash_encoded(&e), hash_bytes(e.bytes()));
             assert_eq!(hash_key(&k), hash_bytes(e.bytes()));
+            assert_eq!(
+                hash_words(e.len(), e.words().iter().copied()),
+                hash_bytes(e.bytes())
+            );
         }
         for x in [0u64, 1, 127, 128, 1 << 40, u64::MAX] {
             check(x);
@@ -154,5 +195,6 @@ mod tests {
         }
         check(());
         check(String::new());
+        check("a key of exactly twenty-four".to_string());
     }
 }

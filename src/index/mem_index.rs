@@ -10,23 +10,35 @@
 //!    is visible.
 //! 3. In `IN_PROGRESS` operations use table `1-v`. Before touching new bucket `b` they make sure
 //!    the chunk of old buckets holding `b mod old_size` is split (doing it themselves if nobody
-//!    has started it, waiting if somebody is on it). Splitting copies every entry of old bucket
-//!    `i` into new buckets `i` and `i + old_size`: the chain behind an entry may hold keys of
-//!    either new bucket, and lookups compare full keys, so both copies are correct; each keeps
-//!    at most one entry per tag because the old chain did.
+//!    has started it, waiting if somebody is on it). Splitting old bucket `i` puts each of its
+//!    entries into new bucket `i`, `i + old_size`, or both, as the [`SplitChains`] sorter
+//!    (the engine, which reads the keys in the log) says; without one, or where the sorter
+//!    cannot tell, into both: the chain behind an entry may hold keys of either new bucket, and
+//!    lookups compare full keys, so both copies are correct. Each new bucket keeps at most one
+//!    entry per tag because the old chain did. Whoever splits is protected on the epoch (the
+//!    grower takes a protection per chunk), so the sorter can read the log.
 //! 4. When every chunk is split, the state becomes `REST(1-v)` and an epoch action frees table `v`
 //!    and its overflow buckets once no thread can still be reading them.
 //!
 //! Operations call the index once per attempt, inside one epoch protection, and never refresh in
 //! the middle of an attempt, so the table an attempt uses cannot be retired under it.
+//!
+//! # Memory accounting
+//! The index counts the bytes of its live tables (the new one from its allocation, the old one
+//! until its epoch action frees it) and the overflow buckets of retired tables not yet freed,
+//! so that growth decisions and a memory budget see what is really held. With a budget
+//! ([`MemIndex::set_memory_limit`]), operations allocate no overflow page past the index's
+//! share (they get `IndexBusy::Full`); a split may (the growth's budget check paid for it).
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering as StdOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::core::light_epoch::{LightEpoch, Protected};
 use crate::index::definitions::{EntrySlot, HashIndex, IndexBusy, KeyHash};
 use crate::index::hash_bucket::{HashBucket, HashBucketEntry};
 use crate::index::hash_table::{HashTable, OverflowPool};
+use crate::index::split::{Split, SplitChains};
 use crate::sync::{AtomicU64, Ordering};
 
 const REST: u64 = 0;
@@ -58,9 +70,54 @@ fn bits_of(s: u64) -> u32 {
     (s >> 16) as u32
 }
 
+/// Bytes of a table of `2^bits` buckets.
+fn table_bytes(bits: u32) -> u64 {
+    (std::mem::size_of::<HashBucket>() as u64) << bits
+}
+
 struct Grow {
     chunks: Box<[AtomicU8]>,
     done: AtomicU64,
+    /// Overflow buckets of the old table, counted by the splits.
+    old_overflow: AtomicU64,
+}
+
+/// What the index holds, shared with the epoch actions that free retired tables.
+struct Accounts {
+    /// Bytes of the live tables: the current one and, from a growth's start until its action
+    /// frees the old one, both.
+    table_bytes: AtomicU64,
+    /// Overflow buckets of retired tables that their actions have not freed yet.
+    retired_overflow: AtomicU64,
+    /// Bytes the index may hold (its share of a memory budget); `u64::MAX` for no limit.
+    limit: AtomicU64,
+}
+
+impl Accounts {
+    /// Tells the pool how many overflow pages operations may hold besides the tables.
+    fn update_pool_limit(&self, pool: &OverflowPool) {
+        let limit = self.limit.load(Ordering::Acquire);
+        let pages = if limit == u64::MAX {
+            u64::MAX
+        } else {
+            limit.saturating_sub(self.table_bytes.load(Ordering::Acquire))
+                / OverflowPool::PAGE_BYTES as u64
+        };
+        pool.set_page_limit(pages);
+    }
+}
+
+/// A borrowed protection as a sized value, so that any `&G` (sized or not) can be passed on to
+/// a [`SplitChains`] as `&dyn Protected`.
+struct Under<'a, G: ?Sized>(&'a G, PhantomData<*const ()>);
+
+// SAFETY: an `Under` borrows a `G`, a protection of the calling thread on `g.epoch()`, for its
+// whole life and reaches nothing that could end it; like every `Protected` it is neither `Send`
+// nor `Sync` (the raw-pointer marker).
+unsafe impl<G: Protected + ?Sized> Protected for Under<'_, G> {
+    fn epoch(&self) -> &LightEpoch {
+        self.0.epoch()
+    }
 }
 
 /// The in-memory index: a hash table that doubles online.
@@ -75,6 +132,12 @@ pub struct MemIndex {
     grow: AtomicPtr<Grow>,
     pool: Arc<OverflowPool>,
     epoch: Arc<LightEpoch>,
+    accounts: Arc<Accounts>,
+    /// Overflow buckets of the current table right after the growth that made it (0 for the
+    /// first table): what growth could not remove, so not a reason to grow again.
+    baseline: AtomicU64,
+    /// Sorts chains between the halves of a split (set once by the engine).
+    splitter: OnceLock<Box<dyn SplitChains>>,
 }
 
 impl MemIndex {
@@ -88,7 +151,29 @@ impl MemIndex {
             grow: AtomicPtr::new(std::ptr::null_mut()),
             pool: Arc::new(OverflowPool::new()),
             epoch,
+            accounts: Arc::new(Accounts {
+                table_bytes: AtomicU64::new(table_bytes(bits)),
+                retired_overflow: AtomicU64::new(0),
+                limit: AtomicU64::new(u64::MAX),
+            }),
+            baseline: AtomicU64::new(0),
+            splitter: OnceLock::new(),
         }
+    }
+
+    /// Installs the sorter growth splits chains with (once; later calls are ignored).
+    pub fn set_splitter(&self, splitter: Box<dyn SplitChains>) {
+        let _ = self.splitter.set(splitter);
+    }
+
+    /// Bounds the index's memory (tables and overflow buckets) to `bytes`, `None` for no
+    /// bound: operations then get `IndexBusy::Full` rather than allocate an overflow page past
+    /// it. Growth does not check it; its caller does, before growing.
+    pub fn set_memory_limit(&self, bytes: Option<u64>) {
+        self.accounts
+            .limit
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Release);
+        self.accounts.update_pool_limit(&self.pool);
     }
 
     /// Table `version`, without a witness.
@@ -155,7 +240,9 @@ impl MemIndex {
                 // SAFETY: IN_PROGRESS was read under `g`; the grow state is freed with the old
                 // table, by the same action, which waits for `g`.
                 let grow = unsafe { self.grow_unguarded() };
-                self.ensure_split(grow, old, new, hash.bucket(old.bits()) / CHUNK_BUCKETS)?;
+                let chunk = hash.bucket(old.bits()) / CHUNK_BUCKETS;
+                let under = Under(g, PhantomData);
+                self.ensure_split(grow, old, new, chunk, Some(&under))?;
                 Ok(new)
             }
         }
@@ -173,12 +260,13 @@ impl MemIndex {
 
     fn ensure_split(
         &self,
-        g: &Grow,
+        grow: &Grow,
         old: &HashTable,
         new: &HashTable,
         chunk: usize,
+        g: Option<&dyn Protected>,
     ) -> Result<(), IndexBusy> {
-        let c = &g.chunks[chunk];
+        let c = &grow.chunks[chunk];
         let mut round = 0;
         loop {
             match c.load(StdOrdering::Acquire) {
@@ -189,13 +277,18 @@ impl MemIndex {
                 {
                     let first = chunk * CHUNK_BUCKETS;
                     let last = (first + CHUNK_BUCKETS).min(old.len());
-                    let result = (first..last).try_for_each(|i| self.split_bucket(old, new, i));
+                    let mut old_overflow = 0;
+                    let result = (first..last).try_for_each(|i| {
+                        old_overflow += old.overflow_count(i, &self.pool);
+                        self.split_bucket(old, new, i, g)
+                    });
                     if result.is_err() {
                         c.store(TODO, StdOrdering::Release);
                         return result;
                     }
+                    grow.old_overflow.fetch_add(old_overflow, Ordering::Relaxed);
                     c.store(DONE, StdOrdering::Release);
-                    g.done.fetch_add(1, Ordering::AcqRel);
+                    grow.done.fetch_add(1, Ordering::AcqRel);
                     return Ok(());
                 }
                 _ => crate::sync::backoff(&mut round),
@@ -203,18 +296,31 @@ impl MemIndex {
         }
     }
 
-    fn split_bucket(&self, old: &HashTable, new: &HashTable, i: usize) -> Result<(), IndexBusy> {
-        let mut entries = Vec::new();
-        old.for_each_entry(i, &self.pool, |e| entries.push(e));
+    /// Splits old bucket `i` into new buckets `i` and `i + old.len()`, sorting chains when a
+    /// sorter is installed and the caller is protected (`g`).
+    fn split_bucket(
+        &self,
+        old: &HashTable,
+        new: &HashTable,
+        i: usize,
+        g: Option<&dyn Protected>,
+    ) -> Result<(), IndexBusy> {
+        let mut entries = Vec::with_capacity(crate::index::hash_bucket::ENTRIES);
+        old.for_each_entry(i, &self.pool, |e| entries.push(Split::both(e)));
+        if let (Some(g), Some(sorter)) = (g, self.splitter.get()) {
+            sorter.sort(g, i, old.bits(), &mut entries);
+        }
         // Clear first so a retried split (after Full) does not duplicate entries.
         for j in [i, i + old.len()] {
-            for slot in &new.bucket(j).entries {
-                slot.store(0, Ordering::Relaxed);
-            }
+            new.clear_exclusive(j, &self.pool);
         }
-        for e in entries {
-            new.insert_exclusive(i, e, &self.pool)?;
-            new.insert_exclusive(i + old.len(), e, &self.pool)?;
+        for split in entries {
+            for (half, to) in split.to.into_iter().enumerate() {
+                if let Some(address) = to {
+                    let entry = HashBucketEntry::new(address, split.entry.tag(), false);
+                    new.insert_exclusive(i + half * old.len(), entry, &self.pool)?;
+                }
+            }
         }
         Ok(())
     }
@@ -252,10 +358,15 @@ impl MemIndex {
         // SAFETY: this thread is the grower, and only the grower retires a table (step 4).
         let old = unsafe { self.table_unguarded(v) };
         let new = Box::into_raw(Box::new(HashTable::new(bits + 1)));
+        self.accounts
+            .table_bytes
+            .fetch_add(table_bytes(bits + 1), Ordering::AcqRel);
+        self.accounts.update_pool_limit(&self.pool);
         let chunks = old.len().div_ceil(CHUNK_BUCKETS);
         let g = Box::into_raw(Box::new(Grow {
             chunks: (0..chunks).map(|_| AtomicU8::new(TODO)).collect(),
             done: AtomicU64::new(0),
+            old_overflow: AtomicU64::new(0),
         }));
         self.tables[1 - v as usize].store(new, StdOrdering::Release);
         self.grow.store(g, StdOrdering::Release);
@@ -278,15 +389,32 @@ impl MemIndex {
         // SAFETY: the grower frees the grow state itself, below.
         let g_ref = unsafe { self.grow_unguarded() };
         for c in 0..chunks {
-            self.ensure_split(g_ref, old, new_ref, c)?;
+            // A protection per chunk, so the sorter may read the log (without one, which only
+            // a full epoch table refuses, the chunk is split by copying).
+            let guard = self.epoch.protect().ok();
+            let under = guard.as_ref().map(|g| g as &dyn Protected);
+            self.ensure_split(g_ref, old, new_ref, c, under)?;
         }
         while g_ref.done.load(Ordering::Acquire) < chunks as u64 {
             crate::sync::backoff(&mut round);
         }
+        // The old table's overflow buckets stay allocated until the action below frees them;
+        // what is allocated beyond them belongs to the new table.
+        let old_overflow = g_ref.old_overflow.load(Ordering::Acquire);
+        let retired = self
+            .accounts
+            .retired_overflow
+            .fetch_add(old_overflow, Ordering::AcqRel)
+            + old_overflow;
         self.state
             .store(state(REST, 1 - v, bits + 1), Ordering::Release);
+        self.baseline.store(
+            self.pool.allocated().saturating_sub(retired),
+            Ordering::Release,
+        );
         let old_ptr = self.tables[v as usize].load(StdOrdering::Acquire) as usize;
         let pool = self.pool.clone();
+        let accounts = self.accounts.clone();
         let g = g as usize;
         self.epoch.bump_epoch(move || {
             // SAFETY: no thread can reach the old table or the grow state any more: REST(1-v)
@@ -298,6 +426,13 @@ impl MemIndex {
                     pool.free(o);
                 }
             }
+            accounts
+                .retired_overflow
+                .fetch_sub(old_overflow, Ordering::AcqRel);
+            accounts
+                .table_bytes
+                .fetch_sub(table_bytes(bits), Ordering::AcqRel);
+            accounts.update_pool_limit(&pool);
             drop(old);
             // SAFETY: as above, the grow state is unreachable.
             drop(unsafe { Box::from_raw(g as *mut Grow) });
@@ -322,24 +457,70 @@ impl MemIndex {
     }
 
     /// Bytes of index memory: the tables and the overflow buckets. Reads no table (the sizes
-    /// are in the state word), so it needs no protection.
+    /// are counted), so it needs no protection.
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
-        let s = self.state.load(Ordering::Acquire);
-        let table = std::mem::size_of::<HashBucket>() << bits_of(s);
-        // While growing, the new table (twice the size) exists too, or is about to.
-        let tables = if phase_of(s) == REST {
-            table
-        } else {
-            3 * table
-        };
-        tables + self.pool.memory_bytes()
+        self.table_bytes() as usize + self.overflow_bytes() as usize
     }
 
-    /// Overflow buckets in use.
+    /// Bytes of the live tables: the current one, and while growing (until the old one is
+    /// freed) both.
+    #[must_use]
+    pub fn table_bytes(&self) -> u64 {
+        self.accounts.table_bytes.load(Ordering::Acquire)
+    }
+
+    /// [`MemIndex::bits`] and [`MemIndex::table_bytes`] as of one moment: the table bytes are
+    /// between one and three times the size of a table of the bits returned.
+    #[must_use]
+    pub fn sizes(&self) -> (u32, u64) {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            let bytes = self.table_bytes();
+            if self.state.load(Ordering::Acquire) == s {
+                return (bits_of(s), bytes);
+            }
+        }
+    }
+
+    /// Bytes of overflow bucket memory held (its pages are kept until the index is dropped,
+    /// and reused).
+    #[must_use]
+    pub fn overflow_bytes(&self) -> u64 {
+        self.pool.memory_bytes() as u64
+    }
+
+    /// Overflow buckets in use (including a retired table's, until they are freed).
     #[must_use]
     pub fn overflow_buckets(&self) -> u64 {
         self.pool.allocated()
+    }
+
+    /// Overflow buckets the current table gained since the growth that made it. A growth
+    /// cannot remove every overflow bucket (entries whose chains it cannot sort are copied to
+    /// both halves), so automatic growth counts only these.
+    #[must_use]
+    pub fn overflow_since_growth(&self) -> u64 {
+        let current = self
+            .pool
+            .allocated()
+            .saturating_sub(self.accounts.retired_overflow.load(Ordering::Acquire));
+        current.saturating_sub(self.baseline.load(Ordering::Acquire))
+    }
+
+    /// Unparks `thread` when an operation's allocation makes [`MemIndex::overflow_since_growth`]
+    /// exceed `limit` (from the counts as they are now; a growth or a freed table makes the
+    /// watch stale, so the watcher must also look by itself now and then). `None` turns it off.
+    pub fn watch_overflow(&self, limit: Option<u64>, thread: &std::thread::Thread) {
+        let at = limit.map_or(u64::MAX, |limit| {
+            self.accounts
+                .retired_overflow
+                .load(Ordering::Acquire)
+                .saturating_add(self.baseline.load(Ordering::Acquire))
+                .saturating_add(limit)
+                .saturating_add(1)
+        });
+        self.pool.watch(at, thread);
     }
 
     /// A fuzzy dump of the current table (checkpoint): hands `out` the bucket image in chunks

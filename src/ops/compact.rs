@@ -364,12 +364,6 @@ impl<D: Disk> Engine<D> {
         }
         self.compact(until, p.threads).map(Some)
     }
-
-    /// Whether writers should slow down: the log is past its hard limit (the budget plus
-    /// what one pass may need to copy), because compaction cannot keep up.
-    pub(crate) fn over_hard_limit(&self, p: &LogCompaction) -> bool {
-        self.log_bytes() > p.budget.saturating_add(p.max_pass)
-    }
 }
 
 impl Compaction {

@@ -41,9 +41,10 @@ pub struct Engine<D: Disk> {
     pub(crate) retention: crate::ops::truncate::Retention,
     /// Logged keys' hashes, for compaction and iteration.
     pub(crate) hasher: crate::index::key_hash::KeyHasher,
-    /// Set by the maintenance thread while the log is past its hard limit: operations of other
-    /// threads pause before they start ([`Engine::protect`]).
-    pub(crate) throttle: std::sync::atomic::AtomicBool,
+    /// How the memory budget is split, if one is set (`Config::memory_budget`).
+    pub(crate) budget: Option<crate::config::MemoryBudget>,
+    /// Growths and budget refusals, maintenance passes.
+    pub(crate) growth: crate::ops::growth::GrowthBook,
 }
 
 /// Attempts a nested operation makes without moving the epoch (after lost races, records
@@ -114,15 +115,22 @@ impl<D: Disk> Engine<D> {
             counters: crate::ops::counters::Counters::default(),
             retention: crate::ops::truncate::Retention::default(),
             hasher: crate::index::key_hash::KeyHasher::default(),
-            throttle: std::sync::atomic::AtomicBool::new(false),
+            budget: None,
+            growth: crate::ops::growth::GrowthBook::default(),
         }
+    }
+
+    /// Sets the memory budget: the index is bounded by its share.
+    pub(crate) fn set_budget(&mut self, budget: Option<crate::config::MemoryBudget>) {
+        self.budget = budget;
+        self.index.set_memory_limit(budget.map(|b| b.index));
     }
 
     /// Protects the calling thread. The checkpoint state is read (and acknowledged) per
     /// attempt by [`Engine::op_version`], which every operation runs first; a protection that
     /// runs no attempt holds back a phase change only until it ends.
     pub(crate) fn protect(&self) -> Result<EpochGuard<'_>> {
-        if self.throttle.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.hlog.over_limit() {
             self.slow_down();
         }
         self.epoch.protect()

@@ -4,7 +4,9 @@
 //! insert share the "find the latest record, decide, append with CAS" core), [`delete`], and
 //! [`pending`] (finishing operations whose records are on disk: blocking, async, sessions).
 //! [`fast`] finishes the common in-memory case of one-word keys and values in far fewer
-//! instructions, or hands it to the general path unchanged.
+//! instructions, or hands it to the general path unchanged. [`growth`] runs index growth for
+//! the store (the claim it shares with checkpoints, the memory budget check, and sorting chains
+//! between the halves of a split by reading their keys).
 //!
 //! # How an operation runs
 //! - An *attempt* runs inside one epoch protection and never refreshes in the middle, so the
@@ -31,6 +33,7 @@ pub mod cpr;
 pub mod delete;
 pub mod engine;
 pub mod fast;
+pub mod growth;
 pub mod pending;
 pub mod read;
 pub mod recover;

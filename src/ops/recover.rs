@@ -68,6 +68,9 @@ pub(crate) struct Layout<'h> {
     pub(crate) hash: &'h dyn Fn(&[u8]) -> Result<u64>,
     pub(crate) index_bits: u32,
     pub(crate) log_memory: u64,
+    /// `Config::memory_budget`: when set, it decides the log memory (split again for the
+    /// recovered index's size and the checkpoint's page size).
+    pub(crate) budget: Option<u64>,
     pub(crate) mutable_fraction: f64,
     /// `Config::recovery_fallback`.
     pub(crate) fallback: bool,
@@ -257,8 +260,21 @@ impl<D: Disk> Engine<D> {
         skipped: Vec<(Token, String)>,
     ) -> Result<(Engine<D>, RecoveryInfo)> {
         let log = &plan.log;
-        let frames = (layout.log_memory >> log.page_bits)
-            .max(crate::hlog::persistent_memory_malloc::MIN_FRAMES);
+        let (frames, budget) = match layout.budget {
+            Some(total) => {
+                let (budget, _) = crate::config::MemoryBudget::split(
+                    total,
+                    rebuilt.index.bits(),
+                    Some(log.page_bits),
+                )?;
+                (budget.log >> log.page_bits, Some(budget))
+            }
+            None => (
+                (layout.log_memory >> log.page_bits)
+                    .max(crate::hlog::persistent_memory_malloc::MIN_FRAMES),
+                None,
+            ),
+        };
         let hlog = HybridLog::recovered(
             disk,
             rebuilt.epoch.clone(),
@@ -282,7 +298,8 @@ impl<D: Disk> Engine<D> {
             .map_err(|e| Error::io("syncing the log after recovery", e))?;
         // Warm start: the newest pages come back into memory (read-only), as they were.
         hlog.load_tail()?;
-        let engine = Engine::with_index(rebuilt.epoch, rebuilt.index, hlog);
+        let mut engine = Engine::with_index(rebuilt.epoch, rebuilt.index, hlog);
+        engine.set_budget(budget);
         engine.set_system_state(SystemState {
             phase: Phase::Rest,
             version: log.version + 1,
@@ -332,8 +349,9 @@ impl Rebuild {
     ) -> Result<Self> {
         let log = &plan.log;
         let epoch = Arc::new(LightEpoch::new());
+        // The log's chains were built in tables of up to `log.table_bits` (see its docs).
         let mut r = Rebuild {
-            index: MemIndex::new(layout.index_bits, epoch.clone()),
+            index: MemIndex::new(layout.index_bits.max(log.table_bits), epoch.clone()),
             epoch,
             index_token: None,
             replay_from: log.begin.max(Address::FIRST_VALID.raw()),
@@ -349,6 +367,12 @@ impl Rebuild {
                 r.replay_from = meta.start.max(log.begin);
                 break;
             }
+        }
+        // An index checkpoint taken before the index last grew is smaller than the log's
+        // chains need: grow it first (this index has no sorter, so entries are copied to both
+        // halves, which is always correct).
+        while r.index.bits() < log.table_bits {
+            r.index.grow().map_err(|_| Error::IndexFull)?;
         }
         let geo = PageGeometry::new(
             log.page_bits,

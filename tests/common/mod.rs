@@ -4,21 +4,29 @@
 use rskv::device::file_system_disk::FileSystemDisk;
 use rskv::{Codec, Config, RsKv};
 
+/// The configuration of [`small_store`].
+pub fn small_config(log_memory: u64) -> Config {
+    Config::new()
+        .table_size(1 << 8)
+        .log_memory_size(log_memory)
+        .page_size(4096)
+}
+
 /// A store in a fresh temporary directory with `log_memory` bytes of log memory and small
 /// 4 KiB pages, so that records leave memory quickly.
 pub fn small_store<K: Codec, V: Codec>(
     log_memory: u64,
 ) -> (tempfile::TempDir, RsKv<K, V, FileSystemDisk>) {
+    small_store_with(small_config(log_memory))
+}
+
+/// A store over `config` in a fresh temporary directory.
+pub fn small_store_with<K: Codec, V: Codec>(
+    config: Config,
+) -> (tempfile::TempDir, RsKv<K, V, FileSystemDisk>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = FileSystemDisk::new(dir.path()).expect("disk");
-    let kv = RsKv::open(
-        Config::new()
-            .table_size(1 << 8)
-            .log_memory_size(log_memory)
-            .page_size(4096),
-        disk,
-    )
-    .expect("open");
+    let kv = RsKv::open(config, disk).expect("open");
     (dir, kv)
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::core::checkpoint::{CommitPoint, SessionCommit};
 use crate::core::status::{Error, Result};
@@ -17,6 +17,11 @@ use crate::core::status::{Error, Result};
 pub(crate) struct Cpr {
     /// A checkpoint or an index growth is running.
     pub(super) busy: AtomicBool,
+    /// Whether the claim is held by an index growth: its claimers wait for it (a growth is
+    /// bounded work), where a checkpoint's make them `Busy`. Changed only under the mutex,
+    /// together with `busy` for a growth, so a waiter cannot miss the end of a growth.
+    growing: Mutex<bool>,
+    growth_done: Condvar,
     /// Updates of a version (by its parity) that went to disk and are being driven to their
     /// end: `WaitPending` waits for these. A session's pending update is counted only while
     /// the session drives it (`complete_pending`), an async one only while it is polled, a
@@ -34,6 +39,8 @@ impl Default for Cpr {
     fn default() -> Self {
         Self {
             busy: AtomicBool::new(false),
+            growing: Mutex::new(false),
+            growth_done: Condvar::new(),
             driven: [StdAtomicU64::new(0), StdAtomicU64::new(0)],
             sessions: Mutex::new(Vec::new()),
             next_session: StdAtomicU64::new(1),
@@ -117,13 +124,65 @@ impl Drop for PendingUpdate<'_> {
     }
 }
 
+/// The claim held by an index growth; released on drop, waking the claimers that wait for it.
+pub(crate) struct GrowthClaim<'a>(&'a Cpr);
+
+impl Drop for GrowthClaim<'_> {
+    fn drop(&mut self) {
+        let mut growing = lock(&self.0.growing);
+        self.0.busy.store(false, StdOrdering::Release);
+        *growing = false;
+        drop(growing);
+        self.0.growth_done.notify_all();
+    }
+}
+
 impl Cpr {
-    /// Claims the machinery for one checkpoint or growth.
-    pub(crate) fn claim(&self, what: &'static str) -> Result<Claim<'_>> {
+    fn try_claim(&self) -> bool {
         self.busy
             .compare_exchange(false, true, StdOrdering::AcqRel, StdOrdering::Acquire)
-            .map_err(|_| Error::Busy(what))?;
+            .is_ok()
+    }
+
+    /// Claims, waiting while an index growth holds the claim if `may_wait` (the caller is not
+    /// epoch protected, so the growth does not wait for it). `Err` with `what` if a
+    /// checkpoint holds it. A growth takes the claim and marks itself under the mutex, so with
+    /// the mutex held, a taken claim that is not marked is a checkpoint's.
+    fn claim_as(&self, what: &'static str, may_wait: bool, growth: bool) -> Result<()> {
+        if !growth && self.try_claim() {
+            return Ok(());
+        }
+        let mut growing = lock(&self.growing);
+        loop {
+            if self.try_claim() {
+                *growing |= growth;
+                return Ok(());
+            }
+            if !*growing || !may_wait {
+                return Err(Error::Busy(what));
+            }
+            growing = self
+                .growth_done
+                .wait(growing)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Claims the machinery for one checkpoint (or a checkpoint's removal), waiting for a
+    /// running index growth if `may_wait`.
+    pub(crate) fn claim(&self, what: &'static str, may_wait: bool) -> Result<Claim<'_>> {
+        self.claim_as(what, may_wait, false)?;
         Ok(Claim(&self.busy))
+    }
+
+    /// Claims the machinery for an index growth, waiting for another growth if `may_wait`.
+    pub(crate) fn claim_growth(
+        &self,
+        what: &'static str,
+        may_wait: bool,
+    ) -> Result<GrowthClaim<'_>> {
+        self.claim_as(what, may_wait, true)?;
+        Ok(GrowthClaim(self))
     }
 
     /// Counts an update of `version` that goes to disk (driven by the caller until parked).

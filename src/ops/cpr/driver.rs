@@ -137,7 +137,8 @@ impl<D: Disk> Engine<D> {
             ));
         }
         let dir = self.checkpoint_dir()?;
-        let claim = self.cpr.claim("a checkpoint or index growth is running")?;
+        // Not protected (checked above), so a running index growth can be waited for.
+        let claim = self.cpr.claim("a checkpoint is running", true)?;
         if self.index.is_growing() {
             return Err(Error::Busy("the index is growing"));
         }
@@ -275,6 +276,8 @@ impl<D: Disk> Engine<D> {
             version: v,
             mode,
             page_bits: self.hlog.geometry().page_bits,
+            // No growth runs while the checkpoint holds the claim.
+            table_bits: self.index.bits(),
             begin: pin.begin.raw(),
             newer_from,
             end: end.raw(),
