@@ -428,8 +428,14 @@ impl CheckpointDir {
     /// # Errors
     /// [`Error::Path`] if a file cannot be removed.
     pub fn remove_log(&self, token: Token) -> Result<()> {
+        self.remove_files(token, &[LOG_META, SNAPSHOT_DATA])
+    }
+
+    /// Removes files `names` of checkpoint `token` in order (missing ones are fine), then
+    /// syncs its directory.
+    fn remove_files(&self, token: Token, names: &[&str]) -> Result<()> {
         let dir = self.dir(token);
-        for name in [LOG_META, SNAPSHOT_DATA] {
+        for name in names {
             match std::fs::remove_file(dir.join(name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -451,20 +457,8 @@ impl CheckpointDir {
     /// # Errors
     /// [`Error::Path`] if a file cannot be removed.
     pub fn remove(&self, token: Token) -> Result<()> {
+        self.remove_files(token, &[LOG_META, INDEX_META])?;
         let dir = self.dir(token);
-        for name in [LOG_META, INDEX_META] {
-            match std::fs::remove_file(dir.join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(Error::Path {
-                        path: dir.join(name),
-                        source,
-                    })
-                }
-            }
-        }
-        let _ = crate::environment::file::sync_dir(&dir);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
