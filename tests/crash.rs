@@ -1,14 +1,19 @@
 //! Crash test: a child process (this test binary, re-executed) runs three sessions of upserts
-//! and RMWs with checkpoints taken back to back on another thread, and is killed with SIGKILL
-//! at a random moment (sometimes while it is still recovering from the previous kill). After
-//! each kill the supervisor recovers the store and checks every session's prefix: every
-//! operation up to the recovered serial number (except those reported excluded) is there with
-//! its exact effect, and none after it.
+//! and RMWs, with checkpoints taken back to back on one thread and compactions of everything
+//! that is only on the device (`compact(safe_head)`, which truncates at its end) on another,
+//! and is killed with SIGKILL at a random moment (sometimes while it is still recovering from
+//! the previous kill, and every fourth round while a compaction pass runs). After each kill the
+//! supervisor recovers the store and checks every session's prefix: every operation up to the
+//! recovered serial number (except those reported excluded) is there with its exact effect,
+//! and none after it. A kill during a compaction must lose nothing a completed checkpoint
+//! covered; the supervisor also checks that compactions copied records and that a recovered
+//! log's begin moved, so the passes were not all empty.
 //!
 //! Two layouts: small 4 KiB pages with fold-over and snapshot checkpoints in turn, and
 //! snapshot checkpoints only over 64 KiB pages and 8 MiB of log memory, whose snapshot files
 //! run from a few pages to several MiB (not multiples of the 2 MiB huge page: such a snapshot
-//! once could not be read back).
+//! once could not be read back). Both use 1 MiB log segments, so that truncation deletes
+//! segment files (and the checkpoints that needed them) while the child may be killed.
 //!
 //! `RSKV_CRASH_ROUNDS` sets the number of kills (default 12, 6 for the second layout; e.g. 500
 //! for a long run).
@@ -21,8 +26,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Add, Put};
-use rskv::device::file_system_disk::FileSystemDisk;
-use rskv::{CheckpointKind, Config, LogMode, RsKv, SessionId};
+use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
+use rskv::{Address, CheckpointKind, Config, LogMode, RsKv, SessionId};
 
 type Kv = RsKv<u64, u64, FileSystemDisk>;
 
@@ -70,6 +75,12 @@ fn layout() -> Layout {
     }
 }
 
+/// The store's device: small segments, so that truncation really deletes files. The child and
+/// the supervisor must open it alike.
+fn disk(dir: &Path) -> FileSystemDisk {
+    FileSystemDisk::with_options(dir, DiskOptions::default().with_segment_size(1 << 20)).unwrap()
+}
+
 fn config(l: Layout) -> Config {
     Config::new()
         .table_size(l.table)
@@ -93,12 +104,18 @@ fn op(l: Layout, s: u64, n: u64) -> (u64, Op) {
 
 /// The child: recover (or start), then run sessions and checkpoints until killed.
 fn child(dir: &Path) {
+    // A panic on any thread ends the child, so the supervisor sees it exit and prints why
+    // (otherwise the other threads would run on until the kill, and the panic go unnoticed).
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let l = layout();
-    let disk = FileSystemDisk::new(dir).unwrap();
-    let kv: Kv = match RsKv::recover(config(l), disk, None) {
+    let kv: Kv = match RsKv::recover(config(l), disk(dir), None) {
         Ok((kv, _)) => kv,
         Err(rskv::Error::Checkpoint { reason, .. }) if reason.contains("no checkpoint") => {
-            RsKv::open(config(l), FileSystemDisk::new(dir).unwrap()).unwrap()
+            RsKv::open(config(l), disk(dir)).unwrap()
         }
         Err(e) => panic!("child recovery failed: {e}"),
     };
@@ -129,6 +146,7 @@ fn child(dir: &Path) {
                 session.complete_pending(n % 64 == 0);
             });
         }
+        scope.spawn(|| compactions(&kv, l, dir));
         let mut i = 0u64;
         loop {
             let kind = if i % 3 == 2 {
@@ -153,6 +171,81 @@ fn child(dir: &Path) {
             std::thread::sleep(Duration::from_millis(i % 7));
         }
     });
+}
+
+/// The child's compaction thread: compacts everything that is only on the device, whenever
+/// that is a page or more, with one or two workers in turn. `Busy` (another maintenance pass)
+/// is tolerated; any other error ends the child.
+fn compactions(kv: &Kv, l: Layout, dir: &Path) {
+    let mut passes = Passes::default();
+    loop {
+        let m = kv.stats().markers;
+        let begin_page = m.begin.raw() - m.begin.raw() % l.page;
+        if m.safe_head.raw() >= begin_page + l.page {
+            passes.started += 1;
+            passes.write(dir);
+            let started = Instant::now();
+            let threads = 1 + (passes.started % 2) as usize;
+            match kv.compact_with_threads(m.safe_head, threads) {
+                Ok(c) => passes.copied += c.copied,
+                Err(rskv::Error::Busy(_)) => {}
+                Err(e) => panic!("child: compaction up to {} failed: {e}", m.safe_head),
+            }
+            passes.finished += 1;
+            passes.last_micros = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+            passes.write(dir);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What the child's compaction thread did, as it reports it beside the store directory.
+#[derive(Clone, Copy, Debug, Default)]
+struct Passes {
+    /// Passes begun.
+    started: u64,
+    /// Passes ended (one fewer than `started` while one runs).
+    finished: u64,
+    /// Records the passes copied to the tail.
+    copied: u64,
+    /// How long the last finished pass took, in microseconds.
+    last_micros: u64,
+}
+
+impl Passes {
+    fn path(dir: &Path) -> std::path::PathBuf {
+        dir.with_extension("compaction")
+    }
+
+    /// Replaces the report by a rename, so that a kill never leaves half of one.
+    fn write(&self, dir: &Path) {
+        let tmp = dir.with_extension("compaction.tmp");
+        let text = format!(
+            "{} {} {} {}",
+            self.started, self.finished, self.copied, self.last_micros
+        );
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, Self::path(dir)).unwrap();
+    }
+
+    /// The current child's report (all zero before its first pass).
+    fn read(dir: &Path) -> Passes {
+        let text = std::fs::read_to_string(Self::path(dir)).unwrap_or_default();
+        let n: Vec<u64> = text.split(' ').filter_map(|w| w.parse().ok()).collect();
+        match n[..] {
+            [started, finished, copied, last_micros] => Passes {
+                started,
+                finished,
+                copied,
+                last_micros,
+            },
+            _ => Passes::default(),
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.started > self.finished
+    }
 }
 
 /// Where the child reports its completed checkpoints (beside the store directory).
@@ -192,14 +285,21 @@ fn expected(l: Layout, s: u64, until: u64, lost: &HashSet<u64>) -> HashMap<u64, 
     m
 }
 
-fn verify(l: Layout, dir: &Path, lost: &mut [HashSet<u64>], round: usize) -> Option<Vec<u64>> {
-    let disk = FileSystemDisk::new(dir).unwrap();
-    let kv: Kv = match RsKv::recover(config(l), disk, None) {
+/// Recovers the store and checks every session's prefix. Returns the sessions' recovered
+/// serial numbers and the recovered log's begin (`None` without a checkpoint). `round` names
+/// the kill in failure messages.
+fn verify(
+    l: Layout,
+    dir: &Path,
+    lost: &mut [HashSet<u64>],
+    round: &str,
+) -> Option<(Vec<u64>, Address)> {
+    let kv: Kv = match RsKv::recover(config(l), disk(dir), None) {
         Ok((kv, _)) => kv,
         Err(rskv::Error::Checkpoint { reason, .. }) if reason.contains("no checkpoint") => {
             return None
         }
-        Err(e) => panic!("round {round}: recovery failed: {e}"),
+        Err(e) => panic!("{round}: recovery failed: {e}"),
     };
     let mut untils = Vec::new();
     for s in 1..=SESSIONS {
@@ -212,12 +312,13 @@ fn verify(l: Layout, dir: &Path, lost: &mut [HashSet<u64>], round: usize) -> Opt
             assert_eq!(
                 kv.get(&k).unwrap(),
                 want.get(&k).copied(),
-                "round {round}: session {s} key {sub} (commit point {point:?})"
+                "{round}: session {s} key {sub} (commit point {point:?}, recovered begin {})",
+                kv.stats().markers.begin
             );
         }
         untils.push(point.until);
     }
-    Some(untils)
+    Some((untils, kv.stats().markers.begin))
 }
 
 #[test]
@@ -246,6 +347,10 @@ fn crash_rounds(l: Layout, default_rounds: usize) {
     let mut last: Option<Vec<u64>> = None;
     let mut progressed = 0;
     let mut during_recovery = 0;
+    // Compaction passes the children ended, records they copied, kills that landed while a
+    // pass ran, and the highest begin a recovery found.
+    let (mut passes, mut copied, mut during_compaction) = (0, 0, 0);
+    let mut begin = Address::FIRST_VALID;
     let started = Instant::now();
     let mut snapshots = Vec::new();
     for round in 0..rounds {
@@ -254,9 +359,11 @@ fn crash_rounds(l: Layout, default_rounds: usize) {
         rng ^= rng << 17;
         // Every fourth round dies early, often while still recovering; the others die at a
         // random moment after the child completed two checkpoints (so prefixes advance even
-        // on a slow or loaded machine).
+        // on a slow or loaded machine), one in three of them during a compaction pass.
         let early = round % 4 == 3;
+        let in_compaction = round % 4 == 1;
         let _ = std::fs::remove_file(progress_file(&store));
+        let _ = std::fs::remove_file(Passes::path(&store));
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", l.test, "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &store)
@@ -279,7 +386,28 @@ fn crash_rounds(l: Layout, default_rounds: usize) {
                 );
                 std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(rng % 200));
+            if in_compaction {
+                // Wait for a pass, then kill at once or at a random point within the length
+                // of the previous pass (a pass that follows another covers only the log
+                // flushed since), or of a millisecond during the child's first pass (which
+                // covers all the log the last one left, and takes longer).
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut p = Passes::read(&store);
+                while !p.running() && child.try_wait().unwrap().is_none() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "round {round}: no compaction pass in 60 s ({p:?})"
+                    );
+                    std::thread::sleep(Duration::from_micros(200));
+                    p = Passes::read(&store);
+                }
+                let within = if p.finished > 0 { p.last_micros } else { 1000 };
+                if rng % 2 == 1 {
+                    std::thread::sleep(Duration::from_micros(rng % (within + 1)));
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(rng % 200));
+            }
         }
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
@@ -291,7 +419,15 @@ fn crash_rounds(l: Layout, default_rounds: usize) {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         snapshots.extend(snapshot_sizes(&store));
-        if let Some(untils) = verify(l, &store, &mut lost, round) {
+        let p = Passes::read(&store);
+        passes += p.finished;
+        copied += p.copied;
+        if p.running() {
+            during_compaction += 1;
+        }
+        let at = format!("round {round} ({} layout, killed {p:?})", l.name);
+        if let Some((untils, recovered_begin)) = verify(l, &store, &mut lost, &at) {
+            begin = begin.max(recovered_begin);
             if let Some(prev) = &last {
                 // Prefixes never shrink across crashes.
                 assert!(
@@ -317,9 +453,28 @@ fn crash_rounds(l: Layout, default_rounds: usize) {
         progressed > 0 || rounds < 3,
         "recovered prefixes never advanced"
     );
+    // The compactions did work: they copied live records, and a recovered log starts past
+    // its first page (a compaction moved begin and a checkpoint recorded it). Kills landed
+    // during passes (the rounds that aim at one kill a running pass; by the time the signal
+    // arrives it has almost always still a while to go).
+    if rounds >= 6 {
+        assert!(
+            during_compaction > 0,
+            "no kill landed during a compaction pass"
+        );
+    }
+    if rounds >= 3 {
+        assert!(copied > 0, "{passes} compaction passes copied no record");
+        assert!(
+            begin.raw() >= l.page,
+            "no recovery found the log's begin moved ({passes} compaction passes)"
+        );
+    }
     eprintln!(
-        "crash test ({}): {rounds} kills in {:?} ({during_recovery} before the child had recovered), \
-         final prefixes {last:?}, {} snapshot(s) of 2 MiB or more not a multiple of it",
+        "crash test ({}): {rounds} kills in {:?} ({during_recovery} before the child had recovered, \
+         {during_compaction} during a compaction pass), final prefixes {last:?}, \
+         {passes} compaction passes copied {copied} records, recovered begin up to {begin}, \
+         {} snapshot(s) of 2 MiB or more not a multiple of it",
         l.name,
         started.elapsed(),
         snapshots.iter().filter(|l| odd(l)).count()

@@ -215,10 +215,19 @@ impl<D: Disk> Engine<D> {
         mode: LogMode,
     ) -> Result<()> {
         let v = self.system_state().version;
+        // The begin this checkpoint records, pinned before any record of v+1 can exist: a
+        // truncation after this point may have dropped records whose copies, or the updates
+        // that superseded them, are of v+1, which this checkpoint excludes. No release deletes
+        // below it while the checkpoint runs.
+        let pin = self.pin_begin();
         if kind != CheckpointKind::LogOnly {
             self.enter(Phase::PrepIndexChkpt, v);
+            // Replay starts here. Read before IndexChkpt is acknowledged by every thread, so
+            // every operation that allocated a record below it has swung its index entry
+            // before the dump reads the buckets.
+            let start = self.hlog.tail_address();
             self.enter(Phase::IndexChkpt, v);
-            let meta = self.dump_index(dir, token, v)?;
+            let meta = self.dump_index(dir, token, v, start)?;
             dir.write_index_meta(token, &meta)?;
             if kind == CheckpointKind::IndexOnly {
                 self.set_system_state(SystemState {
@@ -244,8 +253,6 @@ impl<D: Disk> Engine<D> {
         // Writers of records below `end` finish before anything reads those pages.
         self.wait_epoch_safe();
         let geo = self.hlog.geometry();
-        // The begin this checkpoint records: no release deletes below it while it runs.
-        let pin = self.pin_begin();
         let first_page = geo.page(pin.begin);
         let (snapshot_start, snapshot_hash, page_sums) = match mode {
             LogMode::FoldOver => {
@@ -297,10 +304,15 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Writes `index.dat` (fsynced) and returns its metadata.
-    fn dump_index(&self, dir: &CheckpointDir, token: Token, version: u64) -> Result<IndexMeta> {
+    fn dump_index(
+        &self,
+        dir: &CheckpointDir,
+        token: Token,
+        version: u64,
+        start: Address,
+    ) -> Result<IndexMeta> {
         let path = dir.dir(token).join(INDEX_DATA);
         let io = |e: std::io::Error| Error::io(format!("writing {}", path.display()), e);
-        let start = self.hlog.tail_address().raw();
         let mut w = HashingWriter::create(&path).map_err(io)?;
         let (table_bits, overflow) = self.index.dump(|chunk| w.write_all(chunk).map_err(io))?;
         let mut pairs = Vec::with_capacity(16 * overflow.len().min(1 << 16));
@@ -316,7 +328,7 @@ impl<D: Disk> Engine<D> {
         Ok(IndexMeta {
             version,
             table_bits,
-            start,
+            start: start.raw(),
             end: self.hlog.tail_address().raw(),
             overflow_entries: overflow.len() as u64,
             data_len,
