@@ -156,6 +156,41 @@ pub struct Args {
     #[arg(long, default_value = "normal", value_parser = ["normal", "background"])]
     pub checkpoint_thread: String,
 
+    /// RsKv: compact the log in the background to keep it (from its begin to its tail) within
+    /// this many bytes: `Config::log_compaction(LogCompaction::with_budget(..))` with F2's
+    /// settings (a pass starts once the log passes 80% of the budget and compacts its oldest
+    /// 20%, at most 256 MiB). `0` or `off`: no compaction (the default). Several values, e.g.
+    /// `0,3GiB`, run every spec once per value, and the footer prints each budget's throughput
+    /// over the throughput without compaction. Peers ignore it (they compact on their own).
+    #[arg(long, value_name = "BYTES", value_delimiter = ',', value_parser = parse_budget)]
+    pub log_budget: Vec<u64>,
+
+    /// RsKv with --log-budget: worker threads of each compaction pass (`LogCompaction::threads`,
+    /// default 2).
+    #[arg(long, value_name = "N")]
+    pub compaction_threads: Option<usize>,
+
+    /// RsKv over --disk file: bytes per segment file (`DiskOptions::segment_size`: a power of
+    /// two, at least 1 MiB; default RsKv's 1 GiB). Truncation deletes whole segments, so the
+    /// disk footprint of a compacting store moves in steps of this size.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub segment_size: Option<u64>,
+
+    /// Long-run sampling (--duration runs): every INTERVAL (e.g. 1s) of the measured phase,
+    /// note the throughput over the interval, the store's disk footprint (RsKv: its segment
+    /// files; peers: the data directory), RsKv's log size and compaction totals, and the
+    /// process's RSS. Writes the samples and the compaction passes as CSV and a plot as SVG
+    /// into --timeline-dir, and reports compaction speed (MB/s of log scanned per second of
+    /// pass) next to the device's sequential read rate, measured after the run on the
+    /// store's own files (O_DIRECT, 4 MiB requests).
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
+    pub timeline: Option<Duration>,
+
+    /// Where --timeline writes its files. Default: the directory of --json, else the current
+    /// directory.
+    #[arg(long, value_name = "DIR")]
+    pub timeline_dir: Option<PathBuf>,
+
     /// Also append each run's JSON line to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -239,14 +274,32 @@ impl Args {
         };
         let warmup = Warmup::parse(&self.warmup)?;
         let checkpoints = self.checkpoint_specs(length)?;
+        let timeline_secs = self.timeline_secs(length)?;
+        // `0` is "off"; each budget once, in the order given.
+        let mut budgets: Vec<Option<u64>> = Vec::new();
+        for b in self.log_budget.iter().map(|&b| (b > 0).then_some(b)) {
+            if !budgets.contains(&b) {
+                budgets.push(b);
+            }
+        }
+        if budgets.is_empty() {
+            budgets.push(None);
+        }
         let progress = !self.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut runs = Vec::new();
         for &store in &stores {
             for &threads in &self.threads {
                 for workload in &workloads {
-                    for (&distribution, &checkpoint) in dists
+                    // Peers have no log budget: one run each.
+                    let budgets = if store == StoreKind::Rskv {
+                        &budgets[..]
+                    } else {
+                        &[None][..]
+                    };
+                    for ((&distribution, &checkpoint), &log_budget) in dists
                         .iter()
                         .flat_map(|d| checkpoints.iter().map(move |c| (d, c)))
+                        .flat_map(|dc| budgets.iter().map(move |b| (dc, b)))
                     {
                         let index = runs.len();
                         runs.push(RunSpec {
@@ -280,6 +333,10 @@ impl Args {
                             keep_data: self.keep_data,
                             progress,
                             checkpoint,
+                            log_budget,
+                            compaction_threads: self.compaction_threads,
+                            segment_size: self.segment_size,
+                            timeline_secs,
                         });
                     }
                 }
@@ -340,6 +397,36 @@ impl Args {
         Ok(specs)
     }
 
+    /// The --timeline interval in seconds, checked against the run.
+    fn timeline_secs(&self, length: RunLength) -> anyhow::Result<Option<f64>> {
+        let Some(interval) = self.timeline else {
+            return Ok(None);
+        };
+        let RunLength::Seconds(run) = length else {
+            bail!("--timeline needs a --duration run, not --ops");
+        };
+        if !self.checkpoint.is_empty() {
+            bail!("--timeline and --checkpoint are separate scenarios: run them separately");
+        }
+        let secs = interval.as_secs_f64();
+        if secs < 0.01 || secs > run {
+            bail!("--timeline must be from 10ms to --duration");
+        }
+        Ok(Some(secs))
+    }
+
+    /// Where --timeline writes its files.
+    pub fn timeline_dir(&self) -> PathBuf {
+        match (&self.timeline_dir, &self.json) {
+            (Some(d), _) => d.clone(),
+            (None, Some(json)) => json
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf),
+            (None, None) => PathBuf::from("."),
+        }
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if self.keys == 0 || self.keys >= 1 << 62 {
             bail!("--keys {} must be in 1..2^62", self.keys);
@@ -366,6 +453,29 @@ impl Args {
         validate_value_size(self.value_size)?;
         if self.disk == DiskKind::Null && self.memory.is_some() {
             bail!("--disk null keeps everything in memory and cannot honour --memory; use --disk file");
+        }
+        let compacting = self.log_budget.iter().any(|&b| b > 0);
+        if let Some(&b) = self.log_budget.iter().find(|&&b| b > 0 && b < 1 << 20) {
+            bail!("--log-budget {b} is under 1 MiB (RsKv's least); use 0 or off for no compaction");
+        }
+        if compacting && self.disk == DiskKind::Null {
+            bail!("--log-budget needs --disk file: compaction reads the log back from the device");
+        }
+        if let Some(t) = self.compaction_threads {
+            if !compacting {
+                bail!("--compaction-threads needs a --log-budget");
+            }
+            if !(1..=64).contains(&t) {
+                bail!("--compaction-threads {t} is not in 1..=64");
+            }
+        }
+        if let Some(s) = self.segment_size {
+            if self.disk == DiskKind::Null {
+                bail!("--segment-size needs --disk file");
+            }
+            if !s.is_power_of_two() || s < 1 << 20 {
+                bail!("--segment-size {s} must be a power of two of at least 1 MiB");
+            }
         }
         Ok(())
     }
@@ -429,6 +539,14 @@ fn scaled(digits: &str, mult: u64) -> anyhow::Result<u64> {
         bail!("out of range");
     }
     Ok((f * mult as f64).round() as u64)
+}
+
+/// A --log-budget: `0` or `off` (no compaction), else a size as `parse_bytes` reads it.
+pub fn parse_budget(s: &str) -> anyhow::Result<u64> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    parse_bytes(s)
 }
 
 /// `10s`, `1.5s`, `500ms`, `2m`, `1h`, or plain seconds.
@@ -518,5 +636,51 @@ mod tests {
         ])
         .is_err());
         assert!(runs(&["--checkpoint", "delta"]).is_err());
+    }
+
+    #[test]
+    fn log_budgets_expand_and_check() {
+        let r = runs(&[
+            "--duration",
+            "2s",
+            "--log-budget",
+            "0,64MiB,off",
+            "--workload",
+            "a,b",
+        ])
+        .unwrap();
+        let budgets: Vec<_> = r.iter().map(|s| s.log_budget).collect();
+        assert_eq!(
+            budgets,
+            [None, Some(64 << 20), None, Some(64 << 20)],
+            "innermost, each once"
+        );
+        let r = runs(&[
+            "--duration",
+            "2s",
+            "--log-budget",
+            "1GiB",
+            "--compaction-threads",
+            "3",
+            "--segment-size",
+            "64MiB",
+            "--timeline",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].compaction_threads, Some(3));
+        assert_eq!(r[0].segment_size, Some(64 << 20));
+        assert_eq!(r[0].timeline_secs, Some(0.25));
+        assert_eq!(runs(&["--duration", "1s"]).unwrap()[0].log_budget, None);
+        // Refused: a tiny budget, threads without a budget, no device, odd segments,
+        // a timeline on an --ops run or longer than the run, beside a checkpoint.
+        assert!(runs(&["--log-budget", "1000"]).is_err());
+        assert!(runs(&["--compaction-threads", "2"]).is_err());
+        assert!(runs(&["--disk", "null", "--log-budget", "64MiB"]).is_err());
+        assert!(runs(&["--segment-size", "3MiB"]).is_err());
+        assert!(runs(&["--ops", "1M", "--timeline", "1s"]).is_err());
+        assert!(runs(&["--duration", "1s", "--timeline", "2s"]).is_err());
+        assert!(runs(&["--timeline", "1s", "--checkpoint", "snapshot"]).is_err());
     }
 }

@@ -4,9 +4,37 @@
 //! process of this binary (`--child SPEC`), so every run's peak RSS is its own and no run
 //! inherits another's heap, page cache pressure or background threads. The child prints one
 //! tagged JSON line with its result; the parent prints the tables.
+//!
+//! # The long log-maintenance run (issue 13)
+//!
+//! A long update-heavy, larger-than-memory run with background compaction, sampled over time:
+//!
+//! ```sh
+//! cargo run -p rskv-bench --release -- --store rskv --keys 2M --value-size 100 \
+//!     --memory 128MiB --workload a --threads 2 --duration 10m --warmup 10s \
+//!     --log-budget 768MiB --segment-size 64MiB --timeline 1s --json maintenance.jsonl
+//! ```
+//!
+//! (2M keys of 136-byte records are 272 MB of live data, the budget about 3x that; the log
+//! grows by about 2 MB/s on the 2-core development VM, so the first pass comes about 3 minutes
+//! in. See rskv-bench/README.md, "Log-maintenance runs".)
+//!
+//! `--log-budget` turns on `LogCompaction::with_budget` (F2's defaults; `--compaction-threads`
+//! sets its workers), `--timeline 1s` samples throughput, disk footprint, log size, RSS and the
+//! compaction totals every second of the measured phase (module `timeline`). Each run writes
+//! `timeline-<what ran>.csv`, `...-passes.csv` (one row per compaction pass, timed by the
+//! store's `compact` tracing span: module `passes`) and `...svg` (module `plot`) into
+//! `--timeline-dir` (default: beside `--json`, else the current directory), and its table
+//! reports compaction speed (MB/s of log scanned per second of pass) next to the device's
+//! sequential read rate, measured on the store's own files after the run (module `devread`),
+//! and throughput while passes ran over throughput while none ran. `--log-budget 0,3GiB` runs
+//! the same spec without and with compaction, and the footer prints the ratio.
 
 mod checkpoint;
 mod cli;
+mod devread;
+mod passes;
+mod plot;
 mod probe;
 mod report;
 mod results;
@@ -16,6 +44,7 @@ mod spec;
 mod store;
 mod stores;
 mod sysinfo;
+mod timeline;
 mod values;
 mod workload;
 
@@ -169,11 +198,14 @@ fn parent_main(args: &Args) -> anyhow::Result<bool> {
     };
     let mut results = Vec::new();
     for spec in &runs {
-        let result = if args.in_process {
+        let mut result = if args.in_process {
             run_one(spec)
         } else {
             run_child(spec, args.run_timeout)?
         };
+        if result.timeline.is_some() {
+            plot::write_files(&mut result, &args.timeline_dir());
+        }
         let json = serde_json::to_string(&result)?;
         let mut out = std::io::stdout().lock();
         write!(out, "{}", report::run_table(&result))?;
@@ -241,6 +273,36 @@ fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
             modes.join(", "), c.at_secs, c.interval_secs * 1000.0,
             if args.verify_all { "every key".to_string() } else { format!("{} sampled keys", checkpoint::VERIFY_SAMPLE.min(first.keys)) });
     }
+    let budgets: Vec<String> = runs
+        .iter()
+        .map(|r| r.log_budget.map_or("off".into(), human_bytes))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if runs.iter().any(|r| r.log_budget.is_some()) {
+        println!(
+            "  compaction  RsKv log budget {} (LogCompaction::with_budget, F2's defaults{}){}",
+            budgets.join(" / "),
+            first
+                .compaction_threads
+                .map_or(String::new(), |t| format!(", {t} threads")),
+            if budgets.len() > 1 {
+                "; the footer compares each budget's throughput with no compaction's"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(s) = first.segment_size {
+        println!("  segments    RsKv log segment files of {}", human_bytes(s));
+    }
+    if let Some(t) = first.timeline_secs {
+        println!(
+            "  timeline    sampled every {:.3} s of the measured phase; CSV and SVG files into {}",
+            t,
+            args.timeline_dir().display()
+        );
+    }
     println!("  data dir    {}", args.dir.display());
     Ok(())
 }
@@ -251,6 +313,10 @@ fn print_footer(results: &[RunResult]) {
     print!("{}", report::summary_table(results));
     if let Some(table) = report::checkpoint_table(results) {
         println!("\ncheckpoints (ratio = throughput during the checkpoint / before it; MB/s = (checkpoint files + log written) / checkpoint time)");
+        print!("{table}");
+    }
+    if let Some(table) = report::maintenance_table(results) {
+        println!("\nlog maintenance (vs off = throughput / the same spec's without --log-budget; in/out = throughput while a compaction pass ran / while none ran; scan = MB/s of log scanned per second of pass; dev read = the device's O_DIRECT sequential read, 1 reader / compaction's workers)");
         print!("{table}");
     }
     if let Some(ratios) = report::ratio_table(results) {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::results::{CheckpointResult, RunResult};
+use crate::results::{CheckpointResult, LogState, RunResult, TimelineResult};
 use crate::sysinfo::human_bytes;
 
 // The heading of a run's table.
@@ -133,6 +133,14 @@ pub fn run_table(r: &RunResult) -> String {
     );
     if let Some(e) = rskv_stats(&r.extra) {
         row("rskv stats", e);
+    }
+    if let Some(l) = &r.log_state {
+        row("rskv log", log_row(l, r.log_budget));
+    }
+    if let Some(t) = &r.timeline {
+        for (k, v) in timeline_rows(t, r.run_secs) {
+            row(k, v);
+        }
     }
     let io = &r.io;
     row(
@@ -375,6 +383,207 @@ fn rskv_stats(extra: &serde_json::Value) -> Option<String> {
         human_bytes(n("log_tail")?),
         human_bytes(n("log_head")?),
     ))
+}
+
+/// The log and its compaction at the end of the measured phase.
+fn log_row(l: &LogState, budget: Option<u64>) -> String {
+    format!(
+        "log {} ({}), segment files {} | compaction since open: {} passes ({} wasted), scanned {}, copied {} records, freed {}",
+        mb(l.log_bytes),
+        budget.map_or("no budget".into(), |b| format!("budget {}", mb(b))),
+        mb(l.disk_bytes),
+        l.passes,
+        l.wasted_passes,
+        mb(l.scanned_bytes),
+        l.copied,
+        mb(l.bytes_freed)
+    )
+}
+
+/// MB/s (10^6 bytes).
+fn mb_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs.max(1e-9) / 1e6
+}
+
+/// The rows of a --timeline run.
+fn timeline_rows(t: &TimelineResult, run_secs: f64) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    let mut files: Vec<&str> = [&t.csv, &t.passes_csv, &t.svg]
+        .into_iter()
+        .filter_map(Option::as_deref)
+        .collect();
+    if files.is_empty() {
+        files.push("none written");
+    }
+    rows.push((
+        "TIMELINE",
+        format!(
+            "sampled every {:.3} s; files: {}{}",
+            t.interval_secs,
+            files.join(", "),
+            t.file_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (NOT WRITTEN: {e})"))
+        ),
+    ));
+    rows.push((
+        "disk footprint",
+        format!(
+            "at start {}, largest {}, last {}; second half {} .. {}",
+            mb(t.footprint_first),
+            mb(t.footprint_max),
+            mb(t.footprint_last),
+            mb(t.footprint_late_min),
+            mb(t.footprint_late_max)
+        ),
+    ));
+    rows.push((
+        "RSS",
+        format!(
+            "at start {}, largest {}, last {}",
+            mb(t.rss_first),
+            mb(t.rss_max),
+            mb(t.rss_last)
+        ),
+    ));
+    rows.push((
+        "in/out pass",
+        if !t.observing_passes {
+            "unknown: another tracing subscriber hides the store's compaction passes".into()
+        } else if t.during_pass_secs > 0.0 {
+            format!(
+                "{:.3} Mops/s while a compaction pass ran ({:.1} s) | {:.3} Mops/s while none ran ({:.1} s){}",
+                t.during_pass_mops,
+                t.during_pass_secs,
+                t.outside_pass_mops,
+                t.outside_pass_secs,
+                t.during_ratio()
+                    .map_or(String::new(), |r| format!(" = {:.1}%", r * 100.0))
+            )
+        } else {
+            format!(
+                "no compaction pass ran in the measured phase ({:.3} Mops/s throughout)",
+                t.outside_pass_mops
+            )
+        },
+    ));
+    let speed = match t.compaction_mb_s() {
+        Some(v) => format!(
+            "{:.0} MB/s of log scanned per second of pass ({} passes ended in the run: {} in {:.1} s)",
+            v,
+            t.run_passes,
+            mb(t.run_pass_scanned),
+            t.run_pass_secs
+        ),
+        None if t.observing_passes => "no compaction pass ended in the measured phase".into(),
+        None => "pass times unknown".into(),
+    };
+    rows.push((
+        "COMPACTION",
+        format!(
+            "{speed}; the store's totals: {} scanned in the run = {:.1} MB/s over the whole run",
+            mb(t.run_scanned_bytes),
+            mb_s(t.run_scanned_bytes, run_secs)
+        ),
+    ));
+    match (&t.device_read, &t.device_read_error) {
+        (Some(d), _) => rows.push((
+            "device read",
+            format!(
+                "{:.0} MB/s with 1 reader ({}), {:.0} MB/s with {} ({}): {}",
+                d.mb_s_1,
+                mb(d.bytes_1),
+                d.mb_s_n,
+                d.threads,
+                mb(d.bytes_n),
+                d.what
+            ),
+        )),
+        (None, Some(e)) => rows.push(("device read", format!("not measured: {e}"))),
+        (None, None) => {}
+    }
+    rows.push((
+        "other CPU",
+        format!(
+            "{:.2} cores used by other processes during the measured phase{}",
+            t.other_cpu_cores,
+            if t.other_cpu_cores > 0.1 {
+                " (DISTURBED: the throughput numbers are not clean)"
+            } else {
+                ""
+            }
+        ),
+    ));
+    rows
+}
+
+/// One row per run with a log budget or a timeline: throughput against the same spec without
+/// compaction, during passes against outside them, compaction speed against the device.
+pub fn maintenance_table(results: &[RunResult]) -> Option<String> {
+    let runs: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| r.log_budget.is_some() || r.timeline.is_some())
+        .collect();
+    if runs.is_empty() {
+        return None;
+    }
+    let key = |r: &RunResult| {
+        (
+            r.store.clone(),
+            r.workload.clone(),
+            r.distribution.clone(),
+            r.threads,
+            r.checkpoint.as_ref().map(|c| c.mode.clone()),
+        )
+    };
+    let off: BTreeMap<_, f64> = results
+        .iter()
+        .filter(|r| r.log_budget.is_none() && r.ok())
+        .map(|r| (key(r), r.mops))
+        .collect();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<4} {:<8} {:<7} {:<11} {:>3} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>6} {:>9} {:>13} {:>10} {:>10}  status",
+        "run", "store", "wl", "dist", "thr", "budget", "Mops/s", "vs off", "in pass", "outside", "in/out", "passes", "scan MB/s", "dev read MB/s", "disk max", "disk last"
+    );
+    for r in runs {
+        let t = r.timeline.as_ref();
+        let vs_off = match (r.log_budget, off.get(&key(r))) {
+            (Some(_), Some(&b)) if b > 0.0 && r.ok() => format!("{:.1}%", r.mops / b * 100.0),
+            _ => "-".into(),
+        };
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".into(), f);
+        let _ = writeln!(
+            s,
+            "{:<4} {:<8} {:<7} {:<11} {:>3} {:>10} {:>9.3} {:>8} {:>8} {:>8} {:>7} {:>6} {:>9} {:>13} {:>10} {:>10}  {}",
+            r.index,
+            r.store,
+            r.workload,
+            r.distribution,
+            r.threads,
+            r.log_budget.map_or("off".into(), mb),
+            r.mops,
+            vs_off,
+            opt(t.filter(|t| t.during_pass_secs > 0.0).map(|t| t.during_pass_mops), &|v| format!("{v:.3}")),
+            opt(t.map(|t| t.outside_pass_mops), &|v| format!("{v:.3}")),
+            opt(t.and_then(TimelineResult::during_ratio), &|v| format!("{:.1}%", v * 100.0)),
+            r.log_state.map_or("-".into(), |l| l.passes.to_string()),
+            opt(t.and_then(TimelineResult::compaction_mb_s), &|v| format!("{v:.0}")),
+            t.and_then(|t| t.device_read.as_ref())
+                .map_or("-".into(), |d| format!("{:.0} / {:.0}", d.mb_s_1, d.mb_s_n)),
+            t.map_or_else(
+                || r.log_state.map_or("-".into(), |l| mb(l.disk_bytes)),
+                |t| mb(t.footprint_max)
+            ),
+            t.map_or_else(
+                || r.log_state.map_or("-".into(), |l| mb(l.disk_bytes)),
+                |t| mb(t.footprint_last)
+            ),
+            r.status
+        );
+    }
+    Some(s)
 }
 
 /// One row per run.

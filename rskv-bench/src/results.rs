@@ -46,6 +46,15 @@ pub struct RunResult {
     /// Checkpoint runs: the checkpoint, the throughput around it, and recovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointResult>,
+    /// RsKv's log-compaction budget (`--log-budget`), if compaction was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_budget: Option<u64>,
+    /// RsKv's log and compaction totals at the end of the measured phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_state: Option<LogState>,
+    /// --timeline runs: the samples, the compaction passes and their summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineResult>,
 }
 
 impl RunResult {
@@ -65,6 +74,7 @@ impl RunResult {
             value_size: spec.value_size,
             memory_budget: spec.memory.unwrap_or(0),
             memory_budget_explicit: spec.memory.is_some(),
+            log_budget: spec.log_budget,
             ..RunResult::default()
         }
     }
@@ -284,4 +294,145 @@ pub struct Recovered {
     pub index_loaded: bool,
     /// The checkpointed version.
     pub version: u64,
+}
+
+/// RsKv's log and its compaction at one moment (`RsKv::stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogState {
+    /// Bytes of log from its begin to its tail (what the budget counts).
+    pub log_bytes: u64,
+    /// Bytes of the log's segment files on the device.
+    pub disk_bytes: u64,
+    /// Compaction totals since the store was opened (`CompactionTotals`).
+    pub passes: u64,
+    pub scanned_bytes: u64,
+    pub copied: u64,
+    pub bytes_freed: u64,
+    pub wasted_passes: u64,
+    /// The store's device counters since it was opened.
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+}
+
+/// One sample of a --timeline run, taken at the end of its interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds into the measured phase.
+    pub t_secs: f64,
+    /// Operations completed in the interval ending here.
+    pub ops: u64,
+    /// Seconds the interval lasted.
+    pub secs: f64,
+    /// Seconds of the interval during which a compaction pass ran.
+    pub compacting_secs: f64,
+    /// Bytes the data directory occupies (allocated blocks).
+    pub dir_bytes: u64,
+    /// The process's resident set.
+    pub rss: u64,
+    /// RsKv's log and compaction totals (None for peers).
+    pub log: Option<LogState>,
+}
+
+impl Sample {
+    /// Bytes the store keeps on disk: RsKv's segment files, else the data directory.
+    pub fn footprint(&self) -> u64 {
+        self.log.map_or(self.dir_bytes, |l| l.disk_bytes)
+    }
+
+    pub fn mops(&self) -> f64 {
+        self.ops as f64 / self.secs.max(1e-9) / 1e6
+    }
+}
+
+/// One compaction pass, as the store's `compact` tracing span showed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pass {
+    /// Seconds into the measured phase (negative: during the load or the warm-up).
+    pub start_secs: f64,
+    /// Its wall time (to the end of the run for a pass still running then).
+    pub secs: f64,
+    /// Whether it finished (its "compaction done" event came); else it failed or was still
+    /// running at the end of the run, and its counts are 0.
+    pub done: bool,
+    pub scanned_bytes: u64,
+    pub copied: u64,
+    pub superseded: u64,
+    pub tombstones: u64,
+    /// Segment bytes its truncation deleted.
+    pub freed_bytes: u64,
+}
+
+/// The device's sequential read rate, measured on the store's own files after the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRead {
+    /// What was read: how many files, how much, O_DIRECT or buffered.
+    pub what: String,
+    pub direct: bool,
+    /// One reader, one 4 MiB request at a time.
+    pub bytes_1: u64,
+    pub mb_s_1: f64,
+    /// `threads` readers taking 4 MiB requests from one queue (as compaction's workers do).
+    pub threads: usize,
+    pub bytes_n: u64,
+    pub mb_s_n: f64,
+}
+
+/// A --timeline run: what was sampled and what it adds up to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TimelineResult {
+    pub interval_secs: f64,
+    /// RsKv's log budget, if compaction was on.
+    pub log_budget: Option<u64>,
+    /// The samples (emptied by the parent once they are written to the CSV file).
+    pub samples: Vec<Sample>,
+    /// Every compaction pass seen since the store was opened (emptied likewise).
+    pub passes: Vec<Pass>,
+    /// Whether this process observed compaction passes at all (a tracing subscriber was
+    /// installed; without one, pass times are unknown).
+    pub observing_passes: bool,
+    /// Throughput of the measured phase while a pass ran, and while none ran.
+    pub during_pass_secs: f64,
+    pub during_pass_mops: f64,
+    pub outside_pass_secs: f64,
+    pub outside_pass_mops: f64,
+    /// Passes that ended in the measured phase, the log they scanned and their wall time.
+    pub run_passes: u64,
+    pub run_pass_scanned: u64,
+    pub run_pass_secs: f64,
+    /// Log scanned in the measured phase by the store's totals (passes that ended in it).
+    pub run_scanned_bytes: u64,
+    /// Disk footprint (RsKv: segment files; peers: data directory): at the start of the
+    /// measured phase, largest, last, and the least and largest over its second half.
+    pub footprint_first: u64,
+    pub footprint_max: u64,
+    pub footprint_last: u64,
+    pub footprint_late_min: u64,
+    pub footprint_late_max: u64,
+    pub rss_first: u64,
+    pub rss_max: u64,
+    pub rss_last: u64,
+    /// Cores' worth of CPU other processes used during the measured phase.
+    pub other_cpu_cores: f64,
+    pub device_read: Option<DeviceRead>,
+    /// Why the device read was not measured.
+    pub device_read_error: Option<String>,
+    /// The files written by the parent.
+    pub csv: Option<String>,
+    pub passes_csv: Option<String>,
+    pub svg: Option<String>,
+    /// Why a file could not be written (the run still counts).
+    pub file_error: Option<String>,
+}
+
+impl TimelineResult {
+    /// Compaction speed: log scanned per second of pass (passes that ended in the run).
+    pub fn compaction_mb_s(&self) -> Option<f64> {
+        (self.run_pass_secs > 0.0).then(|| self.run_pass_scanned as f64 / self.run_pass_secs / 1e6)
+    }
+
+    /// Throughput while passes ran over throughput while none ran.
+    pub fn during_ratio(&self) -> Option<f64> {
+        (self.during_pass_secs > 0.0 && self.outside_pass_mops > 0.0)
+            .then(|| self.during_pass_mops / self.outside_pass_mops)
+    }
 }

@@ -105,13 +105,21 @@ struct Plain;
 
 impl<S: Store> Scenario<S> for Plain {}
 
-/// Runs `spec` on the store `open` makes.
+/// Runs `spec` on the store `open` makes: a plain run, or with `--timeline` a sampled one.
 pub fn execute<S: Store>(
     spec: &RunSpec,
     plan: &MemoryPlan,
     open: impl FnOnce() -> anyhow::Result<S>,
 ) -> anyhow::Result<RunResult> {
-    execute_with(spec, plan, open, Plain)
+    match spec.timeline_secs {
+        Some(secs) => execute_with(
+            spec,
+            plan,
+            open,
+            crate::timeline::TimelineRun::new(spec, secs),
+        ),
+        None => execute_with(spec, plan, open, Plain),
+    }
 }
 
 /// Runs `spec` on the store `open` makes, as `scenario` says.
@@ -167,6 +175,7 @@ pub(crate) fn execute_with<S: Store, X: Scenario<S>>(
     result.latency = latency(&run.hist, spec.sample_every);
     let io2 = ProcIo::now();
     let store_io2 = store.store_io();
+    result.log_state = store.log_state();
     // Measured while the streams are still alive, so the difference is the store's.
     let after_run = rss();
     drop(streams);
@@ -419,6 +428,11 @@ impl Probe<'_> {
     /// Seconds since the measured phase started.
     pub(crate) fn elapsed(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
+    }
+
+    /// When the measured phase started.
+    pub(crate) fn start(&self) -> Instant {
+        self.start
     }
 
     /// The measured phase's length as asked (--duration).
@@ -1041,5 +1055,32 @@ mod tests {
         assert!(r.ok(), "{:?}", r.failure);
         assert!(r.run_secs >= 0.19 && r.run_secs < 1.0, "{}", r.run_secs);
         assert!(r.run_ops > 1000, "the buffer is replayed");
+    }
+
+    #[test]
+    fn timeline_runs_sample_the_measured_phase() {
+        let s = spec(&[
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0",
+            "--op-buffer",
+            "1000",
+            "--timeline",
+            "100ms",
+        ]);
+        let r = run(&s, MapStore::new(8));
+        assert!(r.ok(), "{:?}", r.failure);
+        let t = r.timeline.expect("a timeline");
+        // The state at the start, then one per interval.
+        assert!((4..=6).contains(&t.samples.len()), "{:?}", t.samples);
+        assert_eq!(t.samples[0].ops, 0);
+        let ops: u64 = t.samples.iter().map(|x| x.ops).sum();
+        assert!(ops > 0 && ops <= r.run_ops, "{ops} of {}", r.run_ops);
+        assert!(t.samples.iter().all(|x| x.rss > 0 && x.log.is_none()));
+        // Every tick is during a pass or outside (`passes`' tests compact meanwhile, which
+        // this process's tracker counts: either may be empty).
+        assert!(t.during_pass_secs + t.outside_pass_secs >= 0.3);
+        assert!(t.during_pass_mops + t.outside_pass_mops > 0.0);
     }
 }

@@ -50,6 +50,20 @@ pub struct RunSpec {
     /// The checkpoint scenario, if this is a checkpoint run.
     #[serde(default)]
     pub checkpoint: Option<CheckpointSpec>,
+    /// RsKv: background log compaction within this many bytes of log
+    /// (`LogCompaction::with_budget`); `None` = off (see `--log-budget`).
+    #[serde(default)]
+    pub log_budget: Option<u64>,
+    /// RsKv: worker threads of each compaction pass (`LogCompaction::threads`).
+    #[serde(default)]
+    pub compaction_threads: Option<usize>,
+    /// RsKv over `--disk file`: bytes per segment file (`DiskOptions::segment_size`).
+    #[serde(default)]
+    pub segment_size: Option<u64>,
+    /// Sample throughput, disk footprint, RSS and compaction every this many seconds of the
+    /// measured phase (see `--timeline`).
+    #[serde(default)]
+    pub timeline_secs: Option<f64>,
 }
 
 /// How long the measured phase lasts.

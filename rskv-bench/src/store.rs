@@ -2,7 +2,7 @@
 //! key ids and versions, so every store writes and checks exactly the same bytes (see
 //! `values`).
 
-use crate::results::StoreInfo;
+use crate::results::{LogState, StoreInfo};
 
 /// A store under test. Keys are ids in `0..keys`; each store turns them into its own key and
 /// value encodings with `values`.
@@ -34,6 +34,10 @@ pub trait Store: Send + Sync {
     }
     /// `(written, read)` bytes of the store's device, as the store counts them.
     fn store_io(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// The log's size, its disk footprint and compaction totals (RsKv). Default: none.
+    fn log_state(&self) -> Option<LogState> {
         None
     }
     /// Store-specific numbers for the JSON line.

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use rskv::device::file_system_disk::FileSystemDisk;
+use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
 use rskv::device::null_disk::NullDisk;
-use rskv::{CheckpointKind, Config, LogMode, RsKv, Token};
+use rskv::{CheckpointKind, Config, LogCompaction, LogMode, RsKv, Token};
 
 use crate::checkpoint::Checkpointable;
-use crate::results::{Recovered, RunResult, StoreInfo};
+use crate::results::{LogState, Recovered, RunResult, StoreInfo};
 use crate::spec::{CheckpointMode, DiskKind, MemoryPlan, RunSpec};
 use crate::store::{ReadCheck, Store};
 use crate::sysinfo::human_bytes;
@@ -37,16 +37,38 @@ pub struct RsKvStore<K, V> {
     key_size: usize,
     value_size: usize,
     plan: MemoryPlan,
+    /// `Config::log_compaction`, for the description.
+    compaction: Option<LogCompaction>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
 /// The store's configuration (recovery reuses it).
 fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
-    Config::new()
+    let config = Config::new()
         .table_size(plan.table_size)
         .log_memory_size(plan.log_bytes)
         .page_size(plan.page_size)
-        .copy_reads_to_tail(spec.copy_reads_to_tail)
+        .copy_reads_to_tail(spec.copy_reads_to_tail);
+    match spec.log_budget {
+        Some(budget) => {
+            let mut c = LogCompaction::with_budget(budget);
+            if let Some(t) = spec.compaction_threads {
+                c = c.threads(t);
+            }
+            config.log_compaction(c)
+        }
+        None => config,
+    }
+}
+
+/// The device of `--disk file` (recovery reuses it).
+fn file_disk(spec: &RunSpec) -> anyhow::Result<FileSystemDisk> {
+    let mut options = DiskOptions::default();
+    if let Some(s) = spec.segment_size {
+        options = options.with_segment_size(s);
+    }
+    FileSystemDisk::with_options(&spec.data_dir, options)
+        .with_context(|| format!("opening FileSystemDisk in {}", spec.data_dir.display()))
 }
 
 /// What a read of `key` found.
@@ -73,12 +95,10 @@ fn bumped<V: BenchValue>(key: u64, size: usize, old: Option<V>) -> (ReadCheck, V
 impl<K: BenchKey, V: BenchValue> RsKvStore<K, V> {
     pub fn open(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<Self> {
         let config = config(spec, plan);
+        let compaction = config.log_compaction;
         let kv = match spec.disk {
             DiskKind::File => {
-                let disk = FileSystemDisk::new(&spec.data_dir).with_context(|| {
-                    format!("opening FileSystemDisk in {}", spec.data_dir.display())
-                })?;
-                Kv::File(RsKv::open(config, disk).context("opening RsKv")?)
+                Kv::File(RsKv::open(config, file_disk(spec)?).context("opening RsKv")?)
             }
             DiskKind::Null => {
                 Kv::Null(RsKv::open(config, NullDisk::new()).context("opening RsKv")?)
@@ -89,6 +109,7 @@ impl<K: BenchKey, V: BenchValue> RsKvStore<K, V> {
             key_size: spec.key_size,
             value_size: spec.value_size,
             plan: *plan,
+            compaction,
             _types: PhantomData,
         })
     }
@@ -177,8 +198,20 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
             Kv::File(_) => "FileSystemDisk",
             Kv::Null(_) => "NullDisk",
         };
+        let compaction = match &self.compaction {
+            Some(c) => format!(
+                "log compaction: budget {}, a pass of {:.0}% of the log (at most {}) from {:.0}% of the budget, {} thread{}",
+                human_bytes(c.budget),
+                c.fraction * 100.0,
+                human_bytes(c.max_pass),
+                c.trigger * 100.0,
+                c.threads,
+                if c.threads == 1 { "" } else { "s" }
+            ),
+            None => "no log compaction".to_string(),
+        };
         StoreInfo {
-            description: format!("RsKv facade over {kind}: {device}"),
+            description: format!("RsKv facade over {kind}: {device}; {compaction}"),
             memory_knob: format!(
                 "Config::log_memory_size {} ({} pages of {}) + index {} ({} buckets){}",
                 human_bytes(r.log_memory_size()),
@@ -200,6 +233,22 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
     fn store_io(&self) -> Option<(u64, u64)> {
         let s = with_kv!(self, kv => kv.stats());
         Some((s.bytes_written, s.bytes_read))
+    }
+
+    fn log_state(&self) -> Option<LogState> {
+        let s = with_kv!(self, kv => kv.stats());
+        let c = s.compaction;
+        Some(LogState {
+            log_bytes: s.log_bytes,
+            disk_bytes: s.disk_bytes,
+            passes: c.passes,
+            scanned_bytes: c.scanned_bytes,
+            copied: c.copied,
+            bytes_freed: c.bytes_freed,
+            wasted_passes: c.wasted_passes,
+            bytes_written: s.bytes_written,
+            bytes_read: s.bytes_read,
+        })
     }
 
     fn extra(&self) -> serde_json::Value {
@@ -257,8 +306,7 @@ impl<K: BenchKey, V: BenchValue> Checkpointable for RsKvStore<K, V> {
 
     fn recover(spec: &RunSpec, plan: &MemoryPlan, token: u64) -> anyhow::Result<(Self, Recovered)> {
         let start = Instant::now();
-        let disk = FileSystemDisk::new(&spec.data_dir)
-            .with_context(|| format!("opening FileSystemDisk in {}", spec.data_dir.display()))?;
+        let disk = file_disk(spec)?;
         let disk_open_secs = start.elapsed().as_secs_f64();
         let (kv, info) =
             RsKv::recover(config(spec, plan), disk, Some(Token(token))).context("RsKv::recover")?;
@@ -268,6 +316,7 @@ impl<K: BenchKey, V: BenchValue> Checkpointable for RsKvStore<K, V> {
             key_size: spec.key_size,
             value_size: spec.value_size,
             plan: *plan,
+            compaction: config(spec, plan).log_compaction,
             _types: PhantomData,
         };
         Ok((
