@@ -111,6 +111,15 @@ fn child(dir: &Path) {
         report(info);
         std::process::abort();
     }));
+    // A child whose supervisor died (a test timeout, a killed test run) would run forever:
+    // it ends when its parent changes.
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if std::os::unix::process::parent_id() != parent {
+            std::process::exit(3);
+        }
+    });
     let l = layout();
     let kv: Kv = match RsKv::recover(config(l), disk(dir), None) {
         Ok((kv, _)) => kv,
