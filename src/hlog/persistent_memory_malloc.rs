@@ -109,8 +109,9 @@ pub struct HybridLog<D: Disk> {
     bytes_read: StdAtomicU64,
     /// Bytes of log (`tail - begin`) past which writers are slowed (`u64::MAX`: never).
     size_limit: StdAtomicU64,
-    /// The log was past `size_limit` when a page last opened or `begin` last moved.
-    over_limit: AtomicBool,
+    /// The log was past `size_limit` when a page last opened or `begin` last moved. Read
+    /// before every general-path operation: on a line of its own, away from the I/O counters.
+    over_limit: CachePadded<AtomicBool>,
 }
 
 /// Page hashes from page `first` on.
@@ -220,7 +221,7 @@ impl<D: Disk> HybridLog<D> {
             bytes_written: StdAtomicU64::new(0),
             bytes_read: StdAtomicU64::new(0),
             size_limit: StdAtomicU64::new(u64::MAX),
-            over_limit: AtomicBool::new(false),
+            over_limit: CachePadded::new(AtomicBool::new(false)),
         })
     }
 
