@@ -462,8 +462,7 @@ fn crash_rounds(l: Layout, default_rounds: usize) {
         progressed > 0 || rounds < 3,
         "recovered prefixes never advanced"
     );
-    // The compactions did work: they copied live records, and a recovered log starts past
-    // its first page (a compaction moved begin and a checkpoint recorded it). Kills landed
+    // The compactions did work: passes ran, and a recovered log starts past its first page (a compaction moved begin and a checkpoint recorded it). Kills landed
     // during passes (the rounds that aim at one kill a running pass; by the time the signal
     // arrives it has almost always still a while to go).
     if rounds >= 6 {
@@ -473,7 +472,10 @@ fn crash_rounds(l: Layout, default_rounds: usize) {
         );
     }
     if rounds >= 3 {
-        assert!(copied > 0, "{passes} compaction passes copied no record");
+        // Not `copied > 0`: where the workload overwrote every key since the compacted range
+        // was written, a pass rightly copies nothing (a CI run of the large layout: 26 passes,
+        // no copy). Passes that ran and a begin that moved are what this test needs.
+        assert!(passes > 0, "no compaction pass ran");
         assert!(
             begin.raw() >= l.page,
             "no recovery found the log's begin moved ({passes} compaction passes)"
