@@ -36,8 +36,8 @@ mod maintenance;
 pub use maintenance::Iter;
 
 pub use crate::contexts::{DeleteContext, ReadContext, RmwContext, UpsertContext};
-use crate::index::key_hash::{hash_bytes, HashFn, KeyHasher};
 pub use crate::index::key_hash::hash_key;
+use crate::index::key_hash::{hash_bytes, HashFn, KeyHasher};
 
 /// Sizes and counters of a store.
 #[derive(Debug, Clone)]

@@ -57,7 +57,10 @@ fn truncation_drops_old_records_without_io_and_gives_space_back() {
     // No checkpoint needs the old segments: they are gone at once.
     let after = segment_bytes(dir.path());
     assert!(t.bytes_freed >= 3 * MIB, "freed {} bytes", t.bytes_freed);
-    assert!(after < before && before - after >= 3 * MIB, "{before} -> {after}");
+    assert!(
+        after < before && before - after >= 3 * MIB,
+        "{before} -> {after}"
+    );
     // Keys whose only record was truncated are absent, and finding that takes no device read.
     let read_before = kv.stats().bytes_read;
     let mut gone = 0;
@@ -67,7 +70,11 @@ fn truncation_drops_old_records_without_io_and_gives_space_back() {
         }
     }
     assert_eq!(gone, 1000, "the oldest keys were all below the new begin");
-    assert_eq!(kv.stats().bytes_read, read_before, "a lookup read below begin");
+    assert_eq!(
+        kv.stats().bytes_read,
+        read_before,
+        "a lookup read below begin"
+    );
     // The newest keys are all still there.
     for k in n - 100..n {
         assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
@@ -78,10 +85,7 @@ fn truncation_drops_old_records_without_io_and_gives_space_back() {
         Err(Error::Config { .. })
     ));
     let tail = kv.tail_address();
-    assert!(matches!(
-        kv.truncate_until(tail),
-        Err(Error::Config { .. })
-    ));
+    assert!(matches!(kv.truncate_until(tail), Err(Error::Config { .. })));
     assert!(matches!(kv.compact(tail), Err(Error::Config { .. })));
 }
 
@@ -107,7 +111,10 @@ fn compaction_keeps_every_live_key_and_frees_space() {
     }
     let before = segment_bytes(dir.path());
     let c = kv.compact(safe_head(&kv)).unwrap();
-    assert!(c.copied > 0 && c.superseded > 0 && c.tombstones > 0, "{c:?}");
+    assert!(
+        c.copied > 0 && c.superseded > 0 && c.tombstones > 0,
+        "{c:?}"
+    );
     assert_eq!(c.records, c.copied + c.superseded + c.tombstones);
     assert!(c.scanned_bytes >= 4 * MIB);
     assert!(c.bytes_freed() > 0 && segment_bytes(dir.path()) < before);
@@ -127,9 +134,8 @@ fn compaction_keeps_every_live_key_and_frees_space() {
 #[test]
 fn compaction_under_rmw_and_delete_load() {
     let dir = tempfile::tempdir().unwrap();
-    let kv: Arc<RsKv<u64, u64, _>> = Arc::new(
-        RsKv::open(config().mutable_fraction(0.3), disk(dir.path())).unwrap(),
-    );
+    let kv: Arc<RsKv<u64, u64, _>> =
+        Arc::new(RsKv::open(config().mutable_fraction(0.3), disk(dir.path())).unwrap());
     const KEYS: u64 = 20_000;
     const DOOMED: u64 = 500;
     // Doomed keys (KEYS..KEYS+DOOMED) exist first and are deleted by thread 0 during the run.
@@ -178,7 +184,10 @@ fn compaction_under_rmw_and_delete_load() {
     let counts: Vec<Vec<u64>> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     done.store(true, Ordering::Release);
     let (passes, copied) = compactor.join().unwrap();
-    assert!(passes >= 2 && copied > 0, "{passes} passes, {copied} copies");
+    assert!(
+        passes >= 2 && copied > 0,
+        "{passes} passes, {copied} copies"
+    );
     assert!(kv.stats().markers.begin > Address::FIRST_VALID);
     for k in 0..KEYS {
         let want = counts[0][k as usize] + counts[1][k as usize];
@@ -207,12 +216,22 @@ fn compaction_with_checkpoints_and_recovery() {
         }
         let c = kv.compact(safe_head(&kv)).unwrap();
         assert!(c.copied > 0);
-        assert_eq!(c.bytes_freed(), 0, "the checkpoint still needs the old segments");
+        assert_eq!(
+            c.bytes_freed(),
+            0,
+            "the checkpoint still needs the old segments"
+        );
         let before = segment_bytes(dir.path());
         let second = kv.checkpoint().unwrap();
-        assert!(segment_bytes(dir.path()) < before, "the checkpoint released nothing");
+        assert!(
+            segment_bytes(dir.path()) < before,
+            "the checkpoint released nothing"
+        );
         let listed: Vec<_> = kv.checkpoints().unwrap().iter().map(|c| c.token).collect();
-        assert!(!listed.contains(&first) && listed.contains(&second), "{listed:?}");
+        assert!(
+            !listed.contains(&first) && listed.contains(&second),
+            "{listed:?}"
+        );
         // Updates after the checkpoint are lost by the drop, as always.
         kv.insert(&1, &value(1, 9)).unwrap();
     }
@@ -313,7 +332,16 @@ fn compaction_refuses_an_unknown_context_hash() {
         let _ = kv.upsert(&Put(k)).unwrap();
     }
     let err = kv.compact(safe_head(&kv)).unwrap_err();
-    assert!(matches!(err, Error::Config { field: "key_hash", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                field: "key_hash",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// A device read error in the middle of a compaction fails it; nothing is truncated and every
@@ -331,7 +359,11 @@ fn a_read_error_mid_compaction_leaves_the_store_whole() {
     disk.fail_reads(true);
     let err = kv.compact(safe_head(&kv)).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
-    assert_eq!(kv.stats().markers.begin, begin, "a failed compaction truncated");
+    assert_eq!(
+        kv.stats().markers.begin,
+        begin,
+        "a failed compaction truncated"
+    );
     disk.heal();
     for k in 0..n {
         assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)), "key {k}");

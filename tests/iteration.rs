@@ -33,7 +33,10 @@ fn iteration_yields_each_live_key_once_with_its_value() {
         kv.remove(&k).unwrap();
         model.remove(&k);
     }
-    assert!(kv.stats().markers.head.raw() > 1 << 20, "most of the log should be on disk");
+    assert!(
+        kv.stats().markers.head.raw() > 1 << 20,
+        "most of the log should be on disk"
+    );
     let mut seen = HashMap::new();
     for pair in kv.iter().unwrap() {
         let (k, v) = pair.unwrap();
@@ -48,7 +51,10 @@ fn iteration_yields_each_live_key_once_with_its_value() {
     drop(it);
     kv.compact(safe_head).unwrap();
     let after: HashMap<u64, Vec<u8>> = kv.iter().unwrap().map(Result::unwrap).collect();
-    assert!(after == model, "iteration after compaction does not match the model");
+    assert!(
+        after == model,
+        "iteration after compaction does not match the model"
+    );
 }
 
 /// Writers bump per-key counters (values only grow) while an iteration runs: every key that
@@ -99,7 +105,9 @@ fn iteration_while_writers_run() {
     assert!(written > 0);
     for k in 0..KEYS {
         let after = kv.get(&k).unwrap().unwrap();
-        let got = *seen.get(&k).unwrap_or_else(|| panic!("key {k} was not seen"));
+        let got = *seen
+            .get(&k)
+            .unwrap_or_else(|| panic!("key {k} was not seen"));
         assert!(
             before[k as usize] <= got && got <= after,
             "key {k}: saw {got}, held {} before and {after} after",

@@ -169,16 +169,31 @@ fn run<V: ModelValue>(ops: &[Op], copy: bool) -> Result<(), TestCaseError> {
                     if got.is_none() {
                         model.remove(&k);
                     }
-                    prop_assert_eq!(got, model.get(&k).cloned(), "op {} after truncation, key {}", i, k);
+                    prop_assert_eq!(
+                        got,
+                        model.get(&k).cloned(),
+                        "op {} after truncation, key {}",
+                        i,
+                        k
+                    );
                 }
             }
             Op::Iterate => {
                 let mut seen = HashMap::new();
                 for pair in kv.iter().unwrap() {
                     let (k, v) = pair.unwrap();
-                    prop_assert!(seen.insert(k, v).is_none(), "op {} key {} yielded twice", i, k);
+                    prop_assert!(
+                        seen.insert(k, v).is_none(),
+                        "op {} key {} yielded twice",
+                        i,
+                        k
+                    );
                 }
-                prop_assert!(seen == model, "op {}: iteration does not match the model", i);
+                prop_assert!(
+                    seen == model,
+                    "op {}: iteration does not match the model",
+                    i
+                );
             }
             Op::Grow => {
                 // A few doublings: each one doubles the memory.

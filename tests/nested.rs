@@ -143,7 +143,9 @@ fn a_checkpoint_from_a_completion_callback_is_busy_not_a_hang() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::new(rskv::FileSystemDisk::new(dir.path()).unwrap()));
+    let disk = Arc::new(FaultyDisk::new(
+        rskv::FileSystemDisk::new(dir.path()).unwrap(),
+    ));
     let config = rskv::Config::new()
         .table_size(1 << 8)
         .log_memory_size(64 << 10)

@@ -540,7 +540,9 @@ impl<D: Disk> HybridLog<D> {
     }
 
     fn check_size(&self, tail: Address) {
-        let size = tail.raw().saturating_sub(self.begin.load(Ordering::Acquire));
+        let size = tail
+            .raw()
+            .saturating_sub(self.begin.load(Ordering::Acquire));
         let over = size > self.size_limit.load(StdOrdering::Relaxed);
         if over != self.over_limit.load(StdOrdering::Relaxed) {
             self.over_limit.store(over, StdOrdering::Relaxed);
@@ -1081,9 +1083,7 @@ mod page_hash_tests {
         const CHUNK: usize = 64 << 10;
         let (mut page, headers) = page_of_records(256 << 10);
         assert!(
-            headers
-                .iter()
-                .any(|h| h / CHUNK != (h + 16) / CHUNK),
+            headers.iter().any(|h| h / CHUNK != (h + 16) / CHUNK),
             "no header with word 2 in the next chunk: the carry is not covered"
         );
         let before = page_hash(1, &page);
@@ -1092,7 +1092,11 @@ mod page_hash_tests {
         }
         assert_eq!(page_hash(1, &page), before);
         for h in &headers {
-            assert!(DiskRecord::parse(&page[*h..]).unwrap().unwrap().info().invalid());
+            assert!(DiskRecord::parse(&page[*h..])
+                .unwrap()
+                .unwrap()
+                .info()
+                .invalid());
         }
         page[headers[3] + 40] ^= 1;
         assert_ne!(page_hash(1, &page), before);

@@ -313,7 +313,10 @@ impl LogCompaction {
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &'static str, reason: String| Err(Error::Config { field, reason });
         if self.budget < 1 << 20 {
-            return bad("log_compaction.budget", format!("{} bytes is under 1 MiB", self.budget));
+            return bad(
+                "log_compaction.budget",
+                format!("{} bytes is under 1 MiB", self.budget),
+            );
         }
         for (field, f) in [
             ("log_compaction.trigger", self.trigger),
@@ -324,10 +327,16 @@ impl LogCompaction {
             }
         }
         if self.max_pass < 1 << 20 {
-            return bad("log_compaction.max_pass", format!("{} bytes is under 1 MiB", self.max_pass));
+            return bad(
+                "log_compaction.max_pass",
+                format!("{} bytes is under 1 MiB", self.max_pass),
+            );
         }
         if !(1..=64).contains(&self.threads) {
-            return bad("log_compaction.threads", format!("{} is not in 1..=64", self.threads));
+            return bad(
+                "log_compaction.threads",
+                format!("{} is not in 1..=64", self.threads),
+            );
         }
         Ok(())
     }

@@ -75,9 +75,7 @@ impl<D: Disk> SplitChains for LogChains<D> {
         let Some(engine) = self.0.upgrade() else {
             return;
         };
-        if !std::ptr::eq(g.epoch(), Arc::as_ptr(&engine.epoch))
-            || engine.hasher.is_foreign()
-        {
+        if !std::ptr::eq(g.epoch(), Arc::as_ptr(&engine.epoch)) || engine.hasher.is_foreign() {
             return;
         }
         // Read under `g`: records at or above it stay in memory while `g` lives.

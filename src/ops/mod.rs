@@ -27,8 +27,8 @@
 //!   roll, an index growth to finish), which the outer protection prevents, it fails at once
 //!   with [`crate::Error::Busy`].
 
-pub mod counters;
 pub mod compact;
+pub mod counters;
 pub mod cpr;
 pub mod delete;
 pub mod engine;

@@ -171,12 +171,14 @@ impl<D: Disk> Engine<D> {
     ) -> Result<DiskTrace> {
         // The current begin: an update decides "absent" by its CAS on the entry it saw (a
         // truncation past a live record swung that entry first), not by where the chain ends.
-        Ok(match self.disk_match(key, address, bytes, self.hlog.begin())? {
-            DiskMatch::Value(v) => DiskTrace::Found(Some(v.to_vec())),
-            DiskMatch::Tombstone => DiskTrace::Found(None),
-            DiskMatch::Next(prev) if prev >= floor => DiskTrace::Next(prev),
-            DiskMatch::Next(_) | DiskMatch::End => DiskTrace::Absent,
-        })
+        Ok(
+            match self.disk_match(key, address, bytes, self.hlog.begin())? {
+                DiskMatch::Value(v) => DiskTrace::Found(Some(v.to_vec())),
+                DiskMatch::Tombstone => DiskTrace::Found(None),
+                DiskMatch::Next(prev) if prev >= floor => DiskTrace::Next(prev),
+                DiskMatch::Next(_) | DiskMatch::End => DiskTrace::Absent,
+            },
+        )
     }
 
     /// Finishes an update after its disk trace: writes the decision if the index entry is

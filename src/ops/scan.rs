@@ -4,14 +4,14 @@
 #![forbid(unsafe_code)]
 
 use crate::core::address::{Address, PageGeometry};
-use crate::core::codec::Encoded;
-use crate::index::{HashIndex, KeyHash};
-use crate::ops::Stop;
 use crate::core::alloc::AlignedBuf;
+use crate::core::codec::Encoded;
 use crate::core::record::{first_record_offset, DiskRecord, HEADER_BYTES};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
+use crate::index::{HashIndex, KeyHash};
 use crate::ops::Engine;
+use crate::ops::Stop;
 
 /// Bytes one scan read fetches (whole pages; at least one page).
 pub(crate) const SCAN_READ: usize = 4 << 20;

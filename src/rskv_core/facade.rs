@@ -61,14 +61,11 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     fn read_ctx<C: ReadContext<Key = K, Value = V>>(&self, ctx: &mut C) -> Result<Status> {
         let key = Encoded::new(ctx.key())?;
         let mut buf = ValueBuf::default();
-        if self
-            .engine
-            .read_blocking(
-                &key,
-                self.engine.hasher.of_context(&key, ctx.key_hash()),
-                &mut buf,
-            )?
-        {
+        if self.engine.read_blocking(
+            &key,
+            self.engine.hasher.of_context(&key, ctx.key_hash()),
+            &mut buf,
+        )? {
             ctx.get(&decode(buf.bytes())?);
             Ok(Status::Ok)
         } else {
