@@ -47,6 +47,22 @@ pub struct Engine<D: Disk> {
     pub(crate) growth: crate::ops::growth::GrowthBook,
 }
 
+/// `prev` of the record at `a`, checked to point below it (a chain that does not go backwards
+/// is corrupt, and following it could loop).
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `a`.
+#[inline(always)]
+pub(crate) fn backwards(a: Address, prev: Address) -> Result<Address> {
+    if prev >= a {
+        return Err(Error::Corrupt {
+            address: a.raw(),
+            reason: "chain does not go backwards".into(),
+        });
+    }
+    Ok(prev)
+}
+
 /// Attempts a nested operation makes without moving the epoch (after lost races, records
 /// locked by other writers) before it fails with [`Error::Busy`]; each after a backoff, mostly a
 /// yield.
@@ -215,14 +231,7 @@ impl<D: Disk> Engine<D> {
             if rec.key_is(key) {
                 return Ok((a, Some(rec)));
             }
-            let prev = rec.info().prev();
-            if prev >= a {
-                return Err(Error::Corrupt {
-                    address: a.raw(),
-                    reason: "chain does not go backwards".into(),
-                });
-            }
-            a = prev;
+            a = backwards(a, rec.info().prev())?;
         }
         Ok((a, None))
     }

@@ -6,7 +6,7 @@ use crate::core::address::Address;
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::EpochGuard;
 use crate::core::record::{ValueBuf, ValueRead};
-use crate::core::status::{Error, Result};
+use crate::core::status::Result;
 use crate::device::Disk;
 use crate::hlog::RecordBytes;
 use crate::index::{HashIndex, KeyHash};
@@ -112,13 +112,7 @@ impl<D: Disk> Engine<D> {
                 DiskMatch::Value(rec.value())
             });
         }
-        let prev = info.prev();
-        if !prev.is_invalid() && prev >= address {
-            return Err(Error::Corrupt {
-                address: address.raw(),
-                reason: "chain does not go backwards".into(),
-            });
-        }
+        let prev = crate::ops::engine::backwards(address, info.prev())?;
         Ok(if !prev.is_invalid() && prev >= begin {
             DiskMatch::Next(prev)
         } else {

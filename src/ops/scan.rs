@@ -10,6 +10,7 @@ use crate::core::record::{first_record_offset, DiskRecord, HEADER_BYTES};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::index::{HashIndex, KeyHash};
+use crate::ops::engine::backwards;
 use crate::ops::Engine;
 use crate::ops::Stop;
 
@@ -242,17 +243,6 @@ impl<D: Disk> Engine<D> {
         drop(g);
         Ok(true)
     }
-}
-
-/// `prev` of the record at `a`, checked to go backwards.
-fn backwards(a: Address, prev: Address) -> Result<Address> {
-    if !prev.is_invalid() && prev >= a {
-        return Err(Error::Corrupt {
-            address: a.raw(),
-            reason: "chain does not go backwards".into(),
-        });
-    }
-    Ok(prev)
 }
 
 impl<D: Disk> LiveScan<'_, D> {
