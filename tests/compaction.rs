@@ -407,3 +407,27 @@ fn a_full_disk_mid_compaction_loses_nothing_checkpointed() {
         assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)), "key {k}");
     }
 }
+
+/// Compaction and iteration called from inside an update's function return `Busy` at once:
+/// they would wait for the operation that calls them.
+#[test]
+fn maintenance_from_inside_an_update_is_busy_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(config(), disk(dir.path())).unwrap();
+    for k in 0..20_000u64 {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    let until = safe_head(&kv);
+    let mut inside = None;
+    kv.rmw(&20_000, |old| {
+        inside = Some((kv.compact(until).err(), kv.iter().err()));
+        old.unwrap_or_default()
+    })
+    .unwrap();
+    let (compact, iter) = inside.unwrap();
+    assert!(matches!(compact, Some(Error::Busy(_))), "{compact:?}");
+    assert!(matches!(iter, Some(Error::Busy(_))), "{iter:?}");
+    // Outside, both work.
+    assert!(kv.compact(until).unwrap().copied > 0);
+    assert_eq!(kv.iter().unwrap().count(), 20_001);
+}
