@@ -275,6 +275,9 @@ impl MemIndex {
                     .compare_exchange(TODO, BUSY, StdOrdering::AcqRel, StdOrdering::Acquire)
                     .is_ok() =>
                 {
+                    // Back to TODO unless the split completes: after an error, and also if the
+                    // split unwinds, so that no other thread spins forever on a BUSY chunk.
+                    let claim = Unclaim(c);
                     let first = chunk * CHUNK_BUCKETS;
                     let last = (first + CHUNK_BUCKETS).min(old.len());
                     let mut old_overflow = 0;
@@ -283,9 +286,9 @@ impl MemIndex {
                         self.split_bucket(old, new, i, g)
                     });
                     if result.is_err() {
-                        c.store(TODO, StdOrdering::Release);
                         return result;
                     }
+                    std::mem::forget(claim);
                     grow.old_overflow.fetch_add(old_overflow, Ordering::Relaxed);
                     c.store(DONE, StdOrdering::Release);
                     grow.done.fetch_add(1, Ordering::AcqRel);
@@ -680,6 +683,15 @@ impl Drop for MemIndex {
             // SAFETY: as above; in REST the grow state was already freed by its action.
             drop(unsafe { Box::from_raw(g) });
         }
+    }
+}
+
+/// A claimed split chunk, put back to TODO when dropped (the split failed or unwound).
+struct Unclaim<'a>(&'a AtomicU8);
+
+impl Drop for Unclaim<'_> {
+    fn drop(&mut self) {
+        self.0.store(TODO, StdOrdering::Release);
     }
 }
 
