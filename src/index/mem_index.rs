@@ -19,6 +19,12 @@
 //!    grower takes a protection per chunk), so the sorter can read the log.
 //! 4. When every chunk is split, the state becomes `REST(1-v)` and an epoch action frees table `v`
 //!    and its overflow buckets once no thread can still be reading them.
+//! 5. The next growth publishes nothing before that action has run. An operation that read
+//!    `IN_PROGRESS(v)` loads the table slots and the grow state after that read; the next
+//!    growth's `PREPARE` stores new ones into the same slots, so an operation still between
+//!    the two would mix two growths' tables and split state (clearing buckets of the live table
+//!    as the "new" half of a chunk it believed unsplit). The action waits for every such
+//!    operation, so waiting for it (`Accounts::retiring`) rules this out.
 //!
 //! Operations call the index once per attempt, inside one epoch protection, and never refresh in
 //! the middle of an attempt, so the table an attempt uses cannot be retired under it.
@@ -91,6 +97,8 @@ struct Accounts {
     retired_overflow: AtomicU64,
     /// Bytes the index may hold (its share of a memory budget); `u64::MAX` for no limit.
     limit: AtomicU64,
+    /// A growth's retiring action (freeing its old table and grow state) has not run yet.
+    retiring: std::sync::atomic::AtomicBool,
 }
 
 impl Accounts {
@@ -155,6 +163,7 @@ impl MemIndex {
                 table_bytes: AtomicU64::new(table_bytes(bits)),
                 retired_overflow: AtomicU64::new(0),
                 limit: AtomicU64::new(u64::MAX),
+                retiring: std::sync::atomic::AtomicBool::new(false),
             }),
             baseline: AtomicU64::new(0),
             splitter: OnceLock::new(),
@@ -358,6 +367,14 @@ impl MemIndex {
             self.wait_rest();
             return Ok(false);
         }
+        // An operation that read the previous growth's IN_PROGRESS may still be about to load
+        // its tables and grow state, which the stores below would replace under it: wait
+        // until that growth's retiring action ran, i.e. until every such operation is gone.
+        let mut round = 0;
+        while self.accounts.retiring.load(StdOrdering::Acquire) {
+            self.epoch.drain();
+            crate::sync::backoff(&mut round);
+        }
         // SAFETY: this thread is the grower, and only the grower retires a table (step 4).
         let old = unsafe { self.table_unguarded(v) };
         let new = Box::into_raw(Box::new(HashTable::new(bits + 1)));
@@ -382,7 +399,7 @@ impl MemIndex {
             this.state
                 .store(state(IN_PROGRESS, v, bits), Ordering::Release);
         });
-        let mut round = 0;
+        round = 0;
         while phase_of(self.state.load(Ordering::Acquire)) != IN_PROGRESS {
             self.epoch.drain();
             crate::sync::backoff(&mut round);
@@ -419,6 +436,7 @@ impl MemIndex {
         let pool = self.pool.clone();
         let accounts = self.accounts.clone();
         let g = g as usize;
+        self.accounts.retiring.store(true, StdOrdering::Release);
         self.epoch.bump_epoch(move || {
             // SAFETY: no thread can reach the old table or the grow state any more: REST(1-v)
             // was published before this bump, and every thread that might have read the older
@@ -439,6 +457,7 @@ impl MemIndex {
             drop(old);
             // SAFETY: as above, the grow state is unreachable.
             drop(unsafe { Box::from_raw(g as *mut Grow) });
+            accounts.retiring.store(false, StdOrdering::Release);
         });
         self.epoch.drain();
         Ok(true)
