@@ -170,6 +170,11 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub compaction_threads: Option<usize>,
 
+    /// RsKv with --log-budget: lookups each compaction worker keeps in flight while the log is
+    /// within its budget (`LogCompaction::lookups_in_flight`, default 4).
+    #[arg(long, value_name = "N")]
+    pub compaction_lookups: Option<usize>,
+
     /// RsKv over --disk file: bytes per segment file (`DiskOptions::segment_size`: a power of
     /// two, at least 1 MiB; default RsKv's 1 GiB). Truncation deletes whole segments, so the
     /// disk footprint of a compacting store moves in steps of this size.
@@ -335,6 +340,7 @@ impl Args {
                             checkpoint,
                             log_budget,
                             compaction_threads: self.compaction_threads,
+                            compaction_lookups: self.compaction_lookups,
                             segment_size: self.segment_size,
                             timeline_secs,
                         });
@@ -467,6 +473,14 @@ impl Args {
             }
             if !(1..=64).contains(&t) {
                 bail!("--compaction-threads {t} is not in 1..=64");
+            }
+        }
+        if let Some(n) = self.compaction_lookups {
+            if !compacting {
+                bail!("--compaction-lookups needs a --log-budget");
+            }
+            if !(1..=64).contains(&n) {
+                bail!("--compaction-lookups {n} is not in 1..=64");
             }
         }
         if let Some(s) = self.segment_size {

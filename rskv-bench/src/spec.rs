@@ -57,6 +57,9 @@ pub struct RunSpec {
     /// RsKv: worker threads of each compaction pass (`LogCompaction::threads`).
     #[serde(default)]
     pub compaction_threads: Option<usize>,
+    /// RsKv: lookups in flight per compaction worker (`LogCompaction::lookups_in_flight`).
+    #[serde(default)]
+    pub compaction_lookups: Option<usize>,
     /// RsKv over `--disk file`: bytes per segment file (`DiskOptions::segment_size`).
     #[serde(default)]
     pub segment_size: Option<u64>,

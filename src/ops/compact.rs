@@ -26,8 +26,26 @@ use crate::ops::truncate::Truncation;
 use crate::ops::Engine;
 
 /// Conditional inserts a compaction worker keeps going at once (each may wait for a device
-/// read of its key's chain).
+/// read of its key's chain) when nothing holds it back: a pass asked for by hand, and a
+/// background pass while the log is over its budget.
 const COPIES_IN_FLIGHT: usize = 64;
+
+/// How many conditional inserts each worker of a pass keeps in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    /// In flight while the log is within `budget`.
+    pub(crate) lookups: usize,
+    /// Above this many bytes of log, [`COPIES_IN_FLIGHT`].
+    pub(crate) budget: u64,
+}
+
+impl Pace {
+    /// No holding back.
+    pub(crate) const FULL: Pace = Pace {
+        lookups: COPIES_IN_FLIGHT,
+        budget: 0,
+    };
+}
 
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,7 +90,7 @@ impl<D: Disk> Engine<D> {
     /// inside an operation of this store; [`Error::Config`] for `until` below `begin` or beyond
     /// `safe_head`, or a store whose contexts use a hash it was not told about; device and
     /// corruption errors (nothing is truncated then).
-    pub(crate) fn compact(&self, until: Address, threads: usize) -> Result<Compaction> {
+    pub(crate) fn compact(&self, until: Address, threads: usize, pace: Pace) -> Result<Compaction> {
         if self.epoch.is_protected_here() {
             return Err(Error::Busy(
                 "compact called from inside an operation of this store; its copies would \
@@ -104,6 +122,7 @@ impl<D: Disk> Engine<D> {
             end: geo.page(until),
             begin,
             failed: AtomicBool::new(false),
+            pace,
         };
         let results: Vec<Result<Compaction>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads.max(1))
@@ -189,7 +208,7 @@ impl<D: Disk> Engine<D> {
                 live.into_iter()
                     .map(|(address, key, value)| self.copy_if_newest(key, value, address)),
             )
-            .buffer_unordered(COPIES_IN_FLIGHT)
+            .buffer_unordered(self.lookups_in_flight(work.pace))
             .collect::<Vec<_>>();
             for copied in crate::ops::pending::block_on(copies) {
                 if copied? {
@@ -198,6 +217,15 @@ impl<D: Disk> Engine<D> {
                     c.superseded += 1;
                 }
             }
+        }
+    }
+
+    /// Conditional inserts to keep in flight for the next read's records.
+    fn lookups_in_flight(&self, pace: Pace) -> usize {
+        if self.log_bytes() > pace.budget {
+            COPIES_IN_FLIGHT.max(pace.lookups)
+        } else {
+            pace.lookups
         }
     }
 
@@ -236,6 +264,7 @@ struct Work {
     end: u64,
     begin: Address,
     failed: AtomicBool,
+    pace: Pace,
 }
 
 /// Background log compaction: keep the log (from its begin to its tail) within a disk
@@ -263,6 +292,11 @@ pub struct LogCompaction {
     pub max_pass: u64,
     /// Worker threads of a pass (default 2).
     pub threads: usize,
+    /// Lookups each worker keeps in flight while the log is within its budget (default 4).
+    /// Each may wait for a device read, and the foreground's reads queue behind them: a few
+    /// suffice to keep pace with the appends, and the log is back within budget long before
+    /// `budget + max_pass`. Over the budget a pass goes full speed (64 per worker).
+    pub lookups_in_flight: usize,
 }
 
 impl LogCompaction {
@@ -275,6 +309,7 @@ impl LogCompaction {
             fraction: 0.2,
             max_pass: 256 << 20,
             threads: 2,
+            lookups_in_flight: DEFAULT_LOOKUPS,
         }
     }
 
@@ -303,6 +338,13 @@ impl LogCompaction {
     #[must_use]
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
+        self
+    }
+
+    /// Sets the lookups each worker keeps in flight while the log is within its budget.
+    #[must_use]
+    pub fn lookups_in_flight(mut self, lookups: usize) -> Self {
+        self.lookups_in_flight = lookups;
         self
     }
 
@@ -338,9 +380,21 @@ impl LogCompaction {
                 format!("{} is not in 1..=64", self.threads),
             );
         }
+        if !(1..=COPIES_IN_FLIGHT).contains(&self.lookups_in_flight) {
+            return bad(
+                "log_compaction.lookups_in_flight",
+                format!(
+                    "{} is not in 1..={COPIES_IN_FLIGHT}",
+                    self.lookups_in_flight
+                ),
+            );
+        }
         Ok(())
     }
 }
+
+/// [`LogCompaction::lookups_in_flight`] by default.
+const DEFAULT_LOOKUPS: usize = 4;
 
 /// A pass that gives back less than this fraction of what it scanned counts as wasted: the
 /// next one waits longer.
@@ -371,7 +425,11 @@ impl<D: Disk> Engine<D> {
         if geo.page(until) <= geo.page(m.begin) {
             return Ok(None);
         }
-        self.compact(until, p.threads).map(Some)
+        let pace = Pace {
+            lookups: p.lookups_in_flight,
+            budget: p.budget,
+        };
+        self.compact(until, p.threads, pace).map(Some)
     }
 }
 

@@ -53,7 +53,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// compaction truncates nothing: the store stays as it was, plus copies of live records
     /// (which hold the same values).
     pub fn compact_with_threads(&self, until: Address, threads: usize) -> Result<Compaction> {
-        self.engine.compact(until, threads)
+        self.engine
+            .compact(until, threads, crate::ops::compact::Pace::FULL)
     }
 }
 

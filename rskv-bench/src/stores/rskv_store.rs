@@ -55,6 +55,9 @@ fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
             if let Some(t) = spec.compaction_threads {
                 c = c.threads(t);
             }
+            if let Some(n) = spec.compaction_lookups {
+                c = c.lookups_in_flight(n);
+            }
             config.log_compaction(c)
         }
         None => config,
