@@ -99,6 +99,17 @@ pub struct Config {
     /// drop or a crash is what the last checkpoint holds, and a drop costs nothing. A failure
     /// in `close` is returned; in a drop it is only logged.
     pub checkpoint_on_close: bool,
+    /// Bytes of read cache (FASTER's): a second in-memory log, never written to the device,
+    /// holding copies of records that reads fetched from the device, in front of their hash
+    /// chains, so the next read of a hot key finishes in memory without writing the log (as
+    /// `copy_reads_to_tail` would; the two are alternatives and setting both is refused).
+    /// From 32 KiB to 4 GiB, used as 64 pages of `size / 64` bytes (a record larger than a
+    /// page is not cached); eviction is FIFO by page, and a hit in the oldest eighth is copied
+    /// back to the front. Default `None` (off). With a [`Config::memory_budget`] the cache's
+    /// bytes come out of the budget first (at most half of it) and the rest is split between
+    /// the index and the log as described there. Checkpoints and recovery ignore it;
+    /// [`Stats`](crate::Stats) reports its hits, misses, insertions and evictions.
+    pub read_cache_size: Option<u64>,
     /// Compact the log in the background to keep it within a disk budget
     /// ([`LogCompaction`](crate::LogCompaction), F2's settings). Default off: the log grows
     /// until the user compacts or truncates it.
@@ -122,6 +133,7 @@ impl Default for Config {
             error_if_exists: false,
             checkpoint_on_close: false,
             log_compaction: None,
+            read_cache_size: None,
         }
     }
 }
@@ -137,6 +149,8 @@ pub struct Resolved {
     pub frames: u64,
     /// How [`Config::memory_budget`] was split, if one was set.
     pub budget: Option<MemoryBudget>,
+    /// Bytes of read cache (0: off).
+    pub read_cache_bytes: u64,
 }
 
 /// The resident memory the store may hold beyond [`Config::memory_budget`]: what the budget does
@@ -153,6 +167,8 @@ pub struct MemoryBudget {
     pub index: u64,
     /// The log's share: its in-memory pages (`frames × page size`).
     pub log: u64,
+    /// The read cache's share ([`Config::read_cache_size`], taken out first).
+    pub read_cache: u64,
 }
 
 impl MemoryBudget {
@@ -195,6 +211,7 @@ impl MemoryBudget {
                 total,
                 index: total - log,
                 log,
+                read_cache: 0,
             },
             page_bits,
         ))
@@ -209,6 +226,19 @@ const MAX_FRAMES: u64 = 1 << 20;
 fn derived_page_bits(log_memory: u64) -> u32 {
     let per_page = (log_memory / 16).max(1);
     (63 - per_page.leading_zeros()).clamp(MIN_PAGE_BITS, 25)
+}
+
+impl MemoryBudget {
+    /// This split (of what a read cache of `bytes` left) as part of a budget that includes the
+    /// cache.
+    #[must_use]
+    pub(crate) fn with_read_cache(self, bytes: u64) -> Self {
+        Self {
+            total: self.total + bytes,
+            read_cache: bytes,
+            ..self
+        }
+    }
 }
 
 impl Resolved {
@@ -318,6 +348,13 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::read_cache_size`] (bytes).
+    #[must_use]
+    pub fn read_cache(mut self, bytes: u64) -> Self {
+        self.read_cache_size = Some(bytes);
+        self
+    }
+
     /// Compacts the log in the background by `settings` (see [`Config::log_compaction`]).
     #[must_use]
     pub fn log_compaction(mut self, settings: crate::ops::compact::LogCompaction) -> Self {
@@ -376,13 +413,19 @@ impl Config {
             }
             None => None,
         };
+        let read_cache_bytes = self.read_cache_bytes()?;
         if let Some(total) = self.memory_budget {
-            let (budget, page_bits) = MemoryBudget::split(total, index_bits, set_page_bits)?;
+            let (budget, page_bits) = MemoryBudget::split(
+                total.saturating_sub(read_cache_bytes),
+                index_bits,
+                set_page_bits,
+            )?;
             return Ok(Resolved {
                 index_bits,
                 page_bits,
                 frames: budget.log >> page_bits,
-                budget: Some(budget),
+                budget: Some(budget.with_read_cache(read_cache_bytes)),
+                read_cache_bytes,
             });
         }
         let page_bits = set_page_bits.unwrap_or_else(|| derived_page_bits(self.log_memory_size));
@@ -401,7 +444,40 @@ impl Config {
             page_bits,
             frames,
             budget: None,
+            read_cache_bytes,
         })
+    }
+
+    /// The read cache's bytes as the store uses them (0: off), checked.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a size out of range, more than half the memory budget, or a cache
+    /// beside `copy_reads_to_tail`.
+    pub(crate) fn read_cache_bytes(&self) -> Result<u64> {
+        use crate::hlog::read_cache::{FRAMES, MAX_BYTES, MIN_BYTES};
+        let Some(bytes) = self.read_cache_size else {
+            return Ok(0);
+        };
+        let bad = |reason: String| {
+            Err(Error::Config {
+                field: "read_cache_size",
+                reason,
+            })
+        };
+        if !(MIN_BYTES..=MAX_BYTES).contains(&bytes) {
+            return bad(format!("{bytes} bytes is not in {MIN_BYTES}..={MAX_BYTES}"));
+        }
+        if self.copy_reads_to_tail {
+            return bad("a read cache and copy_reads_to_tail are alternatives: set one".into());
+        }
+        if let Some(total) = self.memory_budget {
+            if bytes > total / 2 {
+                return bad(format!(
+                    "{bytes} bytes is more than half the memory budget of {total}"
+                ));
+            }
+        }
+        Ok(bytes / FRAMES / 8 * 8 * FRAMES)
     }
 }
 

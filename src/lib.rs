@@ -50,6 +50,7 @@ pub use crate::core::status::{Error, Result, Status};
 pub use crate::device::file_system_disk::FileSystemDisk;
 pub use crate::device::null_disk::NullDisk;
 pub use crate::device::Disk;
+pub use crate::hlog::read_cache::ReadCacheStats;
 pub use crate::hlog::LogMarkers;
 pub use crate::ops::compact::{Compaction, LogCompaction};
 pub use crate::ops::counters::OpStats;

@@ -79,6 +79,8 @@ pub struct Stats {
     pub disk_bytes: u64,
     /// What compactions did since the store was opened.
     pub compaction: crate::ops::truncate::CompactionTotals,
+    /// What the read cache did, if it is on ([`Config::read_cache_size`]).
+    pub read_cache: Option<crate::hlog::read_cache::ReadCacheStats>,
 }
 
 /// The single-tier store: a latch-free hash index over a HybridLog on device `D`.
@@ -176,6 +178,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         )?;
         let mut engine = Engine::new(epoch, resolved.index_bits, hlog);
         engine.copy_reads = config.copy_reads_to_tail;
+        engine.set_read_cache(resolved.read_cache_bytes);
         engine.types = TypeNames::of::<K, V>(&config);
         if let Some(hash) = hash {
             engine.hasher = KeyHasher::custom(hash);
@@ -250,6 +253,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             log_bytes: self.engine.log_bytes(),
             disk_bytes: self.engine.hlog.disk().storage_bytes().unwrap_or(0),
             compaction: self.engine.retention.totals.snapshot(),
+            read_cache: self.engine.read_cache.as_ref().map(|c| c.stats()),
         }
     }
 
@@ -411,13 +415,19 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             hash: custom.as_deref().unwrap_or(&own),
             index_bits: resolved.index_bits,
             log_memory: config.log_memory_size,
-            budget: config.memory_budget,
+            budget: config
+                .memory_budget
+                .map(|total| total - resolved.read_cache_bytes),
             mutable_fraction: config.mutable_fraction,
             fallback: config.recovery_fallback,
             types: &types,
         };
         let (mut engine, info) = Engine::recover(disk, &layout, token)?;
         engine.copy_reads = config.copy_reads_to_tail;
+        engine.set_read_cache(resolved.read_cache_bytes);
+        engine.budget = engine
+            .budget
+            .map(|b| b.with_read_cache(resolved.read_cache_bytes));
         engine.types = types;
         if let Some(hash) = custom {
             engine.hasher = KeyHasher::custom(hash);
@@ -428,6 +438,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             page_bits: geo.page_bits,
             frames: geo.frames,
             budget: engine.budget,
+            read_cache_bytes: resolved.read_cache_bytes,
         };
         let engine = engine.into_shared();
         Ok((

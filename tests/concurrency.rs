@@ -176,7 +176,7 @@ fn index_grows_back_to_back_while_threads_operate() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) || n < 5_000 {
                     kv.insert(&(t << 40 | n), &n).unwrap();
-                    assert_eq!(kv.get(&(t << 40 | n / 2)).unwrap(), Some(n / 2));
+                    assert_eq!(kv.get(&((t << 40) | (n / 2))).unwrap(), Some(n / 2));
                     n += 1;
                 }
                 n

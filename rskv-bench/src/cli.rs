@@ -130,6 +130,11 @@ pub struct Args {
     #[arg(long)]
     pub copy_reads_to_tail: bool,
 
+    /// RsKv: a read cache of BYTES (`Config::read_cache`), taken out of --memory (the log
+    /// gets what the index and the cache leave). Peers ignore it.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub read_cache: Option<u64>,
+
     /// After the run, read every key once more and verify it (slow on disk-bound runs). In
     /// checkpoint runs: read every key after recovery instead of a sample.
     #[arg(long)]
@@ -334,6 +339,7 @@ impl Args {
                             batch_reads: self.batch_reads && self.batch > 1,
                             batch_rmw: self.batch_rmw && self.batch > 1,
                             copy_reads_to_tail: self.copy_reads_to_tail,
+                            read_cache: self.read_cache,
                             verify_all: self.verify_all,
                             keep_data: self.keep_data,
                             progress,

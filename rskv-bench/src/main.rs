@@ -258,6 +258,12 @@ fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
     if plan.explicit {
         println!("  memory      budget {} per store; RsKv: index {} ({} buckets) + log {} (pages of {}); record ~{} B",
             human_bytes(plan.budget), human_bytes(plan.index_bytes), plan.table_size, human_bytes(plan.log_bytes), human_bytes(plan.page_size), plan.record_bytes);
+        if plan.read_cache_bytes > 0 {
+            println!(
+                "              + read cache {}",
+                human_bytes(plan.read_cache_bytes)
+            );
+        }
     } else {
         println!("  memory      in-memory: RsKv index {} ({} buckets) + log {} (2x the ~{} B records, pages of {}); peers get the same {}",
             human_bytes(plan.index_bytes), plan.table_size, human_bytes(plan.log_bytes), plan.record_bytes, human_bytes(plan.page_size), human_bytes(plan.budget));

@@ -50,16 +50,17 @@ pub fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
         .next_power_of_two();
     let index_bytes = table_size * BUCKET_BYTES;
     let record = record_bytes(spec.key_size, spec.value_size);
+    let cache = spec.read_cache.unwrap_or(0);
     let (budget, log_wanted) = match spec.memory {
         Some(budget) => {
-            if index_bytes >= budget {
+            if index_bytes + cache >= budget {
                 bail!(
                     "the RsKv index ({table_size} buckets = {} MiB) does not fit --memory {} MiB; pass a smaller --table-size",
                     index_bytes >> 20,
                     budget >> 20
                 );
             }
-            (budget, budget - index_bytes)
+            (budget, budget - index_bytes - cache)
         }
         None => {
             // Twice the loaded data: room for the records that updates append.
@@ -92,12 +93,13 @@ pub fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
         budget: if spec.memory.is_some() {
             budget
         } else {
-            index_bytes + log_bytes
+            index_bytes + log_bytes + cache
         },
         explicit: spec.memory.is_some(),
         table_size,
         index_bytes,
         log_bytes,
+        read_cache_bytes: cache,
         page_size,
         record_bytes: record,
     })

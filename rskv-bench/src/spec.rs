@@ -44,6 +44,9 @@ pub struct RunSpec {
     /// RsKv copies reads from disk to the tail (see `--copy-reads-to-tail`).
     #[serde(default)]
     pub copy_reads_to_tail: bool,
+    /// RsKv read cache bytes (see `--read-cache`).
+    #[serde(default)]
+    pub read_cache: Option<u64>,
     pub verify_all: bool,
     pub keep_data: bool,
     pub progress: bool,
@@ -327,6 +330,8 @@ pub struct MemoryPlan {
     pub index_bytes: u64,
     /// RsKv log memory (a whole number of pages).
     pub log_bytes: u64,
+    /// RsKv read cache (0: none), out of the budget.
+    pub read_cache_bytes: u64,
     pub page_size: u64,
     /// Estimated bytes of one RsKv record.
     pub record_bytes: u64,

@@ -276,6 +276,56 @@ impl<'a> RecordRef<'a> {
         }
     }
 
+    /// Writes a new record as [`RecordRef::write_new`] does, with a value capacity of `cap`
+    /// bytes (a multiple of 8, at least the value's length rounded up plus `trailer`'s words)
+    /// whose last words hold `trailer` (the read cache's copies; see `hlog::read_cache`).
+    #[must_use]
+    pub fn write_with_capacity(
+        words: &'a [AtomicU64],
+        info: RecordInfo,
+        key: &Encoded,
+        value: &Encoded,
+        cap: usize,
+        trailer: &[u64],
+    ) -> Self {
+        debug_assert!(cap % 8 == 0 && cap >= value.len().next_multiple_of(8) + trailer.len() * 8);
+        debug_assert_eq!(words.len() * 8, record_size(key.len(), cap));
+        words[1].store(key.len() as u64 | (cap as u64) << 32, Ordering::Relaxed);
+        words[2].store(ValueState::new(value.len(), false).0, Ordering::Relaxed);
+        let key_words = key.words();
+        for (w, k) in words[HEADER_WORDS..].iter().zip(key_words) {
+            w.store(*k, Ordering::Relaxed);
+        }
+        for (w, x) in words[HEADER_WORDS + key_words.len()..]
+            .iter()
+            .zip(value.words())
+        {
+            w.store(*x, Ordering::Relaxed);
+        }
+        for (w, x) in words[words.len() - trailer.len()..].iter().zip(trailer) {
+            w.store(*x, Ordering::Relaxed);
+        }
+        // Header last, as in `write_new`.
+        words[0].store(info.0, Ordering::Release);
+        RecordRef {
+            words,
+            key_len: key.len(),
+            value_cap: cap,
+        }
+    }
+
+    /// The record's words.
+    #[must_use]
+    pub fn words(&self) -> &'a [AtomicU64] {
+        self.words
+    }
+
+    /// The value capacity in bytes.
+    #[must_use]
+    pub fn value_capacity(&self) -> usize {
+        self.value_cap
+    }
+
     /// Size in bytes.
     #[must_use]
     pub fn size(&self) -> usize {

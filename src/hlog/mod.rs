@@ -1,4 +1,5 @@
 //! The hybrid log.
 pub mod persistent_memory_malloc;
+pub mod read_cache;
 
 pub use persistent_memory_malloc::{AllocError, HybridLog, LogMarkers, RecordBytes};

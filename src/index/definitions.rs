@@ -4,7 +4,8 @@
 
 use crate::core::address::Address;
 use crate::core::light_epoch::Protected;
-use crate::index::hash_bucket::HashBucketEntry;
+use crate::hlog::read_cache::CacheAddress;
+use crate::index::hash_bucket::{HashBucketEntry, Target};
 use crate::sync::{AtomicU64, Ordering};
 
 /// A finalized key hash: the user's (or RsKv's) 64-bit hash passed through a mixing finalizer,
@@ -24,6 +25,11 @@ impl KeyHash {
         h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
         h ^= h >> 33;
         KeyHash(h)
+    }
+    /// A hash finalized before (as [`KeyHash::value`] returned it).
+    #[must_use]
+    pub const fn from_finalized(value: u64) -> Self {
+        KeyHash(value)
     }
     /// The finalized value.
     #[must_use]
@@ -66,10 +72,12 @@ pub struct EntrySlot<'a> {
 }
 
 impl EntrySlot<'_> {
-    /// The chain's newest record as seen.
+    /// Where the entry pointed as seen: the chain's newest record, or a read-cache copy in
+    /// front of it (the engine resolves it; an operation never takes a cache address for a
+    /// log address).
     #[must_use]
-    pub fn address(&self) -> Address {
-        self.entry.address()
+    pub fn target(&self) -> Target {
+        self.entry.target()
     }
 
     /// Swings the entry to `new` if it still holds what was seen; on failure, returns the
@@ -78,7 +86,18 @@ impl EntrySlot<'_> {
     /// # Errors
     /// The entry now in the slot.
     pub fn try_update(&mut self, new: Address) -> Result<(), HashBucketEntry> {
-        let desired = HashBucketEntry::new(new, self.entry.tag(), false);
+        self.swing(HashBucketEntry::new(new, self.entry.tag(), false))
+    }
+
+    /// As [`EntrySlot::try_update`], to a read-cache record.
+    ///
+    /// # Errors
+    /// The entry now in the slot.
+    pub fn try_update_cached(&mut self, new: CacheAddress) -> Result<(), HashBucketEntry> {
+        self.swing(HashBucketEntry::cached(new, self.entry.tag()))
+    }
+
+    fn swing(&mut self, desired: HashBucketEntry) -> Result<(), HashBucketEntry> {
         match self.slot.compare_exchange(
             self.entry.raw(),
             desired.raw(),
@@ -112,7 +131,7 @@ impl EntrySlot<'_> {
 ///     let g = epoch.protect().unwrap();
 ///     index.find_or_create_entry(&g, KeyHash::new(1)).unwrap()
 /// }; // `g` dropped here while still borrowed: the table may be freed from now on
-/// let _ = entry.address();
+/// let _ = entry.target();
 /// ```
 ///
 /// ```compile_fail,E0061
@@ -134,7 +153,7 @@ impl EntrySlot<'_> {
 /// let mut g = epoch.protect().unwrap();
 /// let entry = index.find_or_create_entry(&g, KeyHash::new(1)).unwrap();
 /// g.refresh();
-/// let _ = entry.address();
+/// let _ = entry.target();
 /// ```
 ///
 /// What does compile: the entry used while its guard lives.
@@ -144,12 +163,14 @@ impl EntrySlot<'_> {
 /// ```
 /// # use std::sync::Arc;
 /// # use rskv::core::light_epoch::LightEpoch;
+/// # use rskv::Address;
 /// # use rskv::index::{HashIndex, KeyHash, MemIndex};
+/// # use rskv::index::hash_bucket::Target;
 /// let epoch = Arc::new(LightEpoch::new());
 /// let index = MemIndex::new(4, epoch.clone());
 /// let g = epoch.protect().unwrap();
 /// let entry = index.find_or_create_entry(&g, KeyHash::new(1)).unwrap();
-/// assert!(entry.address().is_invalid());
+/// assert_eq!(entry.target(), Target::Log(Address::INVALID));
 /// ```
 pub trait HashIndex: Send + Sync {
     /// The entry for `hash`'s (bucket, tag), if one exists.

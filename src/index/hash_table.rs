@@ -293,7 +293,7 @@ mod tests {
         }
         for (n, h) in hashes.iter().enumerate() {
             assert_eq!(
-                t.find_entry(*h, &pool).unwrap().address(),
+                t.find_entry(*h, &pool).unwrap().entry.address(),
                 Address::new(64 * (n as u64 + 1))
             );
         }

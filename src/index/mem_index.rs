@@ -294,9 +294,7 @@ impl MemIndex {
                         old_overflow += old.overflow_count(i, &self.pool);
                         self.split_bucket(old, new, i, g)
                     });
-                    if result.is_err() {
-                        return result;
-                    }
+                    result?;
                     std::mem::forget(claim);
                     grow.old_overflow.fetch_add(old_overflow, Ordering::Relaxed);
                     c.store(DONE, StdOrdering::Release);
@@ -318,8 +316,15 @@ impl MemIndex {
         g: Option<&dyn Protected>,
     ) -> Result<(), IndexBusy> {
         let mut entries = Vec::with_capacity(crate::index::hash_bucket::ENTRIES);
-        old.for_each_entry(i, &self.pool, |e| entries.push(Split::both(e)));
-        if let (Some(g), Some(sorter)) = (g, self.splitter.get()) {
+        let splitter = self.splitter.get();
+        old.for_each_entry(i, &self.pool, |e| {
+            let e = match splitter {
+                Some(s) if e.is_cached() => s.uncache(e),
+                _ => e,
+            };
+            entries.push(Split::both(e));
+        });
+        if let (Some(g), Some(sorter)) = (g, splitter) {
             sorter.sort(g, i, old.bits(), &mut entries);
         }
         // Clear first so a retried split (after Full) does not duplicate entries.
@@ -549,13 +554,16 @@ impl MemIndex {
     /// (each bucket's 7 entries as little-endian words, tentative entries cleared, and a zero
     /// overflow word), then returns the overflow-chain entries as `(bucket, entry)` pairs. Each
     /// chunk is read under an epoch protection of its own, taken here (none is held while `out`
-    /// runs); the index must not be growing (the caller excludes growth).
+    /// runs); the index must not be growing (the caller excludes growth). Every entry passes
+    /// through `resolve` under that protection (the engine writes a read-cache entry as its
+    /// log address).
     ///
     /// # Errors
     /// The first error of `out`; [`Error::TooManyThreads`](crate::core::status::Error) if the
     /// thread cannot be protected.
     pub fn dump<E: From<crate::core::status::Error>>(
         &self,
+        resolve: impl Fn(HashBucketEntry) -> Result<HashBucketEntry, E>,
         mut out: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(u32, Vec<(u64, u64)>), E> {
         const CHUNK: usize = 16 * 1024;
@@ -579,7 +587,11 @@ impl MemIndex {
                     let at = (i - first) * 64;
                     for (k, slot) in b.entries.iter().enumerate() {
                         let e = HashBucketEntry::from_raw(slot.load(Ordering::Acquire));
-                        let w = if e.tentative() { 0 } else { e.raw() };
+                        let w = if e.tentative() || e.is_empty() {
+                            0
+                        } else {
+                            resolve(e)?.raw()
+                        };
                         image[at + k * 8..at + k * 8 + 8].copy_from_slice(&w.to_le_bytes());
                     }
                     image[at + 56..at + 64].fill(0);
@@ -588,7 +600,7 @@ impl MemIndex {
                             for slot in &self.pool.get(o).entries {
                                 let e = HashBucketEntry::from_raw(slot.load(Ordering::Acquire));
                                 if !e.is_empty() && !e.tentative() {
-                                    overflow.push((i as u64, e.raw()));
+                                    overflow.push((i as u64, resolve(e)?.raw()));
                                 }
                             }
                         }
@@ -601,6 +613,14 @@ impl MemIndex {
         Ok((bits, overflow))
     }
 
+    /// Checks an entry read from a dump (see [`check_dumped`]).
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    pub fn check_dumped_entry(raw: u64) -> Result<(), &'static str> {
+        check_dumped(raw)
+    }
+
     /// The current table of an index this thread has to itself.
     fn table_mut(&mut self) -> &HashTable {
         let v = version_of(self.state.load(Ordering::Acquire));
@@ -611,15 +631,20 @@ impl MemIndex {
 
     /// Loads buckets `first..` of a fresh index (recovery, before any other thread can use it)
     /// from a dump image chunk.
-    pub fn restore_buckets(&mut self, first: usize, image: &[u8]) {
+    ///
+    /// # Errors
+    /// If an entry is one a dump never writes (tentative, or naming the read cache).
+    pub fn restore_buckets(&mut self, first: usize, image: &[u8]) -> Result<(), &'static str> {
         let table = self.table_mut();
         for (n, bucket) in image.chunks_exact(64).enumerate() {
             let b = table.bucket(first + n);
             for (k, slot) in b.entries.iter().enumerate() {
                 let w = u64::from_le_bytes(bucket[k * 8..k * 8 + 8].try_into().unwrap_or_default());
+                check_dumped(w)?;
                 slot.store(w, Ordering::Relaxed);
             }
         }
+        Ok(())
     }
 
     /// Adds a dumped overflow entry to bucket `i` of a fresh index (recovery).
@@ -627,6 +652,7 @@ impl MemIndex {
     /// # Errors
     /// [`IndexBusy::Full`] when no overflow bucket can be allocated.
     pub fn restore_overflow(&mut self, i: usize, entry: u64) -> Result<(), IndexBusy> {
+        debug_assert!(check_dumped(entry).is_ok(), "checked by the caller");
         let pool = self.pool.clone();
         self.table_mut()
             .insert_exclusive(i, HashBucketEntry::from_raw(entry), &pool)
@@ -714,6 +740,15 @@ impl Drop for Unclaim<'_> {
     }
 }
 
+/// A dumped entry is empty or a log entry: never tentative, never naming the read cache.
+fn check_dumped(raw: u64) -> Result<(), &'static str> {
+    let e = HashBucketEntry::from_raw(raw);
+    if e.tentative() || e.is_cached() {
+        return Err("an index entry no checkpoint writes (tentative or read-cache)");
+    }
+    Ok(())
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -741,7 +776,7 @@ mod tests {
         assert_eq!((index.bits(), index.memory_bytes()), (4, 16 * 64));
         let g = epoch.protect().unwrap();
         let e = index.find_entry(&g, KeyHash::new(9)).unwrap().unwrap();
-        assert_eq!(e.address(), Address::new(64));
+        assert_eq!(e.entry.address(), Address::new(64));
     }
 
     #[test]

@@ -53,4 +53,11 @@ pub trait SplitChains: Send + Sync {
     /// epoch, so records at or above the log's head stay readable. Must not panic or wait: a
     /// chunk of the split is held for it.
     fn sort(&self, g: &dyn Protected, bucket: usize, bits: u32, entries: &mut [Split]);
+
+    /// The entry a split writes for `entry`, which names a read-cache copy: the copy's log
+    /// address (a copy must not be named by two entries, since its eviction unlinks only the
+    /// one its key hashes to). Called with or without a protection: the split holds the
+    /// entry's chunk, so the copy's eviction, which must first look the entry up through that
+    /// chunk, cannot release it meanwhile.
+    fn uncache(&self, entry: HashBucketEntry) -> HashBucketEntry;
 }

@@ -24,9 +24,10 @@ impl<D: Disk> Engine<D> {
             let Some(mut entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
                 return Ok(Status::NotFound);
             };
-            self.check_shift(ov, entry.address())?;
+            let log = self.log_head(&entry)?;
+            self.check_shift(ov, log)?;
             let read_only = self.hlog.read_only();
-            if let (a, Some(rec)) = self.trace(entry.address(), key, read_only)? {
+            if let (a, Some(rec)) = self.trace(log, key, read_only)? {
                 let Some(mut lock) = rec.lock() else {
                     return Err(Stop::Retry);
                 };

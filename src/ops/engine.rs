@@ -45,6 +45,8 @@ pub struct Engine<D: Disk> {
     pub(crate) budget: Option<crate::config::MemoryBudget>,
     /// Growths and budget refusals, maintenance passes.
     pub(crate) growth: crate::ops::growth::GrowthBook,
+    /// The read cache, if on (`Config::read_cache`).
+    pub(crate) read_cache: Option<crate::hlog::read_cache::ReadCache>,
 }
 
 /// `prev` of the record at `a`, checked to point below it (a chain that does not go backwards
@@ -133,7 +135,14 @@ impl<D: Disk> Engine<D> {
             hasher: crate::index::key_hash::KeyHasher::default(),
             budget: None,
             growth: crate::ops::growth::GrowthBook::default(),
+            read_cache: None,
         }
+    }
+
+    /// Turns the read cache on with `bytes` of memory (0: off).
+    pub(crate) fn set_read_cache(&mut self, bytes: u64) {
+        self.read_cache =
+            (bytes > 0).then(|| crate::hlog::read_cache::ReadCache::new(bytes, self.epoch.clone()));
     }
 
     /// Sets the memory budget: the index is bounded by its share.
@@ -273,7 +282,7 @@ impl<D: Disk> Engine<D> {
         key: &Encoded,
         value: Option<&Encoded>,
     ) -> Result<(), Stop> {
-        let (address, rec) = self.append(ov, entry.address(), key, value)?;
+        let (address, rec) = self.append(ov, self.log_head(entry)?, key, value)?;
         if entry.try_update(address).is_ok() {
             Ok(())
         } else {
@@ -295,7 +304,9 @@ impl<D: Disk> Engine<D> {
         }
         for h in hashes {
             if let Ok(Some(e)) = self.index.find_entry(g, h) {
-                self.hlog.prefetch(e.address());
+                if let crate::index::hash_bucket::Target::Log(a) = e.target() {
+                    self.hlog.prefetch(a);
+                }
             }
         }
     }

@@ -37,6 +37,7 @@ use crate::core::codec;
 use crate::core::light_epoch::ShortGuard;
 use crate::core::record::{WordRecord, WordRecordLock, WORD_RECORD_WORDS};
 use crate::device::Disk;
+use crate::index::hash_bucket::Target;
 use crate::index::key_hash::hash_word;
 use crate::index::{HashIndex, KeyHash};
 #[cfg(doc)]
@@ -115,7 +116,11 @@ impl<D: Disk> Engine<D> {
             Ok(None) => return Fast::Done(None),
             Err(_) => return Fast::Slow,
         };
-        let Some(rec) = self.word_record(key, entry.address(), self.hlog.head()) else {
+        // A read-cache copy in front of the chain: the general path reads it.
+        let Target::Log(a) = entry.target() else {
+            return Fast::Slow;
+        };
+        let Some(rec) = self.word_record(key, a, self.hlog.head()) else {
             return Fast::Slow;
         };
         // A writer inside, or one that came and went: try the copy again a few times (hot
@@ -140,7 +145,11 @@ impl<D: Disk> Engine<D> {
             return None;
         }
         let entry = self.index.find_entry(&guard, hash).ok()??;
-        let rec = self.word_record(key, entry.address(), self.hlog.read_only())?;
+        // An entry naming a read-cache copy has its newest record on disk: not in place.
+        let Target::Log(a) = entry.target() else {
+            return None;
+        };
+        let rec = self.word_record(key, a, self.hlog.read_only())?;
         // None: sealed (a newer copy exists).
         let lock = rec.lock()?;
         let s = lock.state();

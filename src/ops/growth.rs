@@ -20,6 +20,7 @@ use crate::core::address::Address;
 use crate::core::light_epoch::Protected;
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
+use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::hash_table::OverflowPool;
 use crate::index::key_hash::hash_words;
 use crate::index::{KeyHash, Split, SplitChains};
@@ -71,6 +72,16 @@ impl From<NoGrowth> for Error {
 struct LogChains<D: Disk>(Weak<Engine<D>>);
 
 impl<D: Disk> SplitChains for LogChains<D> {
+    fn uncache(&self, entry: HashBucketEntry) -> HashBucketEntry {
+        let Some(engine) = self.0.upgrade() else {
+            return entry;
+        };
+        engine.uncached(entry).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "index split: a read-cache entry names no copy");
+            entry
+        })
+    }
+
     fn sort(&self, g: &dyn Protected, bucket: usize, bits: u32, entries: &mut [Split]) {
         let Some(engine) = self.0.upgrade() else {
             return;

@@ -27,6 +27,7 @@
 //!   roll, an index growth to finish), which the outer protection prevents, it fails at once
 //!   with [`crate::Error::Busy`].
 
+pub mod cache;
 pub mod compact;
 pub mod counters;
 pub mod cpr;

@@ -70,7 +70,9 @@ impl<D: Disk> Engine<D> {
                 match fetched {
                     Ok(ReadStep::Found) => {
                         self.counters.bump(Count::ReadOnDisk);
-                        if self.copy_reads {
+                        if self.read_cache.is_some() {
+                            self.cache_read(key, hash, walk.seen, walk.at, out.bytes());
+                        } else if self.copy_reads {
                             self.copy_read_to_tail(key, hash, walk.at, out.bytes());
                         }
                         return Ok(true);

@@ -9,6 +9,7 @@ use crate::core::record::{ValueBuf, ValueRead};
 use crate::core::status::Result;
 use crate::device::Disk;
 use crate::hlog::RecordBytes;
+use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::{HashIndex, KeyHash};
 use crate::ops::counters::Count;
 use crate::ops::{Engine, Stop};
@@ -37,6 +38,9 @@ pub struct DiskWalk {
     pub at: Address,
     /// `begin` as loaded before the index entry.
     pub begin: Address,
+    /// The index entry as the walk found it (a read-cache copy of what it finds replaces
+    /// exactly this entry: `hlog::read_cache`, invariant 1).
+    pub seen: HashBucketEntry,
 }
 
 impl<D: Disk> Engine<D> {
@@ -54,8 +58,18 @@ impl<D: Disk> Engine<D> {
             let Some(entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
                 return Ok(ReadStep::NotFound);
             };
+            let chain = self.chain(&entry)?;
+            if let Some(copy) = &chain.cached {
+                if let Some(found) = self.read_copy(copy, key, begin, out) {
+                    if found {
+                        self.refresh_copy(g, hash, entry.entry, copy, key, out.bytes());
+                        return Ok(ReadStep::Found);
+                    }
+                    return Ok(ReadStep::NotFound);
+                }
+            }
             let head = self.hlog.head();
-            let (a, rec) = self.trace(entry.address(), key, head)?;
+            let (a, rec) = self.trace(chain.log, key, head)?;
             if let Some(rec) = rec {
                 return Ok(match rec.read_value(out) {
                     ValueRead::Live => ReadStep::Found,
@@ -63,7 +77,11 @@ impl<D: Disk> Engine<D> {
                 });
             }
             Ok(if !a.is_invalid() && a >= begin {
-                ReadStep::Disk(DiskWalk { at: a, begin })
+                ReadStep::Disk(DiskWalk {
+                    at: a,
+                    begin,
+                    seen: entry.entry,
+                })
             } else {
                 ReadStep::NotFound
             })

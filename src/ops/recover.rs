@@ -511,7 +511,8 @@ impl Rebuild {
                         .index
                         .find_or_create_entry_exclusive(hash)
                         .map_err(|_| Error::IndexFull)?;
-                    if entry.address().raw() < address {
+                    // A fresh index: no entry names a read-cache copy.
+                    if entry.entry.address().raw() < address {
                         let _ = entry.try_update(Address::new(address));
                         self.moved += 1;
                     }
@@ -586,7 +587,9 @@ fn load_index(index: &mut MemIndex, path: &std::path::Path, meta: &IndexMeta) ->
         let n = chunk.min(buckets - first);
         f.read_exact(&mut buf[..n * 64]).map_err(err)?;
         hasher.update(&buf[..n * 64]);
-        index.restore_buckets(first, &buf[..n * 64]);
+        index
+            .restore_buckets(first, &buf[..n * 64])
+            .map_err(|reason| checkpoint_error(path.to_path_buf(), reason))?;
         first += n;
     }
     let mut pairs = vec![0u8; meta.overflow_entries as usize * 16];
@@ -610,6 +613,8 @@ fn load_index(index: &mut MemIndex, path: &std::path::Path, meta: &IndexMeta) ->
                 "overflow entry out of range",
             ));
         }
+        MemIndex::check_dumped_entry(entry)
+            .map_err(|reason| checkpoint_error(path.to_path_buf(), reason))?;
         index
             .restore_overflow(bucket as usize, entry)
             .map_err(|_| Error::IndexFull)?;

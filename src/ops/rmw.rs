@@ -90,9 +90,10 @@ impl<D: Disk> Engine<D> {
         let mut buf = ValueBuf::default();
         self.retry(g, pin, |g, ov| {
             let mut entry = self.entry_for_update(g, hash)?;
-            self.check_shift(ov, entry.address())?;
+            let log = self.log_head(&entry)?;
+            self.check_shift(ov, log)?;
             let head = self.hlog.head();
-            let (a, rec) = self.trace(entry.address(), key, floor.max(head))?;
+            let (a, rec) = self.trace(log, key, floor.max(head))?;
             let Some(rec) = rec else {
                 if a >= floor && self.on_disk(a) {
                     return Ok(UpdateStep::Disk {
@@ -199,7 +200,7 @@ impl<D: Disk> Engine<D> {
             if entry.entry != seen {
                 return Ok(None);
             }
-            self.check_shift(ov, entry.address())?;
+            self.check_shift(ov, self.log_head(&entry)?)?;
             let latest = match found {
                 DiskTrace::Found(Some(v)) => Latest::Value(v),
                 DiskTrace::Found(None) => Latest::Deleted,

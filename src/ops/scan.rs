@@ -156,7 +156,7 @@ impl<D: Disk> Engine<D> {
                     return Ok(Err(None));
                 };
                 let head = self.hlog.head();
-                let mut a = entry.address();
+                let mut a = self.log_head(&entry)?;
                 while !a.is_invalid() && a >= head {
                     let rec = self.hlog.record(a)?;
                     if a < end && !rec.info().invalid() && rec.key_is(key) {

@@ -26,9 +26,10 @@ impl<D: Disk> Engine<D> {
     ) -> Result<u64> {
         let (_, version) = self.retry(g, &mut None, |g, ov| {
             let mut entry = self.entry_for_update(g, hash)?;
-            self.check_shift(ov, entry.address())?;
+            let log = self.log_head(&entry)?;
+            self.check_shift(ov, log)?;
             let read_only = self.hlog.read_only();
-            if let (a, Some(rec)) = self.trace(entry.address(), key, read_only)? {
+            if let (a, Some(rec)) = self.trace(log, key, read_only)? {
                 let Some(mut lock) = rec.lock() else {
                     return Err(Stop::Retry);
                 };

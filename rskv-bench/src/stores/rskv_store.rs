@@ -49,6 +49,10 @@ fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
         .log_memory_size(plan.log_bytes)
         .page_size(plan.page_size)
         .copy_reads_to_tail(spec.copy_reads_to_tail);
+    let config = match plan.read_cache_bytes {
+        0 => config,
+        bytes => config.read_cache(bytes),
+    };
     match spec.log_budget {
         Some(budget) => {
             let mut c = LogCompaction::with_budget(budget);

@@ -314,7 +314,9 @@ impl<D: Disk> Engine<D> {
         let path = dir.dir(token).join(INDEX_DATA);
         let io = |e: std::io::Error| Error::io(format!("writing {}", path.display()), e);
         let mut w = HashingWriter::create(&path).map_err(io)?;
-        let (table_bits, overflow) = self.index.dump(|chunk| w.write_all(chunk).map_err(io))?;
+        let (table_bits, overflow) = self
+            .index
+            .dump(|e| self.uncached(e), |chunk| w.write_all(chunk).map_err(io))?;
         let mut pairs = Vec::with_capacity(16 * overflow.len().min(1 << 16));
         for chunk in overflow.chunks(1 << 16) {
             pairs.clear();

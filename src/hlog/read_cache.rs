@@ -1,0 +1,405 @@
+//! The read cache (FASTER's): a second in-memory log, never flushed, holding copies of records
+//! that reads fetched from the device, spliced in front of their hash chains.
+//!
+//! # Shape
+//! An index entry whose read-cache bit is set points at a [`CacheAddress`] here instead of a
+//! log address. The record there has the log's record layout; its header's previous address is
+//! where the chain continues in the log (the entry's log address when the copy was made), and
+//! two words after its value (inside its value capacity, beyond the value's length) hold the
+//! log address the copy was read from (its *source*) and the key's hash. An entry carries at
+//! most one cache record, as in FASTER: a cache record never points at another, and a log
+//! record's previous address is never a cache address.
+//!
+//! Memory is [`FRAMES`] frames of `size / FRAMES` bytes. Page `p` (pages are numbered from 0
+//! and never reused) lives in frame `p % FRAMES`. Records are allocated at the tail (one CAS on
+//! `page << OFFSET_BITS | offset`); a record never straddles pages. A cache address holds the
+//! page number modulo 2^22 and the offset, so it wraps after 2^22 pages: only pages within
+//! [`FRAMES`] of the tail are ever compared, and 2^22 is a multiple of [`FRAMES`].
+//!
+//! # Invariants
+//! 1. *Insertion.* A copy is written, then published by a CAS of its entry from the entry the
+//!    read saw when it started (before its first device read) to the copy. The CAS succeeds
+//!    only if no record was added to the chain since: so the source is still the key's newest
+//!    record, and the copy's previous address is the chain's log head. A failed CAS marks the
+//!    copy invalid. The thread stays epoch protected from the allocation to the CAS.
+//! 2. *Updates skip it.* Every update finds its chain's log head through the entry's copy, gives
+//!    its new record that previous address, and CASes the entry (cache address included) to
+//!    its record: the copy is unlinked. So a linked copy is always its key's newest value.
+//! 3. *Truncation.* A copy serves a read only if its source is at or above the `begin` the read
+//!    loaded before the index entry (the rule of [`crate::ops::read::DiskWalk`]): a copy of a
+//!    record truncated without a newer copy in the log (the cache mode of `truncate_until`)
+//!    reads as absent, as its source would.
+//! 4. *Sealing.* When page `p + 1` opens, an epoch action records that page `p` is *sealed*:
+//!    every thread that allocated in `p` has finished its CAS (invariant 1 keeps it protected
+//!    until then).
+//! 5. *Eviction.* A sealed page is *unlinked* by walking its records and CASing each entry that
+//!    still points at one of them back to the record's previous address (found through the
+//!    stored hash). Once its page is unlinked, no entry points into it; an epoch action then
+//!    *releases* its frame, once every thread that may have loaded such an entry has moved on.
+//!    Page `p` opens only after page `p - FRAMES` was released. Nothing waits for a frame: an
+//!    insertion that finds none free is skipped (the cache is best effort).
+//! 6. *Reading.* A reader loads the entry and reads the copy under one epoch protection, so the
+//!    copy's frame cannot be released (and reused) in between (invariant 5). Copies are never
+//!    written after their CAS except for the invalid bit.
+//! 7. *Second chance.* A hit on a copy in the oldest [`COLD_PAGES`] pages inserts a new copy at
+//!    the tail by the same CAS (from the entry naming the old copy), so hot records stay.
+//!
+//! The cache holds no state a checkpoint needs: index checkpoints write each cached entry's log
+//! address, and recovery starts with an empty cache. Index growth splits write the log address
+//! as well (see [`crate::index::split`]).
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+use crate::core::address::Address;
+use crate::core::codec::Encoded;
+use crate::core::light_epoch::{LightEpoch, Protected};
+use crate::core::record::{record_size, RecordInfo, RecordRef, Version};
+use crate::index::KeyHash;
+use crate::sync::{AtomicU64, Ordering};
+
+/// Frames of the cache.
+pub const FRAMES: u64 = 64;
+/// Bits of the offset in a page (pages of up to 64 MiB).
+const OFFSET_BITS: u32 = 26;
+/// Page numbers in a cache address wrap at this mask (the rest of 48 bits).
+const PAGE_MASK: u64 = (1 << (48 - OFFSET_BITS)) - 1;
+/// Hits on copies in this many oldest pages copy them to the tail (invariant 7).
+pub const COLD_PAGES: u64 = 8;
+/// Pages the eviction keeps unlinked ahead of the tail: at most `FRAMES - KEEP_FREE` hold
+/// copies.
+const KEEP_FREE: u64 = 2;
+/// Words a copy carries after its value: its source address and its key's hash.
+const TRAILER_WORDS: usize = 2;
+/// Smallest cache: pages of 512 bytes (records longer than a page are not cached).
+pub const MIN_BYTES: u64 = FRAMES * 512;
+/// Largest cache.
+pub const MAX_BYTES: u64 = FRAMES << OFFSET_BITS;
+
+/// An address in the read cache (48 bits: page number modulo 2^22, offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheAddress(u64);
+
+impl CacheAddress {
+    /// From the raw 48 bits.
+    #[must_use]
+    pub const fn new(raw: u64) -> Self {
+        CacheAddress(raw & Address::MASK)
+    }
+    /// The raw 48 bits.
+    #[must_use]
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+    fn of(page: u64, offset: u64) -> Self {
+        CacheAddress((page & PAGE_MASK) << OFFSET_BITS | offset)
+    }
+    const fn wrapped_page(self) -> u64 {
+        self.0 >> OFFSET_BITS
+    }
+    const fn offset(self) -> u64 {
+        self.0 & ((1 << OFFSET_BITS) - 1)
+    }
+}
+
+/// What the read cache did, for [`crate::Stats`].
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    /// Reads answered by a copy.
+    pub hits: AtomicU64,
+    /// Reads that went to the device while the cache was on.
+    pub misses: AtomicU64,
+    /// Copies linked into the index.
+    pub inserted: AtomicU64,
+    /// Copies not linked: the chain changed meanwhile, no frame was free, or the record does
+    /// not fit a page.
+    pub skipped: AtomicU64,
+    /// Copies made again at the tail because they were hit near eviction.
+    pub refreshed: AtomicU64,
+    /// Entries the eviction pointed back at the log.
+    pub evicted: AtomicU64,
+}
+
+/// What the read cache did since the store was opened ([`crate::Stats::read_cache`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadCacheStats {
+    /// Bytes of cache memory.
+    pub memory_bytes: u64,
+    /// Reads answered by a copy.
+    pub hits: u64,
+    /// Reads that went to the device (each offers the cache a copy).
+    pub misses: u64,
+    /// Copies linked in front of their chains.
+    pub inserted: u64,
+    /// Copies not linked: the chain changed meanwhile, no page was free, or the record does
+    /// not fit a page.
+    pub skipped: u64,
+    /// Copies made again at the front because they were hit near eviction.
+    pub refreshed: u64,
+    /// Index entries eviction pointed back at the log.
+    pub evicted: u64,
+}
+
+/// A copy in the cache as a reader sees it.
+#[derive(Clone, Copy)]
+pub struct CachedRecord<'g> {
+    /// The record (the log's layout).
+    pub record: RecordRef<'g>,
+    /// Where it is.
+    pub address: CacheAddress,
+}
+
+impl CachedRecord<'_> {
+    /// The log address the copy was read from.
+    #[must_use]
+    pub fn source(&self) -> Address {
+        Address::new(self.trailer(0))
+    }
+    /// The hash of the copy's key.
+    #[must_use]
+    pub fn hash(&self) -> KeyHash {
+        KeyHash::from_finalized(self.trailer(1))
+    }
+    /// Where the chain continues in the log.
+    #[must_use]
+    pub fn next(&self) -> Address {
+        self.record.info().prev()
+    }
+    fn trailer(&self, i: usize) -> u64 {
+        let words = self.record.words();
+        words[words.len() - TRAILER_WORDS + i].load(Ordering::Relaxed)
+    }
+}
+
+/// The read cache's memory and markers.
+pub struct ReadCache {
+    frames: Box<[Box<[AtomicU64]>]>,
+    page_bytes: u64,
+    /// `page << OFFSET_BITS | offset` of the next allocation.
+    tail: CachePadded<AtomicU64>,
+    /// Per frame: bytes used by the page in it (set when the page closes).
+    used: Box<[AtomicU64]>,
+    /// Pages below this have no insertion in flight (invariant 4).
+    sealed: Arc<AtomicU64>,
+    /// Pages below this have no entry pointing into them (invariant 5).
+    unlinked: AtomicU64,
+    /// Pages below this have free frames (invariant 5).
+    released: Arc<AtomicU64>,
+    /// Held by the thread unlinking pages.
+    unlinking: AtomicBool,
+    epoch: Arc<LightEpoch>,
+    /// What the cache did.
+    pub counters: CacheCounters,
+}
+
+impl ReadCache {
+    /// A cache of `bytes` (rounded down to [`FRAMES`] pages of a multiple of 8 bytes).
+    ///
+    /// # Panics
+    /// If `bytes` is outside [`MIN_BYTES`]..=[`MAX_BYTES`] (the configuration checks it).
+    #[must_use]
+    pub fn new(bytes: u64, epoch: Arc<LightEpoch>) -> Self {
+        assert!((MIN_BYTES..=MAX_BYTES).contains(&bytes));
+        let page_bytes = bytes / FRAMES / 8 * 8;
+        let frames = (0..FRAMES)
+            .map(|_| (0..page_bytes / 8).map(|_| AtomicU64::new(0)).collect())
+            .collect();
+        Self {
+            frames,
+            page_bytes,
+            tail: CachePadded::new(AtomicU64::new(0)),
+            used: (0..FRAMES).map(|_| AtomicU64::new(0)).collect(),
+            sealed: Arc::new(AtomicU64::new(0)),
+            unlinked: AtomicU64::new(0),
+            released: Arc::new(AtomicU64::new(0)),
+            unlinking: AtomicBool::new(false),
+            epoch,
+            counters: CacheCounters::default(),
+        }
+    }
+
+    /// Bytes of cache memory.
+    #[must_use]
+    pub fn memory_bytes(&self) -> u64 {
+        self.page_bytes * FRAMES
+    }
+
+    /// What the cache did.
+    #[must_use]
+    pub fn stats(&self) -> ReadCacheStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ReadCacheStats {
+            memory_bytes: self.memory_bytes(),
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            inserted: get(&c.inserted),
+            skipped: get(&c.skipped),
+            refreshed: get(&c.refreshed),
+            evicted: get(&c.evicted),
+        }
+    }
+
+    /// The copy at `address`, for a caller that holds off its eviction: by an epoch protection
+    /// under which it loaded the entry naming it (invariant 6), or by holding the chunk of an
+    /// index split that the entry is in (the eviction must look the entry up through that
+    /// chunk before it can release the copy). Memory-safe either way (frames live as long as
+    /// the cache, and are only accessed through atomics); only the contents could be another
+    /// page's. `None` if the words there do not parse as a copy.
+    #[must_use]
+    pub fn record_unguarded(&self, address: CacheAddress) -> Option<CachedRecord<'_>> {
+        let frame = &self.frames[(address.wrapped_page() % FRAMES) as usize];
+        let words = frame.get((address.offset() / 8) as usize..)?;
+        let record = RecordRef::parse(words).ok()??;
+        (record.value_capacity() >= TRAILER_WORDS * 8).then_some(CachedRecord { record, address })
+    }
+
+    /// Whether a hit on `address` should copy it to the tail (invariant 7).
+    #[must_use]
+    pub fn is_cold(&self, address: CacheAddress) -> bool {
+        let tail_page = self.tail.load(Ordering::Relaxed) >> OFFSET_BITS;
+        let age = (tail_page & PAGE_MASK).wrapping_sub(address.wrapped_page()) & PAGE_MASK;
+        age + COLD_PAGES >= FRAMES - KEEP_FREE
+    }
+
+    /// Writes a copy of `key -> value` read from `source`, whose chain continues at `next`,
+    /// at the tail. The caller must CAS it into its entry under the same protection `g` and
+    /// mark it invalid if that fails (invariant 1). `None` when the record does not fit a page
+    /// or no frame is free.
+    pub fn insert<'g>(
+        &'g self,
+        _g: &'g dyn Protected,
+        key: &[u8],
+        value: &[u8],
+        hash: KeyHash,
+        source: Address,
+        next: Address,
+    ) -> Option<CachedRecord<'g>> {
+        let cap = value.len().next_multiple_of(8) + TRAILER_WORDS * 8;
+        let size = record_size(key.len(), cap) as u64;
+        let address = self.allocate(size)?;
+        let frame = &self.frames[(address.wrapped_page() % FRAMES) as usize];
+        let first = (address.offset() / 8) as usize;
+        let words = &frame[first..first + (size / 8) as usize];
+        let record = RecordRef::write_with_capacity(
+            words,
+            RecordInfo::new(next, Version(1)),
+            &Encoded::from_bytes(key),
+            &Encoded::from_bytes(value),
+            cap,
+            &[source.raw(), hash.value()],
+        );
+        Some(CachedRecord { record, address })
+    }
+
+    /// Allocates `size` bytes at the tail, opening the next page when this one is full.
+    fn allocate(&self, size: u64) -> Option<CacheAddress> {
+        if size > self.page_bytes {
+            return None;
+        }
+        let mut t = self.tail.load(Ordering::Acquire);
+        loop {
+            let (page, offset) = (t >> OFFSET_BITS, t & ((1 << OFFSET_BITS) - 1));
+            if offset + size <= self.page_bytes {
+                match self.tail.compare_exchange_weak(
+                    t,
+                    t + size,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Some(CacheAddress::of(page, offset)),
+                    Err(now) => t = now,
+                }
+                continue;
+            }
+            let next = page + 1;
+            if next >= self.released.load(Ordering::Acquire) + FRAMES {
+                return None;
+            }
+            match self.tail.compare_exchange(
+                t,
+                next << OFFSET_BITS | size,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.used[(page % FRAMES) as usize].store(offset, Ordering::Release);
+                    let sealed = self.sealed.clone();
+                    self.epoch.bump_epoch(move || {
+                        sealed.fetch_max(next, Ordering::AcqRel);
+                    });
+                    return Some(CacheAddress::of(next, 0));
+                }
+                Err(now) => t = now,
+            }
+        }
+    }
+
+    /// Whether pages are waiting to be unlinked (the caller should call
+    /// [`ReadCache::unlink_pages`] when it can).
+    #[must_use]
+    pub fn needs_unlinking(&self) -> bool {
+        self.unlinked.load(Ordering::Acquire) < self.unlink_target()
+    }
+
+    fn unlink_target(&self) -> u64 {
+        let tail_page = self.tail.load(Ordering::Acquire) >> OFFSET_BITS;
+        (tail_page + 1 + KEEP_FREE)
+            .saturating_sub(FRAMES)
+            .min(self.sealed.load(Ordering::Acquire))
+    }
+
+    /// Unlinks the sealed pages the tail is about to need (invariant 5): `unlink` gets each
+    /// live-looking copy and must CAS its entry, if it still names the copy, back to the
+    /// copy's next address; it returns `false` to stop (the caller cannot go on now; the pages
+    /// left are unlinked later). One thread unlinks at a time; others return at once.
+    pub fn unlink_pages(&self, mut unlink: impl FnMut(CachedRecord<'_>) -> bool) {
+        if self.unlinking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _claim = Claim(&self.unlinking);
+        loop {
+            let page = self.unlinked.load(Ordering::Acquire);
+            if page >= self.unlink_target() {
+                return;
+            }
+            let frame = &self.frames[(page % FRAMES) as usize];
+            let used = self.used[(page % FRAMES) as usize].load(Ordering::Acquire);
+            let mut at = 0;
+            while at < used {
+                let Ok(Some(record)) = RecordRef::parse(&frame[(at / 8) as usize..]) else {
+                    break;
+                };
+                let copy = CachedRecord {
+                    record,
+                    address: CacheAddress::of(page, at),
+                };
+                if !record.info().invalid()
+                    && record.value_capacity() >= TRAILER_WORDS * 8
+                    && !unlink(copy)
+                {
+                    return;
+                }
+                at += record.size() as u64;
+            }
+            self.unlinked.store(page + 1, Ordering::Release);
+            let released = self.released.clone();
+            self.epoch.bump_epoch(move || {
+                released.fetch_max(page + 1, Ordering::AcqRel);
+            });
+        }
+    }
+}
+
+/// Resets a flag when dropped.
+struct Claim<'a>(&'a AtomicBool);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}

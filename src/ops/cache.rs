@@ -1,0 +1,217 @@
+//! The engine's side of the read cache ([`crate::hlog::read_cache`], whose module docs hold
+//! the invariants): resolving an entry to its chain's log head, answering reads from copies,
+//! inserting copies after device reads, and unlinking evicted pages from the index.
+#![forbid(unsafe_code)]
+
+use crate::core::address::Address;
+use crate::core::codec::Encoded;
+use crate::core::light_epoch::EpochGuard;
+use crate::core::record::{ValueBuf, ValueRead};
+use crate::core::status::{Error, Result};
+use crate::device::Disk;
+use crate::hlog::read_cache::{CacheAddress, CachedRecord};
+use crate::index::hash_bucket::{HashBucketEntry, Target};
+use crate::index::{EntrySlot, HashIndex, IndexBusy, KeyHash};
+use crate::ops::Engine;
+use crate::sync::Ordering;
+
+/// Where an entry leads: an optional cache copy in front of the chain's log head.
+pub(crate) struct Chain<'g> {
+    /// The copy the entry points at, if any (its key may be another of the entry's keys).
+    pub(crate) cached: Option<CachedRecord<'g>>,
+    /// The chain's newest record in the log.
+    pub(crate) log: Address,
+}
+
+impl<D: Disk> Engine<D> {
+    /// The copy at `address`, for an entry loaded under a protection that `'g` borrows from
+    /// (an [`EntrySlot<'g>`] exists only while its guard lives, so the copy's frame cannot be
+    /// released meanwhile: invariant 6).
+    fn copy_at<'g>(&'g self, address: CacheAddress) -> Result<CachedRecord<'g>> {
+        self.read_cache
+            .as_ref()
+            .and_then(|c| c.record_unguarded(address))
+            .ok_or_else(|| Error::Corrupt {
+                address: address.raw(),
+                reason: "an index entry points into the read cache at no copy".into(),
+            })
+    }
+
+    /// Where `slot`'s chain leads.
+    #[inline(always)]
+    pub(crate) fn chain<'g>(&'g self, slot: &EntrySlot<'g>) -> Result<Chain<'g>> {
+        match slot.target() {
+            Target::Log(log) => Ok(Chain { cached: None, log }),
+            Target::Cache(c) => {
+                let copy = self.copy_at(c)?;
+                Ok(Chain {
+                    log: copy.next(),
+                    cached: Some(copy),
+                })
+            }
+        }
+    }
+
+    /// The newest record of `slot`'s chain in the log (through its cache copy, if any): where
+    /// an update's walk starts and what its new record points back at.
+    #[inline(always)]
+    pub(crate) fn log_head(&self, slot: &EntrySlot<'_>) -> Result<Address> {
+        match slot.target() {
+            Target::Log(log) => Ok(log),
+            Target::Cache(c) => Ok(self.copy_at(c)?.next()),
+        }
+    }
+
+    /// An entry as an index checkpoint or a split writes it: a cached entry becomes its log
+    /// address. The caller holds off the copy's eviction (a protection for the checkpoint's
+    /// dump; the split's claim on its chunk, see `hlog::read_cache`).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the entry names no copy.
+    pub(crate) fn uncached(&self, e: HashBucketEntry) -> Result<HashBucketEntry> {
+        Ok(match e.target() {
+            Target::Log(_) => e,
+            Target::Cache(c) => {
+                HashBucketEntry::new(self.copy_at(c)?.next(), e.tag(), e.tentative())
+            }
+        })
+    }
+
+    /// Answers a read from `copy` if it holds `key`'s value: `Some(found)` then (the value is
+    /// in `out`). `begin` is the one the read loaded before the entry (invariant 3).
+    pub(crate) fn read_copy(
+        &self,
+        copy: &CachedRecord<'_>,
+        key: &Encoded,
+        begin: Address,
+        out: &mut ValueBuf,
+    ) -> Option<bool> {
+        let rec = &copy.record;
+        if rec.info().invalid() || !rec.key_is(key) || copy.source() < begin {
+            return None;
+        }
+        let found = matches!(rec.read_value(out), ValueRead::Live);
+        if let Some(cache) = &self.read_cache {
+            cache.counters.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(found)
+    }
+
+    /// After a hit on a copy about to be evicted: copies it to the cache's tail (invariant 7),
+    /// from the entry the read saw.
+    pub(crate) fn refresh_copy(
+        &self,
+        g: &EpochGuard<'_>,
+        hash: KeyHash,
+        seen: HashBucketEntry,
+        copy: &CachedRecord<'_>,
+        key: &Encoded,
+        value: &[u8],
+    ) {
+        let Some(cache) = &self.read_cache else {
+            return;
+        };
+        if !cache.is_cold(copy.address) {
+            return;
+        }
+        if self.link_copy(g, hash, seen, key, value, copy.source()) {
+            cache.counters.refreshed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// After a read found `key -> value` on the device at `source`, having seen entry `seen`
+    /// when it started: puts a copy in front of the chain if the entry is still `seen`
+    /// (invariant 1). Best effort: anything in the way skips it.
+    pub(crate) fn cache_read(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        seen: HashBucketEntry,
+        source: Address,
+        value: &[u8],
+    ) {
+        let Some(cache) = &self.read_cache else {
+            return;
+        };
+        cache.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut g) = self.epoch.protect() else {
+            return;
+        };
+        if self.link_copy(&g, hash, seen, key, value, source) {
+            cache.counters.inserted.fetch_add(1, Ordering::Relaxed);
+        }
+        if cache.needs_unlinking() {
+            self.unlink_cache_pages(&mut g);
+        }
+    }
+
+    /// Writes a copy of `key -> value` (read from `source`) whose chain continues at the log
+    /// head of `seen`, and CASes the entry from `seen` to it; marks it invalid if the CAS
+    /// fails. Returns whether it is linked.
+    fn link_copy(
+        &self,
+        g: &EpochGuard<'_>,
+        hash: KeyHash,
+        seen: HashBucketEntry,
+        key: &Encoded,
+        value: &[u8],
+        source: Address,
+    ) -> bool {
+        let Some(cache) = &self.read_cache else {
+            return false;
+        };
+        let Ok(Some(mut slot)) = self.index.find_entry(g, hash) else {
+            return false;
+        };
+        if slot.entry != seen {
+            cache.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let Ok(next) = self.log_head(&slot) else {
+            return false;
+        };
+        let Some(copy) = cache.insert(g, key.bytes(), value, hash, source, next) else {
+            cache.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        if slot.try_update_cached(copy.address).is_err() {
+            copy.record.set_invalid();
+            cache.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Unlinks the cache pages the tail is about to need (invariant 5), under `g`, which it
+    /// refreshes while the index switches tables. Not from a nested protection (the
+    /// switch would wait for the outer one): the pages are left to a later insertion.
+    fn unlink_cache_pages(&self, g: &mut EpochGuard<'_>) {
+        let Some(cache) = &self.read_cache else {
+            return;
+        };
+        if g.is_nested() {
+            return;
+        }
+        let mut round = 0;
+        cache.unlink_pages(|copy| loop {
+            let entry = HashBucketEntry::cached(copy.address, copy.hash().tag());
+            match self.index.find_entry(&*g, copy.hash()) {
+                Ok(Some(mut slot)) => {
+                    if slot.entry == entry && slot.try_update(copy.next()).is_ok() {
+                        cache.counters.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return true;
+                }
+                Ok(None) => return true,
+                // A split could not finish: the entry may still name the copy, so the page
+                // must stay (a later insertion goes on from here).
+                Err(IndexBusy::Full) => return false,
+                Err(IndexBusy::RetryLater) => {
+                    // The index is about to switch tables: let the switch happen.
+                    g.refresh();
+                    crate::sync::backoff(&mut round);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,371 @@
+//! The read cache: hits, invalidation by updates and deletes, truncation, eviction, index
+//! growth, compaction, checkpoints and recovery, and readers racing writers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
+use rskv::{Config, Error, RsKv};
+
+const MIB: u64 = 1 << 20;
+
+fn disk(dir: &std::path::Path) -> FileSystemDisk {
+    FileSystemDisk::with_options(dir, DiskOptions::default().with_segment_size(MIB)).unwrap()
+}
+
+/// 256 KiB of log memory in 4 KiB pages (records leave memory fast), a read cache of `cache`
+/// bytes, and a small index so that chains hold several keys.
+fn config(cache: u64) -> Config {
+    Config::new()
+        .table_size(1 << 8)
+        .log_memory_size(256 << 10)
+        .page_size(4096)
+        .read_cache(cache)
+}
+
+fn value(k: u64, round: u64) -> Vec<u8> {
+    let mut v = vec![(k % 251) as u8; 100];
+    v[..8].copy_from_slice(&(k ^ round << 40).to_le_bytes());
+    v
+}
+
+type Kv = RsKv<u64, Vec<u8>, FileSystemDisk>;
+
+fn open(dir: &std::path::Path, cache: u64) -> Kv {
+    RsKv::open(config(cache), disk(dir)).unwrap()
+}
+
+fn cache_stats(kv: &Kv) -> rskv::ReadCacheStats {
+    kv.stats().read_cache.expect("the read cache is on")
+}
+
+#[test]
+fn a_second_read_of_an_on_disk_key_is_a_hit_without_device_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open(dir.path(), 4 * MIB);
+    let n = 5_000u64;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    for k in 0..200 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+    let s = cache_stats(&kv);
+    assert!(s.inserted >= 190, "{s:?}");
+    let read_before = kv.stats().bytes_read;
+    for k in 0..200 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)), "key {k}");
+    }
+    let after = cache_stats(&kv);
+    assert!(after.hits >= s.hits + 190, "{after:?}");
+    assert!(
+        kv.stats().bytes_read - read_before < 20 * 4096,
+        "cached reads went to the device"
+    );
+}
+
+#[test]
+fn updates_deletes_and_rmw_replace_cached_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open(dir.path(), 4 * MIB);
+    let n = 5_000u64;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    // Cache keys 0..300.
+    for k in 0..300 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+    assert!(cache_stats(&kv).inserted >= 290);
+    for k in 0..100 {
+        kv.insert(&k, &value(k, 1)).unwrap();
+    }
+    for k in 100..200 {
+        kv.remove(&k).unwrap();
+    }
+    for k in 200..300 {
+        kv.rmw(&k, |old| {
+            let mut v = old.expect("present").clone();
+            v[99] = v[99].wrapping_add(1);
+            v
+        })
+        .unwrap();
+    }
+    for k in 0..300 {
+        let want = match k {
+            0..=99 => Some(value(k, 1)),
+            100..=199 => None,
+            _ => {
+                let mut v = value(k, 0);
+                v[99] = v[99].wrapping_add(1);
+                Some(v)
+            }
+        };
+        assert_eq!(kv.get(&k).unwrap(), want, "key {k}");
+    }
+    // Push them all out of memory again, then read them through the cache twice.
+    for k in n..2 * n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    for _ in 0..2 {
+        for k in 0..100 {
+            assert_eq!(kv.get(&k).unwrap(), Some(value(k, 1)), "key {k}");
+        }
+        for k in 100..200 {
+            assert_eq!(kv.get(&k).unwrap(), None, "key {k}");
+        }
+    }
+}
+
+#[test]
+fn eviction_keeps_every_read_right() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 pages of 4 KiB: about 1,600 copies of these records.
+    let kv = open(dir.path(), 256 << 10);
+    let n = 20_000u64;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    for round in 0..3u64 {
+        for i in 0..n {
+            let k = (i * 7919 + round) % n;
+            assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)), "key {k}");
+        }
+    }
+    let s = cache_stats(&kv);
+    assert!(s.evicted > 1_000, "{s:?}");
+    assert!(s.inserted > 10_000, "{s:?}");
+    // Hot keys stay: after the sweep, a small set read over and over is mostly hits.
+    let before = cache_stats(&kv).hits;
+    for _ in 0..20 {
+        for k in 0..100 {
+            assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+        }
+    }
+    let s = cache_stats(&kv);
+    assert!(s.hits - before >= 1_800, "{s:?}");
+    assert!(
+        s.refreshed > 0,
+        "hot copies were never given a second chance: {s:?}"
+    );
+}
+
+#[test]
+fn a_cached_copy_of_a_truncated_record_reads_as_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open(dir.path(), 4 * MIB);
+    let n = 20_000u64;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    for k in 0..500 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+    assert!(cache_stats(&kv).inserted >= 490);
+    let until = kv.stats().markers.safe_head;
+    kv.truncate_until(until).unwrap();
+    // Keys 0..500 were logged first: their records are gone, so are they, cached or not.
+    for k in 0..500 {
+        assert_eq!(kv.get(&k).unwrap(), None, "key {k}");
+    }
+    for k in n - 100..n {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+}
+
+#[test]
+fn growth_compaction_checkpoint_and_recovery_with_cached_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20_000u64;
+    let token = {
+        let kv = open(dir.path(), MIB);
+        for k in 0..n {
+            kv.insert(&k, &value(k, 0)).unwrap();
+        }
+        for k in (0..n).step_by(3) {
+            kv.insert(&k, &value(k, 1)).unwrap();
+        }
+        let want = |k: u64| value(k, u64::from(k % 3 == 0));
+        for k in 0..n {
+            assert_eq!(kv.get(&k).unwrap(), Some(want(k)));
+        }
+        assert!(cache_stats(&kv).inserted > 1_000);
+        // Splits write cached entries as their log addresses.
+        kv.grow_index().unwrap();
+        for k in 0..n {
+            assert_eq!(kv.get(&k).unwrap(), Some(want(k)), "after growth, key {k}");
+        }
+        // Compaction copies live records over cached entries.
+        let until = kv.stats().markers.safe_head;
+        let c = kv.compact(until).unwrap();
+        assert!(c.copied > 0);
+        for k in 0..n {
+            assert_eq!(
+                kv.get(&k).unwrap(),
+                Some(want(k)),
+                "after compaction, key {k}"
+            );
+        }
+        // Fill the cache again, then checkpoint: the index checkpoint must not name it.
+        for k in 0..n {
+            assert_eq!(kv.get(&k).unwrap(), Some(want(k)));
+        }
+        kv.checkpoint().unwrap()
+    };
+    let (kv, info) =
+        RsKv::<u64, Vec<u8>, _>::recover(config(MIB), disk(dir.path()), Some(token)).unwrap();
+    assert_eq!(info.token, token);
+    for k in 0..n {
+        assert_eq!(
+            kv.get(&k).unwrap(),
+            Some(value(k, u64::from(k % 3 == 0))),
+            "after recovery, key {k}"
+        );
+    }
+}
+
+#[test]
+fn bad_read_cache_sizes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |c: Config| {
+        matches!(
+            RsKv::<u64, u64, _>::open(c, disk(dir.path())),
+            Err(Error::Config {
+                field: "read_cache_size",
+                ..
+            })
+        )
+    };
+    assert!(refused(Config::new().read_cache(1000)));
+    assert!(refused(Config::new().read_cache(8 << 30)));
+    assert!(refused(
+        Config::new().read_cache(MIB).copy_reads_to_tail(true)
+    ));
+    assert!(refused(
+        Config::new().memory_budget(64 * MIB).read_cache(40 * MIB)
+    ));
+    let r = Config::new()
+        .memory_budget(128 * MIB)
+        .read_cache(64 * MIB)
+        .resolve()
+        .unwrap();
+    let b = r.budget.unwrap();
+    assert_eq!((b.total, b.read_cache), (128 * MIB, 64 * MIB));
+    assert_eq!(b.index + b.log + b.read_cache, b.total);
+}
+
+/// Readers fill the cache while a writer updates the same keys, and compactions and index
+/// growths run: no reader ever sees a value older than one it saw before for that key, and a
+/// key deleted for good never reads back.
+#[test]
+fn readers_filling_the_cache_never_go_back_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = Arc::new(open(dir.path(), 256 << 10));
+    let keys = 5_000u64;
+    // Value of key k at version v: k in the high half, v in the low.
+    let val = |k: u64, v: u64| -> Vec<u8> {
+        let mut b = vec![0u8; 100];
+        b[..8].copy_from_slice(&(k << 32 | v).to_le_bytes());
+        b
+    };
+    let decode = |b: &[u8]| {
+        let w = u64::from_le_bytes(b[..8].try_into().unwrap());
+        (w >> 32, w & 0xffff_ffff)
+    };
+    for k in 0..keys {
+        kv.insert(&k, &val(k, 1)).unwrap();
+    }
+    // Keys 0..100 are deleted for good at the start; filler keeps records moving to disk.
+    for k in 0..100 {
+        kv.remove(&k).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let versions: Arc<Vec<AtomicU64>> = Arc::new((0..keys).map(|_| AtomicU64::new(1)).collect());
+    let writers: Vec<_> = (0..1u64)
+        .map(|t| {
+            let (kv, stop, versions) = (kv.clone(), stop.clone(), versions.clone());
+            std::thread::spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let k = 100 + (i * 7) % (keys - 100);
+                    // Versions only grow: each write is the key's next.
+                    let v = versions[k as usize].fetch_add(1, Ordering::AcqRel) + 1;
+                    kv.rmw(&k, |old| {
+                        let old = old.map_or(0, |b| {
+                            u64::from_le_bytes(b[..8].try_into().unwrap()) & 0xffff_ffff
+                        });
+                        val(k, old.max(v))
+                    })
+                    .unwrap();
+                    kv.insert(&(1_000_000 + i % 5_000), &val(0, 0)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let maintenance = {
+        let (kv, stop) = (kv.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut growths, mut passes) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                if growths < 3 {
+                    kv.grow_index().unwrap();
+                    growths += 1;
+                }
+                let m = kv.stats().markers;
+                let until = rskv::Address::new((m.begin.raw() + m.safe_head.raw()) / 2);
+                match kv.compact(until) {
+                    Ok(_) => passes += 1,
+                    Err(Error::Busy(_)) => {}
+                    Err(e) => panic!("compaction failed: {e}"),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (growths, passes)
+        })
+    };
+    let readers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                let mut seen = vec![0u64; keys as usize];
+                // Until the cache turned over (its 64 pages hold about 1,700 copies).
+                let turned_over = || kv.stats().read_cache.unwrap().inserted >= 3_400;
+                for i in 0..1_000_000u64 {
+                    if i >= 60_000 && i % 1_000 == 0 && turned_over() {
+                        break;
+                    }
+                    let k = (i * 13 + t * 101) % keys;
+                    match kv.get(&k).unwrap() {
+                        Some(b) => {
+                            assert!(k >= 100, "deleted key {k} read back");
+                            let (key, v) = decode(&b);
+                            assert_eq!(key, k, "another key's value");
+                            assert!(
+                                v >= seen[k as usize],
+                                "key {k} went back from {} to {v}",
+                                seen[k as usize]
+                            );
+                            seen[k as usize] = v;
+                        }
+                        None => assert!(k < 100, "live key {k} read as absent"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let (growths, passes) = maintenance.join().unwrap();
+    assert!(
+        growths == 3 && passes > 0,
+        "{growths} growths, {passes} passes"
+    );
+    let s = cache_stats(&kv);
+    assert!(s.hits > 1_000 && s.inserted >= 3_400, "{s:?}");
+}
