@@ -629,10 +629,10 @@ impl Drop for RecordLock<'_> {
     }
 }
 
-/// Scratch space for a value copied out of the log: inline up to 64 bytes.
+/// Scratch space for a value copied out of the log: inline up to 256 bytes (so reading a value of that size allocates nothing).
 #[derive(Default)]
 pub struct ValueBuf {
-    inline: [u64; 8],
+    inline: [u64; 32],
     heap: Vec<u64>,
     len: usize,
 }
