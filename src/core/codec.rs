@@ -53,7 +53,8 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Codec for T {}
 const INLINE_WORDS: usize = 32;
 
 /// An encoded key or value in 8-byte words (so it can be copied into the log word by word),
-/// inline up to 256 bytes (values of a few hundred bytes, common in YCSB-style stores, then encode without allocating). Bytes past `len` up to the next word boundary are zero.
+/// inline up to 256 bytes (values of a few hundred bytes, common in YCSB-style stores, then
+/// encode without allocating). Bytes past `len` up to the next word boundary are zero.
 #[derive(Clone)]
 pub struct Encoded {
     inline: [u64; INLINE_WORDS],

@@ -629,7 +629,8 @@ impl Drop for RecordLock<'_> {
     }
 }
 
-/// Scratch space for a value copied out of the log: inline up to 256 bytes (so reading a value of that size allocates nothing).
+/// Scratch space for a value copied out of the log: inline up to 256 bytes (so reading a value
+/// of that size allocates nothing).
 #[derive(Default)]
 pub struct ValueBuf {
     inline: [u64; 32],
