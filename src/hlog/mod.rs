@@ -1,4 +1,4 @@
 //! The hybrid log.
 pub mod persistent_memory_malloc;
 
-pub use persistent_memory_malloc::{AllocError, HybridLog, LogMarkers, RecordBytes};
+pub use persistent_memory_malloc::{AllocError, ChainStep, HybridLog, LogMarkers, RecordBytes};
