@@ -189,6 +189,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         )?;
         let mut engine = Engine::new(epoch, resolved.index_bits, hlog);
         engine.copy_reads = config.copy_reads_to_tail;
+        engine.pending_depth = config.pending_depth;
         engine.types = TypeNames::of::<K, V>(&config);
         if let Some(hash) = hash {
             engine.hasher = KeyHasher::custom(hash);
@@ -436,6 +437,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         };
         let (mut engine, info) = Engine::recover(disk, &layout, token)?;
         engine.copy_reads = config.copy_reads_to_tail;
+        engine.pending_depth = config.pending_depth;
         engine.types = types;
         if let Some(hash) = custom {
             engine.hasher = KeyHasher::custom(hash);

@@ -1017,6 +1017,72 @@ pub(super) mod tests {
         assert!(!disk.segment_path(0).exists());
     }
 
+    /// Reads at the device's read granularity (a sector under O_DIRECT) return the bytes
+    /// written by page writes, with the buffer, offset and length all aligned to it and to
+    /// nothing larger; reads aligned to less are refused before any I/O.
+    fn sector_reads(backend: Backend, mode: IoMode) {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(disk) = open(dir.path(), small(backend).with_direct_io(mode)) else {
+            return;
+        };
+        let unit = disk.read_alignment();
+        assert!(unit.is_power_of_two() && PAGE % unit == 0, "{unit}");
+        if disk.uses_direct_io() {
+            assert!(unit >= 512, "{unit}");
+            assert!(disk.describe().contains(&format!("{unit}-byte reads")));
+        } else {
+            assert_eq!(unit, BUFFERED_READ_ALIGNMENT);
+        }
+        let data = pattern(2 * PAGE, 7);
+        write(&disk, 0, &data).unwrap();
+        // A unit-sized read at an odd multiple of the unit, into a buffer at an odd multiple.
+        for at in [unit, PAGE - unit, PAGE + unit, 2 * PAGE - unit] {
+            let mut buf = AlignedBuf::zeroed(2 * PAGE, PAGE);
+            let (tx, rx) = bounded(1);
+            // SAFETY: `buf[unit..2 * unit]` is valid and waited for below.
+            unsafe {
+                disk.read_async(
+                    at as u64,
+                    buf.as_mut_ptr().add(unit),
+                    unit,
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+            }
+            assert_eq!(wait(&rx).unwrap(), unit);
+            assert_eq!(
+                &buf.as_slice()[unit..2 * unit],
+                &data.as_slice()[at..at + unit]
+            );
+        }
+        if unit > 8 {
+            let mut buf = AlignedBuf::zeroed(PAGE, PAGE);
+            let (tx, rx) = bounded(1);
+            // SAFETY: as above; the request is rejected before any I/O.
+            unsafe {
+                disk.read_async(
+                    (unit / 2) as u64,
+                    buf.as_mut_ptr(),
+                    unit,
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+            }
+            assert_eq!(wait(&rx).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn sector_reads_all_backends() {
+        for backend in [Backend::IoUring, Backend::ThreadPool] {
+            for mode in [IoMode::Auto, IoMode::Off] {
+                sector_reads(backend, mode);
+            }
+        }
+    }
+
     fn truncate(backend: Backend) {
         let dir = tempfile::tempdir().unwrap();
         let Some(disk) = open(dir.path(), small(backend)) else {
