@@ -11,6 +11,14 @@
 //! No epoch protection is held across an `.await` (`EpochGuard` is not `Send`, and the futures
 //! must be), so a thread waiting for the disk never holds back flushing or eviction.
 //!
+//! A walk through records of other keys on disk does not wait for its future to be polled:
+//! [`Engine::fetch_chain`] lets the device's completion callback follow the chain
+//! (`HybridLog::read_chain_async` with `ops::read::follow_other_keys`), and hands back the
+//! first record the operation must decide itself. The loops below treat that record exactly
+//! as if they had fetched every record before it one by one, so the truncation rule of
+//! `DiskWalk` and the checksum of every record hold unchanged (docs/DESIGN.md, "Reads in
+//! flight and sector reads").
+//!
 //! Every blocking wait goes through [`block_on`], which may nest: an update's function can call
 //! a blocking operation of the store that itself waits for the disk (`futures_executor`'s
 //! `block_on` refuses to nest and panics).
