@@ -114,6 +114,13 @@ pub struct Config {
     /// ([`LogCompaction`](crate::LogCompaction), F2's settings). Default off: the log grows
     /// until the user compacts or truncates it.
     pub log_compaction: Option<crate::ops::compact::LogCompaction>,
+    /// Operations a [`Session`](crate::Session) keeps pending at once, each with its device
+    /// read in flight (FASTER's 128). Default 128; 0 is refused. When a session that already
+    /// has this many pending starts another one that must go to disk, it first finishes
+    /// those that are done and, if none is, waits until one is: their contexts' `complete`
+    /// then runs inside that operation call (as it would in `complete_pending`), before the
+    /// new operation issues its read and returns [`Status::Pending`](crate::Status).
+    pub pending_depth: usize,
 }
 
 impl Default for Config {
@@ -134,6 +141,7 @@ impl Default for Config {
             checkpoint_on_close: false,
             log_compaction: None,
             read_cache_size: None,
+            pending_depth: 128,
         }
     }
 }
@@ -362,6 +370,13 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::pending_depth`] (operations).
+    #[must_use]
+    pub fn pending_depth(mut self, ops: usize) -> Self {
+        self.pending_depth = ops;
+        self
+    }
+
     /// Checks the values and rounds them to what the store will use. Too small a log memory is
     /// rounded up to the minimum of 4 pages of 4 KiB; with a memory budget, the log memory is
     /// the budget's log share ([`Config::memory_budget`]). `Resolved` reports the result.
@@ -392,6 +407,12 @@ impl Config {
                     reason: format!("{f} is not a positive fraction of overflow buckets"),
                 });
             }
+        }
+        if self.pending_depth == 0 {
+            return Err(Error::Config {
+                field: "pending_depth",
+                reason: "a session must be able to keep at least one operation pending".into(),
+            });
         }
         if self.maintenance_interval.is_zero() {
             return Err(Error::Config {
@@ -552,6 +573,15 @@ mod tests {
                 ..
             }
         ));
+        let e = Config::new().pending_depth(0).resolve().unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Config {
+                field: "pending_depth",
+                ..
+            }
+        ));
+        assert!(Config::new().pending_depth(1).resolve().is_ok());
     }
 
     #[test]

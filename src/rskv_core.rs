@@ -70,6 +70,19 @@ pub struct Stats {
     pub bytes_written: u64,
     /// Bytes read from the device.
     pub bytes_read: u64,
+    /// Device reads issued to fetch records (reads, updates and iteration that go to disk;
+    /// a record longer than its first read counts twice). Not the scans of compaction and
+    /// recovery.
+    pub device_reads: u64,
+    /// Of [`Stats::device_reads`], those the device has completed (their callbacks ran; the
+    /// operation may still wait to be polled). The difference is the reads in flight.
+    pub device_reads_completed: u64,
+    /// Second reads of records longer than what the first read covered.
+    pub device_rereads: u64,
+    /// Bytes of a record fetch's alignment unit: the device's logical block size under
+    /// O_DIRECT (e.g. 512), 4096 when unknown, 8 with buffered I/O. A fetch reads the units
+    /// that cover the record's first 256 bytes, and the rest in a second read.
+    pub read_granularity: u64,
     /// Operation counts since the store was opened.
     pub ops: OpStats,
     /// Bytes of log from its begin to its tail (what a log-compaction budget counts).
@@ -179,6 +192,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let mut engine = Engine::new(epoch, resolved.index_bits, hlog);
         engine.copy_reads = config.copy_reads_to_tail;
         engine.set_read_cache(resolved.read_cache_bytes);
+        engine.pending_depth = config.pending_depth;
         engine.types = TypeNames::of::<K, V>(&config);
         if let Some(hash) = hash {
             engine.hasher = KeyHasher::custom(hash);
@@ -228,6 +242,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         // The index figures come from its state word and allocator counters, never from its
         // tables (which growth frees under epoch protection), so no protection is needed.
         let (w, r) = self.engine.hlog.io_bytes();
+        let reads = self.engine.hlog.record_reads();
         let growth = &self.engine.growth;
         let index = &self.engine.index;
         let ((bits, tables), overflow) = (index.sizes(), index.overflow_bytes());
@@ -249,6 +264,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 .load(std::sync::atomic::Ordering::Relaxed),
             bytes_written: w,
             bytes_read: r,
+            device_reads: reads.submitted,
+            device_reads_completed: reads.completed,
+            device_rereads: reads.rereads,
+            read_granularity: self.engine.hlog.read_unit(),
             ops: self.engine.counters.totals(),
             log_bytes: self.engine.log_bytes(),
             disk_bytes: self.engine.hlog.disk().storage_bytes().unwrap_or(0),
@@ -428,6 +447,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         engine.budget = engine
             .budget
             .map(|b| b.with_read_cache(resolved.read_cache_bytes));
+        engine.pending_depth = config.pending_depth;
         engine.types = types;
         if let Some(hash) = custom {
             engine.hasher = KeyHasher::custom(hash);

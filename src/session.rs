@@ -7,8 +7,16 @@
 //! ends with one call of its context's `complete(status)`: before the operation returns when it
 //! finished in memory, inside `complete_pending` when it went to disk.
 //!
+//! Many reads in flight per thread, as in FASTER: an operation that goes pending has issued its
+//! device read before it returns, and the session keeps up to `Config::pending_depth` (128)
+//! such operations; starting one more first finishes the ones that are done (or waits for
+//! one). A chain walk that meets records of other keys on disk continues inside the device's
+//! completion callbacks (`HybridLog::read_chain_async`), so it needs no `complete_pending` to
+//! issue its next read; `complete_pending` finishes what the device delivered.
+//!
 //! Invariants: a pending continuation holds no epoch protection (it is a `Send` future), so a
 //! session that never calls `complete_pending` delays only its own operations, never the store.
+//! A session never has more than `pending_depth` operations pending.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -161,8 +169,10 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
 
     /// Reads; `Pending` if the record is on disk (finish with [`Session::complete_pending`]).
     /// A pending operation's device read is issued before this returns, so reads issued
-    /// back to back are in flight together; its context's `complete` runs at the latest in
-    /// the `complete_pending` call that finishes it (earlier, if the device was that fast).
+    /// back to back are in flight together (up to [`Config::pending_depth`](crate::Config)
+    /// of them: past it, this call first finishes earlier ones, see there); its context's
+    /// `complete` runs at the latest in the `complete_pending` call that finishes it (earlier,
+    /// if the device was that fast).
     ///
     /// # Errors
     /// As [`RsKv::read`](crate::RsKv::read), for a read that finished at once; a pending read's error goes to its
@@ -272,7 +282,14 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     /// `complete_pending`; later polls there see it done. Once this returns, nobody drives the
     /// operation until `complete_pending`, so an update is parked: a checkpoint does not wait
     /// for a session that is busy elsewhere or idle.
+    ///
+    /// With `Config::pending_depth` operations already pending, it first makes room: finishes
+    /// those that are done, else waits for one (their contexts complete here), so a session
+    /// never has more than that many device reads in flight.
     fn start_pending(&mut self, mut op: Pending<'a>) {
+        if self.pending.len() >= self.engine.pending_depth {
+            self.drive(Until::Below(self.engine.pending_depth));
+        }
         if Pin::new(&mut op).now_or_never().is_none() {
             op.set_driven(false);
             self.pending.push(op);
@@ -282,10 +299,25 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     /// Drives pending operations. With `wait`, returns only when none is left; without, polls
     /// once. Returns whether none is left. While it runs, the session's pending updates count
     /// as driven, so a checkpoint's `WaitPending` lets them land in the version they started in.
+    ///
+    /// Pending operations do not wait for this call to make progress on the device: each has
+    /// its read in flight from the moment it went pending, and a chain walk through other
+    /// keys' records on disk issues its next read from the device's completion callback. This
+    /// call only finishes what the device has delivered (decodes values, runs the contexts'
+    /// `complete`, continues walks that must consult the index again).
     pub fn complete_pending(&mut self, wait: bool) -> bool {
-        self.drive(wait);
+        self.drive(if wait { Until::Below(1) } else { Until::Ready });
         self.pending.is_empty()
     }
+}
+
+/// How long [`Session::drive`] drives.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Finish what is ready, never block.
+    Ready,
+    /// Finish what is ready, then block until fewer than this many are pending.
+    Below(usize),
 }
 
 thread_local! {
@@ -317,17 +349,19 @@ impl Drop for Driving {
 }
 
 impl<K, V, D: Disk> Session<'_, K, V, D> {
-    /// Polls the pending operations until none is left (`wait`) or once.
-    fn drive(&mut self, wait: bool) {
+    /// Finishes the pending operations that are ready, then (`Until::Below(n)`) waits until
+    /// fewer than `n` are left.
+    fn drive(&mut self, until: Until) {
         let _driving = Driving::enter();
         for p in self.pending.iter_mut() {
             p.set_driven(true);
         }
-        if wait {
-            crate::ops::pending::block_on(async { while self.pending.next().await.is_some() {} });
-        } else {
-            // Every operation that is ready finishes; `next` yields one per call.
-            while let Some(Some(())) = self.pending.next().now_or_never() {}
+        // Every operation that is ready finishes; `next` yields one per call.
+        while let Some(Some(())) = self.pending.next().now_or_never() {}
+        if let Until::Below(n) = until {
+            crate::ops::pending::block_on(async {
+                while self.pending.len() >= n && self.pending.next().await.is_some() {}
+            });
         }
         for p in self.pending.iter_mut() {
             p.set_driven(false);
@@ -368,7 +402,7 @@ impl<K, V, D: Disk> std::fmt::Debug for Session<'_, K, V, D> {
 impl<K, V, D: Disk> Drop for Session<'_, K, V, D> {
     fn drop(&mut self) {
         // Pending operations still own their contexts; finish them so every context completes.
-        self.drive(true);
+        self.drive(Until::Below(1));
         // An ended session is not listed by later checkpoints (it cannot be continued from
         // them); the registry does not grow with every session ever started.
         self.engine.cpr.unregister(self.book.id);

@@ -124,6 +124,21 @@ pub struct Args {
     #[arg(long)]
     pub batch_rmw: bool,
 
+    /// Drive each thread as FASTER's benchmark drives FASTER: RsKv gets a `Session` per
+    /// thread and issues every operation at once (reads of records on disk go pending, with
+    /// their device reads in flight together, up to `Config::pending_depth` = 128), calls
+    /// `complete_pending(false)` every --complete-every operations and
+    /// `complete_pending(true)` at the end of each phase. Every read is verified when it
+    /// completes. A sampled operation's latency is the time to issue it (a pending read's
+    /// wait shows in throughput only). Peers run one by one. Not with --batch.
+    #[arg(long)]
+    pub sessions: bool,
+
+    /// With --sessions: operations between two `complete_pending(false)` calls (FASTER's
+    /// benchmark: 1600).
+    #[arg(long, value_parser = parse_count, default_value = "1600")]
+    pub complete_every: u64,
+
     /// RsKv: copy records that reads fetch from disk to the log's tail
     /// (`Config::copy_reads_to_tail`), so skewed reads of a larger-than-memory data set come
     /// back into memory. Peers ignore it (their caches do this on their own).
@@ -338,6 +353,8 @@ impl Args {
                             batch: self.batch.max(1),
                             batch_reads: self.batch_reads && self.batch > 1,
                             batch_rmw: self.batch_rmw && self.batch > 1,
+                            sessions: self.sessions,
+                            complete_every: self.complete_every.max(1),
                             copy_reads_to_tail: self.copy_reads_to_tail,
                             read_cache: self.read_cache,
                             verify_all: self.verify_all,
@@ -488,6 +505,12 @@ impl Args {
             if !(1..=64).contains(&n) {
                 bail!("--compaction-lookups {n} is not in 1..=64");
             }
+        }
+        if self.sessions && (self.batch > 1 || self.batch_reads || self.batch_rmw) {
+            bail!("--sessions issues every operation at once already; it does not combine with --batch");
+        }
+        if self.complete_every == 0 {
+            bail!("--complete-every must be positive");
         }
         if let Some(s) = self.segment_size {
             if self.disk == DiskKind::Null {

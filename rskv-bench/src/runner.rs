@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::results::{Io, Latency, ProcIo, Rss, RunResult, Verify};
 use crate::spec::{MemoryPlan, RunLength, RunSpec, StoreKind, Warmup};
-use crate::store::{ReadCheck, Store};
+use crate::store::{BenchSession, Finished, ReadCheck, Store};
 use crate::sysinfo::{disk_usage, peak_rss, rss};
 use crate::workload::{generate_stream, stream_seed, KeyGen, Op, OpKind, Permutation};
 
@@ -364,6 +364,9 @@ struct Shared<'a> {
     batch_reads: bool,
     /// RMWs of a batch go through one multi-RMW (`--batch-rmw`).
     batch_rmw: bool,
+    /// A session per thread (`--sessions`), completing every `complete_every` operations.
+    sessions: bool,
+    complete_every: u64,
     spec: &'a RunSpec,
 }
 
@@ -473,6 +476,12 @@ fn run_phases<S: Store>(
         batch: spec.batch.max(1),
         batch_reads: spec.batch_reads,
         batch_rmw: spec.batch_rmw,
+        sessions: spec.sessions,
+        complete_every: if spec.complete_every == 0 {
+            1600
+        } else {
+            spec.complete_every
+        },
         spec,
     };
     let (warmup_secs, start, threads) = thread::scope(|s| {
@@ -530,12 +539,16 @@ fn worker<S: Store>(store: &S, ops: &[Op], t: usize, sh: &Shared<'_>) -> ThreadR
     let spec = sh.spec;
     let mut counters = Counters::default();
     let mut pos = 0usize;
+    // --sessions: this thread's session for both phases (each phase ends by completing every
+    // pending operation). Peers have none and run one by one.
+    let mut session = if sh.sessions { store.session() } else { None };
     sh.barrier.wait();
     let warm = warmup_until(spec, t, &sh.stop_warmup);
     // A panic inside the store must not leave the other threads waiting at the barrier: it
     // is caught, counted as an error, and this thread sits out the rest of the run.
     let warmup_ops = guarded(&mut counters, "warm-up", |c| {
-        run_ops(store, ops, &mut pos, warm, None, None, c, sh)
+        let session = session.as_deref_mut();
+        run_ops(store, ops, &mut pos, warm, None, None, session, c, sh)
     });
     sh.barrier.wait();
     let start = Instant::now();
@@ -556,6 +569,7 @@ fn worker<S: Store>(store: &S, ops: &[Op], t: usize, sh: &Shared<'_>) -> ThreadR
                 measure,
                 Some(&mut hist),
                 Some(counter),
+                session.as_deref_mut(),
                 c,
                 sh,
             )
@@ -658,7 +672,9 @@ fn sleep_with_progress(secs: f64, bar: &ProgressBar, sh: &Shared<'_>) {
 
 /// Runs operations from the cyclic stream `ops`, starting at `pos`, until `until`. Times one
 /// operation in `sample_every` into `hist` when given, and keeps `counter` (when given) at the
-/// operations run so far. Returns the operations run.
+/// operations run so far. With a `session` (`--sessions`), issues them through it, completes
+/// what is done every `complete_every` operations and everything at the end. Returns the
+/// operations run.
 #[allow(clippy::too_many_arguments)]
 fn run_ops<S: Store>(
     store: &S,
@@ -667,6 +683,7 @@ fn run_ops<S: Store>(
     until: Until<'_>,
     mut hist: Option<&mut Histogram<u64>>,
     counter: Option<&AtomicU64>,
+    mut session: Option<&mut (dyn BenchSession + '_)>,
     c: &mut Counters,
     sh: &Shared<'_>,
 ) -> u64 {
@@ -689,6 +706,8 @@ fn run_ops<S: Store>(
     // mid-batch runs the operations before the next batch one by one).
     let mut batch_open = false;
     let mut rmw_open = false;
+    // What a session's reads and RMWs found, between two completions.
+    let mut finished: Vec<Finished> = Vec::new();
     while n < limit {
         if n & STOP_CHECK_MASK == 0 {
             if let Some(counter) = counter {
@@ -730,6 +749,21 @@ fn run_ops<S: Store>(
         if *pos == ops.len() {
             *pos = 0;
         }
+        if let Some(sess) = session.as_deref_mut() {
+            match hist.as_deref_mut() {
+                Some(h) if n & sh.sample_mask == 0 => {
+                    let t0 = Instant::now();
+                    issue_op(sess, op, n, c);
+                    h.saturating_record(t0.elapsed().as_nanos() as u64);
+                }
+                _ => issue_op(sess, op, n, c),
+            }
+            n += 1;
+            if n.is_multiple_of(sh.complete_every) {
+                complete_session(sess, false, &mut finished, c, sh.missing_allowed);
+            }
+            continue;
+        }
         let batched = match op.kind() {
             OpKind::Read if batch_open => Some(batch_read_ns),
             OpKind::Rmw if rmw_open => Some(batch_rmw_ns),
@@ -753,10 +787,44 @@ fn run_ops<S: Store>(
         }
         n += 1;
     }
+    if let Some(sess) = session {
+        complete_session(sess, true, &mut finished, c, sh.missing_allowed);
+    }
     if let Some(counter) = counter {
         counter.store(n, Ordering::Relaxed);
     }
     n
+}
+
+/// Issues `op` through a session (`--sessions`); reads and RMWs are checked when they finish.
+fn issue_op(sess: &mut dyn BenchSession, op: Op, n: u64, c: &mut Counters) {
+    let key = op.key();
+    let (what, r) = match op.kind() {
+        OpKind::Read => ("read", sess.read(key)),
+        OpKind::Upsert => ("upsert", sess.upsert(key, n + 1)),
+        OpKind::Rmw => ("rmw", sess.rmw(key)),
+        OpKind::Delete => ("delete", sess.delete(key)),
+    };
+    if let Err(e) = r {
+        c.error(what, key, &e);
+    }
+}
+
+/// `complete_pending(wait)` on a session, then checks every read and RMW that finished.
+fn complete_session(
+    sess: &mut dyn BenchSession,
+    wait: bool,
+    finished: &mut Vec<Finished>,
+    c: &mut Counters,
+    missing_allowed: bool,
+) {
+    sess.complete(wait, finished);
+    for f in finished.drain(..) {
+        match f.found {
+            Ok(found) => c.check(f.op, f.key, found, missing_allowed),
+            Err(e) => c.error(f.op, f.key, &anyhow::anyhow!(e)),
+        }
+    }
 }
 
 /// Runs the operations of `kind` among `batch` in one call of `many` (a store's multi-get or

@@ -41,6 +41,13 @@ pub struct RunSpec {
     /// RMWs of a batch go through one multi-RMW (see `--batch-rmw`).
     #[serde(default)]
     pub batch_rmw: bool,
+    /// A session per thread, operations issued without waiting (see `--sessions`).
+    #[serde(default)]
+    pub sessions: bool,
+    /// With `sessions`: operations between two `complete_pending(false)`; 0 in old specs
+    /// means 1600.
+    #[serde(default)]
+    pub complete_every: u64,
     /// RsKv copies reads from disk to the tail (see `--copy-reads-to-tail`).
     #[serde(default)]
     pub copy_reads_to_tail: bool,

@@ -44,6 +44,35 @@ pub trait Store: Send + Sync {
     fn extra(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+    /// A session for one thread (`--sessions`), if the store has them. Default: none (the
+    /// thread runs its operations one by one).
+    fn session(&self) -> Option<Box<dyn BenchSession + '_>> {
+        None
+    }
+}
+
+/// One thread's session (`--sessions`, RsKv): operations are issued without waiting for the
+/// device, as FASTER's benchmark drives FASTER. Reads and RMWs that need the disk go pending
+/// and finish in [`BenchSession::complete`]; what every read and RMW found (at once or
+/// later) is reported there.
+pub trait BenchSession {
+    fn upsert(&mut self, key: u64, version: u64) -> anyhow::Result<()>;
+    fn read(&mut self, key: u64) -> anyhow::Result<()>;
+    fn rmw(&mut self, key: u64) -> anyhow::Result<()>;
+    fn delete(&mut self, key: u64) -> anyhow::Result<()>;
+    /// Finishes the pending operations that are done (with `wait`: all of them), and moves
+    /// what every read and RMW finished since the last call found into `out`.
+    fn complete(&mut self, wait: bool, out: &mut Vec<Finished>);
+}
+
+/// What a read or RMW issued through a [`BenchSession`] found.
+#[derive(Debug)]
+pub struct Finished {
+    /// `"read"` or `"rmw"`.
+    pub op: &'static str,
+    pub key: u64,
+    /// What it found, or the store's error.
+    pub found: Result<ReadCheck, String>,
 }
 
 /// What a read (or the read half of an RMW) found.

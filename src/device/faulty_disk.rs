@@ -184,6 +184,10 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         self.inner.alignment()
     }
 
+    fn read_alignment(&self) -> usize {
+        self.inner.read_alignment()
+    }
+
     unsafe fn write_async(&self, offset: u64, buf: *const u8, len: usize, callback: IoCallback) {
         self.writes.fetch_add(1, Ordering::SeqCst);
         if !self.take_write() {

@@ -7,8 +7,10 @@
 //!   one request per segment and reports once, when all parts are done (the first error, if any).
 //! - Segment files are opened on first use and kept open; a write creates its file, a read of a
 //!   missing file (or of a region past its end) yields zeros and the full count.
-//! - Offsets, lengths and buffer addresses must be multiples of [`FileSystemDisk::alignment`]
-//!   (4096, enough for O_DIRECT on any file system); anything else fails with `InvalidInput`
+//! - Offsets, lengths and buffer addresses must be multiples of [`Disk::alignment`] (4096,
+//!   enough for O_DIRECT on any file system) for writes and of [`Disk::read_alignment`] for
+//!   reads (the device's logical block size under O_DIRECT, learned at open: see
+//!   [`super::sector`]; 8 bytes with buffered I/O); anything else fails with `InvalidInput`
 //!   through the callback.
 //! - Durability: a completed write marks its segment dirty before its callback runs, and creating a
 //!   segment marks the directory dirty; [`Disk::flush`] (serialised by a mutex, so a flush never
@@ -30,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use super::sector::BUFFERED_READ_ALIGNMENT;
 use super::segment::{run_callback, IoKind, IoRequest, Segment};
 use super::thread_pool::ThreadPool;
 #[cfg(target_os = "linux")]
@@ -175,6 +178,9 @@ pub struct FileSystemDisk {
     segment_size: u64,
     segment_shift: u32,
     direct: bool,
+    /// Alignment of reads ([`Disk::read_alignment`]): the device's logical block size under
+    /// O_DIRECT (see [`super::sector`]), [`BUFFERED_READ_ALIGNMENT`] without.
+    read_align: usize,
     backend: Backend,
     description: String,
     segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
@@ -218,18 +224,19 @@ impl FileSystemDisk {
             source,
         })?;
 
-        let (direct, io_note) = match options.direct_io {
-            IoMode::Off => (false, "buffered I/O".to_string()),
+        let buffered = (false, BUFFERED_READ_ALIGNMENT);
+        let ((direct, read_align), io_note) = match options.direct_io {
+            IoMode::Off => (buffered, "buffered I/O".to_string()),
             IoMode::Auto | IoMode::On => match probe_direct_io(&dir)? {
-                None => (true, "O_DIRECT".to_string()),
-                Some(refusal) if options.direct_io == IoMode::On => {
+                Ok(sector) => ((true, sector), format!("O_DIRECT, {sector}-byte reads")),
+                Err(refusal) if options.direct_io == IoMode::On => {
                     return Err(Error::io(
                         format!("enabling O_DIRECT in {} (IoMode::On)", dir.display()),
                         refusal,
                     ))
                 }
-                Some(refusal) => (
-                    false,
+                Err(refusal) => (
+                    buffered,
                     format!("buffered I/O (O_DIRECT refused by file system: {refusal})"),
                 ),
             },
@@ -247,6 +254,7 @@ impl FileSystemDisk {
             segment_size: options.segment_size,
             segment_shift: options.segment_size.trailing_zeros(),
             direct,
+            read_align,
             backend,
             description,
             segments: RwLock::new(BTreeMap::new()),
@@ -318,6 +326,7 @@ impl FileSystemDisk {
         let path = self.segment_path(index);
         match File::open(&path, self.direct, create) {
             Ok((file, _)) => {
+                let file = file.with_direct_block(self.read_align);
                 if create {
                     self.dir_dirty.store(true, Ordering::Release);
                 }
@@ -345,7 +354,11 @@ impl FileSystemDisk {
         len: usize,
         callback: IoCallback,
     ) {
-        let end = match check_request(offset, buf, len) {
+        let align = match kind {
+            IoKind::Read => self.read_align,
+            IoKind::Write => ALIGNMENT,
+        };
+        let end = match check_request(offset, buf, len, align) {
             Ok(end) => end,
             Err(e) => return run_callback(callback, Err(e)),
         };
@@ -443,13 +456,12 @@ impl FileSystemDisk {
     }
 }
 
-/// Checks the alignment and range of a request; returns its end offset.
-fn check_request(offset: u64, buf: *const u8, len: usize) -> io::Result<u64> {
+/// Checks the alignment (to `align`) and range of a request; returns its end offset.
+fn check_request(offset: u64, buf: *const u8, len: usize, align: usize) -> io::Result<u64> {
     let invalid = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
-    let align = ALIGNMENT as u64;
-    if offset % align != 0 || len % ALIGNMENT != 0 || (buf as usize) % ALIGNMENT != 0 {
+    if offset % align as u64 != 0 || len % align != 0 || (buf as usize) % align != 0 {
         return invalid(format!(
-            "I/O of {len} bytes at offset {offset:#x} from buffer {buf:p} is not aligned to {ALIGNMENT}"
+            "I/O of {len} bytes at offset {offset:#x} from buffer {buf:p} is not aligned to {align}"
         ));
     }
     if len > 0 && buf.is_null() {
@@ -501,11 +513,12 @@ impl Join {
 }
 
 /// Tries O_DIRECT in `dir` with a probe file (a real aligned write and read: some file systems
-/// accept the open flag and refuse the I/O). `None` if it works, else the refusal.
+/// accept the open flag and refuse the I/O). `Ok` with the device's read granularity (see
+/// [`super::sector`]) if it works, else the refusal.
 ///
 /// # Errors
 /// [`Error::Path`] if the probe file cannot be created or used for reasons other than O_DIRECT.
-fn probe_direct_io(dir: &Path) -> Result<Option<io::Error>> {
+fn probe_direct_io(dir: &Path) -> Result<std::result::Result<usize, io::Error>> {
     static PROBES: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(format!(
         ".rskv-direct-probe.{}.{}",
@@ -518,20 +531,21 @@ fn probe_direct_io(dir: &Path) -> Result<Option<io::Error>> {
         source,
     })?;
     let outcome = if direct {
-        let mut buf = AlignedBuf::zeroed(ALIGNMENT, ALIGNMENT);
+        // Two blocks, so the granularity probe can read the second one.
+        let mut buf = AlignedBuf::zeroed(2 * ALIGNMENT, ALIGNMENT);
         match file
             .write_at(buf.as_slice(), 0)
             .and_then(|()| file.read_at(buf.as_mut_slice(), 0))
         {
-            Ok(_) => Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Some(e)),
+            Ok(_) => Ok(Ok(super::sector::direct_read_alignment(&file))),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Err(e)),
             Err(source) => Err(Error::Path {
                 path: path.clone(),
                 source,
             }),
         }
     } else {
-        Ok(Some(refused()))
+        Ok(Err(refused()))
     };
     drop(file);
     let _ = std::fs::remove_file(&path);
@@ -601,6 +615,10 @@ fn parse_segment_name(name: &std::ffi::OsStr) -> Option<u64> {
 impl Disk for FileSystemDisk {
     fn alignment(&self) -> usize {
         ALIGNMENT
+    }
+
+    fn read_alignment(&self) -> usize {
+        self.read_align
     }
 
     unsafe fn write_async(&self, offset: u64, buf: *const u8, len: usize, callback: IoCallback) {
@@ -997,6 +1015,72 @@ pub(super) mod tests {
         let (r, _) = read(&disk, 0, 0);
         assert_eq!(r.unwrap(), 0);
         assert!(!disk.segment_path(0).exists());
+    }
+
+    /// Reads at the device's read granularity (a sector under O_DIRECT) return the bytes
+    /// written by page writes, with the buffer, offset and length all aligned to it and to
+    /// nothing larger; reads aligned to less are refused before any I/O.
+    fn sector_reads(backend: Backend, mode: IoMode) {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(disk) = open(dir.path(), small(backend).with_direct_io(mode)) else {
+            return;
+        };
+        let unit = disk.read_alignment();
+        assert!(unit.is_power_of_two() && PAGE % unit == 0, "{unit}");
+        if disk.uses_direct_io() {
+            assert!(unit >= 512, "{unit}");
+            assert!(disk.describe().contains(&format!("{unit}-byte reads")));
+        } else {
+            assert_eq!(unit, BUFFERED_READ_ALIGNMENT);
+        }
+        let data = pattern(2 * PAGE, 7);
+        write(&disk, 0, &data).unwrap();
+        // A unit-sized read at an odd multiple of the unit, into a buffer at an odd multiple.
+        for at in [unit, PAGE - unit, PAGE + unit, 2 * PAGE - unit] {
+            let mut buf = AlignedBuf::zeroed(2 * PAGE, PAGE);
+            let (tx, rx) = bounded(1);
+            // SAFETY: `buf[unit..2 * unit]` is valid and waited for below.
+            unsafe {
+                disk.read_async(
+                    at as u64,
+                    buf.as_mut_ptr().add(unit),
+                    unit,
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+            }
+            assert_eq!(wait(&rx).unwrap(), unit);
+            assert_eq!(
+                &buf.as_slice()[unit..2 * unit],
+                &data.as_slice()[at..at + unit]
+            );
+        }
+        if unit > 8 {
+            let mut buf = AlignedBuf::zeroed(PAGE, PAGE);
+            let (tx, rx) = bounded(1);
+            // SAFETY: as above; the request is rejected before any I/O.
+            unsafe {
+                disk.read_async(
+                    (unit / 2) as u64,
+                    buf.as_mut_ptr(),
+                    unit,
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+            }
+            assert_eq!(wait(&rx).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn sector_reads_all_backends() {
+        for backend in [Backend::IoUring, Backend::ThreadPool] {
+            for mode in [IoMode::Auto, IoMode::Off] {
+                sector_reads(backend, mode);
+            }
+        }
     }
 
     fn truncate(backend: Backend) {

@@ -6,9 +6,10 @@
 //! Contract every implementation keeps:
 //! - Offsets are logical log offsets (bytes from log address 0). The device maps them to its own
 //!   storage (segment files for [`file_system_disk::FileSystemDisk`]).
-//! - Offsets, lengths and buffer addresses passed to the I/O calls are multiples of
-//!   [`Disk::alignment`]; the store guarantees it, a device may reject anything else with
-//!   `InvalidInput`.
+//! - Offsets, lengths and buffer addresses passed to writes are multiples of
+//!   [`Disk::alignment`], those passed to reads multiples of [`Disk::read_alignment`] (which
+//!   divides it: a device may read in smaller units, its sectors, than the store writes pages
+//!   in); the store guarantees it, a device may reject anything else with `InvalidInput`.
 //! - Each callback runs exactly once, on any thread, after the I/O finished or failed. It may run
 //!   before the call returns. It must not block for long (it runs on the device's I/O threads).
 //! - A read of a range never written returns zeros (or a short count); it is not an error.
@@ -19,6 +20,7 @@ use std::io;
 pub mod faulty_disk;
 pub mod file_system_disk;
 pub mod null_disk;
+mod sector;
 mod segment;
 mod thread_pool;
 #[cfg(target_os = "linux")]
@@ -31,6 +33,13 @@ pub type IoCallback = Box<dyn FnOnce(io::Result<usize>) + Send + 'static>;
 pub trait Disk: Send + Sync + 'static {
     /// Required alignment (bytes, a power of two) of offsets, lengths and buffer addresses.
     fn alignment(&self) -> usize;
+
+    /// Required alignment (bytes, a power of two dividing [`Disk::alignment`]) of the offsets,
+    /// lengths and buffer addresses of reads: the granularity of a record fetch, which reads
+    /// the aligned units covering the record. Default: [`Disk::alignment`].
+    fn read_alignment(&self) -> usize {
+        self.alignment()
+    }
 
     /// Writes `len` bytes from `buf` at log offset `offset`, then calls `callback`.
     ///
@@ -45,7 +54,7 @@ pub trait Disk: Send + Sync + 'static {
     /// # Safety
     /// `buf` must be valid for writes of `len` bytes and not accessed by anyone else until
     /// `callback` has been called. `offset`, `len` and `buf` must be multiples of
-    /// [`Disk::alignment`].
+    /// [`Disk::read_alignment`].
     unsafe fn read_async(&self, offset: u64, buf: *mut u8, len: usize, callback: IoCallback);
 
     /// Makes every write that has completed so far durable (fsync of the files written).
@@ -89,6 +98,9 @@ pub trait Disk: Send + Sync + 'static {
 impl<D: Disk + ?Sized> Disk for std::sync::Arc<D> {
     fn alignment(&self) -> usize {
         (**self).alignment()
+    }
+    fn read_alignment(&self) -> usize {
+        (**self).read_alignment()
     }
     unsafe fn write_async(&self, offset: u64, buf: *const u8, len: usize, callback: IoCallback) {
         // SAFETY: forwarded with the caller's contract unchanged.

@@ -34,9 +34,6 @@ use super::segment::{IoKind, IoRequest};
 /// anyway; larger requests simply take several rounds.
 const MAX_CHUNK: usize = 1 << 30;
 
-/// With O_DIRECT, a read returning a count that is not a multiple of this met the end of the file.
-const DIRECT_BLOCK: usize = 4096;
-
 /// `user_data` of the eventfd poll (request slots are numbered from 0, far below).
 const WAKE_TAG: u64 = u64::MAX;
 
@@ -450,7 +447,10 @@ fn advance(mut op: Op, result: i32) -> Option<Op> {
     // The kernel never reports more than asked; the clamp keeps a bogus value from overrunning.
     let n = (result as usize).min(op.req.len - op.done);
     let eof = match op.req.kind {
-        IoKind::Read => n == 0 || (op.req.segment.file.is_direct() && n % DIRECT_BLOCK != 0),
+        IoKind::Read => {
+            n == 0
+                || (op.req.segment.file.is_direct() && n % op.req.segment.file.direct_block() != 0)
+        }
         IoKind::Write => {
             if n == 0 {
                 op.req.complete(Err(io::Error::new(

@@ -6,7 +6,11 @@
 //!   system refuses with `EINVAL` (tmpfs, some FUSE and network file systems) silently degrades to
 //!   buffered I/O, and the caller learns it from the flag [`File::open`] returns. With O_DIRECT,
 //!   offsets, lengths and buffer addresses must be multiples of the logical block size (4096 is
-//!   always enough); the kernel rejects anything else with `EINVAL`.
+//!   always enough); the kernel rejects anything else with `EINVAL`. [`File::direct_block`] is
+//!   the block size the owner reads in (4096 unless it learned a smaller one of the device, see
+//!   [`File::with_direct_block`]): a direct read that returns a count that is not a multiple of
+//!   it has met the end of the file, and a shorter multiple is continued at an offset aligned to
+//!   it.
 //! - [`File::read_at`] and [`File::write_at`] never report a partial transfer as complete: reads
 //!   stop only at end of file (returning the count read), writes either write every byte or fail.
 //!   `EINTR` is retried; it is not an error.
@@ -22,8 +26,8 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Block size that satisfies O_DIRECT on every file system we run on. A direct read that returns a
-/// count that is not a multiple of it has met the end of the file.
+/// Block size that satisfies O_DIRECT on every file system we run on: the default
+/// [`File::direct_block`].
 const DIRECT_BLOCK: usize = 4096;
 
 /// A file for positional reads and writes; several threads may use it at once (`&self` methods).
@@ -31,6 +35,8 @@ const DIRECT_BLOCK: usize = 4096;
 pub struct File {
     inner: std::fs::File,
     direct: bool,
+    /// The O_DIRECT block size reads are aligned to (a power of two, at most 4096).
+    block: usize,
 }
 
 impl File {
@@ -47,7 +53,31 @@ impl File {
             _ => None,
         };
         let (inner, direct) = open_with_fallback(direct_open, || Self::open_with(path, create, 0))?;
-        Ok((File { inner, direct }, direct))
+        Ok((
+            File {
+                inner,
+                direct,
+                block: DIRECT_BLOCK,
+            },
+            direct,
+        ))
+    }
+
+    /// Sets [`File::direct_block`]: the device's logical block size, which the owner aligns its
+    /// direct reads to. Ignored unless it is a power of two of at most 4096.
+    #[must_use]
+    pub fn with_direct_block(mut self, block: usize) -> Self {
+        if block.is_power_of_two() && block <= DIRECT_BLOCK {
+            self.block = block;
+        }
+        self
+    }
+
+    /// The block size direct reads of this file are aligned to (default 4096). A direct read
+    /// returning a count that is not a multiple of it has met the end of the file.
+    #[must_use]
+    pub fn direct_block(&self) -> usize {
+        self.block
     }
 
     fn open_with(path: &Path, create: bool, custom_flags: i32) -> io::Result<std::fs::File> {
@@ -79,7 +109,7 @@ impl File {
                     done += n;
                     // With O_DIRECT a block-misaligned count can only come from the end of the
                     // file, and asking again at a misaligned offset would fail with EINVAL.
-                    if self.direct && n % DIRECT_BLOCK != 0 {
+                    if self.direct && n % self.block != 0 {
                         break;
                     }
                 }

@@ -2,4 +2,4 @@
 pub mod persistent_memory_malloc;
 pub mod read_cache;
 
-pub use persistent_memory_malloc::{AllocError, HybridLog, LogMarkers, RecordBytes};
+pub use persistent_memory_malloc::{AllocError, ChainStep, HybridLog, LogMarkers, RecordBytes};

@@ -47,8 +47,40 @@ use crate::sync::{AtomicU64, Ordering};
 pub const MIN_PAGE_BITS: u32 = 12;
 /// Largest page: 256 MiB (the tail word's 32-bit offset must absorb concurrent overshoot).
 pub const MAX_PAGE_BITS: u32 = 28;
-/// Bytes of a record the first device read tries to cover.
+/// Bytes of a record the first device read tries to cover (from the record's start, rounded
+/// up to the read unit): a record longer than that takes a second read.
 const FIRST_READ_GUESS: u64 = 256;
+/// Records a chain walk follows inside completion callbacks before it hands one to its
+/// operation (which issues the next read itself and starts counting again).
+pub const CHAIN_HOPS: u32 = 64;
+
+/// Decides, inside a completion callback, whether a chain walk goes on: given a fetched record
+/// and its address, `Some(earlier address)` to read that record next, `None` to hand this one
+/// to the operation.
+pub type ChainStep = Box<dyn FnMut(Address, &RecordBytes) -> Option<Address> + Send>;
+
+/// Completion of a record fetch: the address of the last record read, and it (or the error).
+pub type FetchDone = Box<dyn FnOnce(Address, Result<RecordBytes>) + Send>;
+
+/// A record fetch in progress (one or more device reads).
+struct Fetch {
+    address: Address,
+    follow: Option<ChainStep>,
+    done: FetchDone,
+    /// Records followed inside callbacks so far.
+    hops: u32,
+}
+
+/// Counts of record reads (see [`HybridLog::record_reads`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordReads {
+    /// Device reads issued for records (first and second reads).
+    pub submitted: u64,
+    /// Of those, the ones the device completed.
+    pub completed: u64,
+    /// Second reads: records longer than the first read covered.
+    pub rereads: u64,
+}
 /// Fewest in-memory frames a log may have.
 pub const MIN_FRAMES: u64 = 4;
 
@@ -107,6 +139,11 @@ pub struct HybridLog<D: Disk> {
     page_sums: std::sync::Mutex<PageSums>,
     bytes_written: StdAtomicU64,
     bytes_read: StdAtomicU64,
+    /// The read granularity of record fetches: the device's read alignment, at least 8.
+    read_unit: u64,
+    reads_submitted: StdAtomicU64,
+    reads_completed: StdAtomicU64,
+    rereads: StdAtomicU64,
     /// Bytes of log (`tail - begin`) past which writers are slowed (`u64::MAX`: never).
     size_limit: StdAtomicU64,
     /// The log was past `size_limit` when a page last opened or `begin` last moved. Read
@@ -187,6 +224,17 @@ impl<D: Disk> HybridLog<D> {
                 ),
             });
         }
+        let read_unit = disk.read_alignment();
+        if !read_unit.is_power_of_two() || disk.alignment() % read_unit != 0 {
+            return Err(Error::Config {
+                field: "disk",
+                reason: format!(
+                    "read alignment {read_unit} does not divide the write alignment {}",
+                    disk.alignment()
+                ),
+            });
+        }
+        let read_unit = read_unit.max(8) as u64;
         let geo = PageGeometry::new(page_bits, frames);
         // At least one page stays mutable; head keeps one frame free ahead of the tail, so
         // read-only can sit at most frames - 2 pages behind the tail page.
@@ -220,6 +268,10 @@ impl<D: Disk> HybridLog<D> {
             page_sums: std::sync::Mutex::new(PageSums::default()),
             bytes_written: StdAtomicU64::new(0),
             bytes_read: StdAtomicU64::new(0),
+            read_unit,
+            reads_submitted: StdAtomicU64::new(0),
+            reads_completed: StdAtomicU64::new(0),
+            rereads: StdAtomicU64::new(0),
             size_limit: StdAtomicU64::new(u64::MAX),
             over_limit: CachePadded::new(AtomicBool::new(false)),
         })
@@ -662,70 +714,132 @@ impl<D: Disk> HybridLog<D> {
         });
     }
 
-    /// Reads the record at `address` (below head) from the device and calls `done` with it.
-    pub fn read_record_async(
-        &self,
-        address: Address,
-        done: Box<dyn FnOnce(Result<RecordBytes>) + Send>,
-    ) {
-        let align = self.disk.alignment().max(4096) as u64;
-        let start = align_down(address.raw(), align);
-        let page_end = self.geo.page_start(self.geo.page(address) + 1).raw();
-        // One sector covers most records; a record that runs past it takes a second read of
-        // exactly its size (read_range learns the size from the first 16 bytes).
-        let len = align_up(address.raw() + FIRST_READ_GUESS, align).min(page_end) - start;
-        self.read_range(address, start, len, done, true);
+    /// Reads the record at `address` (below head) from the device; then, while `follow` says
+    /// the record is not the one wanted and names an earlier record at or above `begin`,
+    /// reads that one, all from inside the device's completion callbacks; then calls `done`
+    /// with the address of the last record read and the record (or the error).
+    ///
+    /// This is how a chain walk on disk keeps going without its operation being polled (see
+    /// `ops::pending`). In a callback the walk holds no epoch protection and needs none: it
+    /// only reads the device below head, where records never change (invariant 4; `prev`
+    /// pointers go backwards, so every record it reaches is below head too). It never follows
+    /// a pointer below the current `begin`: such a record may have been truncated, and the
+    /// operation decides what that means (restart from the index, or absent). A callback
+    /// checks one record and issues one read; after [`CHAIN_HOPS`] hops in a row it hands the
+    /// record to `done` anyway, which bounds the stack of a device that calls back inline.
+    pub fn read_chain_async(&self, address: Address, follow: Option<ChainStep>, done: FetchDone) {
+        // Held across the whole chain: invariant 8.
+        self.inflight.fetch_add(1, StdOrdering::AcqRel);
+        self.read_part(
+            Fetch {
+                address,
+                follow,
+                done,
+                hops: 0,
+            },
+            None,
+        );
     }
 
-    fn read_range(
-        &self,
-        address: Address,
-        start: u64,
-        len: u64,
-        done: Box<dyn FnOnce(Result<RecordBytes>) + Send>,
-        first: bool,
-    ) {
-        let mut buf = AlignedBuf::zeroed(len as usize, self.disk.alignment().max(4096));
+    /// The read granularity: the device's read alignment (see [`Disk::read_alignment`]),
+    /// at least 8.
+    #[must_use]
+    pub fn read_unit(&self) -> u64 {
+        self.read_unit
+    }
+
+    /// Record reads issued to the device, completed by it, and second reads of records longer
+    /// than their first read.
+    #[must_use]
+    pub fn record_reads(&self) -> RecordReads {
+        RecordReads {
+            submitted: self.reads_submitted.load(StdOrdering::Relaxed),
+            completed: self.reads_completed.load(StdOrdering::Acquire),
+            rereads: self.rereads.load(StdOrdering::Relaxed),
+        }
+    }
+
+    /// Issues one device read for `fetch`: the aligned units covering the record's first
+    /// [`FIRST_READ_GUESS`] bytes (`end: None`), or, for a record found longer than that, the
+    /// units up to `end` (a second read from the same start).
+    fn read_part(&self, fetch: Fetch, end: Option<u64>) {
+        let address = fetch.address.raw();
+        let unit = self.read_unit;
+        let start = align_down(address, unit);
+        let page_end = self.geo.page_start(self.geo.page(fetch.address) + 1).raw();
+        // The page end is a multiple of every read unit (pages are multiples of the write
+        // alignment, which the read unit divides), so the length stays aligned.
+        let second = end.is_some();
+        let end = end.unwrap_or_else(|| align_up(address + FIRST_READ_GUESS, unit).min(page_end));
+        let len = (end - start) as usize;
+        let mut buf = AlignedBuf::zeroed(len, unit as usize);
         let ptr = buf.as_mut_ptr();
         let me = self as *const Self as usize;
-        self.inflight.fetch_add(1, StdOrdering::AcqRel);
+        if second {
+            self.rereads.fetch_add(1, StdOrdering::Relaxed);
+        }
+        self.reads_submitted.fetch_add(1, StdOrdering::Relaxed);
         let callback = Box::new(move |r: std::io::Result<usize>| {
-            // SAFETY: invariant 8 (see flush_page).
+            // SAFETY: invariant 8 (see flush_page): the chain's `inflight` count is held
+            // until `done` has run, so the log outlives this callback.
             let this = unsafe { &*(me as *const Self) };
-            let offset = (address.raw() - start) as usize;
-            let result = match r {
-                Err(e) => Err(Error::io(
-                    format!("reading the record at log address {address}"),
-                    e,
-                )),
-                Ok(n) => {
-                    this.bytes_read.fetch_add(n as u64, StdOrdering::Relaxed);
-                    match DiskRecord::size_from_prefix(&buf.as_slice()[offset..]) {
-                        Some(size) if first && offset + size > len as usize => {
-                            let end =
-                                align_up(address.raw() + size as u64, this.disk.alignment() as u64);
-                            let page_end = this.geo.page_start(this.geo.page(address) + 1).raw();
-                            if size > this.page_size() || end > page_end {
-                                Err(Error::Corrupt {
-                                    address: address.raw(),
-                                    reason: format!("record size {size} runs past its page"),
-                                })
-                            } else {
-                                this.read_range(address, start, end - start, done, false);
-                                this.inflight.fetch_sub(1, StdOrdering::AcqRel);
-                                return;
-                            }
-                        }
-                        _ => Ok(RecordBytes { buf, offset }),
-                    }
-                }
-            };
-            done(result);
-            this.inflight.fetch_sub(1, StdOrdering::AcqRel);
+            this.reads_completed.fetch_add(1, StdOrdering::AcqRel);
+            this.on_read(fetch, start, buf, r, !second);
         });
         // SAFETY: `buf` is moved into the callback, so its heap memory stays allocated and is
-        // touched by nobody else until the device calls back; offset/length/address aligned.
-        unsafe { self.disk.read_async(start, ptr, len as usize, callback) };
+        // touched by nobody else until the device calls back. `start` and `end` are multiples
+        // of the read unit (the page end is), and so is the buffer's address (allocated with
+        // that alignment); the read unit is a multiple of the device's read alignment.
+        unsafe { self.disk.read_async(start, ptr, len, callback) };
+    }
+
+    /// A device read of `fetch` finished: read the rest of a longer record, follow the chain,
+    /// or hand the record to `done`.
+    fn on_read(
+        &self,
+        mut fetch: Fetch,
+        start: u64,
+        buf: AlignedBuf,
+        r: std::io::Result<usize>,
+        first: bool,
+    ) {
+        let address = fetch.address;
+        let offset = (address.raw() - start) as usize;
+        let result = match r {
+            Err(e) => Err(Error::io(
+                format!("reading the record at log address {address}"),
+                e,
+            )),
+            Ok(n) => {
+                self.bytes_read.fetch_add(n as u64, StdOrdering::Relaxed);
+                match DiskRecord::size_from_prefix(&buf.as_slice()[offset..]) {
+                    Some(size) if first && offset + size > buf.len() => {
+                        let end = align_up(address.raw() + size as u64, self.read_unit);
+                        let page_end = self.geo.page_start(self.geo.page(address) + 1).raw();
+                        if size > self.page_size() || end > page_end {
+                            Err(Error::Corrupt {
+                                address: address.raw(),
+                                reason: format!("record size {size} runs past its page"),
+                            })
+                        } else {
+                            return self.read_part(fetch, Some(end));
+                        }
+                    }
+                    _ => Ok(RecordBytes { buf, offset }),
+                }
+            }
+        };
+        if let (Ok(bytes), Some(follow)) = (&result, fetch.follow.as_mut()) {
+            if fetch.hops < CHAIN_HOPS {
+                if let Some(next) = follow(address, bytes).filter(|n| *n >= self.begin()) {
+                    fetch.address = next;
+                    fetch.hops += 1;
+                    return self.read_part(fetch, None);
+                }
+            }
+        }
+        (fetch.done)(address, result);
+        self.inflight.fetch_sub(1, StdOrdering::AcqRel);
     }
 
     /// Ends the tail page early so that everything allocated so far lies below a page boundary,

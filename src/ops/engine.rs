@@ -33,6 +33,8 @@ pub struct Engine<D: Disk> {
     pub(crate) cpr: Cpr,
     /// Copy records that reads fetch from disk to the tail (`Config::copy_reads_to_tail`).
     pub(crate) copy_reads: bool,
+    /// Operations a session keeps pending at once (`Config::pending_depth`).
+    pub(crate) pending_depth: usize,
     /// The key and value types, recorded by log checkpoints.
     pub(crate) types: crate::core::checkpoint::TypeNames,
     /// Operation counts, per thread.
@@ -129,6 +131,7 @@ impl<D: Disk> Engine<D> {
             newer_from: AtomicU64::new(u64::MAX),
             cpr: Cpr::default(),
             copy_reads: false,
+            pending_depth: 128,
             types: crate::core::checkpoint::TypeNames::default(),
             counters: crate::ops::counters::Counters::default(),
             retention: crate::ops::truncate::Retention::default(),

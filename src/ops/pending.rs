@@ -11,6 +11,14 @@
 //! No epoch protection is held across an `.await` (`EpochGuard` is not `Send`, and the futures
 //! must be), so a thread waiting for the disk never holds back flushing or eviction.
 //!
+//! A walk through records of other keys on disk does not wait for its future to be polled:
+//! [`Engine::fetch_chain`] lets the device's completion callback follow the chain
+//! (`HybridLog::read_chain_async` with `ops::read::follow_other_keys`), and hands back the
+//! first record the operation must decide itself. The loops below treat that record exactly
+//! as if they had fetched every record before it one by one, so the truncation rule of
+//! `DiskWalk` and the checksum of every record hold unchanged (docs/DESIGN.md, "Reads in
+//! flight and sector reads").
+//!
 //! Every blocking wait goes through [`block_on`], which may nest: an update's function can call
 //! a blocking operation of the store that itself waits for the disk (`futures_executor`'s
 //! `block_on` refuses to nest and panics).
@@ -20,35 +28,46 @@ use crate::core::codec::Encoded;
 use crate::core::record::ValueBuf;
 use crate::core::status::{Error, Result, Status};
 use crate::device::Disk;
-use crate::hlog::RecordBytes;
+use crate::hlog::{ChainStep, RecordBytes};
 use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::KeyHash;
 use crate::ops::counters::Count;
 use crate::ops::cpr::book::PendingUpdate;
-use crate::ops::read::{DiskWalk, ReadStep};
+use crate::ops::read::{follow_other_keys, DiskWalk, ReadStep};
 use crate::ops::rmw::{Decision, DiskTrace, Latest, UpdateStep};
 use crate::ops::Engine;
 
 impl<D: Disk> Engine<D> {
     /// Reads the record at `address` from the device.
     pub(crate) async fn fetch(&self, address: Address) -> Result<RecordBytes> {
+        self.fetch_chain(address, None).await.1
+    }
+
+    /// Reads the record at `address` and, inside the device's completion callbacks, the
+    /// records `follow` leads to (`HybridLog::read_chain_async`): a walk through other keys'
+    /// records on disk goes on without this future being polled. Returns the address of the
+    /// last record read, and it.
+    pub(crate) async fn fetch_chain(
+        &self,
+        address: Address,
+        follow: Option<ChainStep>,
+    ) -> (Address, Result<RecordBytes>) {
         let (tx, rx) = futures_channel::oneshot::channel();
-        self.hlog.read_record_async(
+        self.hlog.read_chain_async(
             address,
-            Box::new(move |r| {
-                let _ = tx.send(r);
+            follow,
+            Box::new(move |at, r| {
+                let _ = tx.send((at, r));
             }),
         );
-        let read = rx.await.map_err(|_| {
-            Error::io(
-                "waiting for a device read",
-                std::io::Error::other("device dropped the read callback"),
-            )
-        })?;
+        let (at, read) = rx.await.unwrap_or_else(|_| {
+            let e = std::io::Error::other("device dropped the read callback");
+            (address, Err(Error::io("waiting for a device read", e)))
+        });
         if let Err(e) = &read {
-            tracing::warn!(address = address.raw(), error = %e, "device read failed");
+            tracing::warn!(address = at.raw(), error = %e, "device read failed");
         }
-        read
+        (at, read)
     }
 
     /// Continues a read on disk until it resolves. A walk whose next record was truncated
@@ -63,10 +82,12 @@ impl<D: Disk> Engine<D> {
     ) -> Result<bool> {
         loop {
             if walk.at >= self.hlog.begin() {
-                let fetched = self
-                    .fetch(walk.at)
-                    .await
-                    .and_then(|bytes| self.read_disk(key, walk, &bytes, out));
+                // Records of other keys are skipped inside the device callbacks; the record
+                // handed back is decided here exactly as if this loop had fetched each one.
+                let follow = follow_other_keys(key, walk.begin);
+                let (at, fetched) = self.fetch_chain(walk.at, Some(follow)).await;
+                walk.at = at;
+                let fetched = fetched.and_then(|bytes| self.read_disk(key, walk, &bytes, out));
                 match fetched {
                     Ok(ReadStep::Found) => {
                         self.counters.bump(Count::ReadOnDisk);
@@ -179,10 +200,11 @@ impl<D: Disk> Engine<D> {
                 if address < self.hlog.begin() {
                     break DiskTrace::Absent;
                 }
-                let fetched = self
-                    .fetch(address)
-                    .await
-                    .and_then(|bytes| self.update_disk(key, address, &bytes, floor));
+                let follow = follow_other_keys(key, floor);
+                let (at, fetched) = self.fetch_chain(address, Some(follow)).await;
+                address = at;
+                let fetched =
+                    fetched.and_then(|bytes| self.update_disk(key, address, &bytes, floor));
                 match fetched {
                     Ok(DiskTrace::Next(next)) => address = next,
                     Ok(done) => break done,

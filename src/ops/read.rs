@@ -8,7 +8,7 @@ use crate::core::light_epoch::EpochGuard;
 use crate::core::record::{ValueBuf, ValueRead};
 use crate::core::status::Result;
 use crate::device::Disk;
-use crate::hlog::RecordBytes;
+use crate::hlog::{ChainStep, RecordBytes};
 use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::{HashIndex, KeyHash};
 use crate::ops::counters::Count;
@@ -137,6 +137,29 @@ impl<D: Disk> Engine<D> {
             DiskMatch::End
         })
     }
+}
+
+/// The part of a disk walk for `key` that runs inside device completion callbacks
+/// (`HybridLog::read_chain_async`): a record that verifies and is another key's (or an invalid
+/// one) is skipped to its predecessor, if that is a valid address at or above `floor`. This is
+/// exactly the `Next` case of [`Engine::disk_match`] with `floor` as its `begin` (for a read,
+/// the `begin` of its [`DiskWalk`]; an update passes its floor, and the log adds the current
+/// `begin` for both). Everything else (the key's record, the end of the chain, a record that
+/// does not verify, a predecessor below the current `begin`) goes back to the operation,
+/// which decides it as if it had fetched that record itself: so the truncation rule of
+/// [`DiskWalk`] and the checksum of every record hold unchanged. Takes no epoch protection:
+/// it looks only at the fetched bytes and the key.
+pub(crate) fn follow_other_keys(key: &Encoded, floor: Address) -> ChainStep {
+    let key = key.clone();
+    Box::new(move |at, bytes| {
+        let rec = bytes.record(at).ok()?;
+        let info = rec.info();
+        if !info.invalid() && rec.key() == key.bytes() {
+            return None;
+        }
+        let prev = crate::ops::engine::backwards(at, info.prev()).ok()?;
+        (!prev.is_invalid() && prev >= floor).then_some(prev)
+    })
 }
 
 /// What a fetched record says about a key.

@@ -14,6 +14,7 @@ mod fjall_store;
 mod redb_store;
 #[cfg(feature = "rocksdb")]
 mod rocksdb_store;
+mod rskv_session;
 mod rskv_store;
 
 /// Opens the store of `spec` and runs it.
