@@ -408,6 +408,36 @@ impl<'a> RecordRef<'a> {
                 .all(|(w, k)| w.load(Ordering::Relaxed) == *k)
     }
 
+    /// Whether the key is the one-word encoding `word` of `len` bytes (1 to 8).
+    #[must_use]
+    #[inline(always)]
+    pub fn key_is_word(&self, word: u64, len: usize) -> bool {
+        self.key_len == len && self.words[HEADER_WORDS].load(Ordering::Relaxed) == word
+    }
+
+    /// As [`RecordRef::read_value`], giving up (`None`) after `attempts` copies that a writer
+    /// disturbed.
+    #[inline(always)]
+    pub fn try_read_value(&self, out: &mut ValueBuf, attempts: usize) -> Option<ValueRead> {
+        for _ in 0..attempts {
+            let s1 = self.state();
+            if !s1.locked() {
+                let len = s1.len().min(self.value_cap);
+                out.fill_from(&self.value_words()[..len.div_ceil(8)], len);
+                fence(Ordering::Acquire);
+                if s1 == ValueState(self.words[2].load(Ordering::Relaxed)) {
+                    return Some(if s1.tombstone() {
+                        ValueRead::Tombstone
+                    } else {
+                        ValueRead::Live
+                    });
+                }
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
     /// Copies the value into `out` consistently (seqlock read: retries while a writer is inside
     /// and if one came and went during the copy).
     #[inline]

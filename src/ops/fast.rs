@@ -1,6 +1,10 @@
-//! One-word fast paths: read, upsert and RMW of a key and value whose encodings fit in one
-//! 8-byte word each (integer keys and values, the common fixed-size case), when the key's newest
-//! record is in memory.
+//! One-word fast paths: read, upsert and RMW of a key whose encoding fits in one 8-byte word
+//! (integer keys), when the key's newest record is in memory. For integer values the whole
+//! operation is a few words ([`Engine::read_word`], [`Engine::lock_word`]); for values of any
+//! other shape (byte arrays, strings, serde structs) the same checks lead to a seqlock copy of
+//! the value ([`Engine::read_word_key`]) or an in-place write under the record lock when the
+//! new value fits its capacity ([`Engine::lock_word_key`]), skipping the general path's key
+//! encoding, retry loop and chain walk.
 //!
 //! # Why they exist
 //! An in-memory operation on a large store costs two dependent cache misses (bucket, then
@@ -34,8 +38,11 @@
 
 use crate::core::address::Address;
 use crate::core::codec;
+use crate::core::codec::Encoded;
 use crate::core::light_epoch::ShortGuard;
-use crate::core::record::{WordRecord, WordRecordLock, WORD_RECORD_WORDS};
+use crate::core::record::{
+    RecordLock, ValueBuf, ValueRead, WordRecord, WordRecordLock, WORD_RECORD_WORDS,
+};
 use crate::device::Disk;
 use crate::index::hash_bucket::Target;
 use crate::index::key_hash::hash_word;
@@ -137,6 +144,68 @@ impl<D: Disk> Engine<D> {
         Fast::Slow
     }
 
+    /// Reads `key` (a one-word key) whose value may have any shape into `out`: `Done(true)`
+    /// (the value is in `out`), `Done(false)` (no record, or a tombstone), or `Slow`. The
+    /// same states as [`Engine::read_word`] finish here (invariant 2, for any value length):
+    /// the entry's record, in memory, holding the key; one consistent seqlock copy.
+    #[inline(always)]
+    pub(crate) fn read_word_key(&self, key: Word, hash: KeyHash, out: &mut ValueBuf) -> Fast<bool> {
+        let Some(g) = self.epoch.protect_short() else {
+            return Fast::Slow;
+        };
+        let entry = match self.index.find_entry(&g, hash) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Fast::Done(false),
+            Err(_) => return Fast::Slow,
+        };
+        let Target::Log(a) = entry.target() else {
+            return Fast::Slow;
+        };
+        if a.is_invalid() || a < self.hlog.head() {
+            return Fast::Slow;
+        }
+        let Ok(rec) = self.hlog.record(a) else {
+            return Fast::Slow;
+        };
+        if !rec.key_is_word(key.word, key.len) {
+            return Fast::Slow;
+        }
+        match rec.try_read_value(out, READ_ATTEMPTS) {
+            Some(ValueRead::Live) => Fast::Done(true),
+            Some(ValueRead::Tombstone) => Fast::Done(false),
+            None => Fast::Slow,
+        }
+    }
+
+    /// Locks `key`'s record (a one-word key, a value of any shape) for an in-place update, or
+    /// `None` (go slow): the states of [`Engine::lock_word`] (invariant 3), any value capacity.
+    #[inline(always)]
+    pub(crate) fn lock_word_key(&self, key: Word, hash: KeyHash) -> Option<KeyLock<'_>> {
+        let guard = self.epoch.protect_short()?;
+        if !self.acked_rule_is_free(&guard) {
+            return None;
+        }
+        let entry = self.index.find_entry(&guard, hash).ok()??;
+        let Target::Log(a) = entry.target() else {
+            return None;
+        };
+        if a.is_invalid() || a < self.hlog.read_only() {
+            return None;
+        }
+        let rec = self.hlog.record(a).ok()?;
+        if !rec.key_is_word(key.word, key.len) {
+            return None;
+        }
+        let lock = rec.lock()?;
+        if lock.state().tombstone() {
+            return None;
+        }
+        Some(KeyLock {
+            lock,
+            _guard: guard,
+        })
+    }
+
     /// Locks `key`'s record for an in-place update of its one-word value, or `None` (go slow).
     #[inline(always)]
     pub(crate) fn lock_word(&self, key: Word, hash: KeyHash) -> Option<WordLock<'_>> {
@@ -159,6 +228,31 @@ impl<D: Disk> Engine<D> {
             old,
             _guard: guard,
         })
+    }
+}
+
+/// A record of a one-word key locked for a fast in-place update of a value of any shape, inside
+/// a short protection. Dropped without a write, it leaves the record as it was.
+pub(crate) struct KeyLock<'a> {
+    // Fields drop in order: the record lock is released before the protection ends.
+    lock: RecordLock<'a>,
+    _guard: ShortGuard<'a>,
+}
+
+impl KeyLock<'_> {
+    /// Copies the current value into `out`.
+    pub(crate) fn read(&self, out: &mut ValueBuf) {
+        self.lock.read_value(out);
+    }
+
+    /// Writes `value` in place if it fits; otherwise leaves the record as it was and returns
+    /// `false` (go slow).
+    pub(crate) fn write(mut self, value: &Encoded) -> bool {
+        if !self.lock.fits(value.len()) {
+            return false;
+        }
+        self.lock.write_value(value);
+        true
     }
 }
 

@@ -105,16 +105,32 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     #[inline(always)]
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         if let Some(k) = Word::encode(key) {
-            match self.engine.read_word(k, k.hash()) {
-                Fast::Done(Some(v)) => {
-                    self.engine.counters.bump(Count::ReadInMemory);
-                    return decode_word(v.word, v.len).map(Some);
+            if Word::is_word_type::<V>() {
+                match self.engine.read_word(k, k.hash()) {
+                    Fast::Done(Some(v)) => {
+                        self.engine.counters.bump(Count::ReadInMemory);
+                        return decode_word(v.word, v.len).map(Some);
+                    }
+                    Fast::Done(None) => {
+                        self.engine.counters.bump(Count::ReadNotFound);
+                        return Ok(None);
+                    }
+                    Fast::Slow => {}
                 }
-                Fast::Done(None) => {
-                    self.engine.counters.bump(Count::ReadNotFound);
-                    return Ok(None);
+            } else {
+                // A one-word key with a value of another shape (bytes, strings, structs).
+                let mut buf = ValueBuf::default();
+                match self.engine.read_word_key(k, k.hash(), &mut buf) {
+                    Fast::Done(true) => {
+                        self.engine.counters.bump(Count::ReadInMemory);
+                        return decode(buf.bytes()).map(Some);
+                    }
+                    Fast::Done(false) => {
+                        self.engine.counters.bump(Count::ReadNotFound);
+                        return Ok(None);
+                    }
+                    Fast::Slow => {}
                 }
-                Fast::Slow => {}
             }
         }
         self.get_general(key)
@@ -161,11 +177,25 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// [`Error::RecordTooLarge`], [`Error::Poisoned`], codec errors.
     #[inline(always)]
     pub fn insert(&self, key: &K, value: &V) -> Result<()> {
-        if let (Some(k), Some(v)) = (Word::encode(key), Word::encode(value)) {
-            if let Some(lock) = self.engine.lock_word(k, k.hash()) {
-                lock.write(v);
-                self.engine.counters.bump(Count::Upsert);
-                return Ok(());
+        if let Some(k) = Word::encode(key) {
+            if Word::is_word_type::<V>() {
+                if let (Some(v), Some(lock)) =
+                    (Word::encode(value), self.engine.lock_word(k, k.hash()))
+                {
+                    lock.write(v);
+                    self.engine.counters.bump(Count::Upsert);
+                    return Ok(());
+                }
+            } else {
+                // A one-word key with a value of another shape: in place when it fits.
+                let encoded = Encoded::new(value)?;
+                if let Some(lock) = self.engine.lock_word_key(k, k.hash()) {
+                    if lock.write(&encoded) {
+                        self.engine.counters.bump(Count::Upsert);
+                        return Ok(());
+                    }
+                }
+                return self.insert_encoded(key, &encoded);
             }
         }
         self.insert_general(key, value)
@@ -174,11 +204,16 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// [`RsKv::insert`] through the general path.
     #[inline(never)]
     fn insert_general(&self, key: &K, value: &V) -> Result<()> {
+        self.insert_encoded(key, &Encoded::new(value)?)
+    }
+
+    /// [`RsKv::insert`] of an encoded value through the general path.
+    #[inline(never)]
+    fn insert_encoded(&self, key: &K, value: &Encoded) -> Result<()> {
         let (key, hash) = encode_key(key)?;
-        let value = Encoded::new(value)?;
         let g = self.engine.protect()?;
         self.engine
-            .upsert(&g, &key, hash, &value, &mut |_| Ok(None))
+            .upsert(&g, &key, hash, value, &mut |_| Ok(None))
             .map(|_| ())
     }
 
@@ -202,6 +237,18 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                     }
                 }
                 // Dropping the lock leaves the record unchanged; the general path decides.
+            }
+        } else if let Some(k) = Word::encode(key) {
+            // A one-word key with a value of another shape: in place when the new value fits.
+            if let Some(lock) = self.engine.lock_word_key(k, k.hash()) {
+                let mut buf = ValueBuf::default();
+                lock.read(&mut buf);
+                let v = f(Some(decode(buf.bytes())?));
+                if lock.write(&Encoded::new(&v)?) {
+                    self.engine.counters.bump(Count::Rmw);
+                    return Ok(v);
+                }
+                // Too big: the record is unchanged; `f` runs again in the general path.
             }
         }
         self.rmw_general(key, f)
