@@ -186,7 +186,7 @@ pub struct Args {
     pub log_budget: Vec<u64>,
 
     /// RsKv with --log-budget: worker threads of each compaction pass (`LogCompaction::threads`,
-    /// default 2).
+    /// default 1).
     #[arg(long, value_name = "N")]
     pub compaction_threads: Option<usize>,
 

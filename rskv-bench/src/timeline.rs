@@ -30,7 +30,7 @@ use crate::sysinfo::{disk_usage, human_bytes, rss, CpuTicks};
 const TICK_SECS: f64 = 0.02;
 
 /// Compaction workers RsKv uses when `--compaction-threads` is not given.
-const DEFAULT_COMPACTION_THREADS: usize = 2;
+const DEFAULT_COMPACTION_THREADS: usize = 1;
 
 pub(crate) struct TimelineRun {
     interval: f64,

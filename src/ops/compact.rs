@@ -290,7 +290,8 @@ pub struct LogCompaction {
     pub fraction: f64,
     /// Most bytes one pass scans (F2: 256 MiB).
     pub max_pass: u64,
-    /// Worker threads of a pass (default 2).
+    /// Worker threads of a pass (default 1: with two, a pass took more of a 2-core machine
+    /// from the foreground; see `LogCompaction::lookups_in_flight`).
     pub threads: usize,
     /// Lookups each worker keeps in flight while the log is within its budget (default 4).
     /// Each may wait for a device read, and the foreground's reads queue behind them: a few
@@ -308,7 +309,7 @@ impl LogCompaction {
             trigger: 0.8,
             fraction: 0.2,
             max_pass: 256 << 20,
-            threads: 2,
+            threads: 1,
             lookups_in_flight: DEFAULT_LOOKUPS,
         }
     }
