@@ -112,20 +112,31 @@ impl<D: Disk> Engine<D> {
         rec.key_is(key.word).then_some(rec)
     }
 
+    /// The log address the index entry for `hash` names: `Some(None)` without an entry; `None`
+    /// to go slow (the index is switching tables, or a read-cache copy is in front of the
+    /// chain: the general path reads it, and an update's newest record is then on disk).
+    #[inline(always)]
+    fn entry_address(&self, g: &ShortGuard<'_>, hash: KeyHash) -> Option<Option<Address>> {
+        match self.index.find_entry(g, hash) {
+            Ok(Some(e)) => match e.target() {
+                Target::Log(a) => Some(Some(a)),
+                Target::Cache(_) => None,
+            },
+            Ok(None) => Some(None),
+            Err(_) => None,
+        }
+    }
+
     /// Reads `key`: `Done(Some(value))`, `Done(None)` (no record, or a tombstone), or `Slow`.
     #[inline(always)]
     pub(crate) fn read_word(&self, key: Word, hash: KeyHash) -> Fast<Option<Word>> {
         let Some(g) = self.epoch.protect_short() else {
             return Fast::Slow;
         };
-        let entry = match self.index.find_entry(&g, hash) {
-            Ok(Some(e)) => e,
-            Ok(None) => return Fast::Done(None),
-            Err(_) => return Fast::Slow,
-        };
-        // A read-cache copy in front of the chain: the general path reads it.
-        let Target::Log(a) = entry.target() else {
-            return Fast::Slow;
+        let a = match self.entry_address(&g, hash) {
+            Some(Some(a)) => a,
+            Some(None) => return Fast::Done(None),
+            None => return Fast::Slow,
         };
         let Some(rec) = self.word_record(key, a, self.hlog.head()) else {
             return Fast::Slow;
@@ -153,13 +164,10 @@ impl<D: Disk> Engine<D> {
         let Some(g) = self.epoch.protect_short() else {
             return Fast::Slow;
         };
-        let entry = match self.index.find_entry(&g, hash) {
-            Ok(Some(e)) => e,
-            Ok(None) => return Fast::Done(false),
-            Err(_) => return Fast::Slow,
-        };
-        let Target::Log(a) = entry.target() else {
-            return Fast::Slow;
+        let a = match self.entry_address(&g, hash) {
+            Some(Some(a)) => a,
+            Some(None) => return Fast::Done(false),
+            None => return Fast::Slow,
         };
         if a.is_invalid() || a < self.hlog.head() {
             return Fast::Slow;
@@ -185,10 +193,7 @@ impl<D: Disk> Engine<D> {
         if !self.acked_rule_is_free(&guard) {
             return None;
         }
-        let entry = self.index.find_entry(&guard, hash).ok()??;
-        let Target::Log(a) = entry.target() else {
-            return None;
-        };
+        let a = self.entry_address(&guard, hash)??;
         if a.is_invalid() || a < self.hlog.read_only() {
             return None;
         }
@@ -213,11 +218,7 @@ impl<D: Disk> Engine<D> {
         if !self.acked_rule_is_free(&guard) {
             return None;
         }
-        let entry = self.index.find_entry(&guard, hash).ok()??;
-        // An entry naming a read-cache copy has its newest record on disk: not in place.
-        let Target::Log(a) = entry.target() else {
-            return None;
-        };
+        let a = self.entry_address(&guard, hash)??;
         let rec = self.word_record(key, a, self.hlog.read_only())?;
         // None: sealed (a newer copy exists).
         let lock = rec.lock()?;
