@@ -145,6 +145,11 @@ pub struct Args {
     #[arg(long)]
     pub copy_reads_to_tail: bool,
 
+    /// RsKv: no automatic index growth (`Config::auto_grow_index(None)`), so the index stays at
+    /// its starting table plus overflow buckets, as FASTER's does.
+    #[arg(long)]
+    pub no_auto_grow: bool,
+
     /// RsKv: a read cache of BYTES (`Config::read_cache`), taken out of --memory (the log
     /// gets what the index and the cache leave). Peers ignore it.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
@@ -357,6 +362,7 @@ impl Args {
                             complete_every: self.complete_every.max(1),
                             copy_reads_to_tail: self.copy_reads_to_tail,
                             read_cache: self.read_cache,
+                            no_auto_grow: self.no_auto_grow,
                             verify_all: self.verify_all,
                             keep_data: self.keep_data,
                             progress,

@@ -54,6 +54,9 @@ pub struct RunSpec {
     /// RsKv read cache bytes (see `--read-cache`).
     #[serde(default)]
     pub read_cache: Option<u64>,
+    /// RsKv without automatic index growth (see `--no-auto-grow`).
+    #[serde(default)]
+    pub no_auto_grow: bool,
     pub verify_all: bool,
     pub keep_data: bool,
     pub progress: bool,

@@ -50,6 +50,11 @@ fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
         .log_memory_size(plan.log_bytes)
         .page_size(plan.page_size)
         .copy_reads_to_tail(spec.copy_reads_to_tail);
+    let config = if spec.no_auto_grow {
+        config.auto_grow_index(None)
+    } else {
+        config
+    };
     let config = match plan.read_cache_bytes {
         0 => config,
         bytes => config.read_cache(bytes),
