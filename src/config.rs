@@ -103,7 +103,7 @@ pub struct Config {
     /// holding copies of records that reads fetched from the device, in front of their hash
     /// chains, so the next read of a hot key finishes in memory without writing the log (as
     /// `copy_reads_to_tail` would; the two are alternatives and setting both is refused).
-    /// From 32 KiB to 4 GiB, used as 64 pages of `size / 64` bytes (a record larger than a
+    /// From 32 KiB to 2 GiB, used as 64 pages of `size / 64` bytes (a record larger than a
     /// page is not cached); eviction is FIFO by page, and a hit in the oldest eighth is copied
     /// back to the front. Default `None` (off). With a [`Config::memory_budget`] the cache's
     /// bytes come out of the budget first (at most half of it) and the rest is split between

@@ -76,8 +76,10 @@ const KEEP_FREE: u64 = 2;
 const TRAILER_WORDS: usize = 2;
 /// Smallest cache: pages of 512 bytes (records longer than a page are not cached).
 pub const MIN_BYTES: u64 = FRAMES * 512;
-/// Largest cache.
-pub const MAX_BYTES: u64 = FRAMES << OFFSET_BITS;
+/// Largest cache: pages of 32 MiB. A page must stay below 2^OFFSET_BITS bytes: the tail word
+/// holds the offset *after* an allocation, which equals the page size when a page is filled
+/// exactly, and would carry into the page number at 2^OFFSET_BITS.
+pub const MAX_BYTES: u64 = FRAMES << (OFFSET_BITS - 1);
 
 /// An address in the read cache (48 bits: page number modulo 2^22, offset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,7 +112,7 @@ impl CacheAddress {
 pub struct CacheCounters {
     /// Reads answered by a copy.
     pub hits: AtomicU64,
-    /// Reads that went to the device while the cache was on.
+    /// Reads that found their value on the device (each offers the cache a copy).
     pub misses: AtomicU64,
     /// Copies linked into the index.
     pub inserted: AtomicU64,
@@ -131,7 +133,7 @@ pub struct ReadCacheStats {
     pub memory_bytes: u64,
     /// Reads answered by a copy.
     pub hits: u64,
-    /// Reads that went to the device (each offers the cache a copy).
+    /// Reads that found their value on the device (each offers the cache a copy).
     pub misses: u64,
     /// Copies linked in front of their chains.
     pub inserted: u64,

@@ -98,12 +98,11 @@ impl<D: Disk> Engine<D> {
     }
 
     /// After a hit on a copy about to be evicted: copies it to the cache's tail (invariant 7),
-    /// from the entry the read saw.
+    /// from `slot`, the entry the read found it through.
     pub(crate) fn refresh_copy(
         &self,
         g: &EpochGuard<'_>,
-        hash: KeyHash,
-        seen: HashBucketEntry,
+        slot: &mut EntrySlot<'_>,
         copy: &CachedRecord<'_>,
         key: &Encoded,
         value: &[u8],
@@ -114,7 +113,7 @@ impl<D: Disk> Engine<D> {
         if !cache.is_cold(copy.address) {
             return;
         }
-        if self.link_copy(g, hash, seen, key, value, copy.source()) {
+        if self.link_copy(g, slot, copy.hash(), key, value, copy.source()) {
             cache.counters.refreshed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -137,7 +136,17 @@ impl<D: Disk> Engine<D> {
         let Ok(mut g) = self.epoch.protect() else {
             return;
         };
-        if self.link_copy(&g, hash, seen, key, value, source) {
+        let linked = match self.index.find_entry(&g, hash) {
+            Ok(Some(mut slot)) if slot.entry == seen => {
+                self.link_copy(&g, &mut slot, hash, key, value, source)
+            }
+            Ok(Some(_)) => {
+                cache.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            _ => false,
+        };
+        if linked {
             cache.counters.inserted.fetch_add(1, Ordering::Relaxed);
         }
         if cache.needs_unlinking() {
@@ -146,13 +155,13 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Writes a copy of `key -> value` (read from `source`) whose chain continues at the log
-    /// head of `seen`, and CASes the entry from `seen` to it; marks it invalid if the CAS
-    /// fails. Returns whether it is linked.
+    /// head of `slot` as seen, and CASes the entry from that to it; marks it invalid if the
+    /// CAS fails. Returns whether it is linked. `slot` was found under `g`.
     fn link_copy(
         &self,
         g: &EpochGuard<'_>,
+        slot: &mut EntrySlot<'_>,
         hash: KeyHash,
-        seen: HashBucketEntry,
         key: &Encoded,
         value: &[u8],
         source: Address,
@@ -160,14 +169,7 @@ impl<D: Disk> Engine<D> {
         let Some(cache) = &self.read_cache else {
             return false;
         };
-        let Ok(Some(mut slot)) = self.index.find_entry(g, hash) else {
-            return false;
-        };
-        if slot.entry != seen {
-            cache.counters.skipped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        let Ok(next) = self.log_head(&slot) else {
+        let Ok(next) = self.log_head(slot) else {
             return false;
         };
         let Some(copy) = cache.insert(g, key.bytes(), value, hash, source, next) else {

@@ -55,14 +55,14 @@ impl<D: Disk> Engine<D> {
         let (step, _) = self.retry(g, &mut None, |g, _| {
             // Before the entry: see `DiskWalk`.
             let begin = self.hlog.begin();
-            let Some(entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
+            let Some(mut entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
                 return Ok(ReadStep::NotFound);
             };
             let chain = self.chain(&entry)?;
             if let Some(copy) = &chain.cached {
                 if let Some(found) = self.read_copy(copy, key, begin, out) {
                     if found {
-                        self.refresh_copy(g, hash, entry.entry, copy, key, out.bytes());
+                        self.refresh_copy(g, &mut entry, copy, key, out.bytes());
                         return Ok(ReadStep::Found);
                     }
                     return Ok(ReadStep::NotFound);
