@@ -179,7 +179,7 @@ pub(crate) fn delete_ctx<C: DeleteContext, D: Disk>(
     let key = Encoded::new(ctx.key())?;
     let g = engine.protect()?;
     let hash = engine.hasher.of_context(&key, ctx.key_hash());
-    let (status, version) = engine.delete(&g, &key, hash)?;
+    let (status, version) = engine.delete(&g, &key, hash, false)?;
     on_commit(version);
     Ok(status)
 }

@@ -198,11 +198,14 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
         };
         match step {
             ReadStep::Found => finish_read(ctx, Ok(true), &buf),
-            ReadStep::NotFound => finish_read(ctx, Ok(false), &buf),
+            ReadStep::NotFound | ReadStep::Deleted => finish_read(ctx, Ok(false), &buf),
             ReadStep::Disk(address) => {
                 self.start_pending(Pending {
                     op: Box::pin(async move {
-                        let found = engine.read_pending(&key, hash, address, &mut buf).await;
+                        let found = engine
+                            .read_pending(&key, hash, address, &mut buf)
+                            .await
+                            .map(|f| f.live());
                         let _ = finish_read(ctx, found, &buf);
                     }),
                     update: None,

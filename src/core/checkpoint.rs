@@ -189,6 +189,7 @@ pub const SNAPSHOT_DATA: &str = "snapshot.dat";
 pub const SET_ASIDE: &str = "set-aside";
 const KIND_INDEX: u32 = 1;
 const KIND_LOG: u32 = 2;
+const KIND_ATTACHED: u32 = 3;
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint {
@@ -372,6 +373,27 @@ impl CheckpointDir {
     pub fn read_index_meta(&self, token: Token) -> Result<IndexMeta> {
         let path = self.dir(token).join(INDEX_META);
         decode_meta(&path, KIND_INDEX, &read_file(&path)?)
+    }
+
+    /// Writes `bytes` as file `name` of checkpoint `token`, atomically and framed like the
+    /// metadata files (format, kind, checksum): what another part of the store (R2Kv's cold
+    /// tier) records with this checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the write fails.
+    pub fn write_attached(&self, token: Token, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.dir(token).join(name);
+        write_atomic(&path, &encode_meta(KIND_ATTACHED, &bytes)?)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Reads and checks the file `name` that [`CheckpointDir::write_attached`] wrote.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] naming the file if it is missing, truncated, corrupt or foreign.
+    pub fn read_attached(&self, token: Token, name: &str) -> Result<Vec<u8>> {
+        let path = self.dir(token).join(name);
+        decode_meta(&path, KIND_ATTACHED, &read_file(&path)?)
     }
 
     /// Reads and checks `log.meta` of `token`.

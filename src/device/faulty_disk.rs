@@ -77,6 +77,16 @@ impl ReadFlight {
     }
 }
 
+/// A sub-device of the inner device, without faults (the faults stay on this one).
+impl<D: super::SubDevice> super::SubDevice for FaultyDisk<D> {
+    fn sub_device(&self, name: &str) -> crate::core::status::Result<Self> {
+        self.inner.sub_device(name).map(FaultyDisk::new)
+    }
+    fn remove_sub_device(&self, name: &str) -> crate::core::status::Result<()> {
+        self.inner.remove_sub_device(name)
+    }
+}
+
 impl<D: Disk> FaultyDisk<D> {
     /// Wraps `inner`, initially without any faults.
     pub fn new(inner: D) -> Self {

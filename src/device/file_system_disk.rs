@@ -189,6 +189,24 @@ pub struct FileSystemDisk {
     /// A segment file was created since the directory was last synced.
     dir_dirty: AtomicBool,
     flush_lock: Mutex<()>,
+    /// What it was opened with: sub-devices open with the same.
+    options: DiskOptions,
+}
+
+/// A sub-device is a subdirectory, opened with the same options.
+impl super::SubDevice for FileSystemDisk {
+    fn sub_device(&self, name: &str) -> Result<Self> {
+        Self::with_options(self.dir.join(name), self.options.clone())
+    }
+
+    fn remove_sub_device(&self, name: &str) -> Result<()> {
+        let path = self.dir.join(name);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Path { path, source }),
+        }
+    }
 }
 
 impl fmt::Debug for FileSystemDisk {
@@ -218,6 +236,7 @@ impl FileSystemDisk {
     ///   or the I/O threads cannot be started.
     pub fn with_options(dir: impl AsRef<Path>, options: DiskOptions) -> Result<Self> {
         options.validate()?;
+        let kept = options.clone();
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| Error::Path {
             path: dir.clone(),
@@ -261,6 +280,7 @@ impl FileSystemDisk {
             begin: AtomicU64::new(0),
             dir_dirty: AtomicBool::new(false),
             flush_lock: Mutex::new(()),
+            options: kept,
         })
     }
 

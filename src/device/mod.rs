@@ -95,6 +95,32 @@ pub trait Disk: Send + Sync + 'static {
     }
 }
 
+/// A device that opens devices of its own kind for the other logs of one store: R2Kv keeps
+/// its cold log and its cold index's store in sub-devices of the device it is given.
+pub trait SubDevice: Disk + Sized {
+    /// The sub-device `name` (a plain name, no path separators), created if needed; opening it
+    /// again later finds what was written to it.
+    ///
+    /// # Errors
+    /// As the device's constructor.
+    fn sub_device(&self, name: &str) -> crate::core::status::Result<Self>;
+
+    /// Removes the sub-device `name` and everything in it (nothing if it does not exist).
+    ///
+    /// # Errors
+    /// The error of removing it.
+    fn remove_sub_device(&self, name: &str) -> crate::core::status::Result<()>;
+}
+
+impl<D: SubDevice> SubDevice for std::sync::Arc<D> {
+    fn sub_device(&self, name: &str) -> crate::core::status::Result<Self> {
+        (**self).sub_device(name).map(std::sync::Arc::new)
+    }
+    fn remove_sub_device(&self, name: &str) -> crate::core::status::Result<()> {
+        (**self).remove_sub_device(name)
+    }
+}
+
 impl<D: Disk + ?Sized> Disk for std::sync::Arc<D> {
     fn alignment(&self) -> usize {
         (**self).alignment()

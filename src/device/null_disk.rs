@@ -135,3 +135,13 @@ mod tests {
         assert!(slot.lock().unwrap().take().unwrap().is_err());
     }
 }
+
+/// Keeps nothing, like itself.
+impl super::SubDevice for NullDisk {
+    fn sub_device(&self, _name: &str) -> crate::core::status::Result<Self> {
+        Ok(NullDisk)
+    }
+    fn remove_sub_device(&self, _name: &str) -> crate::core::status::Result<()> {
+        Ok(())
+    }
+}

@@ -19,9 +19,10 @@ use crate::core::address::Address;
 use crate::core::codec::Encoded;
 use crate::core::status::{Error, Result, Status};
 use crate::device::Disk;
+use crate::hlog::HybridLog;
 use crate::index::KeyHash;
 use crate::ops::rmw::{Decision, Latest};
-use crate::ops::scan::for_each_record;
+use crate::ops::scan::{for_each_record, pages_per_read, read_pages};
 use crate::ops::truncate::Truncation;
 use crate::ops::Engine;
 
@@ -91,6 +92,21 @@ impl<D: Disk> Engine<D> {
     /// `safe_head`, or a store whose contexts use a hash it was not told about; device and
     /// corruption errors (nothing is truncated then).
     pub(crate) fn compact(&self, until: Address, threads: usize, pace: Pace) -> Result<Compaction> {
+        self.compact_into(until, threads, pace, self)
+    }
+
+    /// [`Engine::compact`] with the records that may still be newest going to `mover` (R2Kv
+    /// moves them to its cold tier) instead of this log's tail.
+    ///
+    /// # Errors
+    /// As [`Engine::compact`], and the mover's.
+    pub(crate) fn compact_into<M: Mover>(
+        &self,
+        until: Address,
+        threads: usize,
+        pace: Pace,
+        mover: &M,
+    ) -> Result<Compaction> {
         if self.epoch.is_protected_here() {
             return Err(Error::Busy(
                 "compact called from inside an operation of this store; its copies would \
@@ -117,33 +133,8 @@ impl<D: Disk> Engine<D> {
         }
         let span = tracing::info_span!("compact", begin = begin.raw(), until = until.raw());
         let _entered = span.enter();
-        let work = Work {
-            next: AtomicU64::new(geo.page(begin)),
-            end: geo.page(until),
-            begin,
-            failed: AtomicBool::new(false),
-            pace,
-        };
-        let results: Vec<Result<Compaction>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads.max(1))
-                .map(|_| s.spawn(|| self.compact_worker(&work)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        Err(Error::io(
-                            "compacting the log",
-                            std::io::Error::other("a compaction worker panicked"),
-                        ))
-                    })
-                })
-                .collect()
-        });
-        let mut total = Compaction::default();
-        for r in results {
-            total.add(&r?);
-        }
+        let lookups = || self.lookups_in_flight(pace);
+        let mut total = scan_and_move(&self.hlog, begin, until, threads, &lookups, mover)?;
         total.truncation = Some(self.truncate_claimed(until)?);
         let t = &self.retention.totals;
         t.passes.fetch_add(1, Ordering::Relaxed);
@@ -161,65 +152,6 @@ impl<D: Disk> Engine<D> {
         Ok(total)
     }
 
-    fn compact_worker(&self, work: &Work) -> Result<Compaction> {
-        COMPACTING.with(|c| c.set(true));
-        let result = self.compact_chunks(work);
-        if result.is_err() {
-            work.failed.store(true, Ordering::Release);
-        }
-        result
-    }
-
-    fn compact_chunks(&self, work: &Work) -> Result<Compaction> {
-        let geo = self.hlog.geometry();
-        let per_read = self.scan_pages_per_read();
-        let page_size = self.hlog.page_size();
-        let mut c = Compaction::default();
-        loop {
-            if work.failed.load(Ordering::Acquire) {
-                return Ok(c);
-            }
-            let first = work.next.fetch_add(per_read, Ordering::AcqRel);
-            if first >= work.end {
-                return Ok(c);
-            }
-            let count = per_read.min(work.end - first);
-            let buf = self.read_pages(first, count)?;
-            c.scanned_bytes += buf.len() as u64;
-            let mut live = Vec::new();
-            for (k, bytes) in buf.as_slice().chunks_exact(page_size).enumerate() {
-                let page = first + k as u64;
-                for_each_record(geo, page, bytes, work.begin, |address, rec| {
-                    if rec.info().invalid() {
-                        return Ok(());
-                    }
-                    c.records += 1;
-                    if rec.state().tombstone() {
-                        c.tombstones += 1;
-                    } else {
-                        live.push((address, rec.key(), rec.value()));
-                    }
-                    Ok(())
-                })?;
-            }
-            // The lookups of a read's records run together: those whose chain continues on
-            // the device keep their reads in flight at once.
-            let copies = futures_util::stream::iter(
-                live.into_iter()
-                    .map(|(address, key, value)| self.copy_if_newest(key, value, address)),
-            )
-            .buffer_unordered(self.lookups_in_flight(work.pace))
-            .collect::<Vec<_>>();
-            for copied in crate::ops::pending::block_on(copies) {
-                if copied? {
-                    c.copied += 1;
-                } else {
-                    c.superseded += 1;
-                }
-            }
-        }
-    }
-
     /// Conditional inserts to keep in flight for the next read's records.
     fn lookups_in_flight(&self, pace: Pace) -> usize {
         if self.log_bytes() > pace.budget {
@@ -228,10 +160,48 @@ impl<D: Disk> Engine<D> {
             pace.lookups
         }
     }
+}
 
-    /// Appends `key -> value` (logged at `address`) at the tail unless a newer record of the
-    /// key exists. Returns whether it did.
-    async fn copy_if_newest(&self, key: &[u8], value: &[u8], address: Address) -> Result<bool> {
+thread_local! {
+    /// Whether this thread is a compaction worker (never throttled).
+    static COMPACTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a compaction worker.
+pub(crate) fn compacting_here() -> bool {
+    COMPACTING.with(std::cell::Cell::get)
+}
+
+/// Where a pass sends the records it scans that may still be their key's newest.
+pub(crate) trait Mover: Sync {
+    /// Whether tombstones move too (hot to cold: a delete must stay a delete in the tier
+    /// below) or are dropped (within one log every older record of the key lies below them
+    /// and goes with the truncation).
+    const MOVES_TOMBSTONES: bool;
+
+    /// Moves `key -> value` (`None`: a tombstone), logged at `address`, unless a newer record
+    /// of the key exists; returns whether it did.
+    fn move_record(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        address: Address,
+    ) -> impl std::future::Future<Output = Result<bool>> + Send;
+}
+
+/// Within one log: a conditional insert at the tail.
+impl<D: Disk> Mover for Engine<D> {
+    const MOVES_TOMBSTONES: bool = false;
+
+    async fn move_record(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        address: Address,
+    ) -> Result<bool> {
+        let Some(value) = value else {
+            return Ok(false);
+        };
         let hash = KeyHash::new(self.hasher.rehash(key)?);
         let (key, value) = (Encoded::from_bytes(key), Encoded::from_bytes(value));
         let floor = Address::new(address.raw() + 1);
@@ -248,14 +218,116 @@ impl<D: Disk> Engine<D> {
     }
 }
 
-thread_local! {
-    /// Whether this thread is a compaction worker (never throttled).
-    static COMPACTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// Reads `[begin, until)` of `log` (whole pages, all on the device) with `threads` workers and
+/// hands every valid record to `mover`, keeping `lookups()` moves in flight per worker. Moves
+/// nothing itself: the caller truncates once this returned without error.
+///
+/// # Errors
+/// Device and corruption errors, and the mover's (the other workers stop at their next read).
+pub(crate) fn scan_and_move<D: Disk, M: Mover>(
+    log: &HybridLog<D>,
+    begin: Address,
+    until: Address,
+    threads: usize,
+    lookups: &(dyn Fn() -> usize + Sync),
+    mover: &M,
+) -> Result<Compaction> {
+    let geo = log.geometry();
+    let work = Work {
+        next: AtomicU64::new(geo.page(begin)),
+        end: geo.page(until),
+        begin,
+        failed: AtomicBool::new(false),
+    };
+    let results: Vec<Result<Compaction>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    COMPACTING.with(|c| c.set(true));
+                    let result = move_chunks(log, &work, lookups, mover);
+                    if result.is_err() {
+                        work.failed.store(true, Ordering::Release);
+                    }
+                    result
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(Error::io(
+                        "compacting the log",
+                        std::io::Error::other("a compaction worker panicked"),
+                    ))
+                })
+            })
+            .collect()
+    });
+    let mut total = Compaction::default();
+    for r in results {
+        total.add(&r?);
+    }
+    Ok(total)
 }
 
-/// Whether the calling thread is a compaction worker.
-pub(crate) fn compacting_here() -> bool {
-    COMPACTING.with(std::cell::Cell::get)
+/// One worker of [`scan_and_move`]: takes a read's pages at a time until none are left.
+fn move_chunks<D: Disk, M: Mover>(
+    log: &HybridLog<D>,
+    work: &Work,
+    lookups: &(dyn Fn() -> usize + Sync),
+    mover: &M,
+) -> Result<Compaction> {
+    let geo = log.geometry();
+    let per_read = pages_per_read(log);
+    let page_size = log.page_size();
+    let mut c = Compaction::default();
+    loop {
+        if work.failed.load(Ordering::Acquire) {
+            return Ok(c);
+        }
+        let first = work.next.fetch_add(per_read, Ordering::AcqRel);
+        if first >= work.end {
+            return Ok(c);
+        }
+        let count = per_read.min(work.end - first);
+        let buf = read_pages(log, first, count)?;
+        c.scanned_bytes += buf.len() as u64;
+        let mut live = Vec::new();
+        for (k, bytes) in buf.as_slice().chunks_exact(page_size).enumerate() {
+            let page = first + k as u64;
+            for_each_record(geo, page, bytes, work.begin, |address, rec| {
+                if rec.info().invalid() {
+                    return Ok(());
+                }
+                c.records += 1;
+                if rec.state().tombstone() {
+                    c.tombstones += 1;
+                    if M::MOVES_TOMBSTONES {
+                        live.push((address, rec.key(), None));
+                    }
+                } else {
+                    live.push((address, rec.key(), Some(rec.value())));
+                }
+                Ok(())
+            })?;
+        }
+        // The lookups of a read's records run together: those whose chain continues on the
+        // device keep their reads in flight at once.
+        let moves = futures_util::stream::iter(
+            live.into_iter()
+                .map(|(address, key, value)| mover.move_record(key, value, address)),
+        )
+        .buffer_unordered(lookups())
+        .collect::<Vec<_>>();
+        for moved in crate::ops::pending::block_on(moves) {
+            if moved? {
+                c.copied += 1;
+            } else {
+                c.superseded += 1;
+            }
+        }
+    }
 }
 
 /// The pages of one pass, handed out to workers a read at a time.
@@ -264,7 +336,6 @@ struct Work {
     end: u64,
     begin: Address,
     failed: AtomicBool,
-    pace: Pace,
 }
 
 /// Background log compaction: keep the log (from its begin to its tail) within a disk

@@ -12,16 +12,24 @@ use crate::ops::counters::Count;
 use crate::ops::{Engine, Stop};
 
 impl<D: Disk> Engine<D> {
-    /// Deletes `key`. `NotFound` when the index has no entry for it (nothing to delete).
+    /// Deletes `key`. `NotFound` when the index has no entry for it (nothing to delete),
+    /// unless `always`: then a tombstone goes to the tail even for a key this log never held
+    /// (R2Kv's hot tier, where the key may live in the cold one).
     pub(crate) fn delete(
         &self,
         g: &EpochGuard<'_>,
         key: &Encoded,
         hash: KeyHash,
+        always: bool,
     ) -> Result<(Status, u64)> {
         self.counters.bump(Count::Delete);
         self.retry(g, &mut None, |g, ov| {
-            let Some(mut entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
+            let entry = if always {
+                Some(self.entry_for_update(g, hash)?)
+            } else {
+                self.index.find_entry(g, hash).map_err(Stop::from)?
+            };
+            let Some(mut entry) = entry else {
                 return Ok(Status::NotFound);
             };
             let log = self.log_head(&entry)?;

@@ -67,6 +67,27 @@ pub(crate) fn backwards(a: Address, prev: Address) -> Result<Address> {
     Ok(prev)
 }
 
+/// [`Engine::trace`] in any log (R2Kv's cold log too): walks the chain from `from` while
+/// addresses are `>= floor`, which the caller keeps at or above `log`'s head under its
+/// protection.
+#[inline]
+pub(crate) fn trace<'l, D: Disk>(
+    log: &'l HybridLog<D>,
+    from: Address,
+    key: &Encoded,
+    floor: Address,
+) -> Result<(Address, Option<RecordRef<'l>>)> {
+    let mut a = from;
+    while !a.is_invalid() && a >= floor {
+        let rec = log.record(a)?;
+        if rec.key_is(key) {
+            return Ok((a, Some(rec)));
+        }
+        a = backwards(a, rec.info().prev())?;
+    }
+    Ok((a, None))
+}
+
 /// Attempts a nested operation makes without moving the epoch (after lost races, records
 /// locked by other writers) before it fails with [`Error::Busy`]; each after a backoff, mostly a
 /// yield.
@@ -237,15 +258,7 @@ impl<D: Disk> Engine<D> {
         key: &Encoded,
         floor: Address,
     ) -> Result<(Address, Option<RecordRef<'_>>)> {
-        let mut a = from;
-        while !a.is_invalid() && a >= floor {
-            let rec = self.hlog.record(a)?;
-            if rec.key_is(key) {
-                return Ok((a, Some(rec)));
-            }
-            a = backwards(a, rec.info().prev())?;
-        }
-        Ok((a, None))
+        trace(&self.hlog, from, key, floor)
     }
 
     /// Writes a new record at the tail, chained to `prev`. Not yet published.

@@ -28,14 +28,38 @@ use crate::core::codec::Encoded;
 use crate::core::record::ValueBuf;
 use crate::core::status::{Error, Result, Status};
 use crate::device::Disk;
-use crate::hlog::{ChainStep, RecordBytes};
+use crate::hlog::{ChainStep, HybridLog, RecordBytes};
 use crate::index::hash_bucket::HashBucketEntry;
 use crate::index::KeyHash;
 use crate::ops::counters::Count;
 use crate::ops::cpr::book::PendingUpdate;
-use crate::ops::read::{follow_other_keys, DiskWalk, ReadStep};
+use crate::ops::read::{follow_other_keys, DiskWalk, Found, ReadStep};
 use crate::ops::rmw::{Decision, DiskTrace, Latest, UpdateStep};
 use crate::ops::Engine;
+
+/// [`Engine::fetch_chain`] in any log (R2Kv's cold log too).
+pub(crate) async fn fetch_chain<D: Disk>(
+    log: &HybridLog<D>,
+    address: Address,
+    follow: Option<ChainStep>,
+) -> (Address, Result<RecordBytes>) {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    log.read_chain_async(
+        address,
+        follow,
+        Box::new(move |at, r| {
+            let _ = tx.send((at, r));
+        }),
+    );
+    let (at, read) = rx.await.unwrap_or_else(|_| {
+        let e = std::io::Error::other("device dropped the read callback");
+        (address, Err(Error::io("waiting for a device read", e)))
+    });
+    if let Err(e) = &read {
+        tracing::warn!(address = at.raw(), error = %e, "device read failed");
+    }
+    (at, read)
+}
 
 impl<D: Disk> Engine<D> {
     /// Reads the record at `address` from the device.
@@ -52,22 +76,7 @@ impl<D: Disk> Engine<D> {
         address: Address,
         follow: Option<ChainStep>,
     ) -> (Address, Result<RecordBytes>) {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        self.hlog.read_chain_async(
-            address,
-            follow,
-            Box::new(move |at, r| {
-                let _ = tx.send((at, r));
-            }),
-        );
-        let (at, read) = rx.await.unwrap_or_else(|_| {
-            let e = std::io::Error::other("device dropped the read callback");
-            (address, Err(Error::io("waiting for a device read", e)))
-        });
-        if let Err(e) = &read {
-            tracing::warn!(address = at.raw(), error = %e, "device read failed");
-        }
-        (at, read)
+        fetch_chain(&self.hlog, address, follow).await
     }
 
     /// Continues a read on disk until it resolves. A walk whose next record was truncated
@@ -79,7 +88,7 @@ impl<D: Disk> Engine<D> {
         hash: KeyHash,
         mut walk: DiskWalk,
         out: &mut ValueBuf,
-    ) -> Result<bool> {
+    ) -> Result<Found> {
         loop {
             if walk.at >= self.hlog.begin() {
                 // Records of other keys are skipped inside the device callbacks; the record
@@ -96,11 +105,15 @@ impl<D: Disk> Engine<D> {
                         } else if self.copy_reads {
                             self.copy_read_to_tail(key, hash, walk.at, out.bytes());
                         }
-                        return Ok(true);
+                        return Ok(Found::Live);
                     }
                     Ok(ReadStep::NotFound) => {
                         self.counters.bump(Count::ReadNotFound);
-                        return Ok(false);
+                        return Ok(Found::Absent);
+                    }
+                    Ok(ReadStep::Deleted) => {
+                        self.counters.bump(Count::ReadNotFound);
+                        return Ok(Found::Deleted);
                     }
                     Ok(ReadStep::Disk(next)) => {
                         walk = next;
@@ -112,9 +125,8 @@ impl<D: Disk> Engine<D> {
             }
             let g = self.protect()?;
             match self.read_mem(&g, key, hash, out)? {
-                ReadStep::Found => return Ok(true),
-                ReadStep::NotFound => return Ok(false),
                 ReadStep::Disk(w) => walk = w,
+                done => return Ok(done.found()),
             }
         }
     }
@@ -145,15 +157,14 @@ impl<D: Disk> Engine<D> {
         key: &Encoded,
         hash: KeyHash,
         out: &mut ValueBuf,
-    ) -> Result<bool> {
+    ) -> Result<Found> {
         let step = {
             let g = self.protect()?;
             self.read_mem(&g, key, hash, out)?
         };
         match step {
-            ReadStep::Found => Ok(true),
-            ReadStep::NotFound => Ok(false),
             ReadStep::Disk(w) => self.read_pending(key, hash, w, out).await,
+            done => Ok(done.found()),
         }
     }
 
@@ -163,15 +174,14 @@ impl<D: Disk> Engine<D> {
         key: &Encoded,
         hash: KeyHash,
         out: &mut ValueBuf,
-    ) -> Result<bool> {
+    ) -> Result<Found> {
         let step = {
             let g = self.protect()?;
             self.read_mem(&g, key, hash, out)?
         };
         match step {
-            ReadStep::Found => Ok(true),
-            ReadStep::NotFound => Ok(false),
             ReadStep::Disk(w) => block_on(self.read_pending(key, hash, w, out)),
+            done => Ok(done.found()),
         }
     }
 

@@ -14,12 +14,33 @@ use crate::index::{HashIndex, KeyHash};
 use crate::ops::counters::Count;
 use crate::ops::{Engine, Stop};
 
+/// What a finished read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// A live value (in the caller's buffer).
+    Live,
+    /// The newest record is a deletion.
+    Deleted,
+    /// No record of the key.
+    Absent,
+}
+
+impl Found {
+    /// Whether a value was found.
+    pub(crate) fn live(self) -> bool {
+        self == Found::Live
+    }
+}
+
 /// Where a read stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadStep {
     /// The value is in the buffer.
     Found,
-    /// No live value.
+    /// The key's newest record is a deletion (R2Kv stops there instead of asking the cold
+    /// tier).
+    Deleted,
+    /// The key has no record.
     NotFound,
     /// Continue on disk.
     Disk(DiskWalk),
@@ -41,6 +62,17 @@ pub struct DiskWalk {
     /// The index entry as the walk found it (a read-cache copy of what it finds replaces
     /// exactly this entry: `hlog::read_cache`, invariant 1).
     pub seen: HashBucketEntry,
+}
+
+impl ReadStep {
+    /// What a read that stopped here found (`Disk`: not finished, reads as absent).
+    pub(crate) fn found(self) -> Found {
+        match self {
+            ReadStep::Found => Found::Live,
+            ReadStep::Deleted => Found::Deleted,
+            ReadStep::NotFound | ReadStep::Disk(_) => Found::Absent,
+        }
+    }
 }
 
 impl<D: Disk> Engine<D> {
@@ -65,7 +97,7 @@ impl<D: Disk> Engine<D> {
                         self.refresh_copy(g, &mut entry, copy, key, out.bytes());
                         return Ok(ReadStep::Found);
                     }
-                    return Ok(ReadStep::NotFound);
+                    return Ok(ReadStep::Deleted);
                 }
             }
             let head = self.hlog.head();
@@ -73,7 +105,7 @@ impl<D: Disk> Engine<D> {
             if let Some(rec) = rec {
                 return Ok(match rec.read_value(out) {
                     ValueRead::Live => ReadStep::Found,
-                    ValueRead::Tombstone => ReadStep::NotFound,
+                    ValueRead::Tombstone => ReadStep::Deleted,
                 });
             }
             Ok(if !a.is_invalid() && a >= begin {
@@ -88,7 +120,7 @@ impl<D: Disk> Engine<D> {
         })?;
         self.counters.bump(match step {
             ReadStep::Found => Count::ReadInMemory,
-            ReadStep::NotFound => Count::ReadNotFound,
+            ReadStep::NotFound | ReadStep::Deleted => Count::ReadNotFound,
             ReadStep::Disk(_) => Count::Pending,
         });
         Ok(step)
@@ -102,47 +134,47 @@ impl<D: Disk> Engine<D> {
         bytes: &RecordBytes,
         out: &mut ValueBuf,
     ) -> Result<ReadStep> {
-        match self.disk_match(key, walk.at, bytes, walk.begin)? {
+        match disk_match(key, walk.at, bytes, walk.begin)? {
             DiskMatch::Value(v) => {
                 out.fill_from_bytes(v);
                 Ok(ReadStep::Found)
             }
-            DiskMatch::Tombstone | DiskMatch::End => Ok(ReadStep::NotFound),
+            DiskMatch::Tombstone => Ok(ReadStep::Deleted),
+            DiskMatch::End => Ok(ReadStep::NotFound),
             DiskMatch::Next(prev) => Ok(ReadStep::Disk(DiskWalk { at: prev, ..walk })),
         }
     }
+}
 
-    /// Checks a fetched record against `key`; the chain ends below `begin`.
-    pub(crate) fn disk_match<'b>(
-        &self,
-        key: &Encoded,
-        address: Address,
-        bytes: &'b RecordBytes,
-        begin: Address,
-    ) -> Result<DiskMatch<'b>> {
-        let rec = bytes.record(address)?;
-        let info = rec.info();
-        if !info.invalid() && rec.key() == key.bytes() {
-            let state = rec.state();
-            return Ok(if state.tombstone() {
-                DiskMatch::Tombstone
-            } else {
-                DiskMatch::Value(rec.value())
-            });
-        }
-        let prev = crate::ops::engine::backwards(address, info.prev())?;
-        Ok(if !prev.is_invalid() && prev >= begin {
-            DiskMatch::Next(prev)
+/// Checks a fetched record against `key`; the chain ends below `begin`.
+pub(crate) fn disk_match<'b>(
+    key: &Encoded,
+    address: Address,
+    bytes: &'b RecordBytes,
+    begin: Address,
+) -> Result<DiskMatch<'b>> {
+    let rec = bytes.record(address)?;
+    let info = rec.info();
+    if !info.invalid() && rec.key() == key.bytes() {
+        let state = rec.state();
+        return Ok(if state.tombstone() {
+            DiskMatch::Tombstone
         } else {
-            DiskMatch::End
-        })
+            DiskMatch::Value(rec.value())
+        });
     }
+    let prev = crate::ops::engine::backwards(address, info.prev())?;
+    Ok(if !prev.is_invalid() && prev >= begin {
+        DiskMatch::Next(prev)
+    } else {
+        DiskMatch::End
+    })
 }
 
 /// The part of a disk walk for `key` that runs inside device completion callbacks
 /// (`HybridLog::read_chain_async`): a record that verifies and is another key's (or an invalid
 /// one) is skipped to its predecessor, if that is a valid address at or above `floor`. This is
-/// exactly the `Next` case of [`Engine::disk_match`] with `floor` as its `begin` (for a read,
+/// exactly the `Next` case of [`disk_match`] with `floor` as its `begin` (for a read,
 /// the `begin` of its [`DiskWalk`]; an update passes its floor, and the log adds the current
 /// `begin` for both). Everything else (the key's record, the end of the chain, a record that
 /// does not verify, a predecessor below the current `begin`) goes back to the operation,

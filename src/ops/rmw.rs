@@ -173,7 +173,7 @@ impl<D: Disk> Engine<D> {
         // The current begin: an update decides "absent" by its CAS on the entry it saw (a
         // truncation past a live record swung that entry first), not by where the chain ends.
         Ok(
-            match self.disk_match(key, address, bytes, self.hlog.begin())? {
+            match crate::ops::read::disk_match(key, address, bytes, self.hlog.begin())? {
                 DiskMatch::Value(v) => DiskTrace::Found(Some(v.to_vec())),
                 DiskMatch::Tombstone => DiskTrace::Found(None),
                 DiskMatch::Next(prev) if prev >= floor => DiskTrace::Next(prev),

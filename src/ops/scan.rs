@@ -9,6 +9,7 @@ use crate::core::codec::Encoded;
 use crate::core::record::{first_record_offset, DiskRecord, HEADER_BYTES};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
+use crate::hlog::HybridLog;
 use crate::index::{HashIndex, KeyHash};
 use crate::ops::engine::backwards;
 use crate::ops::Engine;
@@ -20,21 +21,38 @@ pub(crate) const SCAN_READ: usize = 4 << 20;
 impl<D: Disk> Engine<D> {
     /// Pages one scan read covers.
     pub(crate) fn scan_pages_per_read(&self) -> u64 {
-        (SCAN_READ / self.hlog.page_size()).max(1) as u64
+        pages_per_read(&self.hlog)
     }
 
-    /// Reads pages `first..first + count` from the device in one request. Every one of them
-    /// must be below `safe_head` (flushed, and read nowhere in memory).
+    /// Reads pages `first..first + count` from the device in one request ([`read_pages`]).
     ///
     /// # Errors
     /// Device errors.
     pub(crate) fn read_pages(&self, first: u64, count: u64) -> Result<AlignedBuf> {
-        let geo = self.hlog.geometry();
-        self.hlog.read_sync(
-            geo.page_start(first).raw(),
-            count as usize * self.hlog.page_size(),
-        )
+        read_pages(&self.hlog, first, count)
     }
+}
+
+/// Pages one scan read of `log` covers.
+pub(crate) fn pages_per_read<D: Disk>(log: &HybridLog<D>) -> u64 {
+    (SCAN_READ / log.page_size()).max(1) as u64
+}
+
+/// Reads pages `first..first + count` of `log` from the device in one request. Every one of
+/// them must be below `safe_head` (flushed, and read nowhere in memory).
+///
+/// # Errors
+/// Device errors.
+pub(crate) fn read_pages<D: Disk>(
+    log: &HybridLog<D>,
+    first: u64,
+    count: u64,
+) -> Result<AlignedBuf> {
+    let geo = log.geometry();
+    log.read_sync(
+        geo.page_start(first).raw(),
+        count as usize * log.page_size(),
+    )
 }
 
 /// Calls `f` with every record of `page` (its bytes `bytes`) that starts at or above `from`, in

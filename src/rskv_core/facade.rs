@@ -61,11 +61,15 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     fn read_ctx<C: ReadContext<Key = K, Value = V>>(&self, ctx: &mut C) -> Result<Status> {
         let key = Encoded::new(ctx.key())?;
         let mut buf = ValueBuf::default();
-        if self.engine.read_blocking(
-            &key,
-            self.engine.hasher.of_context(&key, ctx.key_hash()),
-            &mut buf,
-        )? {
+        if self
+            .engine
+            .read_blocking(
+                &key,
+                self.engine.hasher.of_context(&key, ctx.key_hash()),
+                &mut buf,
+            )?
+            .live()
+        {
             ctx.get(&decode(buf.bytes())?);
             Ok(Status::Ok)
         } else {
@@ -157,6 +161,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let (key, hash) = encode_key(key)?;
         self.engine
             .read_blocking(&key, hash, &mut ValueBuf::default())
+            .map(|f| f.live())
     }
 
     /// [`RsKv::get`] through the general path.
@@ -164,7 +169,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     fn get_general(&self, key: &K) -> Result<Option<V>> {
         let (key, hash) = encode_key(key)?;
         let mut buf = ValueBuf::default();
-        if self.engine.read_blocking(&key, hash, &mut buf)? {
+        if self.engine.read_blocking(&key, hash, &mut buf)?.live() {
             Ok(Some(decode(buf.bytes())?))
         } else {
             Ok(None)
@@ -276,7 +281,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     pub fn remove(&self, key: &K) -> Result<()> {
         let (key, hash) = encode_key(key)?;
         let g = self.engine.protect()?;
-        self.engine.delete(&g, &key, hash).map(|_| ())
+        self.engine.delete(&g, &key, hash, false).map(|_| ())
     }
 
     /// Writes `key = value` only if no record of `key` exists at or above log address `floor`
@@ -352,7 +357,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             for (j, (key, hash)) in chunk.iter().enumerate() {
                 out.push(match self.engine.read_mem(&g, key, *hash, &mut buf)? {
                     ReadStep::Found => Some(decode(buf.bytes())?),
-                    ReadStep::NotFound => None,
+                    ReadStep::NotFound | ReadStep::Deleted => None,
                     ReadStep::Disk(a) => {
                         on_disk.push((c * BATCH + j, a));
                         None
@@ -367,7 +372,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             async move {
                 let mut buf = ValueBuf::default();
                 let found = self.engine.read_pending(key, hash, a, &mut buf).await?;
-                Ok::<_, Error>((i, found.then_some(buf)))
+                Ok::<_, Error>((i, found.live().then_some(buf)))
             }
         });
         for done in crate::ops::pending::block_on(futures_util::future::join_all(reads)) {
@@ -494,7 +499,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     pub async fn get_async(&self, key: &K) -> Result<Option<V>> {
         let (key, hash) = encode_key(key)?;
         let mut buf = ValueBuf::default();
-        if self.engine.read_async(&key, hash, &mut buf).await? {
+        if self.engine.read_async(&key, hash, &mut buf).await?.live() {
             Ok(Some(decode(buf.bytes())?))
         } else {
             Ok(None)

@@ -33,6 +33,20 @@ pub(crate) struct Cpr {
     pub(super) next_token: StdAtomicU64,
     /// Commit points of the sessions of the checkpoint this store was recovered from.
     pub(super) recovered: Mutex<HashMap<u64, CommitPoint>>,
+    /// What the next checkpoint records beside its own files (R2Kv's cold tier).
+    pub(crate) attachment: Mutex<Attachment>,
+}
+
+/// A file a checkpoint writes before its `log.meta` on behalf of its owner: R2Kv checkpoints
+/// its cold tier first, then hands its state here, so that the hot tier's checkpoint is only
+/// complete with it (one token for both).
+#[derive(Debug, Default)]
+pub(crate) struct Attachment {
+    /// Every checkpoint must carry one: the store is a tier of an R2Kv, whose checkpoint is
+    /// the only one that prepares it.
+    pub(crate) required: bool,
+    /// The next checkpoint's file: its name and contents.
+    pub(crate) next: Option<(&'static str, Vec<u8>)>,
 }
 
 impl Default for Cpr {
@@ -46,6 +60,7 @@ impl Default for Cpr {
             next_session: StdAtomicU64::new(1),
             next_token: StdAtomicU64::new(0),
             recovered: Mutex::new(HashMap::new()),
+            attachment: Mutex::new(Attachment::default()),
         }
     }
 }

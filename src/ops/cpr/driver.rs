@@ -143,6 +143,20 @@ impl<D: Disk> Engine<D> {
             return Err(Error::Busy("the index is growing"));
         }
         self.hlog.check_poison()?;
+        {
+            let a = self
+                .cpr
+                .attachment
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if a.required && a.next.is_none() {
+                return Err(Error::Config {
+                    field: "checkpoint",
+                    reason: "this store is a tier of an R2Kv: checkpoint it with R2Kv::checkpoint"
+                        .into(),
+                });
+            }
+        }
         let token = self.next_token(&dir)?;
         dir.create(token)?;
         std::mem::forget(claim); // released by run_started
@@ -295,6 +309,16 @@ impl<D: Disk> Engine<D> {
             next_session_id,
             types: self.types.clone(),
         };
+        let attached = self
+            .cpr
+            .attachment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next
+            .take();
+        if let Some((name, bytes)) = attached {
+            dir.write_attached(token, name, &bytes)?;
+        }
         dir.write_log_meta(token, &meta)?;
         self.set_system_state(SystemState {
             phase: Phase::Rest,
