@@ -25,7 +25,8 @@
 //! and [`Status`], sessions, checkpoints, and the devices ([`device`]: `FileSystemDisk`,
 //! `NullDisk`, `FaultyDisk` for tests). The engine (epoch, index, hybrid log, operations) is
 //! internal; `core::light_epoch`, `core::alloc` and `index` are public only for the loom model,
-//! the benchmark's memory probe and the compile-fail examples of the index's guard rule, and
+//! the benchmark's memory probe, the compile-fail examples of the index's guard rule and the
+//! cold index's tests (`tests/cold_index.rs`; R2Kv will use it from inside the crate), and
 //! hidden from the docs.
 
 pub(crate) mod config;

@@ -100,6 +100,32 @@ impl Encoded {
         e
     }
 
+    /// `len` zero bytes (a fixed-size value built in place, as the cold index's chunks are).
+    #[must_use]
+    pub(crate) fn zeroed(len: usize) -> Self {
+        Encoded {
+            inline: [0; INLINE_WORDS],
+            heap: if len <= INLINE_WORDS * 8 {
+                Vec::new()
+            } else {
+                vec![0u64; len.div_ceil(8)]
+            },
+            len,
+        }
+    }
+
+    /// The encoding's bytes, to change in place (its length stays).
+    #[must_use]
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        let n = self.len.div_ceil(8);
+        let words = if self.heap.is_empty() {
+            &mut self.inline[..n]
+        } else {
+            &mut self.heap[..n]
+        };
+        &mut bytemuck::cast_slice_mut::<u64, u8>(words)[..self.len]
+    }
+
     /// Encodes `v` through serde.
     fn with_serde<T: Serialize + ?Sized>(v: &T) -> Result<Self> {
         let mut e = Encoded {

@@ -1,5 +1,8 @@
-//! What every index of RsKv provides: the in-memory [`MemIndex`](super::mem_index::MemIndex)
-//! now, the cold index of R2Kv later.
+//! What the indexes of RsKv provide: [`HashIndex`], the in-memory
+//! [`MemIndex`](super::mem_index::MemIndex) whose entries are words the caller swings under its
+//! epoch protection, and [`ChainIndex`], R2Kv's cold index
+//! ([`ColdIndex`](super::cold_index::ColdIndex)) whose entries may be on the device (why two
+//! traits: [`ChainIndex`]'s docs).
 #![forbid(unsafe_code)]
 
 use crate::core::address::Address;
@@ -198,4 +201,61 @@ pub trait HashIndex: Send + Sync {
         g: &'g G,
         hash: KeyHash,
     ) -> Result<EntrySlot<'g>, IndexBusy>;
+}
+
+/// An index that maps a key hash to the address of its chain's newest record and may have to
+/// read the device to do so: R2Kv's cold index
+/// ([`ColdIndex`](crate::index::cold_index::ColdIndex)), whose entries live in chunks that are
+/// records of a store of their own. The cold store reads a chain's head with
+/// [`ChainIndex::get`] and puts a new record in front of it with [`ChainIndex::try_update`], a
+/// compare-and-swap of the entry by value.
+///
+/// # Why this is not [`HashIndex`]
+/// A [`HashIndex`] lookup returns at once an [`EntrySlot`]: a reference to the entry's word in
+/// a table in memory, borrowed from the caller's epoch protection, that the caller swings with
+/// its own CAS while still protected. That fits an index whose entries are words in memory.
+/// Here an entry may first have to be read from the device, and no epoch protection may be held
+/// across a device wait (a thread waiting for the disk would hold back flushing, eviction and
+/// checkpoints; `EpochGuard` is not `Send`, so no async operation could hold one anyway). There
+/// is no stable word to lend either: a chunk's newest version moves to a new record on every
+/// copy-update. So this trait hands out values, not slots, and the compare-and-swap is an
+/// operation of the index (an RMW of the chunk that compares inside its decision), with a
+/// blocking and an async form each. A single trait over both would have to make the in-memory
+/// index pay for futures and by-value CAS on its hot path, or give the cold index slots it
+/// cannot keep.
+pub trait ChainIndex: Send + Sync {
+    /// The address the entry for `hash` holds ([`Address::INVALID`] when empty); blocks while
+    /// the device reads.
+    ///
+    /// # Errors
+    /// Device and corruption errors.
+    fn get(&self, hash: KeyHash) -> crate::core::status::Result<Address>;
+
+    /// [`ChainIndex::get`] as a `Send` future that holds no epoch protection while it waits.
+    fn get_async(
+        &self,
+        hash: KeyHash,
+    ) -> impl std::future::Future<Output = crate::core::status::Result<Address>> + Send;
+
+    /// Sets the entry for `hash` to `new` if it holds `expected`: `Ok(Ok(()))` if it did,
+    /// `Ok(Err(actual))` if it held `actual` (nothing is then written). Blocks while the device
+    /// reads.
+    ///
+    /// # Errors
+    /// Device errors, a store poisoned by a failed write, corruption.
+    fn try_update(
+        &self,
+        hash: KeyHash,
+        expected: Address,
+        new: Address,
+    ) -> crate::core::status::Result<Result<(), Address>>;
+
+    /// [`ChainIndex::try_update`] as a `Send` future that holds no epoch protection while it
+    /// waits.
+    fn try_update_async(
+        &self,
+        hash: KeyHash,
+        expected: Address,
+        new: Address,
+    ) -> impl std::future::Future<Output = crate::core::status::Result<Result<(), Address>>> + Send;
 }

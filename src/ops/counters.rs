@@ -36,8 +36,46 @@ pub(crate) enum Count {
 const KINDS: usize = 7;
 
 /// Per-thread operation counters of one store.
+#[derive(Default)]
 pub(crate) struct Counters {
-    slots: Box<[CachePadded<[AtomicU64; KINDS]>]>,
+    table: PerThread<KINDS>,
+}
+
+/// `N` counters per thread slot, one cache line per slot, written only by the slot's thread
+/// (see the module docs). [`Counters`] is the engine's; other parts count their own events
+/// with one (the cold index's lookups and updates).
+pub(crate) struct PerThread<const N: usize> {
+    slots: Box<[CachePadded<[AtomicU64; N]>]>,
+}
+
+impl<const N: usize> Default for PerThread<N> {
+    fn default() -> Self {
+        Self {
+            slots: (0..MAX_THREADS)
+                .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+}
+
+impl<const N: usize> PerThread<N> {
+    /// Counts one event `i` (< `N`) for the calling thread (which has a slot once it protected
+    /// itself in any store; a thread without one is not counted).
+    #[inline(always)]
+    pub(crate) fn bump(&self, i: usize) {
+        if let Some(line) = cached_slot().and_then(|s| self.slots.get(s)) {
+            let c = &line[i];
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The total of counter `i` over every thread.
+    pub(crate) fn total(&self, i: usize) -> u64 {
+        self.slots
+            .iter()
+            .map(|line| line[i].load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// Operation counts since the store was opened (recovery starts from zero).
@@ -68,35 +106,17 @@ impl OpStats {
     }
 }
 
-impl Default for Counters {
-    fn default() -> Self {
-        Self {
-            slots: (0..MAX_THREADS)
-                .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
-        }
-    }
-}
-
 impl Counters {
     /// Counts one `what` for the calling thread (which has a slot once it protected itself;
     /// a thread without one is not counted).
     #[inline(always)]
     pub(crate) fn bump(&self, what: Count) {
-        if let Some(line) = cached_slot().and_then(|s| self.slots.get(s)) {
-            let c = &line[what as usize];
-            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        }
+        self.table.bump(what as usize);
     }
 
     /// The totals over every thread.
     pub(crate) fn totals(&self) -> OpStats {
-        let sum = |what: Count| {
-            self.slots
-                .iter()
-                .map(|line| line[what as usize].load(Ordering::Relaxed))
-                .sum()
-        };
+        let sum = |what: Count| self.table.total(what as usize);
         OpStats {
             reads_in_memory: sum(Count::ReadInMemory),
             reads_on_disk: sum(Count::ReadOnDisk),
