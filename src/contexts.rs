@@ -170,16 +170,18 @@ pub(crate) fn upsert_ctx<C: UpsertContext, D: Disk>(
     Ok(())
 }
 
-/// Deletes; `on_commit` runs with the version, still epoch protected.
+/// Deletes (`always`: see [`Engine::delete`]); `on_commit` runs with the version, still epoch
+/// protected.
 pub(crate) fn delete_ctx<C: DeleteContext, D: Disk>(
     engine: &Engine<D>,
     ctx: &C,
+    always: bool,
     on_commit: &mut dyn FnMut(u64),
 ) -> Result<Status> {
     let key = Encoded::new(ctx.key())?;
     let g = engine.protect()?;
     let hash = engine.hasher.of_context(&key, ctx.key_hash());
-    let (status, version) = engine.delete(&g, &key, hash, false)?;
+    let (status, version) = engine.delete(&g, &key, hash, always)?;
     on_commit(version);
     Ok(status)
 }

@@ -39,6 +39,7 @@ pub(crate) mod hlog;
 pub mod index;
 pub(crate) mod maintenance;
 pub(crate) mod ops;
+pub mod r2;
 pub mod rskv_core;
 pub(crate) mod session;
 pub(crate) mod sync;
@@ -53,10 +54,12 @@ pub use crate::device::null_disk::NullDisk;
 pub use crate::device::Disk;
 pub use crate::hlog::read_cache::ReadCacheStats;
 pub use crate::hlog::LogMarkers;
+pub use crate::index::cold_index::{ColdIndexConfig, ColdIndexStats};
 pub use crate::ops::compact::{Compaction, LogCompaction};
 pub use crate::ops::counters::OpStats;
 pub use crate::ops::recover::RecoveryInfo;
 pub use crate::ops::truncate::{CompactionTotals, Truncation};
+pub use crate::r2::{PassTotals, R2Config, R2Kv, R2Stats};
 pub use crate::rskv_core::{
     hash_key, CheckpointHandle, DeleteContext, Iter, ReadContext, RmwContext, RsKv, Stats,
     UpsertContext,

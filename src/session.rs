@@ -161,7 +161,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     pub fn delete<C: DeleteContext<Key = K, Value = V>>(&mut self, ctx: C) -> Result<Status> {
         let serial = self.next_serial().0;
         let (book, version) = (&self.book, &mut self.version);
-        let r = delete_ctx(self.engine, &ctx, &mut |v| {
+        let r = delete_ctx(self.engine, &ctx, false, &mut |v| {
             book.finished(serial, version, v)
         });
         completed(r, |r| ctx.complete(r))

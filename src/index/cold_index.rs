@@ -485,7 +485,9 @@ impl<D: Disk> ColdIndex<D> {
         let mut buf = ValueBuf::default();
         let found = match engine.read_word_key(pos.chunk.word(), pos.chunk.hash(), &mut buf) {
             Fast::Done(found) => found,
-            Fast::Slow => engine.read_blocking(&pos.chunk.encoded(), pos.chunk.hash(), &mut buf)?,
+            Fast::Slow => engine
+                .read_blocking(&pos.chunk.encoded(), pos.chunk.hash(), &mut buf)?
+                .live(),
         };
         self.counts.bump(LOOKUPS);
         self.entry(found, &buf, pos)
@@ -504,7 +506,7 @@ impl<D: Disk> ColdIndex<D> {
             Fast::Done(found) => found,
             Fast::Slow => {
                 let key = pos.chunk.encoded();
-                engine.read_async(&key, pos.chunk.hash(), &mut buf).await?
+                engine.read_async(&key, pos.chunk.hash(), &mut buf).await?.live()
             }
         };
         self.counts.bump(LOOKUPS);

@@ -15,6 +15,11 @@ use crate::index::{EntrySlot, HashIndex, IndexBusy, KeyHash};
 use crate::ops::Engine;
 use crate::sync::Ordering;
 
+/// The source of a copy of a cold record (R2Kv): above every hot log address, so the
+/// truncation rule of a copy (its source below `begin` reads as absent) never applies to it;
+/// a cold record's copy stays valid until the hot tier writes the key (which replaces it).
+pub(crate) const COLD_SOURCE: Address = Address::MAX;
+
 /// Where an entry leads: an optional cache copy in front of the chain's log head.
 pub(crate) struct Chain<'g> {
     /// The copy the entry points at, if any (its key may be another of the entry's keys).
@@ -145,6 +150,65 @@ impl<D: Disk> Engine<D> {
                 false
             }
             _ => false,
+        };
+        if linked {
+            cache.counters.inserted.fetch_add(1, Ordering::Relaxed);
+        }
+        if cache.needs_unlinking() {
+            self.unlink_cache_pages(&mut g);
+        }
+    }
+
+    /// The index entry of `hash` as it is now (`None`: there is none), for
+    /// [`Engine::cache_cold`]: R2Kv loads it before its hot read. `Err` when the index is
+    /// between tables (no copy is made then).
+    pub(crate) fn entry_now(&self, hash: KeyHash) -> std::result::Result<Option<HashBucketEntry>, ()> {
+        let g = self.epoch.protect().map_err(|_| ())?;
+        match self.index.find_entry(&g, hash) {
+            Ok(e) => Ok(e.map(|s| s.entry)),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// After R2Kv's cold tier answered a read of `key` with `value`, the hot tier having no
+    /// record of it: puts a copy in front of the hot chain if its entry is still `seen` (loaded
+    /// before the hot read, `None` when it had no entry): then no hot record of the key was
+    /// added since, and the cold value is still the key's newest (F2's insertion of a cold
+    /// record into the read cache). The copy's source is [`COLD_SOURCE`], never below the hot
+    /// `begin`. Best effort, as [`Engine::cache_read`].
+    pub(crate) fn cache_cold(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        seen: Option<HashBucketEntry>,
+        value: &[u8],
+    ) {
+        let Some(cache) = &self.read_cache else {
+            return;
+        };
+        cache.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut g) = self.epoch.protect() else {
+            return;
+        };
+        let slot = match seen {
+            Some(seen) => match self.index.find_entry(&g, hash) {
+                Ok(Some(slot)) if slot.entry == seen => Some(slot),
+                _ => None,
+            },
+            // A new entry (or one another thread just created, still empty) has no chain.
+            None => match self.index.find_or_create_entry(&g, hash) {
+                Ok(slot) if slot.entry.address().is_invalid() && !slot.entry.tentative() => {
+                    Some(slot)
+                }
+                _ => None,
+            },
+        };
+        let linked = match slot {
+            Some(mut slot) => self.link_copy(&g, &mut slot, hash, key, value, COLD_SOURCE),
+            None => {
+                cache.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
         };
         if linked {
             cache.counters.inserted.fetch_add(1, Ordering::Relaxed);

@@ -97,7 +97,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// Codec and device errors.
     pub fn delete<C: DeleteContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
-        crate::contexts::delete_ctx(&self.engine, ctx, &mut |_| {})
+        crate::contexts::delete_ctx(&self.engine, ctx, false, &mut |_| {})
     }
 
     // ---- facade -------------------------------------------------------------------------------
