@@ -81,6 +81,16 @@ impl Disk for NullDisk {
     }
 }
 
+/// Keeps nothing, like itself.
+impl super::SubDevice for NullDisk {
+    fn sub_device(&self, _name: &str) -> crate::core::status::Result<Self> {
+        Ok(NullDisk)
+    }
+    fn remove_sub_device(&self, _name: &str) -> crate::core::status::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,15 +143,5 @@ mod tests {
         // SAFETY: as above.
         unsafe { disk.write_async(0, buf.as_ptr(), 10, cb) };
         assert!(slot.lock().unwrap().take().unwrap().is_err());
-    }
-}
-
-/// Keeps nothing, like itself.
-impl super::SubDevice for NullDisk {
-    fn sub_device(&self, _name: &str) -> crate::core::status::Result<Self> {
-        Ok(NullDisk)
-    }
-    fn remove_sub_device(&self, _name: &str) -> crate::core::status::Result<()> {
-        Ok(())
     }
 }

@@ -506,7 +506,10 @@ impl<D: Disk> ColdIndex<D> {
             Fast::Done(found) => found,
             Fast::Slow => {
                 let key = pos.chunk.encoded();
-                engine.read_async(&key, pos.chunk.hash(), &mut buf).await?.live()
+                engine
+                    .read_async(&key, pos.chunk.hash(), &mut buf)
+                    .await?
+                    .live()
             }
         };
         self.counts.bump(LOOKUPS);

@@ -162,7 +162,10 @@ impl<D: Disk> Engine<D> {
     /// The index entry of `hash` as it is now (`None`: there is none), for
     /// [`Engine::cache_cold`]: R2Kv loads it before its hot read. `Err` when the index is
     /// between tables (no copy is made then).
-    pub(crate) fn entry_now(&self, hash: KeyHash) -> std::result::Result<Option<HashBucketEntry>, ()> {
+    pub(crate) fn entry_now(
+        &self,
+        hash: KeyHash,
+    ) -> std::result::Result<Option<HashBucketEntry>, ()> {
         let g = self.epoch.protect().map_err(|_| ())?;
         match self.index.find_entry(&g, hash) {
             Ok(e) => Ok(e.map(|s| s.entry)),

@@ -1,0 +1,823 @@
+//! R2Kv: the two-tier store (FASTER's F2). A hot [`RsKv`] (in-memory index, read cache) takes
+//! every upsert and delete; a cold tier (a log almost entirely on disk behind the cold index,
+//! [`cold`]) takes what the hot log's budget pushes out. Reads try hot, then cold; a hot
+//! tombstone means absent. Design, invariants and interleavings: `docs/DESIGN.md`, "R2Kv".
+//!
+//! # Operations
+//! - **Upsert, delete:** to the hot tier. A delete always writes a tombstone there (the key
+//!   may live in the cold tier, which only compaction writes).
+//! - **Read:** hot (its read cache included); a live value or a tombstone there is the answer
+//!   (invariant 2 of [`cold`]: every hot record of a key is newer than its cold ones); absent
+//!   there, the cold tier answers.
+//! - **RMW:** in the hot tier, where a record of the key there is the newest. When the hot tier
+//!   has none, the RMW notes the hot `begin` (`b0`), reads the cold tier, and retries in the hot
+//!   tier with the cold value as the old one, written only if the hot tier still has no record
+//!   of the key (the CAS on its entry) *and* `begin` is still `b0`. A hot record created after
+//!   the cold read either is still in the hot tier (the retry sees it) or was moved to the
+//!   cold tier and truncated, which moved `begin` (the retry starts over). So no update is lost
+//!   and totals of concurrent increments are exact.
+//! - **Hot-to-cold compaction:** the oldest part of the hot log is scanned; a record that is
+//!   still its key's newest in the hot tier (tombstones too) is appended to the cold tier, then
+//!   the hot log is truncated. A read that found the hot record before the truncation returns
+//!   it; one after finds the cold copy, appended before.
+//! - **Cold-to-cold compaction:** the oldest part of the cold log is scanned, live records that
+//!   are still newest are copied to the cold tail, tombstones dropped, the cold log truncated.
+//! - **Checkpoint:** one token. The maintenance lock stops both compactions; the cold log is
+//!   flushed and the cold index checkpointed; their state goes into the hot tier's checkpoint
+//!   (`cold.meta`, written before its `log.meta`, so a completed hot checkpoint always has it).
+//!   Recovery opens the newest completed hot checkpoint and the cold state it names.
+
+pub(crate) mod cold;
+mod stats;
+
+use stats::PassCounters;
+pub use stats::{PassTotals, R2Stats};
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::contexts::{
+    decode_latest, rmw_decider, DeleteContext, ReadContext, RmwContext, UpsertContext,
+};
+use crate::core::address::Address;
+use crate::core::checkpoint::{CheckpointDir, Token};
+use crate::core::codec::{decode, decode_word, Codec, Encoded};
+use crate::core::record::ValueBuf;
+use crate::core::status::{Error, Result, Status};
+use crate::device::file_system_disk::FileSystemDisk;
+use crate::device::{Disk, SubDevice};
+use crate::index::cold_index::ColdIndexConfig;
+use crate::index::key_hash::{encode_key, hash_encoded, KeyHasher};
+use crate::index::KeyHash;
+use crate::ops::compact::{Compaction, LogCompaction, Mover, Pace};
+use crate::ops::fast::{Fast, Word};
+use crate::ops::read::Found;
+use crate::ops::rmw::{Decision, Latest};
+use crate::ops::Engine;
+use crate::rskv_core::RsKv;
+use cold::{ColdLogShape, ColdMeta, ColdStore, COLD_META};
+
+/// The sub-device of the cold log.
+const COLD_LOG: &str = "cold";
+/// The sub-device of the cold index's store.
+const COLD_INDEX: &str = "cold-index";
+
+/// How an [`R2Kv`] is set up.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct R2Config {
+    /// The hot tier (memory, index, read cache, ...). Its own `log_compaction` and
+    /// `checkpoint_on_close` are not used: the hot log's budget is `hot_to_cold`'s.
+    pub hot: Config,
+    /// Hot-to-cold compaction: the hot log's disk budget and how passes run.
+    pub hot_to_cold: LogCompaction,
+    /// Cold-to-cold compaction: the cold log's disk budget and how passes run.
+    pub cold_to_cold: LogCompaction,
+    /// Memory of the cold log (its newest pages; at least 4 pages).
+    pub cold_log_memory: u64,
+    /// Page size of the cold log (a power of two).
+    pub cold_page_size: u64,
+    /// The cold index.
+    pub cold_index: ColdIndexConfig,
+    /// Time between checks of the two budgets.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for R2Config {
+    fn default() -> Self {
+        Self {
+            hot: Config::new(),
+            hot_to_cold: LogCompaction::with_budget(256 << 20),
+            cold_to_cold: LogCompaction::with_budget(4 << 30),
+            cold_log_memory: 8 << 20,
+            cold_page_size: 1 << 20,
+            cold_index: ColdIndexConfig::default(),
+            maintenance_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+impl R2Config {
+    /// F2's defaults: a hot log of 256 MiB on disk, a cold log of 4 GiB.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The hot tier's configuration.
+    #[must_use]
+    pub fn hot(mut self, config: Config) -> Self {
+        self.hot = config;
+        self
+    }
+    /// Hot-to-cold compaction (the hot log's budget).
+    #[must_use]
+    pub fn hot_to_cold(mut self, c: LogCompaction) -> Self {
+        self.hot_to_cold = c;
+        self
+    }
+    /// Cold-to-cold compaction (the cold log's budget).
+    #[must_use]
+    pub fn cold_to_cold(mut self, c: LogCompaction) -> Self {
+        self.cold_to_cold = c;
+        self
+    }
+    /// Memory of the cold log.
+    #[must_use]
+    pub fn cold_log_memory(mut self, bytes: u64) -> Self {
+        self.cold_log_memory = bytes;
+        self
+    }
+    /// Page size of the cold log.
+    #[must_use]
+    pub fn cold_page_size(mut self, bytes: u64) -> Self {
+        self.cold_page_size = bytes;
+        self
+    }
+    /// The cold index.
+    #[must_use]
+    pub fn cold_index(mut self, c: ColdIndexConfig) -> Self {
+        self.cold_index = c;
+        self
+    }
+    /// Time between checks of the two budgets.
+    #[must_use]
+    pub fn maintenance_interval(mut self, d: Duration) -> Self {
+        self.maintenance_interval = d;
+        self
+    }
+
+    fn cold_shape(&self) -> Result<ColdLogShape> {
+        let page = self.cold_page_size;
+        if !page.is_power_of_two()
+            || !(crate::hlog::persistent_memory_malloc::MIN_PAGE_BITS
+                ..=crate::hlog::persistent_memory_malloc::MAX_PAGE_BITS)
+                .contains(&page.trailing_zeros())
+        {
+            return Err(Error::Config {
+                field: "cold_page_size",
+                reason: format!("{page} is not a power of two between 4 KiB and 256 MiB"),
+            });
+        }
+        let frames = self.cold_log_memory / page;
+        if frames < crate::hlog::persistent_memory_malloc::MIN_FRAMES {
+            return Err(Error::Config {
+                field: "cold_log_memory",
+                reason: format!(
+                    "{} bytes hold fewer than {} pages of {page} bytes",
+                    self.cold_log_memory,
+                    crate::hlog::persistent_memory_malloc::MIN_FRAMES
+                ),
+            });
+        }
+        self.hot_to_cold.validate()?;
+        self.cold_to_cold.validate()?;
+        Ok(ColdLogShape {
+            page_bits: page.trailing_zeros(),
+            frames,
+        })
+    }
+}
+
+/// What the store and its maintenance thread share.
+struct Shared<D: Disk> {
+    hot: Arc<Engine<D>>,
+    cold: ColdStore<D>,
+    /// Held by a compaction pass or a checkpoint: they exclude each other.
+    maintenance: Mutex<()>,
+    hot_to_cold: LogCompaction,
+    cold_to_cold: LogCompaction,
+    hot_hits: AtomicU64,
+    cold_rmws: AtomicU64,
+    hot_passes: PassCounters,
+    cold_passes: PassCounters,
+    stop: AtomicBool,
+}
+
+/// Hot-to-cold: a hot record that is still its key's newest in the hot tier moves to the cold
+/// tier (tombstones too).
+struct HotToCold<'a, D: Disk> {
+    hot: &'a Engine<D>,
+    cold: &'a ColdStore<D>,
+}
+
+impl<D: Disk> Mover for HotToCold<'_, D> {
+    const MOVES_TOMBSTONES: bool = true;
+
+    async fn move_record(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        address: Address,
+    ) -> Result<bool> {
+        let hash = KeyHash::new(self.hot.hasher.rehash(key)?);
+        let key = Encoded::from_bytes(key);
+        let floor = Address::new(address.raw() + 1);
+        let mut newest = false;
+        let _ = self
+            .hot
+            .update_async(&key, hash, floor, false, &mut |latest| {
+                newest = matches!(latest, Latest::Absent);
+                Ok(Decision::Abort)
+            })
+            .await?;
+        if !newest {
+            return Ok(false);
+        }
+        let value = value.map(Encoded::from_bytes);
+        self.cold.append_newest(&key, value.as_ref(), hash).await?;
+        Ok(true)
+    }
+}
+
+impl<D: Disk> Shared<D> {
+    /// The `begin` of the cold log each retained hot checkpoint recorded.
+    fn retained_cold_begins(&self) -> Result<Vec<u64>> {
+        let Ok(dir) = self.hot.checkpoint_dir() else {
+            return Ok(Vec::new());
+        };
+        let mut begins = Vec::new();
+        for t in dir.tokens()? {
+            if dir.has_log_meta(t) {
+                // Unreadable: keep everything.
+                begins.push(read_cold_meta(&dir, t).map_or(0, |m| m.begin));
+            }
+        }
+        Ok(begins)
+    }
+
+    /// Hot-to-cold pass below `until` (the caller holds the maintenance lock).
+    fn hot_to_cold_until(&self, until: Address, pace: Pace) -> Result<Compaction> {
+        let mover = HotToCold {
+            hot: &self.hot,
+            cold: &self.cold,
+        };
+        let c = self
+            .hot
+            .compact_into(until, self.hot_to_cold.threads, pace, &mover)?;
+        self.hot_passes.add(&c);
+        Ok(c)
+    }
+
+    /// Cold-to-cold pass below `until` (the caller holds the maintenance lock).
+    fn cold_to_cold_until(&self, until: Address) -> Result<Compaction> {
+        let begins = self.retained_cold_begins()?;
+        let c = self
+            .cold
+            .compact(until, self.cold_to_cold.threads, &begins)?;
+        self.cold_passes.add(&c);
+        Ok(c)
+    }
+
+    /// One maintenance pass: each compaction whose log passed its trigger.
+    fn pass(&self) -> Result<()> {
+        let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = due(
+            &self.hot_to_cold,
+            self.hot.log_bytes(),
+            &self.hot.hlog.markers(),
+        ) {
+            let pace = Pace {
+                lookups: self.hot_to_cold.lookups_in_flight,
+                budget: self.hot_to_cold.budget,
+            };
+            self.hot_to_cold_until(until, pace)?;
+        }
+        if let Some(until) = due(
+            &self.cold_to_cold,
+            self.cold.log_bytes(),
+            &self.cold.hlog.markers(),
+        ) {
+            self.cold_to_cold_until(until)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a pass of `p` over a log of `size` bytes with `m` markers should end, if one is due.
+fn due(p: &LogCompaction, size: u64, m: &crate::hlog::LogMarkers) -> Option<Address> {
+    if (size as f64) < p.trigger * p.budget as f64 {
+        return None;
+    }
+    let span = ((size as f64 * p.fraction) as u64).clamp(1, p.max_pass.max(1));
+    let until = (m.begin.raw() + span).min(m.safe_head.raw());
+    (until > m.begin.raw()).then(|| Address::new(until))
+}
+
+fn read_cold_meta(dir: &CheckpointDir, token: Token) -> Result<ColdMeta> {
+    let bytes = dir.read_attached(token, COLD_META)?;
+    postcard::from_bytes(&bytes).map_err(|e| Error::Checkpoint {
+        path: dir.dir(token).join(COLD_META),
+        reason: format!("cold tier state does not decode: {e}"),
+    })
+}
+
+/// The two-tier store: a hot [`RsKv`] and a cold tier on disk behind the cold index. Same
+/// operations as [`RsKv`]; see the module docs for how each uses the tiers.
+pub struct R2Kv<K, V, D: SubDevice = FileSystemDisk> {
+    hot: RsKv<K, V, D>,
+    shared: Arc<Shared<D>>,
+    maintainer: Option<JoinHandle<()>>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
+    /// Opens the store over `disk` (the cold log and the cold index's store go into its
+    /// sub-devices `cold` and `cold-index`): recovers the newest completed checkpoint, or
+    /// starts empty.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for bad settings; the errors of [`RsKv::open`]; [`Error::Checkpoint`]
+    /// when the newest checkpoint has no cold tier state (it was not written by an R2Kv).
+    pub fn open(config: R2Config, disk: D) -> Result<Self> {
+        let shape = config.cold_shape()?;
+        let mut hot_config = config.hot.clone();
+        hot_config.log_compaction = None;
+        hot_config.checkpoint_on_close = false;
+        let hot = RsKv::<K, V, D>::open(hot_config, disk)?;
+        let engine = hot.engine.clone();
+        engine
+            .cpr
+            .attachment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .required = true;
+        let subs = |fresh: bool| -> Result<(D, D)> {
+            let d = engine.hlog.disk();
+            if fresh {
+                // Nothing in them is reachable without a completed hot checkpoint.
+                d.remove_sub_device(COLD_LOG)?;
+                d.remove_sub_device(COLD_INDEX)?;
+            }
+            Ok((d.sub_device(COLD_LOG)?, d.sub_device(COLD_INDEX)?))
+        };
+        let hasher = KeyHasher::default();
+        let cold = match hot.recovered() {
+            Some(info) => {
+                let dir = engine.checkpoint_dir()?;
+                let meta = read_cold_meta(&dir, info.token)?;
+                let (log, index) = subs(false)?;
+                ColdStore::recover(log, index, shape, &config.cold_index, hasher, &meta)?
+            }
+            None => {
+                let (log, index) = subs(true)?;
+                ColdStore::open(log, index, shape, &config.cold_index, hasher)?
+            }
+        };
+        // Past budget + one pass, operations pause before they start until migration
+        // catches up (as single-tier compaction does).
+        engine
+            .hlog
+            .set_size_limit(config.hot_to_cold.budget + config.hot_to_cold.max_pass);
+        let shared = Arc::new(Shared {
+            hot: engine,
+            cold,
+            maintenance: Mutex::new(()),
+            hot_to_cold: config.hot_to_cold,
+            cold_to_cold: config.cold_to_cold,
+            hot_hits: AtomicU64::new(0),
+            cold_rmws: AtomicU64::new(0),
+            hot_passes: PassCounters::default(),
+            cold_passes: PassCounters::default(),
+            stop: AtomicBool::new(false),
+        });
+        let maintainer = {
+            let shared = shared.clone();
+            let interval = config.maintenance_interval;
+            std::thread::Builder::new()
+                .name("r2kv-maintenance".into())
+                .spawn(move || {
+                    crate::maintenance::lower_thread_priority();
+                    while !shared.stop.load(Ordering::Acquire) {
+                        std::thread::park_timeout(interval);
+                        if shared.stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        if let Err(e) = shared.pass() {
+                            tracing::warn!(error = %e, "R2Kv maintenance pass failed");
+                        }
+                    }
+                })
+                .map_err(|e| Error::io("starting the R2Kv maintenance thread", e))?
+        };
+        Ok(Self {
+            hot,
+            shared,
+            maintainer: Some(maintainer),
+            _types: PhantomData,
+        })
+    }
+
+    /// The hot tier's engine.
+    fn engine(&self) -> &Engine<D> {
+        &self.shared.hot
+    }
+
+    /// Takes one checkpoint of both tiers; returns its token. Blocks until it is durable;
+    /// operations of other threads keep running, compactions wait.
+    ///
+    /// # Errors
+    /// As [`RsKv::checkpoint`]; device errors of the cold tier.
+    pub fn checkpoint(&self) -> Result<Token> {
+        let s = &*self.shared;
+        if s.hot.epoch.is_protected_here() {
+            return Err(Error::Busy(
+                "checkpoint called from inside an operation of this store",
+            ));
+        }
+        let _m = s.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = s.cold.checkpoint()?;
+        let bytes = postcard::to_stdvec(&meta)
+            .map_err(|e| Error::Codec(format!("encoding the cold tier state: {e}")))?;
+        s.hot
+            .cpr
+            .attachment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next = Some((COLD_META, bytes));
+        let token = self.hot.checkpoint();
+        s.hot
+            .cpr
+            .attachment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next = None;
+        let token = token?;
+        // Retained checkpoints name cold index checkpoints and cold log space; drop the rest.
+        let dir = s.hot.checkpoint_dir()?;
+        let mut keep = Vec::new();
+        let mut begins = Vec::new();
+        for t in dir.tokens()? {
+            if dir.has_log_meta(t) {
+                match read_cold_meta(&dir, t) {
+                    Ok(m) => {
+                        keep.push(Token(m.index_token));
+                        begins.push(m.begin);
+                    }
+                    Err(_) => begins.push(0),
+                }
+            }
+        }
+        if let Err(e) = s
+            .cold
+            .index
+            .remove_checkpoints_except(&keep)
+            .and_then(|()| s.cold.release(&begins).map(|_| ()))
+        {
+            tracing::warn!(error = %e, "releasing cold tier space after a checkpoint failed");
+        }
+        Ok(token)
+    }
+
+    /// Moves the hot log below `until` (a hot log address on the device) to the cold tier,
+    /// then truncates the hot log there; what background migration does when the hot log
+    /// passes its budget.
+    ///
+    /// # Errors
+    /// As [`RsKv::compact`].
+    pub fn compact_hot(&self, until: Address) -> Result<Compaction> {
+        let s = &*self.shared;
+        let _m = s.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        s.hot_to_cold_until(until, Pace::FULL)
+    }
+
+    /// Compacts the cold log below `until` (a cold log address): copies live records to its
+    /// tail, drops the rest, truncates.
+    ///
+    /// # Errors
+    /// Device and corruption errors.
+    pub fn compact_cold(&self, until: Address) -> Result<Compaction> {
+        let s = &*self.shared;
+        let _m = s.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        s.cold_to_cold_until(until)
+    }
+
+    /// The hot log's markers (`safe_head`: where [`R2Kv::compact_hot`] may end).
+    #[must_use]
+    pub fn hot_markers(&self) -> crate::hlog::LogMarkers {
+        self.engine().hlog.markers()
+    }
+
+    /// The cold log's markers.
+    #[must_use]
+    pub fn cold_markers(&self) -> crate::hlog::LogMarkers {
+        self.shared.cold.hlog.markers()
+    }
+
+    /// Live statistics of both tiers.
+    #[must_use]
+    pub fn stats(&self) -> R2Stats {
+        let s = &*self.shared;
+        let c = &s.cold.counters;
+        let cold_log = &s.cold.hlog;
+        R2Stats {
+            hot: self.hot.stats(),
+            hot_hits: s.hot_hits.load(Ordering::Relaxed),
+            cold_reads: c.reads.load(Ordering::Relaxed),
+            cold_hits: c.found.load(Ordering::Relaxed),
+            cold_rmws: s.cold_rmws.load(Ordering::Relaxed),
+            hot_to_cold: s.hot_passes.totals(),
+            cold_to_cold: s.cold_passes.totals(),
+            cold_log_bytes: s.cold.log_bytes(),
+            cold_disk_bytes: cold_log.disk().storage_bytes().unwrap_or(0),
+            cold_log_memory: cold_log.memory_bytes() as u64,
+            cold_device_reads: cold_log.record_reads().submitted,
+            cold_index: s.cold.index_stats(),
+        }
+    }
+
+    // ---- operations ---------------------------------------------------------------------------
+
+    /// The value of `key`, if any.
+    ///
+    /// # Errors
+    /// Device, codec or corruption errors.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        let engine = self.engine();
+        if let Some(k) = Word::encode(key).filter(|_| Word::is_word_type::<V>()) {
+            // A hot hit is the answer; anything else may need the cold tier.
+            if let Fast::Done(Some(v)) = engine.read_word(k, k.hash()) {
+                self.shared.hot_hits.fetch_add(1, Ordering::Relaxed);
+                return decode_word(v.word, v.len).map(Some);
+            }
+        }
+        let (key, hash) = encode_key(key)?;
+        let mut buf = ValueBuf::default();
+        let found = crate::ops::pending::block_on(self.read_tiers(&key, hash, &mut buf))?;
+        if found.live() {
+            decode(buf.bytes()).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// [`R2Kv::get`], awaiting the device instead of blocking.
+    ///
+    /// # Errors
+    /// As [`R2Kv::get`].
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>> {
+        let (key, hash) = encode_key(key)?;
+        let mut buf = ValueBuf::default();
+        if self.read_tiers(&key, hash, &mut buf).await?.live() {
+            decode(buf.bytes()).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Whether `key` has a live value.
+    ///
+    /// # Errors
+    /// As [`R2Kv::get`].
+    pub fn contains_key(&self, key: &K) -> Result<bool> {
+        let (key, hash) = encode_key(key)?;
+        let mut buf = ValueBuf::default();
+        crate::ops::pending::block_on(self.read_tiers(&key, hash, &mut buf)).map(Found::live)
+    }
+
+    /// The values of `keys`, in order; the hot misses' cold reads are all in flight at once.
+    ///
+    /// # Errors
+    /// The first error of a [`R2Kv::get`].
+    pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+        let enc: Vec<(Encoded, KeyHash)> = keys.iter().map(encode_key).collect::<Result<_>>()?;
+        let reads = enc.iter().map(|(key, hash)| async move {
+            let mut buf = ValueBuf::default();
+            let found = self.read_tiers(key, *hash, &mut buf).await?;
+            Ok::<_, Error>(found.live().then_some(buf))
+        });
+        crate::ops::pending::block_on(futures_util::future::join_all(reads))
+            .into_iter()
+            .map(|r| r.and_then(|b| b.map(|b| decode(b.bytes())).transpose()))
+            .collect()
+    }
+
+    /// Hot, then cold.
+    async fn read_tiers(&self, key: &Encoded, hash: KeyHash, out: &mut ValueBuf) -> Result<Found> {
+        let engine = self.engine();
+        // Before the hot read: a cold value may be cached only if no hot record came since.
+        let seen = engine
+            .read_cache
+            .as_ref()
+            .and_then(|_| engine.entry_now(hash).ok());
+        match engine.read_async(key, hash, out).await? {
+            Found::Absent => {
+                let found = self.shared.cold.read(key, hash, out).await?;
+                if let (Found::Live, Some(seen)) = (found, seen) {
+                    engine.cache_cold(key, hash, seen, out.bytes());
+                }
+                Ok(found)
+            }
+            hot => {
+                self.shared.hot_hits.fetch_add(1, Ordering::Relaxed);
+                Ok(hot)
+            }
+        }
+    }
+
+    /// Sets `key` to `value` (in the hot tier).
+    ///
+    /// # Errors
+    /// Codec, size and device errors.
+    pub fn insert(&self, key: &K, value: &V) -> Result<()> {
+        self.hot.insert(key, value)
+    }
+
+    /// Sets every pair (in the hot tier).
+    ///
+    /// # Errors
+    /// As [`R2Kv::insert`].
+    pub fn insert_many(&self, pairs: &[(K, V)]) -> Result<()> {
+        self.hot.insert_many(pairs)
+    }
+
+    /// Deletes `key`: a tombstone in the hot tier, whether or not a tier holds the key.
+    ///
+    /// # Errors
+    /// Codec and device errors.
+    pub fn remove(&self, key: &K) -> Result<()> {
+        let (key, hash) = encode_key(key)?;
+        let engine = self.engine();
+        let g = engine.protect()?;
+        engine.delete(&g, &key, hash, true).map(|_| ())
+    }
+
+    /// Replaces the value of `key` with `f(old)` atomically (across both tiers) and returns
+    /// the new value. `f` may run more than once: keep it pure.
+    ///
+    /// # Errors
+    /// Device, codec or size errors.
+    pub fn rmw(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
+        if let Some(k) = Word::encode(key).filter(|_| Word::is_word_type::<V>()) {
+            // A hot record in the mutable region is the key's newest.
+            if let Some(lock) = self.engine().lock_word(k, k.hash()) {
+                let old = lock.old();
+                if let Ok(old) = decode_word(old.word, old.len) {
+                    let v = f(Some(old));
+                    if let Some(w) = Word::encode(&v) {
+                        lock.write(w);
+                        return Ok(v);
+                    }
+                }
+            }
+        }
+        let (key, hash) = encode_key(key)?;
+        crate::ops::pending::block_on(self.rmw_tiers(&key, hash, &mut f))
+    }
+
+    /// [`R2Kv::rmw`], awaiting the device instead of blocking.
+    ///
+    /// # Errors
+    /// As [`R2Kv::rmw`].
+    pub async fn rmw_async(&self, key: &K, mut f: impl FnMut(Option<V>) -> V + Send) -> Result<V> {
+        let (key, hash) = encode_key(key)?;
+        self.rmw_tiers(&key, hash, &mut f).await
+    }
+
+    /// The RMW protocol of the module docs, around the decision `base` (which sees the cold
+    /// value as the old one when the hot tier has none).
+    async fn update_tiers(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        base: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
+    ) -> Result<Status> {
+        let engine = self.engine();
+        // The cold value, and the hot `begin` loaded before it was read.
+        let mut cold: Option<(Address, Option<Encoded>)> = None;
+        loop {
+            let mut need_cold = false;
+            let mut decide = |latest: Latest<'_>| -> Result<Decision> {
+                if matches!(latest, Latest::Absent) {
+                    match &cold {
+                        Some((b0, v)) if engine.hlog.begin() == *b0 => {
+                            return base(
+                                v.as_ref()
+                                    .map_or(Latest::Absent, |v| Latest::Value(v.bytes())),
+                            );
+                        }
+                        _ => {
+                            need_cold = true;
+                            return Ok(Decision::Abort);
+                        }
+                    }
+                }
+                base(latest)
+            };
+            let status = engine
+                .update_async(key, hash, Address::INVALID, true, &mut decide)
+                .await?;
+            if !need_cold {
+                return Ok(status);
+            }
+            let b0 = engine.hlog.begin();
+            let mut buf = ValueBuf::default();
+            let value = match self.shared.cold.read(key, hash, &mut buf).await? {
+                Found::Live => Some(Encoded::from_bytes(buf.bytes())),
+                Found::Deleted | Found::Absent => None,
+            };
+            self.shared.cold_rmws.fetch_add(1, Ordering::Relaxed);
+            cold = Some((b0, value));
+        }
+    }
+
+    /// A facade RMW: `f` on the decoded old value; the value written is returned.
+    async fn rmw_tiers(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        f: &mut impl FnMut(Option<V>) -> V,
+    ) -> Result<V> {
+        let mut last = None;
+        let _written = self
+            .update_tiers(key, hash, &mut |latest| {
+                let new = f(decode_latest(latest)?);
+                let enc = Encoded::new(&new)?;
+                last = Some(new);
+                Ok(Decision::Write(enc))
+            })
+            .await?;
+        last.ok_or_else(|| Error::Codec("rmw finished without computing a value".into()))
+    }
+
+    // ---- FASTER's context API ------------------------------------------------------------------
+
+    /// The key and hash of a context; R2Kv files keys under RsKv's own hash only (its
+    /// compactions rehash logged keys).
+    fn context_key(key: &K, given: u64) -> Result<(Encoded, KeyHash)> {
+        let key = Encoded::new(key)?;
+        if given != hash_encoded(&key) {
+            return Err(Error::Config {
+                field: "key_hash",
+                reason: "R2Kv contexts must use RsKv's key hash (the default key_hash): \
+                         compaction between the tiers rehashes logged keys"
+                    .into(),
+            });
+        }
+        Ok((key, KeyHash::new(given)))
+    }
+
+    /// Upserts through a context (to the hot tier).
+    ///
+    /// # Errors
+    /// Codec, size and device errors; [`Error::Config`] for a context with its own key hash.
+    pub fn upsert<C: UpsertContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
+        Self::context_key(ctx.key(), ctx.key_hash())?;
+        crate::contexts::upsert_ctx(self.engine(), ctx, &mut |_| {}).map(|()| Status::Ok)
+    }
+
+    /// Reads through a context: `ctx.get` receives the value.
+    ///
+    /// # Errors
+    /// As [`R2Kv::get`]; [`Error::Config`] for a context with its own key hash.
+    pub fn read<C: ReadContext<Key = K, Value = V>>(&self, ctx: &mut C) -> Result<Status> {
+        let (key, hash) = Self::context_key(ctx.key(), ctx.key_hash())?;
+        let mut buf = ValueBuf::default();
+        if crate::ops::pending::block_on(self.read_tiers(&key, hash, &mut buf))?.live() {
+            ctx.get(&decode(buf.bytes())?);
+            Ok(Status::Ok)
+        } else {
+            Ok(Status::NotFound)
+        }
+    }
+
+    /// Read-modify-write through a context, across both tiers.
+    ///
+    /// # Errors
+    /// As [`R2Kv::rmw`]; [`Error::Config`] for a context with its own key hash.
+    pub fn rmw_context<C: RmwContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
+        let (key, hash) = Self::context_key(ctx.key(), ctx.key_hash())?;
+        crate::ops::pending::block_on(self.update_tiers(&key, hash, &mut rmw_decider(ctx)))
+    }
+
+    /// Deletes through a context: a tombstone in the hot tier.
+    ///
+    /// # Errors
+    /// Codec and device errors; [`Error::Config`] for a context with its own key hash.
+    pub fn delete<C: DeleteContext<Key = K, Value = V>>(&self, ctx: &C) -> Result<Status> {
+        Self::context_key(ctx.key(), ctx.key_hash())?;
+        crate::contexts::delete_ctx(self.engine(), ctx, true, &mut |_| {})
+    }
+}
+
+impl<K, V, D: SubDevice> std::fmt::Debug for R2Kv<K, V, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("R2Kv")
+            .field("hot_log", &self.shared.hot.hlog.markers())
+            .field("cold_log", &self.shared.cold.hlog.markers())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, D: SubDevice> Drop for R2Kv<K, V, D> {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.maintainer.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! R2Kv's cold tier: a log almost entirely on disk, indexed by the cold index
+//! ([`crate::index::cold_index`]), whose memory is bounded by configuration rather than by the
+//! number of keys.
+//!
+//! Only compaction writes here: hot-to-cold moves a hot record that is still its key's newest
+//! (tombstones included), cold-to-cold copies a cold record that is still its key's newest to
+//! the cold tail. Users only read (and an RMW of a cold-only key reads here, then writes the hot
+//! tier). So a record is never updated in place: the cold log is append-only, and a record's
+//! bytes are complete before any chain leads to it.
+//!
+//! # Invariants
+//! 1. **Chains.** The cold index maps a key hash to the newest record of its chain; each
+//!    record's `prev` points below it. An append writes its record (prev = the entry it saw)
+//!    under the cold epoch's protection, then compare-and-swaps the entry from what it saw to
+//!    the record. A lost CAS leaves an *orphan*: a record no chain leads to. It is marked
+//!    invalid if its page is still in memory, and is harmless if not: reads only follow
+//!    chains, and cold-to-cold compaction moves a record only if the walk from its entry
+//!    reaches it (invariant 3).
+//! 2. **Order.** For a key, every cold record is older than every hot record at or above the
+//!    hot `begin`: hot-to-cold moves only records below the hot truncation point, each only if
+//!    it is its key's newest in the hot tier at the time, and appends it at the cold tail
+//!    (above every older cold record of the key). One hot-to-cold pass runs at a time, so two
+//!    versions of a key never race into the cold tier.
+//! 3. **Cold-to-cold.** A record at `x` in `[begin, until)` moves iff the walk from its
+//!    entry meets no record of its key above `x` and meets `x` itself; the copy is appended
+//!    with the entry seen by that walk as `prev` and swung in by CAS (a lost CAS walks again).
+//!    A tombstone is dropped: every older record of its key lies below it, so below `until`,
+//!    and goes with the truncation.
+//! 4. **Truncation.** A read loads `begin` before the index entry and treats addresses below
+//!    it as the end of the chain; a fetch that fails or reads garbage below the current
+//!    `begin` starts the read over (the copy was swung in before `begin` moved). Device space
+//!    below `begin` is released only below the `begin` every retained checkpoint recorded.
+//! 5. **Checkpoints.** The R2Kv checkpoint holds the maintenance lock, so no compaction writes
+//!    here while it flushes this log to its tail and checkpoints the cold index: the two are
+//!    consistent without any version machinery, and the hot tier's checkpoint records both
+//!    (its `cold.meta`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::address::Address;
+use crate::core::checkpoint::Token;
+use crate::core::codec::Encoded;
+use crate::core::light_epoch::LightEpoch;
+use crate::core::record::{record_size, RecordInfo, RecordRef, ValueBuf, ValueRead, Version};
+use crate::core::status::{Error, Result};
+use crate::device::Disk;
+use crate::hlog::{AllocError, HybridLog};
+use crate::index::cold_index::{ColdIndex, ColdIndexConfig, ColdIndexStats};
+use crate::index::key_hash::KeyHasher;
+use crate::index::KeyHash;
+use crate::ops::compact::{scan_and_move, Compaction, Mover};
+use crate::ops::engine::trace;
+use crate::ops::pending::fetch_chain;
+use crate::ops::read::{disk_match, follow_other_keys, DiskMatch, Found};
+use crate::ops::truncate::Truncation;
+
+/// How the cold log is laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ColdLogShape {
+    pub(crate) page_bits: u32,
+    pub(crate) frames: u64,
+}
+
+/// What a checkpoint records of the cold tier (`cold.meta` in the hot tier's checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ColdMeta {
+    pub(crate) page_bits: u32,
+    pub(crate) begin: u64,
+    /// Everything below is on the device; the recovered log continues here.
+    pub(crate) end: u64,
+    /// The cold index's checkpoint.
+    pub(crate) index_token: u64,
+}
+
+/// The name of the cold tier's file in a hot checkpoint.
+pub(crate) const COLD_META: &str = "cold.meta";
+
+/// Where a walk of a cold chain stopped.
+enum Met {
+    /// The key's newest record at or above the floor, at this address.
+    Key { at: Address, tombstone: bool },
+    /// No record of the key at or above the floor.
+    End,
+    /// The walk's next record was truncated under it: start over from the index.
+    Truncated,
+}
+
+/// Live counters of the cold tier.
+#[derive(Debug, Default)]
+pub(crate) struct ColdCounters {
+    pub(crate) reads: AtomicU64,
+    pub(crate) found: AtomicU64,
+    pub(crate) appended: AtomicU64,
+    pub(crate) orphans: AtomicU64,
+}
+
+/// The cold tier.
+pub(crate) struct ColdStore<D: Disk> {
+    epoch: Arc<LightEpoch>,
+    pub(crate) hlog: HybridLog<D>,
+    pub(crate) index: ColdIndex<D>,
+    hasher: KeyHasher,
+    pub(crate) counters: ColdCounters,
+    /// Device space is released below here.
+    released: AtomicU64,
+}
+
+impl<D: Disk> ColdStore<D> {
+    /// An empty cold tier over `log_disk`, its index over `index_disk`.
+    pub(crate) fn open(
+        log_disk: D,
+        index_disk: D,
+        shape: ColdLogShape,
+        index: &ColdIndexConfig,
+        hasher: KeyHasher,
+    ) -> Result<Self> {
+        let epoch = Arc::new(LightEpoch::new());
+        let hlog = HybridLog::new(log_disk, epoch.clone(), shape.page_bits, shape.frames, 0.5)?;
+        Ok(Self {
+            epoch,
+            hlog,
+            index: ColdIndex::open(index, index_disk)?,
+            hasher,
+            counters: ColdCounters::default(),
+            released: AtomicU64::new(0),
+        })
+    }
+
+    /// The cold tier as checkpoint `meta` recorded it.
+    pub(crate) fn recover(
+        log_disk: D,
+        index_disk: D,
+        shape: ColdLogShape,
+        index: &ColdIndexConfig,
+        hasher: KeyHasher,
+        meta: &ColdMeta,
+    ) -> Result<Self> {
+        if meta.page_bits != shape.page_bits {
+            return Err(Error::Config {
+                field: "cold_page_size",
+                reason: format!(
+                    "the checkpoint's cold log has pages of 2^{} bytes, the configuration 2^{}",
+                    meta.page_bits, shape.page_bits
+                ),
+            });
+        }
+        let epoch = Arc::new(LightEpoch::new());
+        let (begin, end) = (Address::new(meta.begin), Address::new(meta.end));
+        let mut hlog = HybridLog::recovered(
+            log_disk,
+            epoch.clone(),
+            shape.page_bits,
+            shape.frames,
+            0.5,
+            begin,
+            end,
+        )?;
+        hlog.load_tail()?;
+        Ok(Self {
+            epoch,
+            hlog,
+            index: ColdIndex::recover(index, index_disk, Token(meta.index_token))?,
+            hasher,
+            counters: ColdCounters::default(),
+            released: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes of cold log between `begin` and the tail.
+    pub(crate) fn log_bytes(&self) -> u64 {
+        let m = self.hlog.markers();
+        m.tail.raw().saturating_sub(m.begin.raw())
+    }
+
+    /// The cold index's statistics.
+    pub(crate) fn index_stats(&self) -> ColdIndexStats {
+        self.index.stats()
+    }
+
+    /// Reads `key`: its newest cold value goes to `out`.
+    pub(crate) async fn read(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        out: &mut ValueBuf,
+    ) -> Result<Found> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        loop {
+            // Before the entry (invariant 4).
+            let begin = self.hlog.begin();
+            let head = self.index.get_async(hash).await?;
+            match self.find(head, key, begin, Some(out)).await? {
+                Met::Key { tombstone, .. } => {
+                    if tombstone {
+                        return Ok(Found::Deleted);
+                    }
+                    self.counters.found.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Found::Live);
+                }
+                Met::End => return Ok(Found::Absent),
+                Met::Truncated => {}
+            }
+        }
+    }
+
+    /// Walks the chain from `from` for `key` down to `floor` (the value, if wanted and live,
+    /// goes to `out`).
+    async fn find(
+        &self,
+        from: Address,
+        key: &Encoded,
+        floor: Address,
+        mut out: Option<&mut ValueBuf>,
+    ) -> Result<Met> {
+        let mut a = from;
+        loop {
+            if a.is_invalid() || a < floor {
+                return Ok(Met::End);
+            }
+            {
+                let _g = self.epoch.protect()?;
+                let head = self.hlog.head();
+                if a >= head {
+                    let (stop, rec) = trace(&self.hlog, a, key, head.max(floor))?;
+                    if let Some(rec) = rec {
+                        let tombstone = match out.as_deref_mut() {
+                            Some(out) => matches!(rec.read_value(out), ValueRead::Tombstone),
+                            None => rec.state().tombstone(),
+                        };
+                        return Ok(Met::Key {
+                            at: stop,
+                            tombstone,
+                        });
+                    }
+                    a = stop;
+                    continue;
+                }
+            }
+            let (at, fetched) =
+                fetch_chain(&self.hlog, a, Some(follow_other_keys(key, floor))).await;
+            let matched = fetched.and_then(|bytes| {
+                Ok(match disk_match(key, at, &bytes, floor)? {
+                    DiskMatch::Value(v) => {
+                        if let Some(out) = out.as_deref_mut() {
+                            out.fill_from_bytes(v);
+                        }
+                        Some(Met::Key {
+                            at,
+                            tombstone: false,
+                        })
+                    }
+                    DiskMatch::Tombstone => Some(Met::Key {
+                        at,
+                        tombstone: true,
+                    }),
+                    DiskMatch::End => Some(Met::End),
+                    DiskMatch::Next(prev) => {
+                        a = prev;
+                        None
+                    }
+                })
+            });
+            match matched {
+                Ok(Some(met)) => return Ok(met),
+                Ok(None) => {}
+                Err(_) if at < self.hlog.begin() => return Ok(Met::Truncated),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Appends `key -> value` (`None`: a tombstone) chained to `expected`, and swings the
+    /// key's entry from `expected` to it. Returns the entry found instead when the CAS lost
+    /// (invariant 1: the record is left an orphan).
+    async fn append(
+        &self,
+        key: &Encoded,
+        value: Option<&Encoded>,
+        hash: KeyHash,
+        expected: Address,
+    ) -> Result<std::result::Result<Address, Address>> {
+        let size = record_size(key.len(), value.map_or(0, |v| v.len().next_multiple_of(8)));
+        if size > self.hlog.page_size() {
+            return Err(Error::RecordTooLarge {
+                size,
+                page_size: self.hlog.page_size(),
+            });
+        }
+        let address = {
+            let mut g = self.epoch.protect()?;
+            let mut round = 0;
+            let address = loop {
+                match self.hlog.allocate(size) {
+                    Ok(a) => break a,
+                    Err(AllocError::RetryLater) => {
+                        g.refresh();
+                        crate::sync::backoff(&mut round);
+                    }
+                    Err(AllocError::Fatal(e)) => return Err(e),
+                }
+            };
+            let info = RecordInfo::new(expected, Version::of(1));
+            let _ = RecordRef::write_new(self.hlog.space(address, size), info, key, value);
+            address
+        };
+        match self.index.try_update_async(hash, expected, address).await? {
+            Ok(()) => {
+                self.counters.appended.fetch_add(1, Ordering::Relaxed);
+                Ok(Ok(address))
+            }
+            Err(actual) => {
+                self.counters.orphans.fetch_add(1, Ordering::Relaxed);
+                let _g = self.epoch.protect()?;
+                if address >= self.hlog.head() {
+                    self.hlog.record(address)?.set_invalid();
+                }
+                Ok(Err(actual))
+            }
+        }
+    }
+
+    /// Appends `key -> value` as the key's newest cold record (hot-to-cold: invariant 2).
+    pub(crate) async fn append_newest(
+        &self,
+        key: &Encoded,
+        value: Option<&Encoded>,
+        hash: KeyHash,
+    ) -> Result<()> {
+        let mut expected = self.index.get_async(hash).await?;
+        loop {
+            match self.append(key, value, hash, expected).await? {
+                Ok(_) => return Ok(()),
+                Err(actual) => expected = actual,
+            }
+        }
+    }
+
+    /// Compacts the cold log below `until` (rounded down to its page) with `threads`
+    /// workers, then truncates it there and releases what no retained checkpoint needs
+    /// (`retained_begins`: the cold `begin` each one recorded). The caller holds R2Kv's
+    /// maintenance lock.
+    pub(crate) fn compact(
+        &self,
+        until: Address,
+        threads: usize,
+        retained_begins: &[u64],
+    ) -> Result<Compaction> {
+        let begin = self.hlog.begin();
+        let safe_head = self.hlog.safe_head();
+        let geo = self.hlog.geometry();
+        let until = geo.page_start(geo.page(until.min(safe_head))).max(begin);
+        if until == begin {
+            return Ok(Compaction::default());
+        }
+        self.hlog.check_poison()?;
+        let lookups = || 16;
+        let mut total = scan_and_move(&self.hlog, begin, until, threads, &lookups, self)?;
+        let begin_before = self.hlog.shift_begin(until)?;
+        let bytes_freed = self.release(retained_begins)?;
+        total.truncation = Some(Truncation {
+            begin_before,
+            begin: self.hlog.begin(),
+            released_until: Address::new(self.released.load(Ordering::Acquire)),
+            bytes_freed,
+        });
+        Ok(total)
+    }
+
+    /// Releases device space below `begin` and every retained checkpoint's cold `begin`.
+    /// Returns the bytes of segment files deleted.
+    pub(crate) fn release(&self, retained_begins: &[u64]) -> Result<u64> {
+        let geo = self.hlog.geometry();
+        let keep = retained_begins
+            .iter()
+            .copied()
+            .fold(self.hlog.begin().raw(), u64::min);
+        let keep = geo.page_start(geo.page(Address::new(keep))).raw();
+        if keep <= self.released.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let disk = self.hlog.disk();
+        let before = disk.storage_bytes().unwrap_or(0);
+        disk.truncate_before(keep)
+            .map_err(|e| Error::io("releasing cold log segments", e))?;
+        self.released.fetch_max(keep, Ordering::AcqRel);
+        Ok(before.saturating_sub(disk.storage_bytes().unwrap_or(before)))
+    }
+
+    /// Makes the whole cold log durable and checkpoints the cold index; returns what the
+    /// checkpoint records. Nothing may write here meanwhile (invariant 5).
+    pub(crate) fn checkpoint(&self) -> Result<ColdMeta> {
+        let end = self.hlog.close_page();
+        // Writers of records below `end` have finished: none runs (invariant 5), and the
+        // flush below waits for the epoch anyway.
+        self.hlog.shift_read_only(end);
+        let mut round = 0u32;
+        while self.hlog.flushed_until() < end {
+            self.hlog.check_poison()?;
+            self.epoch.drain();
+            crate::sync::backoff(&mut round);
+        }
+        self.hlog.check_poison()?;
+        self.hlog
+            .disk()
+            .flush()
+            .map_err(|e| Error::io("syncing the cold log", e))?;
+        let index_token = self.index.checkpoint()?;
+        Ok(ColdMeta {
+            page_bits: self.hlog.geometry().page_bits,
+            begin: self.hlog.begin().raw(),
+            end: end.raw(),
+            index_token: index_token.0,
+        })
+    }
+}
+
+/// Cold-to-cold compaction (invariant 3).
+impl<D: Disk> Mover for ColdStore<D> {
+    const MOVES_TOMBSTONES: bool = false;
+
+    async fn move_record(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        address: Address,
+    ) -> Result<bool> {
+        let Some(value) = value else {
+            return Ok(false);
+        };
+        let hash = KeyHash::new(self.hasher.rehash(key)?);
+        let (key, value) = (Encoded::from_bytes(key), Encoded::from_bytes(value));
+        loop {
+            let head = self.index.get_async(hash).await?;
+            match self.find(head, &key, address, None).await? {
+                Met::Key { at, .. } if at == address => {}
+                // Superseded, or not in any chain (an orphan).
+                Met::Key { .. } | Met::End => return Ok(false),
+                Met::Truncated => continue,
+            }
+            if self.append(&key, Some(&value), hash, head).await?.is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+}

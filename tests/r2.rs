@@ -1,0 +1,466 @@
+//! R2Kv, the two-tier store: reads, upserts, deletes and RMWs through hot-to-cold and
+//! cold-to-cold compactions, concurrent operations while they run, checkpoint and recovery.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskv::device::file_system_disk::FileSystemDisk;
+use rskv::{Config, LogCompaction, R2Config, R2Kv};
+
+/// A small hot tier (64 KiB pages, 512 KiB of log memory) so records reach its disk soon, and
+/// background migration off unless a test asks (budgets far away, long interval).
+fn config() -> R2Config {
+    R2Config::new()
+        .hot(
+            Config::new()
+                .table_size(1 << 12)
+                .page_size(64 << 10)
+                .log_memory_size(512 << 10),
+        )
+        .hot_to_cold(LogCompaction::with_budget(1 << 40))
+        .cold_to_cold(LogCompaction::with_budget(1 << 40))
+        .cold_page_size(64 << 10)
+        .cold_log_memory(512 << 10)
+        .maintenance_interval(Duration::from_secs(3600))
+}
+
+fn open<V: rskv::Codec>(dir: &std::path::Path, c: R2Config) -> R2Kv<u64, V> {
+    R2Kv::open(c, FileSystemDisk::new(dir).unwrap()).unwrap()
+}
+
+/// Moves everything of the hot log that is on the device to the cold tier.
+fn migrate<V: rskv::Codec>(kv: &R2Kv<u64, V>) -> rskv::Compaction {
+    kv.compact_hot(kv.hot_markers().safe_head).unwrap()
+}
+
+fn value(k: u64, round: u64) -> String {
+    format!("value-{k}-{round}-{}", "x".repeat((k % 50) as usize))
+}
+
+#[test]
+fn reads_find_values_in_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open::<String>(dir.path(), config());
+    let n = 20_000;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    let moved = migrate(&kv);
+    assert!(moved.copied > 10_000, "{moved:?}");
+    assert!(kv.hot_markers().begin > rskv::Address::new(0));
+    for k in 0..n {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)), "key {k}");
+    }
+    let s = kv.stats();
+    assert!(s.cold_hits > 10_000, "{s:?}");
+    assert_eq!(s.hot_to_cold.passes, 1);
+    assert!(kv.get(&(n + 1)).unwrap().is_none());
+    // Newer values in the hot tier hide the cold ones.
+    for k in (0..n).step_by(3) {
+        kv.insert(&k, &value(k, 1)).unwrap();
+    }
+    for k in 0..n {
+        let round = u64::from(k % 3 == 0);
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, round)), "key {k}");
+    }
+    let many = kv.get_many(&(0..n).collect::<Vec<_>>()).unwrap();
+    for (k, v) in (0..n).zip(many) {
+        assert_eq!(v, Some(value(k, u64::from(k % 3 == 0))));
+    }
+}
+
+#[test]
+fn deletes_survive_both_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open::<String>(dir.path(), config());
+    let n = 20_000;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    migrate(&kv);
+    // Delete every other key: the cold ones get hot tombstones.
+    for k in (0..n).step_by(2) {
+        kv.remove(&k).unwrap();
+    }
+    for k in 0..n {
+        assert_eq!(kv.get(&k).unwrap().is_some(), k % 2 == 1, "key {k}");
+    }
+    // Fill the hot log so the tombstones reach its disk, then move them to the cold tier.
+    for k in n..2 * n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    let moved = migrate(&kv);
+    assert!(moved.tombstones > 0, "{moved:?}");
+    for k in 0..n {
+        assert_eq!(
+            kv.get(&k).unwrap().is_some(),
+            k % 2 == 1,
+            "key {k} after hot-to-cold"
+        );
+    }
+    // Cold-to-cold over everything on the cold device.
+    let cold = kv.cold_markers();
+    let c = kv.compact_cold(cold.safe_head).unwrap();
+    assert!(c.copied > 0 && c.tombstones > 0, "{c:?}");
+    assert!(kv.cold_markers().begin > cold.begin);
+    for k in 0..2 * n {
+        assert_eq!(
+            kv.get(&k).unwrap().is_some(),
+            k >= n || k % 2 == 1,
+            "key {k} after cold-to-cold"
+        );
+    }
+}
+
+#[test]
+fn rmw_on_cold_records_keeps_exact_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open::<u64>(dir.path(), config());
+    let n = 30_000u64;
+    for k in 0..n {
+        kv.rmw(&k, |old| old.unwrap_or(0) + 1).unwrap();
+    }
+    migrate(&kv);
+    // Every key is in the cold tier only now (those still in hot memory excepted).
+    for k in 0..n {
+        assert_eq!(
+            kv.rmw(&k, |old| old.unwrap_or(0) + 1).unwrap(),
+            2,
+            "key {k}"
+        );
+    }
+    assert!(kv.stats().cold_rmws > 0);
+    for k in 0..n {
+        assert_eq!(kv.get(&k).unwrap(), Some(2));
+    }
+    // Deleted in the hot tier over a cold value: starts again from nothing.
+    kv.remove(&5).unwrap();
+    assert_eq!(kv.rmw(&5, |old| old.unwrap_or(100) + 1).unwrap(), 101);
+}
+
+#[test]
+fn concurrent_operations_while_compactions_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // With a small read cache, so cold copies are made and evicted all along.
+    let mut c = config();
+    c.hot = c.hot.read_cache(256 << 10);
+    let kv = Arc::new(open::<u64>(dir.path(), c));
+    let per_class = 20_000u64;
+    let rounds = 4u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let compactor = {
+        let (kv, stop) = (kv.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut passes = 0;
+            while !stop.load(Ordering::Acquire) {
+                let hot = kv.hot_markers();
+                if hot.safe_head > hot.begin {
+                    kv.compact_hot(hot.safe_head).unwrap();
+                    passes += 1;
+                }
+                let cold = kv.cold_markers();
+                if cold.safe_head > cold.begin {
+                    kv.compact_cold(cold.safe_head).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            passes
+        })
+    };
+    // Class 0: increments; class 1: upserts of the round; class 2: upsert then delete.
+    let workers: Vec<_> = (0..3u64)
+        .map(|class| {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                for round in 1..=rounds {
+                    for i in 0..per_class {
+                        let k = class * per_class + i;
+                        match class {
+                            0 => {
+                                kv.rmw(&k, |old| old.unwrap_or(0) + 1).unwrap();
+                            }
+                            1 => kv.insert(&k, &round).unwrap(),
+                            _ => {
+                                kv.insert(&k, &round).unwrap();
+                                if round == rounds && i % 2 == 0 {
+                                    kv.remove(&k).unwrap();
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // A reader of class 1 (upserts of the round): no key ever reads older than it did.
+    let reader = {
+        let (kv, stop) = (kv.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = vec![0u64; per_class as usize];
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                for i in (0..per_class).step_by(7) {
+                    let v = kv.get(&(per_class + i)).unwrap().unwrap_or(0);
+                    assert!(
+                        v >= seen[i as usize],
+                        "key {} went back from {} to {v}",
+                        per_class + i,
+                        seen[i as usize]
+                    );
+                    seen[i as usize] = v;
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    let passes = compactor.join().unwrap();
+    assert!(reader.join().unwrap() > 0);
+    assert!(passes > 0, "no hot-to-cold pass ran during the test");
+    let check = |kv: &R2Kv<u64, u64>| {
+        for i in 0..per_class {
+            assert_eq!(kv.get(&i).unwrap(), Some(rounds), "increments of {i}");
+            assert_eq!(kv.get(&(per_class + i)).unwrap(), Some(rounds));
+            let k = 2 * per_class + i;
+            let expect = (i % 2 == 1).then_some(rounds);
+            assert_eq!(kv.get(&k).unwrap(), expect, "key {k}");
+        }
+    };
+    check(&kv);
+    migrate(&kv);
+    let cold = kv.cold_markers();
+    kv.compact_cold(cold.safe_head).unwrap();
+    check(&kv);
+    check(&kv);
+    let cache = kv.stats().hot.read_cache.unwrap();
+    assert!(cache.inserted > 0 && cache.hits > 0, "{cache:?}");
+}
+
+#[test]
+fn one_checkpoint_recovers_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20_000u64;
+    let token = {
+        let kv = open::<String>(dir.path(), config());
+        for k in 0..n {
+            kv.insert(&k, &value(k, 0)).unwrap();
+        }
+        migrate(&kv);
+        for k in (0..n).step_by(4) {
+            kv.remove(&k).unwrap();
+        }
+        for k in (1..n).step_by(4) {
+            kv.insert(&k, &value(k, 1)).unwrap();
+        }
+        let token = kv.checkpoint().unwrap();
+        // After the checkpoint: lost on recovery.
+        kv.insert(&(n + 7), &value(n + 7, 0)).unwrap();
+        migrate(&kv);
+        token
+    };
+    let kv = open::<String>(dir.path(), config());
+    assert!(kv.stats().cold_log_bytes > 0);
+    let _ = token;
+    for k in 0..n {
+        let expect = match k % 4 {
+            0 => None,
+            1 => Some(value(k, 1)),
+            _ => Some(value(k, 0)),
+        };
+        assert_eq!(kv.get(&k).unwrap(), expect, "key {k}");
+    }
+    assert_eq!(kv.get(&(n + 7)).unwrap(), None);
+    // The recovered store goes on: another migration and checkpoint, recovered again.
+    for k in n..2 * n {
+        kv.insert(&k, &value(k, 2)).unwrap();
+    }
+    migrate(&kv);
+    kv.checkpoint().unwrap();
+    drop(kv);
+    let kv = open::<String>(dir.path(), config());
+    for k in (0..2 * n).step_by(7) {
+        let expect = if k >= n {
+            Some(value(k, 2))
+        } else {
+            match k % 4 {
+                0 => None,
+                1 => Some(value(k, 1)),
+                _ => Some(value(k, 0)),
+            }
+        };
+        assert_eq!(
+            kv.get(&k).unwrap(),
+            expect,
+            "key {k} after the second recovery"
+        );
+    }
+}
+
+#[test]
+fn background_migration_keeps_the_hot_log_within_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 2 << 20;
+    let c = config()
+        .hot_to_cold(LogCompaction::with_budget(budget).max_pass(1 << 20))
+        .maintenance_interval(Duration::from_millis(5));
+    let kv = open::<String>(dir.path(), c);
+    let n = 60_000u64;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    // Let the last pass finish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while kv.stats().hot_to_cold.passes == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = kv.stats();
+    assert!(s.hot_to_cold.passes > 0, "{s:?}");
+    let m = kv.hot_markers();
+    assert!(
+        m.tail.raw() - m.begin.raw() < 2 * budget + (1 << 20),
+        "hot log {} bytes",
+        m.tail.raw() - m.begin.raw()
+    );
+    for k in 0..n {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)), "key {k}");
+    }
+}
+
+#[test]
+fn cold_reads_are_cached_in_the_hot_read_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.hot = c.hot.read_cache(1 << 20);
+    let kv = open::<String>(dir.path(), c);
+    let n = 20_000;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    migrate(&kv);
+    for k in 0..100 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+    let before = kv.stats();
+    for k in 0..100 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+    let after = kv.stats();
+    assert_eq!(
+        after.cold_reads, before.cold_reads,
+        "second reads went to the cold tier"
+    );
+    // An update replaces the cached cold copy; a delete hides it.
+    kv.insert(&3, &value(3, 9)).unwrap();
+    kv.remove(&4).unwrap();
+    assert_eq!(kv.get(&3).unwrap(), Some(value(3, 9)));
+    assert_eq!(kv.get(&4).unwrap(), None);
+    assert_eq!(kv.rmw(&5, |v| v.unwrap() + "!").unwrap(), value(5, 0) + "!");
+    assert_eq!(kv.get(&5).unwrap(), Some(value(5, 0) + "!"));
+}
+
+#[test]
+fn async_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open::<u64>(dir.path(), config());
+    let get = kv.get_async(&1);
+    send(&get);
+    let rmw = kv.rmw_async(&1, |v| v.unwrap_or(0) + 1);
+    send(&rmw);
+    drop((get, rmw));
+    assert_eq!(
+        futures_executor::block_on(kv.rmw_async(&1, |v| v.unwrap_or(0) + 1)).unwrap(),
+        1
+    );
+    assert_eq!(
+        futures_executor::block_on(kv.get_async(&1)).unwrap(),
+        Some(1)
+    );
+}
+
+struct Put(u64, u64);
+impl rskv::UpsertContext for Put {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn value(&self) -> &u64 {
+        &self.1
+    }
+}
+struct Get(u64, Option<u64>);
+impl rskv::ReadContext for Get {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn get(&mut self, v: &u64) {
+        self.1 = Some(*v);
+    }
+}
+struct Add(u64, u64);
+impl rskv::RmwContext for Add {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn rmw_initial(&self) -> u64 {
+        self.1
+    }
+    fn rmw_copy(&self, old: &u64) -> u64 {
+        old + self.1
+    }
+}
+struct Del(u64);
+impl rskv::DeleteContext for Del {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+}
+struct OwnHash(u64);
+impl rskv::DeleteContext for OwnHash {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn key_hash(&self) -> u64 {
+        self.0
+    }
+}
+
+#[test]
+fn the_context_api_works_across_tiers() {
+    use rskv::Status;
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open::<u64>(dir.path(), config());
+    for k in 0..30_000u64 {
+        assert_eq!(kv.upsert(&Put(k, k)).unwrap(), Status::Ok);
+    }
+    migrate(&kv);
+    let mut g = Get(7, None);
+    assert_eq!(kv.read(&mut g).unwrap(), Status::Ok);
+    assert_eq!(g.1, Some(7));
+    // An RMW of a cold record through the context: the cold value is the old one.
+    assert_eq!(kv.rmw_context(&Add(7, 10)).unwrap(), Status::Ok);
+    assert_eq!(kv.get(&7).unwrap(), Some(17));
+    assert_eq!(kv.rmw_context(&Add(1 << 40, 5)).unwrap(), Status::Ok);
+    assert_eq!(kv.get(&(1 << 40)).unwrap(), Some(5));
+    assert_eq!(kv.delete(&Del(8)).unwrap(), Status::Ok);
+    let mut g = Get(8, None);
+    assert_eq!(kv.read(&mut g).unwrap(), Status::NotFound);
+    assert!(matches!(
+        kv.delete(&OwnHash(9)),
+        Err(rskv::Error::Config { .. })
+    ));
+}
