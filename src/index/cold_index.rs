@@ -412,6 +412,10 @@ impl<D: Disk> ColdIndex<D> {
     pub fn recover(config: &ColdIndexConfig, disk: D, token: Token) -> Result<Self> {
         let plan = config.plan()?;
         let (store, _) = RsKv::recover(plan.inner.clone(), disk, Some(token))?;
+        // The inner store's own releases must not remove this checkpoint while it is the one
+        // the owner's newest checkpoint names (until `remove_checkpoints_except` moves on).
+        let begin = store.engine.checkpoint_dir()?.read_log_meta(token)?.begin;
+        store.engine.hold_space_from(begin);
         Ok(Self::over(store, &plan))
     }
 
@@ -449,17 +453,27 @@ impl<D: Disk> ColdIndex<D> {
         self.store.checkpoint()
     }
 
-    /// Removes every checkpoint of the index except those in `keep`.
+    /// Removes every checkpoint of the index except those in `keep`, and holds the inner log
+    /// space the kept ones need (the inner store's own releases stop below it).
     ///
     /// # Errors
     /// [`Error::Busy`] while a checkpoint runs; [`Error::Path`] if a file cannot be removed
     /// (the checkpoints before it are gone); [`Error::Config`] for a device that keeps nothing.
     pub fn remove_checkpoints_except(&self, keep: &[Token]) -> Result<()> {
+        let dir = self.store.engine.checkpoint_dir()?;
+        let mut floor = u64::MAX;
         for info in self.store.checkpoints()? {
-            if !keep.contains(&info.token) {
+            if keep.contains(&info.token) {
+                floor = floor.min(dir.read_log_meta(info.token).map_or(0, |m| m.begin));
+            } else {
                 self.store.remove_checkpoint(info.token)?;
             }
         }
+        // The inner store releases log space (and removes checkpoints needing it) only below
+        // what the kept checkpoints need: its own releases follow its newest checkpoint, which
+        // the owner may not have recorded yet (R2Kv takes it before the hot checkpoint that
+        // names it, and a crash in between recovers the previous one).
+        self.store.engine.hold_space_from(floor);
         Ok(())
     }
 

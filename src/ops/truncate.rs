@@ -13,7 +13,9 @@
 //! 3. Device space below address `a` is released (segment files deleted) only when no
 //!    checkpoint that recovery may use needs it: `a <= begin`, `a <=` the `begin` of the newest
 //!    completed log checkpoint, and `a <=` the `begin` a running checkpoint recorded (the pin
-//!    below). Older checkpoints that need space below `a` are removed first (their log part;
+//!    below), and `a <=` the floor the store's owner holds (`Engine::hold_space_from`: an
+//!    R2Kv keeps the inner checkpoints its own checkpoints name, whatever the inner store's
+//!    newest is). Older checkpoints that need space below `a` are removed first (their log part;
 //!    an index checkpoint the newest one may start from is kept), so a crash in between never
 //!    leaves a checkpoint offered whose log is gone. Recovery itself never deletes anything.
 //! 4. The pin: a checkpoint stores `0` in `pinned`, then loads `begin`, then stores that value;
@@ -51,6 +53,10 @@ pub(crate) struct Retention {
     pinned: AtomicU64,
     /// Device space is released below here.
     released: AtomicU64,
+    /// A floor set by the store's owner: nothing at or above it is released, and no
+    /// checkpoint needing it is removed (`u64::MAX`: none). R2Kv's cold index holds the log
+    /// of every inner checkpoint a retained R2Kv checkpoint names (invariant 3).
+    held: AtomicU64,
     /// What compactions did since the store was opened.
     pub(crate) totals: CompactionCounters,
 }
@@ -101,6 +107,7 @@ impl Default for Retention {
             busy: AtomicBool::new(false),
             releasing: AtomicBool::new(false),
             pinned: AtomicU64::new(u64::MAX),
+            held: AtomicU64::new(u64::MAX),
             released: AtomicU64::new(0),
             totals: CompactionCounters::default(),
         }
@@ -145,6 +152,12 @@ pub struct Truncation {
 }
 
 impl<D: Disk> Engine<D> {
+    /// Keeps device space from `address` on (and the checkpoints that need it) until a later
+    /// call moves the floor (`u64::MAX`: no floor). See invariant 3.
+    pub(crate) fn hold_space_from(&self, address: u64) {
+        self.retention.held.store(address, Ordering::SeqCst);
+    }
+
     /// Claims the log maintenance (compaction, truncation).
     ///
     /// # Errors
@@ -228,6 +241,7 @@ impl<D: Disk> Engine<D> {
         // Invariant 4: begin first, then the pin.
         let mut keep = self.hlog.begin_seq_cst().raw();
         keep = keep.min(r.pinned.load(Ordering::SeqCst));
+        keep = keep.min(r.held.load(Ordering::SeqCst));
         let dir = self.checkpoint_dir().ok();
         let mut retained: Vec<(Token, u64)> = Vec::new();
         if let Some(dir) = &dir {
