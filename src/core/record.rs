@@ -347,6 +347,14 @@ impl<'a> RecordRef<'a> {
         self.words[2].store(ValueState::with_checksum(state, sum), Ordering::Release);
     }
 
+    /// Points the record at `prev` (creator only, before any chain leads to it and before it
+    /// leaves the mutable region: R2Kv's cold appends learn their predecessor inside the CAS
+    /// that publishes them).
+    pub fn set_prev(&self, prev: Address) {
+        let flags = self.words[0].load(Ordering::Acquire) & !Address::MASK;
+        self.words[0].store(flags | prev.raw(), Ordering::Release);
+    }
+
     /// Marks an abandoned record (creator only, before it leaves the mutable region).
     pub fn set_invalid(&self) {
         self.words[0].fetch_or(RecordInfo::INVALID, Ordering::Release);

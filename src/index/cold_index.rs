@@ -577,8 +577,26 @@ impl<D: Disk> ColdIndex<D> {
         expected: Address,
         new: Address,
     ) -> Result<std::result::Result<(), Address>> {
+        self.swap_async(hash, new, move |current| current == expected)
+            .await
+    }
+
+    /// Sets the entry for `hash` to `new` if `accept` takes what it holds; `accept` runs
+    /// inside the chunk's RMW decision (once per run: the last run is the one carried out),
+    /// before the new chunk is published. R2Kv's cold appends point their record at the
+    /// entry's old value there, so one RMW both learns the predecessor and publishes.
+    /// Returns as [`ColdIndex::try_update`].
+    ///
+    /// # Errors
+    /// As [`ColdIndex::try_update`].
+    pub(crate) async fn swap_async(
+        &self,
+        hash: KeyHash,
+        new: Address,
+        accept: impl FnMut(Address) -> bool,
+    ) -> Result<std::result::Result<(), Address>> {
         let pos = self.geometry.locate(hash);
-        let mut cas = EntryCas::new(self.geometry, pos.entry, expected, new);
+        let mut cas = EntryCas::with(self.geometry, pos.entry, accept, new);
         if !self.try_update_in_place(pos, &mut cas)? {
             let key = pos.chunk.encoded();
             let _status = self
@@ -598,7 +616,11 @@ impl<D: Disk> ColdIndex<D> {
 
     /// The CAS on a chunk record in the mutable region, under its lock (the engine's one-word
     /// key fast path): `false` when the chunk is elsewhere (the general path decides then).
-    fn try_update_in_place(&self, pos: EntryPos, cas: &mut EntryCas) -> Result<bool> {
+    fn try_update_in_place<F: FnMut(Address) -> bool>(
+        &self,
+        pos: EntryPos,
+        cas: &mut EntryCas<F>,
+    ) -> Result<bool> {
         let Some(lock) = self
             .store
             .engine
@@ -616,7 +638,10 @@ impl<D: Disk> ColdIndex<D> {
         })
     }
 
-    fn finished(&self, cas: &EntryCas) -> Result<std::result::Result<(), Address>> {
+    fn finished<F: FnMut(Address) -> bool>(
+        &self,
+        cas: &EntryCas<F>,
+    ) -> Result<std::result::Result<(), Address>> {
         // Every update the engine finishes ran its decision at least once (the last run is
         // the one carried out): an update that stopped before deciding returned an error.
         let outcome = cas

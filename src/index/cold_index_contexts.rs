@@ -183,35 +183,44 @@ fn set_entry(chunk: &mut [u8], entry: usize, address: Address) {
 /// index CAS it lost, or that went to the device and found the chunk's entry moved): each run
 /// decides afresh from the chunk it is given and overwrites [`EntryCas::outcome`], so the
 /// outcome is that of the run whose decision the engine carried out.
-#[derive(Debug)]
-pub(crate) struct EntryCas {
+pub(crate) struct EntryCas<F: FnMut(Address) -> bool> {
     geometry: ChunkGeometry,
     entry: usize,
-    expected: Address,
+    /// Whether the entry may be swapped from what it holds (a CAS: it holds `expected`).
+    accept: F,
     new: Address,
     /// The last run's outcome: `Ok` (the entry held `expected`; it holds `new` once the
     /// decision is carried out), or `Err` with what it held.
     pub(crate) outcome: Option<std::result::Result<(), Address>>,
 }
 
-impl EntryCas {
+impl EntryCas<fn(Address) -> bool> {
+    /// A compare-and-swap from `expected` to `new`.
     pub(crate) fn new(
         geometry: ChunkGeometry,
         entry: usize,
         expected: Address,
         new: Address,
-    ) -> Self {
+    ) -> EntryCas<impl FnMut(Address) -> bool> {
+        EntryCas::with(geometry, entry, move |current| current == expected, new)
+    }
+}
+
+impl<F: FnMut(Address) -> bool> EntryCas<F> {
+    /// A swap to `new` from whatever the entry holds that `accept` accepts (it runs inside the
+    /// decision, before the new chunk is published, once per run).
+    pub(crate) fn with(geometry: ChunkGeometry, entry: usize, accept: F, new: Address) -> Self {
         Self {
             geometry,
             entry,
-            expected,
+            accept,
             new,
             outcome: None,
         }
     }
 
     /// Decides the RMW of the chunk from its newest version: writes the chunk with the entry
-    /// swapped if it held `expected` and `new` differs, else writes nothing
+    /// swapped if `accept` takes what it held and `new` differs, else writes nothing
     /// ([`Decision::Abort`]): a failed CAS leaves no record behind, and neither does a CAS to
     /// the value already held.
     ///
@@ -219,7 +228,7 @@ impl EntryCas {
     /// As [`ChunkGeometry::entry_of`].
     pub(crate) fn decide(&mut self, latest: Latest<'_>) -> Result<Decision> {
         let current = self.geometry.entry_in(latest, self.entry)?;
-        if current != self.expected {
+        if !(self.accept)(current) {
             self.outcome = Some(Err(current));
             return Ok(Decision::Abort);
         }

@@ -272,16 +272,9 @@ impl<D: Disk> ColdStore<D> {
         }
     }
 
-    /// Appends `key -> value` (`None`: a tombstone) chained to `expected`, and swings the
-    /// key's entry from `expected` to it. Returns the entry found instead when the CAS lost
-    /// (invariant 1: the record is left an orphan).
-    async fn append(
-        &self,
-        key: &Encoded,
-        value: Option<&Encoded>,
-        hash: KeyHash,
-        expected: Address,
-    ) -> Result<std::result::Result<Address, Address>> {
+    /// Writes `key -> value` (`None`: a tombstone) at the cold tail, chained to `prev`; not
+    /// yet reachable.
+    fn write(&self, key: &Encoded, value: Option<&Encoded>, prev: Address) -> Result<Address> {
         let size = record_size(key.len(), value.map_or(0, |v| v.len().next_multiple_of(8)));
         if size > self.hlog.page_size() {
             return Err(Error::RecordTooLarge {
@@ -289,51 +282,86 @@ impl<D: Disk> ColdStore<D> {
                 page_size: self.hlog.page_size(),
             });
         }
-        let address = {
-            let mut g = self.epoch.protect()?;
-            let mut round = 0;
-            let address = loop {
-                match self.hlog.allocate(size) {
-                    Ok(a) => break a,
-                    Err(AllocError::RetryLater) => {
-                        g.refresh();
-                        crate::sync::backoff(&mut round);
-                    }
-                    Err(AllocError::Fatal(e)) => return Err(e),
+        let mut g = self.epoch.protect()?;
+        let mut round = 0;
+        let address = loop {
+            match self.hlog.allocate(size) {
+                Ok(a) => break a,
+                Err(AllocError::RetryLater) => {
+                    g.refresh();
+                    crate::sync::backoff(&mut round);
                 }
-            };
-            let info = RecordInfo::new(expected, Version::of(1));
-            let _ = RecordRef::write_new(self.hlog.space(address, size), info, key, value);
-            address
+                Err(AllocError::Fatal(e)) => return Err(e),
+            }
         };
+        let info = RecordInfo::new(prev, Version::of(1));
+        let _ = RecordRef::write_new(self.hlog.space(address, size), info, key, value);
+        Ok(address)
+    }
+
+    /// After a lost swap of the entry: the record at `address` is an orphan (invariant 1).
+    fn orphan(&self, address: Address) -> Result<()> {
+        self.counters.orphans.fetch_add(1, Ordering::Relaxed);
+        let _g = self.epoch.protect()?;
+        if address >= self.hlog.head() {
+            self.hlog.record(address)?.set_invalid();
+        }
+        Ok(())
+    }
+
+    /// Appends `key -> value` chained to `expected` and swings the key's entry from `expected`
+    /// to it. Returns the entry found instead when the CAS lost.
+    async fn append(
+        &self,
+        key: &Encoded,
+        value: Option<&Encoded>,
+        hash: KeyHash,
+        expected: Address,
+    ) -> Result<std::result::Result<Address, Address>> {
+        let address = self.write(key, value, expected)?;
         match self.index.try_update_async(hash, expected, address).await? {
             Ok(()) => {
                 self.counters.appended.fetch_add(1, Ordering::Relaxed);
                 Ok(Ok(address))
             }
             Err(actual) => {
-                self.counters.orphans.fetch_add(1, Ordering::Relaxed);
-                let _g = self.epoch.protect()?;
-                if address >= self.hlog.head() {
-                    self.hlog.record(address)?.set_invalid();
-                }
+                self.orphan(address)?;
                 Ok(Err(actual))
             }
         }
     }
 
-    /// Appends `key -> value` as the key's newest cold record (hot-to-cold: invariant 2).
+    /// Appends `key -> value` as the key's newest cold record (hot-to-cold: invariant 2), in
+    /// one RMW of its chunk: the record is written first, and pointed at the entry's old
+    /// value inside the RMW's decision, before the chunk that names it is published. That
+    /// needs the record still in the mutable region (not yet being flushed, so the patch
+    /// reaches the device); if it left it, the swap is refused and the append starts over.
     pub(crate) async fn append_newest(
         &self,
         key: &Encoded,
         value: Option<&Encoded>,
         hash: KeyHash,
     ) -> Result<()> {
-        let mut expected = self.index.get_async(hash).await?;
         loop {
-            match self.append(key, value, hash, expected).await? {
-                Ok(_) => return Ok(()),
-                Err(actual) => expected = actual,
+            let address = self.write(key, value, Address::INVALID)?;
+            let patch = |old: Address| {
+                let Ok(_g) = self.epoch.protect() else {
+                    return false;
+                };
+                match self.hlog.record(address) {
+                    Ok(rec) if address >= self.hlog.read_only() => {
+                        rec.set_prev(old);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            match self.index.swap_async(hash, address, patch).await? {
+                Ok(()) => {
+                    self.counters.appended.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(_) => self.orphan(address)?,
             }
         }
     }
