@@ -44,7 +44,7 @@ use crate::contexts::{
     decode_latest, rmw_decider, DeleteContext, ReadContext, RmwContext, UpsertContext,
 };
 use crate::core::address::Address;
-use crate::core::checkpoint::{CheckpointDir, Token};
+use crate::core::checkpoint::{CheckpointDir, CommitPoint, Token};
 use crate::core::codec::{decode, decode_word, Codec, Encoded};
 use crate::core::record::ValueBuf;
 use crate::core::status::{Error, Result, Status};
@@ -57,8 +57,10 @@ use crate::ops::compact::{Compaction, LogCompaction, Mover, Pace};
 use crate::ops::fast::{Fast, Word};
 use crate::ops::read::Found;
 use crate::ops::rmw::{Decision, Latest};
+use crate::ops::tiered::{self, Tiered};
 use crate::ops::Engine;
 use crate::rskv_core::RsKv;
+use crate::session::{Session, SessionId};
 use cold::{ColdLogShape, ColdMeta, ColdStore, COLD_META};
 
 /// The sub-device of the cold log.
@@ -472,6 +474,34 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
         Ok(token)
     }
 
+    /// A session: FASTER's API with serial numbers, operations that go pending instead of
+    /// waiting for either tier's device (finish them with `complete_pending`), and exact
+    /// commit points across both tiers (only the hot tier takes user writes; the cold tier
+    /// changes only by compaction, which a checkpoint excludes).
+    #[must_use]
+    pub fn start_session(&self) -> Session<'_, K, V, D> {
+        Session::new(self.engine(), Some(&self.shared.cold))
+    }
+
+    /// Continues session `id` of the recovered checkpoint (as [`RsKv::continue_session`]).
+    ///
+    /// # Errors
+    /// As [`RsKv::continue_session`].
+    pub fn continue_session(&self, id: SessionId) -> Result<(Session<'_, K, V, D>, CommitPoint)> {
+        let point = self
+            .engine()
+            .cpr
+            .recovered_point(id.0)
+            .ok_or_else(|| Error::Config {
+                field: "session id",
+                reason: format!("session {} is not in the recovered checkpoint", id.0),
+            })?;
+        Ok((
+            Session::continued(self.engine(), Some(&self.shared.cold), id)?,
+            point,
+        ))
+    }
+
     /// Moves the hot log below `until` (a hot log address on the device) to the cold tier,
     /// then truncates the hot log there; what background migration does when the hot log
     /// passes its budget.
@@ -598,18 +628,10 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
     /// Hot, then cold.
     async fn read_tiers(&self, key: &Encoded, hash: KeyHash, out: &mut ValueBuf) -> Result<Found> {
         let engine = self.engine();
-        // Before the hot read: a cold value may be cached only if no hot record came since.
-        let seen = engine
-            .read_cache
-            .as_ref()
-            .and_then(|_| engine.entry_now(hash).ok());
+        let seen = tiered::entry_before_read(engine, hash);
         match engine.read_async(key, hash, out).await? {
             Found::Absent => {
-                let found = self.shared.cold.read(key, hash, out).await?;
-                if let (Found::Live, Some(seen)) = (found, seen) {
-                    engine.cache_cold(key, hash, seen, out.bytes());
-                }
-                Ok(found)
+                tiered::read_below(engine, &self.shared.cold, key, hash, seen, out).await
             }
             hot => {
                 self.shared.hot_hits.fetch_add(1, Ordering::Relaxed);
@@ -685,43 +707,22 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
         hash: KeyHash,
         base: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<Status> {
-        let engine = self.engine();
-        // The cold value, and the hot `begin` loaded before it was read.
-        let mut cold: Option<(Address, Option<Encoded>)> = None;
-        loop {
-            let mut need_cold = false;
-            let mut decide = |latest: Latest<'_>| -> Result<Decision> {
-                if matches!(latest, Latest::Absent) {
-                    match &cold {
-                        Some((b0, v)) if engine.hlog.begin() == *b0 => {
-                            return base(
-                                v.as_ref()
-                                    .map_or(Latest::Absent, |v| Latest::Value(v.bytes())),
-                            );
-                        }
-                        _ => {
-                            need_cold = true;
-                            return Ok(Decision::Abort);
-                        }
-                    }
-                }
-                base(latest)
-            };
-            let status = engine
-                .update_async(key, hash, Address::INVALID, true, &mut decide)
-                .await?;
-            if !need_cold {
-                return Ok(status);
-            }
-            let b0 = engine.hlog.begin();
-            let mut buf = ValueBuf::default();
-            let value = match self.shared.cold.read(key, hash, &mut buf).await? {
-                Found::Live => Some(Encoded::from_bytes(buf.bytes())),
-                Found::Deleted | Found::Absent => None,
-            };
+        let mut t = Tiered::default();
+        let status = tiered::update_tiered(
+            self.engine(),
+            &self.shared.cold,
+            key,
+            hash,
+            &mut t,
+            None,
+            base,
+            &mut |_| {},
+        )
+        .await;
+        if t.read_lower_count() > 0 {
             self.shared.cold_rmws.fetch_add(1, Ordering::Relaxed);
-            cold = Some((b0, value));
         }
+        status
     }
 
     /// A facade RMW: `f` on the decoded old value; the value written is returned.

@@ -285,7 +285,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// Starts an explicit session (serial numbers, pending operations owned by the session).
     #[must_use]
     pub fn start_session(&self) -> Session<'_, K, V, D> {
-        Session::new(&self.engine)
+        Session::new(&self.engine, None)
     }
 
     /// Doubles the hash index while other threads keep operating (the index also grows by
@@ -489,7 +489,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 field: "session id",
                 reason: format!("session {} is not in the recovered checkpoint", id.0),
             })?;
-        Ok((Session::continued(&self.engine, id)?, point))
+        Ok((Session::continued(&self.engine, None, id)?, point))
     }
 }
 

@@ -37,7 +37,8 @@ use crate::device::Disk;
 use crate::index::KeyHash;
 use crate::ops::cpr::book::{PendingUpdate, SessionBook};
 use crate::ops::pending::Started;
-use crate::ops::read::ReadStep;
+use crate::ops::read::{Found, ReadStep};
+use crate::ops::tiered::{self, Lower, Tiered};
 use crate::ops::Engine;
 
 /// A session's identity.
@@ -81,6 +82,10 @@ impl Future for Pending<'_> {
 /// A session on a store. Not shared between threads; `Send`, so it may move between them.
 pub struct Session<'a, K, V, D: Disk> {
     engine: &'a Engine<D>,
+    /// The tier beneath the engine (R2Kv's cold tier), if any: reads that find no record of
+    /// their key ask it, updates may take their old value from it, deletes always write a
+    /// tombstone (`ops::tiered`).
+    lower: Option<&'a dyn Lower>,
     _types: std::marker::PhantomData<fn() -> (K, V)>,
     id: SessionId,
     serial: SerialNum,
@@ -91,23 +96,36 @@ pub struct Session<'a, K, V, D: Disk> {
 }
 
 impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
-    pub(crate) fn new(engine: &'a Engine<D>) -> Self {
+    pub(crate) fn new(engine: &'a Engine<D>, lower: Option<&'a dyn Lower>) -> Self {
         let book = engine
             .cpr
             .register(None)
             .expect("registering a new session id cannot fail");
-        Self::with_book(engine, book)
+        Self::with_book(engine, lower, book)
     }
 
     /// Continues a recovered session: serial numbers go on after its commit point.
-    pub(crate) fn continued(engine: &'a Engine<D>, id: SessionId) -> Result<Self> {
-        Ok(Self::with_book(engine, engine.cpr.register(Some(id.0))?))
+    pub(crate) fn continued(
+        engine: &'a Engine<D>,
+        lower: Option<&'a dyn Lower>,
+        id: SessionId,
+    ) -> Result<Self> {
+        Ok(Self::with_book(
+            engine,
+            lower,
+            engine.cpr.register(Some(id.0))?,
+        ))
     }
 
-    fn with_book(engine: &'a Engine<D>, book: Arc<SessionBook>) -> Self {
+    fn with_book(
+        engine: &'a Engine<D>,
+        lower: Option<&'a dyn Lower>,
+        book: Arc<SessionBook>,
+    ) -> Self {
         let serial = book.last_serial();
         Self {
             engine,
+            lower,
             _types: std::marker::PhantomData,
             id: SessionId(book.id),
             serial: SerialNum(serial),
@@ -161,7 +179,7 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     pub fn delete<C: DeleteContext<Key = K, Value = V>>(&mut self, ctx: C) -> Result<Status> {
         let serial = self.next_serial().0;
         let (book, version) = (&self.book, &mut self.version);
-        let r = delete_ctx(self.engine, &ctx, false, &mut |v| {
+        let r = delete_ctx(self.engine, &ctx, self.lower.is_some(), &mut |v| {
             book.finished(serial, version, v)
         });
         completed(r, |r| ctx.complete(r))
@@ -183,30 +201,45 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
     ) -> Result<Status> {
         let serial = self.next_serial().0;
         self.book.read(serial);
-        let engine = self.engine;
-        let started = (|| -> Result<(Encoded, KeyHash, ReadStep, ValueBuf)> {
+        let (engine, lower) = (self.engine, self.lower);
+        let started = (|| -> Result<(Encoded, KeyHash, ReadStep, ValueBuf, _)> {
             let key = Encoded::new(ctx.key())?;
             let hash = engine.hasher.of_context(&key, ctx.key_hash());
+            let seen = lower.and_then(|_| tiered::entry_before_read(engine, hash));
             let mut buf = ValueBuf::default();
             let g = engine.protect()?;
             let step = engine.read_mem(&g, &key, hash, &mut buf)?;
-            Ok((key, hash, step, buf))
+            Ok((key, hash, step, buf, seen))
         })();
-        let (key, hash, step, mut buf) = match started {
+        let (key, hash, step, mut buf, seen) = match started {
             Ok(s) => s,
             Err(e) => return finish_read(ctx, Err(e), &ValueBuf::default()),
         };
-        match step {
-            ReadStep::Found => finish_read(ctx, Ok(true), &buf),
-            ReadStep::NotFound | ReadStep::Deleted => finish_read(ctx, Ok(false), &buf),
-            ReadStep::Disk(address) => {
+        match (step, lower) {
+            (ReadStep::Found, _) => finish_read(ctx, Ok(true), &buf),
+            (ReadStep::Deleted, _) | (ReadStep::NotFound, None) => {
+                finish_read(ctx, Ok(false), &buf)
+            }
+            (ReadStep::NotFound, Some(lower)) => {
                 self.start_pending(Pending {
                     op: Box::pin(async move {
-                        let found = engine
-                            .read_pending(&key, hash, address, &mut buf)
-                            .await
-                            .map(|f| f.live());
-                        let _ = finish_read(ctx, found, &buf);
+                        let found =
+                            tiered::read_below(engine, lower, &key, hash, seen, &mut buf).await;
+                        let _ = finish_read(ctx, found.map(Found::live), &buf);
+                    }),
+                    update: None,
+                });
+                Ok(Status::Pending)
+            }
+            (ReadStep::Disk(address), lower) => {
+                self.start_pending(Pending {
+                    op: Box::pin(async move {
+                        let mut found = engine.read_pending(&key, hash, address, &mut buf).await;
+                        if let (Ok(Found::Absent), Some(lower)) = (&found, lower) {
+                            found =
+                                tiered::read_below(engine, lower, &key, hash, seen, &mut buf).await;
+                        }
+                        let _ = finish_read(ctx, found.map(Found::live), &buf);
                     }),
                     update: None,
                 });
@@ -225,6 +258,9 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
         ctx: C,
     ) -> Result<Status> {
         let serial = self.next_serial().0;
+        if let Some(lower) = self.lower {
+            return self.rmw_tiered(serial, lower, ctx);
+        }
         let engine = self.engine;
         let (book, version) = (&self.book, &mut self.version);
         let started = (|| -> Result<(Encoded, KeyHash, Started<'a>)> {
@@ -278,6 +314,75 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
                 Ok(Status::Pending)
             }
         }
+    }
+
+    /// [`Session::rmw`] over a lower tier (`ops::tiered`): done at once when the engine holds
+    /// the key in memory; pending when the old value is on disk or in the lower tier. The
+    /// serial is recorded as pending from the first attempt that did not finish, and as
+    /// finished in the version its write landed in.
+    fn rmw_tiered<C: RmwContext<Key = K, Value = V> + Send + Sync + 'a>(
+        &mut self,
+        serial: u64,
+        lower: &'a dyn Lower,
+        ctx: C,
+    ) -> Result<Status> {
+        let engine = self.engine;
+        let (book, version) = (&self.book, &mut self.version);
+        let mut t = Tiered::default();
+        let started = (|| -> Result<(Encoded, KeyHash, Started<'a>)> {
+            let key = Encoded::new(ctx.key())?;
+            let hash = engine.hasher.of_context(&key, ctx.key_hash());
+            let mut base = rmw_decider(&ctx);
+            let t = &t;
+            let step = engine.update_start(
+                &key,
+                hash,
+                Address::INVALID,
+                true,
+                &mut t.decide(engine, &mut base),
+                &mut |v, pending| {
+                    if pending || t.needs_lower() {
+                        book.went_pending(serial, version, v);
+                    } else {
+                        book.finished(serial, version, v);
+                    }
+                },
+            )?;
+            Ok((key, hash, step))
+        })();
+        let (key, hash, resume, update) = match started {
+            Err(e) => return completed(Err(e), |r| ctx.complete(r)),
+            Ok((_, _, Started::Done(status))) if !t.needs_lower() => {
+                return completed(Ok(status), |r| ctx.complete(r));
+            }
+            Ok((key, hash, Started::Done(_))) => (key, hash, None, None),
+            Ok((key, hash, Started::Disk(address, seen, pending))) => {
+                let resume = Some((address, seen, pending.version()));
+                (key, hash, resume, Some(pending))
+            }
+        };
+        let book = self.book.clone();
+        self.start_pending(Pending {
+            op: Box::pin(async move {
+                let r = tiered::update_tiered(
+                    engine,
+                    lower,
+                    &key,
+                    hash,
+                    &mut t,
+                    resume,
+                    &mut rmw_decider(&ctx),
+                    &mut |v| book.pending_finished(serial, v),
+                )
+                .await;
+                if r.is_err() {
+                    book.pending_finished(serial, u64::MAX);
+                }
+                let _ = completed(r, |r| ctx.complete(r));
+            }),
+            update,
+        });
+        Ok(Status::Pending)
     }
 
     /// Takes a disk-bound continuation and polls it once at once, so its device read is issued

@@ -81,6 +81,27 @@ fn model(n: u64) -> Vec<Option<u64>> {
     m
 }
 
+/// A session RMW adding `.1` (wrapping) to key `.0`.
+struct Wrapping(u64, u64);
+impl rskv::RmwContext for Wrapping {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn rmw_initial(&self) -> u64 {
+        self.1
+    }
+    fn rmw_copy(&self, old: &u64) -> u64 {
+        old.wrapping_add(self.1)
+    }
+    fn complete(self, r: rskv::Result<rskv::Status, &rskv::Error>) {
+        if let Err(e) = r {
+            panic!("session rmw of key {} failed: {e}", self.0);
+        }
+    }
+}
+
 fn file(dir: &Path, name: &str) -> std::path::PathBuf {
     dir.parent().unwrap().join(name)
 }
@@ -137,15 +158,28 @@ fn child(dir: &Path) {
         });
     }
     let mut checkpoints = 0;
+    // Half the rounds run the stream's RMWs through a session (they go pending on either
+    // tier's device), the others through the blocking facade.
+    let mut session = (start / CHECKPOINT_EVERY % 2 == 1).then(|| kv.start_session());
     for n in start + 1.. {
-        match op(n) {
-            Op::Put(k, v) => kv.insert(&k, &v).unwrap(),
-            Op::Add(k, d) => {
+        match (op(n), session.as_mut()) {
+            (Op::Put(k, v), _) => kv.insert(&k, &v).unwrap(),
+            (Op::Add(k, d), Some(s)) => {
+                // Completed before the next operation: a later upsert of the same key must
+                // not overtake it (the model applies the stream in order).
+                let _status = s.rmw(Wrapping(k, d)).unwrap();
+                assert!(s.complete_pending(true));
+            }
+            (Op::Add(k, d), None) => {
                 kv.rmw(&k, |old| old.unwrap_or(0).wrapping_add(d)).unwrap();
             }
-            Op::Delete(k) => kv.remove(&k).unwrap(),
+            (Op::Delete(k), _) => kv.remove(&k).unwrap(),
         }
         if n % CHECKPOINT_EVERY == 0 {
+            if let Some(s) = session.as_mut() {
+                // The stream is ordered: pending RMWs land before the position is written.
+                assert!(s.complete_pending(true));
+            }
             kv.insert(&POSITION, &n).unwrap();
             kv.checkpoint().unwrap();
             checkpoints += 1;

@@ -464,3 +464,94 @@ fn the_context_api_works_across_tiers() {
         Err(rskv::Error::Config { .. })
     ));
 }
+
+/// What session reads found, by key.
+type Found = Arc<std::sync::Mutex<Vec<(u64, Option<u64>)>>>;
+
+/// A session read that reports what it found into a shared vector.
+struct SessionGet {
+    key: u64,
+    got: Option<u64>,
+    out: Found,
+}
+impl rskv::ReadContext for SessionGet {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.key
+    }
+    fn get(&mut self, v: &u64) {
+        self.got = Some(*v);
+    }
+    fn complete(self, r: rskv::Result<rskv::Status, &rskv::Error>) {
+        if let Err(e) = r {
+            panic!("session read of key {} failed: {e}", self.key);
+        }
+        self.out.lock().unwrap().push((self.key, self.got));
+    }
+}
+
+#[test]
+fn sessions_read_and_update_both_tiers_with_exact_commit_points() {
+    use rskv::Status;
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20_000u64;
+    let (id, serial) = {
+        let kv = open::<u64>(dir.path(), config());
+        for k in 0..n {
+            kv.insert(&k, &k).unwrap();
+        }
+        migrate(&kv);
+        let mut s = kv.start_session();
+        // Reads of cold keys go pending (chunk and record on the device); all finish.
+        let out: Found = Arc::default();
+        let mut pending = 0;
+        for k in (0..n).step_by(10) {
+            let ctx = SessionGet {
+                key: k,
+                got: None,
+                out: out.clone(),
+            };
+            if s.read(ctx).unwrap() == Status::Pending {
+                pending += 1;
+            }
+        }
+        assert!(pending > 100, "only {pending} reads went pending");
+        assert!(s.complete_pending(true));
+        let mut got = out.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(got.len(), (n / 10) as usize);
+        for (k, v) in got {
+            assert_eq!(v, Some(k), "key {k}");
+        }
+        // RMWs of cold keys take the cold value as the old one; deletes hide cold values.
+        for k in (0..n).step_by(10) {
+            let _status = s.rmw(Add(k, 1000)).unwrap();
+        }
+        for k in (5..n).step_by(10) {
+            assert_eq!(s.delete(Del(k)).unwrap(), Status::Ok);
+        }
+        assert!(s.complete_pending(true));
+        for k in (0..n).step_by(5) {
+            let want = match k % 10 {
+                0 => Some(k + 1000),
+                _ => None,
+            };
+            assert_eq!(kv.get(&k).unwrap(), want, "key {k}");
+        }
+        kv.checkpoint().unwrap();
+        (s.id(), s.serial_num())
+    };
+    let kv = open::<u64>(dir.path(), config());
+    let (mut s, point) = kv.continue_session(id).unwrap();
+    assert_eq!(
+        point.until, serial.0,
+        "every operation finished before the checkpoint"
+    );
+    assert!(point.excluded.is_empty(), "{point:?}");
+    assert_eq!(kv.get(&10).unwrap(), Some(1010));
+    assert_eq!(kv.get(&15).unwrap(), None);
+    let _status = s.rmw(Add(10, 1)).unwrap();
+    assert!(s.complete_pending(true));
+    assert_eq!(kv.get(&10).unwrap(), Some(1011));
+}

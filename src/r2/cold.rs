@@ -445,6 +445,18 @@ impl<D: Disk> ColdStore<D> {
     }
 }
 
+/// The hot tier's engine reads here when it has no record of a key.
+impl<D: Disk> crate::ops::tiered::Lower for ColdStore<D> {
+    fn read_lower<'f>(
+        &'f self,
+        key: &'f Encoded,
+        hash: KeyHash,
+        out: &'f mut ValueBuf,
+    ) -> crate::ops::tiered::LowerFuture<'f> {
+        Box::pin(self.read(key, hash, out))
+    }
+}
+
 /// Cold-to-cold compaction (invariant 3).
 impl<D: Disk> Mover for ColdStore<D> {
     const MOVES_TOMBSTONES: bool = false;
