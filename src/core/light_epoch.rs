@@ -41,6 +41,7 @@
 
 use crossbeam_utils::CachePadded;
 
+use crate::core::record::LockOwner;
 use crate::core::status::{Error, Result};
 use crate::sync::modeled::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
 
@@ -60,7 +61,6 @@ pub struct Epoch(pub u64);
 
 type Action = Box<dyn FnOnce() + Send + 'static>;
 
-#[derive(Default)]
 struct Entry {
     /// The epoch this thread is protected at, or 0.
     local: AtomicU64,
@@ -68,6 +68,21 @@ struct Entry {
     depth: AtomicU64,
     /// The last global phase word this thread acknowledged.
     phase: AtomicU64,
+    /// What the slot's thread writes into the record locks it takes (never changes): kept
+    /// here, in the line a short protection has just written, so a fast path gets it with one
+    /// plain load instead of computing it from the slot number.
+    lock_owner: LockOwner,
+}
+
+impl Entry {
+    fn new(slot: usize) -> Self {
+        Self {
+            local: AtomicU64::new(UNPROTECTED),
+            depth: AtomicU64::new(0),
+            phase: AtomicU64::new(0),
+            lock_owner: LockOwner::of_slot(slot),
+        }
+    }
 }
 
 struct DrainSlot {
@@ -118,7 +133,7 @@ impl LightEpoch {
     pub fn with_capacity(threads: usize, drain_slots: usize) -> Self {
         Self {
             table: (0..threads)
-                .map(|_| CachePadded::new(Entry::default()))
+                .map(|slot| CachePadded::new(Entry::new(slot)))
                 .collect(),
             current: CachePadded::new(AtomicU64::new(1)),
             safe_to_reclaim: CachePadded::new(AtomicU64::new(0)),
@@ -452,6 +467,13 @@ pub struct EpochGuard<'a> {
 }
 
 impl EpochGuard<'_> {
+    /// The calling thread as the owner of the record locks it takes (see `core::record`,
+    /// *Record locks*).
+    #[must_use]
+    pub fn lock_owner(&self) -> LockOwner {
+        self.epoch.table[self.slot].lock_owner
+    }
+
     /// The thread's slot in the epoch table.
     #[must_use]
     pub fn slot(&self) -> usize {
@@ -509,6 +531,14 @@ pub struct ShortGuard<'a> {
 }
 
 impl ShortGuard<'_> {
+    /// The calling thread as the owner of the record locks it takes (see `core::record`,
+    /// *Record locks*).
+    #[must_use]
+    #[inline(always)]
+    pub fn lock_owner(&self) -> LockOwner {
+        self.entry.lock_owner
+    }
+
     /// Records that this thread acknowledged global phase word `phase` (see
     /// [`LightEpoch::ack_phase`]).
     #[inline(always)]

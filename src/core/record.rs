@@ -38,6 +38,32 @@
 //!   idempotent (the checksum does not cover the field it is stored in).
 //! - All log memory is accessed through `AtomicU64`, so concurrent in-place updates and reads are
 //!   not data races in Rust's model. The byte order is little-endian (the crate only builds there).
+//!
+//! # Record locks
+//! An in-place writer sets word 2's lock bit with a CAS ([`RecordRef::lock`]) and clears it on
+//! drop by storing the state it saved when it locked (with the next sequence number if it wrote).
+//! So while the bit is set the sequence field means nothing to anyone, and the lock puts its
+//! *owner* there: the epoch slot of the thread that took it, plus one ([`LockOwner`]; slots are
+//! process-wide, one per live thread, so the tag names the thread in every store). Readers
+//! never accept a locked state as consistent, and the flush only meets unlocked records (a
+//! lock is taken at or above read-only, the flush stays below safe read-only). A snapshot's
+//! copy of a mutable page may catch a record locked: stamping replaces the field with the
+//! checksum (which masks it) and recovery clears the lock bit, while the length, tombstone and
+//! sealed bits it keeps are the record's own; that is why the tag replaces only the sequence
+//! field. So the tag is invisible to everyone but waiters.
+//!
+//! Why: an update runs its user's function while holding the lock (an RMW's function, an upsert's
+//! `put_atomic`, the codec). If that function updates *the same key* on the same store, the nested
+//! operation would wait for a lock its own thread holds: a hang. A writer that finds the lock taken
+//! (only then: the uncontended path is still one load and one CAS; the tag is a plain load from the
+//! thread's epoch-table entry, which its protection has just written; no thread-local, no atomic,
+//! no store) compares the tag with its own and, if it holds the lock itself, returns
+//! [`LockRefused::HeldHere`], which operations turn into `Error::Busy`. A reader in the same spot
+//! ([`RecordRef::read_value`], one thread-local load once it met a lock) reads through its own lock
+//! instead: the holder is suspended in the function, which always runs before the holder writes
+//! anything, so the value is the committed one and cannot change meanwhile. Nothing needs undoing
+//! on any exit, a panic included: the tag lives and dies with the lock bit, which the lock's `Drop`
+//! clears.
 #![forbid(unsafe_code)]
 
 use crate::core::address::Address;
@@ -447,13 +473,15 @@ impl<'a> RecordRef<'a> {
     }
 
     /// Copies the value into `out` consistently (seqlock read: retries while a writer is inside
-    /// and if one came and went during the copy).
+    /// and if one came and went during the copy). A lock the calling thread holds does not
+    /// stop it: that writer is suspended in its update's function, before any write (module
+    /// docs, *Record locks*), so the value is the committed one and cannot change meanwhile.
     #[inline]
     pub fn read_value(&self, out: &mut ValueBuf) -> ValueRead {
         let mut round = 0;
         loop {
             let s1 = self.state();
-            if s1.locked() {
+            if s1.locked() && !LockOwner::current().is_some_and(|me| me.holds(s1)) {
                 crate::sync::backoff(&mut round);
                 continue;
             }
@@ -471,11 +499,14 @@ impl<'a> RecordRef<'a> {
         }
     }
 
-    /// Takes the record's write lock; `None` if the record is sealed (a newer copy exists).
-    #[must_use]
+    /// Takes the record's write lock for `owner` (waiting while another thread holds it).
+    ///
+    /// # Errors
+    /// [`LockRefused::Sealed`] if a newer copy exists; [`LockRefused::HeldHere`] if the calling
+    /// thread itself holds the lock (an update's function updating its own key).
     #[inline(always)]
-    pub fn lock(&self) -> Option<RecordLock<'a>> {
-        lock_state(&self.words[2]).map(|state| RecordLock {
+    pub fn lock(&self, owner: LockOwner) -> Result<RecordLock<'a>, LockRefused> {
+        lock_state(&self.words[2], owner).map(|state| RecordLock {
             rec: *self,
             state,
             new_state: None,
@@ -483,23 +514,71 @@ impl<'a> RecordRef<'a> {
     }
 }
 
-/// Sets the lock bit of state word `w` (waiting while another writer holds it) and returns the
-/// state it replaced; `None` if the record is sealed (a newer copy exists).
+/// The thread that takes a record lock, as it is written into the state word while locked (see
+/// the module docs, *Record locks*): the thread's epoch slot plus one in the sequence field,
+/// and the lock bit. Lockers get it from their protection (`EpochGuard::lock_owner`,
+/// `ShortGuard::lock_owner`), whose slot is the calling thread's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockOwner(u64);
+
+// A slot plus one fits the sequence field, and 0 there never names an owner.
+const _: () = assert!((crate::core::light_epoch::MAX_THREADS as u64) < (1 << 29) - 1);
+
+impl LockOwner {
+    /// The owner tag of the thread in epoch slot `slot` (the epoch table keeps one per slot:
+    /// `EpochGuard::lock_owner`, `ShortGuard::lock_owner`).
+    #[inline(always)]
+    #[must_use]
+    pub(crate) const fn of_slot(slot: usize) -> LockOwner {
+        LockOwner((((slot as u64) + 1) << 32 & ValueState::SEQ_MASK) | ValueState::LOCKED)
+    }
+
+    /// The calling thread, if it holds an epoch slot (one thread-local load). Only waiters
+    /// ask, and only once they found a record locked.
+    #[cold]
+    #[must_use]
+    pub fn current() -> Option<LockOwner> {
+        crate::core::light_epoch::cached_slot().map(LockOwner::of_slot)
+    }
+
+    /// Whether `s` is locked by this owner.
+    #[inline(always)]
+    const fn holds(self, s: ValueState) -> bool {
+        s.0 & (ValueState::SEQ_MASK | ValueState::LOCKED) == self.0
+    }
+}
+
+/// Why a record lock was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockRefused {
+    /// The record is sealed: a newer copy exists at the tail (retry from the index).
+    Sealed,
+    /// The calling thread holds the lock already: an operation nested in the function of the
+    /// update that holds it. Waiting would never end.
+    HeldHere,
+}
+
+/// Sets the lock bit of state word `w` with `owner`'s tag in the sequence field (waiting while
+/// another thread holds it) and returns the state it replaced. The uncontended path is one load
+/// and one CAS, as without owners. Only a waiter looks at the tag.
 #[inline(always)]
-fn lock_state(w: &AtomicU64) -> Option<ValueState> {
+fn lock_state(w: &AtomicU64, owner: LockOwner) -> Result<ValueState, LockRefused> {
     let mut round = 0;
     loop {
         let s = ValueState(w.load(Ordering::Acquire));
         if s.sealed() {
-            return None;
+            return Err(LockRefused::Sealed);
         }
         if s.locked() {
+            if owner.holds(s) {
+                return Err(LockRefused::HeldHere);
+            }
             crate::sync::backoff(&mut round);
             continue;
         }
         if w.compare_exchange_weak(
             s.0,
-            s.0 | ValueState::LOCKED,
+            (s.0 & !ValueState::SEQ_MASK) | owner.0,
             Ordering::Acquire,
             Ordering::Relaxed,
         )
@@ -507,7 +586,7 @@ fn lock_state(w: &AtomicU64) -> Option<ValueState> {
         {
             // Seqlock writer side: the lock bit is visible before any value store.
             fence(Ordering::Release);
-            return Some(s);
+            return Ok(s);
         }
     }
 }
@@ -552,11 +631,12 @@ impl<'a> WordRecord<'a> {
         (s1 == s2 && s1 & ValueState::LOCKED == 0).then_some((v, ValueState(s1)))
     }
 
-    /// Takes the record's write lock (as [`RecordRef::lock`]); `None` if the record is sealed.
+    /// Takes the record's write lock for `owner` (as [`RecordRef::lock`]); `None` if the
+    /// record is sealed or the calling thread holds the lock (the general path then decides).
     #[must_use]
     #[inline(always)]
-    pub fn lock(&self) -> Option<WordRecordLock<'a>> {
-        let state = lock_state(&self.words[2])?;
+    pub fn lock(&self, owner: LockOwner) -> Option<WordRecordLock<'a>> {
+        let state = lock_state(&self.words[2], owner).ok()?;
         Some(WordRecordLock {
             words: self.words,
             state,
@@ -888,6 +968,8 @@ impl<'a> DiskRecord<'a> {
 mod tests {
     use super::*;
 
+    const OWNER: LockOwner = LockOwner::of_slot(3);
+
     fn page(words: usize) -> Vec<AtomicU64> {
         (0..words).map(|_| AtomicU64::new(0)).collect()
     }
@@ -909,7 +991,7 @@ mod tests {
         assert!(matches!(p.read_value(&mut buf), ValueRead::Live));
         assert_eq!(buf.bytes(), val.bytes());
 
-        let mut l = r.lock().unwrap();
+        let mut l = r.lock(OWNER).unwrap();
         let short = Encoded::new(&"bye".to_string()).unwrap();
         assert!(l.fits(short.len()));
         l.write_value(&short);
@@ -924,12 +1006,53 @@ mod tests {
         assert_eq!(d.value(), short.bytes());
         assert_eq!(d.size(), p.size());
 
-        let mut l = r.lock().unwrap();
+        let mut l = r.lock(OWNER).unwrap();
         l.write_tombstone();
         l.seal();
         drop(l);
         assert!(matches!(p.read_value(&mut buf), ValueRead::Tombstone));
-        assert!(r.lock().is_none(), "sealed record must refuse writers");
+        assert_eq!(
+            r.lock(OWNER).err(),
+            Some(LockRefused::Sealed),
+            "sealed record must refuse writers"
+        );
+    }
+
+    #[test]
+    fn a_lock_names_its_owner_until_it_is_released() {
+        let mem = page(16);
+        let key = Encoded::new(&7u64).unwrap();
+        let val = Encoded::new(&"old".to_string()).unwrap();
+        let size = record_size(key.len(), val.len().next_multiple_of(8)) / 8;
+        let info = RecordInfo::new(Address::new(4096), Version::FIRST);
+        let r = RecordRef::write_new(&mem[..size], info, &key, Some(&val));
+        let before = r.state();
+        let slot = crate::core::light_epoch::thread_slot().unwrap();
+        let me = LockOwner::of_slot(slot);
+        let word = WordRecord::of((&mem[..WORD_RECORD_WORDS]).try_into().unwrap(), key.len())
+            .expect("a one-word record");
+        let mut l = r.lock(me).unwrap();
+        assert!(r.state().locked());
+        assert!(me.holds(r.state()));
+        assert!(!LockOwner::of_slot(slot + 1).holds(r.state()));
+        // The holder's own thread: refused at once (no wait), and a read sees the committed
+        // value through the lock.
+        assert_eq!(r.lock(me).err(), Some(LockRefused::HeldHere));
+        assert!(word.lock(me).is_none());
+        let mut buf = ValueBuf::default();
+        assert!(matches!(r.read_value(&mut buf), ValueRead::Live));
+        assert_eq!(buf.bytes(), val.bytes());
+        // Released unchanged: the word is exactly what it was (the tag is gone).
+        drop(l);
+        assert_eq!(r.state(), before);
+        // Released after a write: the next sequence number, no tag.
+        l = r.lock(me).unwrap();
+        let new = Encoded::new(&"new".to_string()).unwrap();
+        l.write_value(&new);
+        drop(l);
+        assert_eq!(r.state(), before.after_write(new.len(), false, false));
+        assert!(matches!(r.read_value(&mut buf), ValueRead::Live));
+        assert_eq!(buf.bytes(), new.bytes());
     }
 
     fn to_bytes(mem: &[AtomicU64]) -> Vec<u8> {
@@ -947,7 +1070,7 @@ mod tests {
         let info = RecordInfo::new(Address::new(4096), Version::FIRST);
         let r = RecordRef::write_new(&mem[..size], info, &key, Some(&val));
         // An in-place write moves the sequence; stamping replaces it.
-        r.lock().unwrap().write_value(&val);
+        r.lock(OWNER).unwrap().write_value(&val);
         assert!(
             DiskRecord::parse(&to_bytes(&mem)).is_err(),
             "unstamped record accepted"

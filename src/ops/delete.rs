@@ -36,9 +36,9 @@ impl<D: Disk> Engine<D> {
             self.check_shift(ov, log)?;
             let read_only = self.hlog.read_only();
             if let (a, Some(rec)) = self.trace(log, key, read_only)? {
-                let Some(mut lock) = rec.lock() else {
-                    return Err(Stop::Retry);
-                };
+                // Sealed: retry; held by this thread (an update's function deleting its own
+                // key): Busy.
+                let mut lock = rec.lock(g.lock_owner())?;
                 if lock.state().tombstone() {
                     return Ok(Status::NotFound);
                 }

@@ -10,7 +10,7 @@ use crossbeam_utils::CachePadded;
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::{EpochGuard, LightEpoch};
-use crate::core::record::{record_size, RecordInfo, RecordRef, Version};
+use crate::core::record::{record_size, LockRefused, RecordInfo, RecordRef, Version};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::hlog::{AllocError, HybridLog};
@@ -117,6 +117,18 @@ impl From<AllocError> for Stop {
         match e {
             AllocError::RetryLater => Stop::Wait,
             AllocError::Fatal(e) => Stop::Fail(e),
+        }
+    }
+}
+
+impl From<LockRefused> for Stop {
+    fn from(e: LockRefused) -> Self {
+        match e {
+            LockRefused::Sealed => Stop::Retry,
+            LockRefused::HeldHere => Stop::Fail(Error::Busy(
+                "an update's function updated its own key: the record is locked by this thread \
+                 (the update that runs the function)",
+            )),
         }
     }
 }

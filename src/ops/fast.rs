@@ -34,6 +34,12 @@
 //! 4. Protection is [`LightEpoch::protect_short`](crate::core::light_epoch::LightEpoch::protect_short):
 //!    the general handshake with less bookkeeping; it nests like any protection (an RMW
 //!    function may call the store for other keys, as in the general path).
+//! 5. A fast update locks with its thread's tag (`ShortGuard::lock_owner`: a plain load from the
+//!    epoch-table line `protect_short` just wrote), as the general path does. A call nested in its
+//!    function never runs a fast path (`protect_short` refuses at depth > 0), so a nested update of
+//!    the *same* key runs the general path, which sees the lock is its own thread's and fails with
+//!    `Error::Busy` instead of waiting forever; a nested read reads through it (`core::record`,
+//!    *Record locks*).
 #![forbid(unsafe_code)]
 
 use crate::core::address::Address;
@@ -201,7 +207,9 @@ impl<D: Disk> Engine<D> {
         if !rec.key_is_word(key.word, key.len) {
             return None;
         }
-        let lock = rec.lock()?;
+        // Err: sealed, or held by this thread (cannot be: it holds no lock in this store
+        // outside a protection of it, and this one is its only one); the general path decides.
+        let lock = rec.lock(guard.lock_owner()).ok()?;
         if lock.state().tombstone() {
             return None;
         }
@@ -220,8 +228,8 @@ impl<D: Disk> Engine<D> {
         }
         let a = self.entry_address(&guard, hash)??;
         let rec = self.word_record(key, a, self.hlog.read_only())?;
-        // None: sealed (a newer copy exists).
-        let lock = rec.lock()?;
+        // None: sealed (a newer copy exists), or held by this thread (as in `lock_word_key`).
+        let lock = rec.lock(guard.lock_owner())?;
         let s = lock.state();
         let old = Word::new(lock.value_word(), s.len()).filter(|_| !s.tombstone())?;
         Some(WordLock {

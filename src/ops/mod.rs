@@ -25,7 +25,9 @@
 //!   retries in place (a lost CAS resolves so, within [`engine::NESTED_RETRIES`] rounds); when what it
 //!   waits for needs the epoch to move on ([`Stop::Wait`]: a page to be evicted for the log to
 //!   roll, an index growth to finish), which the outer protection prevents, it fails at once
-//!   with [`crate::Error::Busy`].
+//!   with [`crate::Error::Busy`]. So does a nested update of the key whose record the outer
+//!   update holds locked while its function runs: the lock names its thread
+//!   (`core::record`, *Record locks*), so the nested writer sees it is waiting for itself.
 
 pub mod cache;
 pub mod compact;

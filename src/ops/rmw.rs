@@ -109,9 +109,8 @@ impl<D: Disk> Engine<D> {
                 )?));
             };
             if in_place && a >= self.hlog.read_only() {
-                let Some(mut lock) = rec.lock() else {
-                    return Err(Stop::Retry);
-                };
+                // Sealed: retry; held by this thread (`decide` updating its own key): Busy.
+                let mut lock = rec.lock(g.lock_owner())?;
                 lock.read_value(&mut buf);
                 let latest = if lock.state().tombstone() {
                     Latest::Deleted

@@ -10,7 +10,7 @@ use crate::core::status::Result;
 use crate::device::Disk;
 use crate::index::KeyHash;
 use crate::ops::counters::Count;
-use crate::ops::{Engine, Stop};
+use crate::ops::Engine;
 
 impl<D: Disk> Engine<D> {
     /// Writes `value` for `key`. `in_place` may rewrite the locked newest record itself (the
@@ -30,9 +30,9 @@ impl<D: Disk> Engine<D> {
             self.check_shift(ov, log)?;
             let read_only = self.hlog.read_only();
             if let (a, Some(rec)) = self.trace(log, key, read_only)? {
-                let Some(mut lock) = rec.lock() else {
-                    return Err(Stop::Retry);
-                };
+                // Sealed: retry; held by this thread (an update's function writing its own
+                // key): Busy.
+                let mut lock = rec.lock(g.lock_owner())?;
                 if !self.may_update_in_place(ov, a, &rec) {
                     // A record of the version being checkpointed: copy, and seal the old one.
                     self.append_and_swing(ov, &mut entry, key, Some(value))?;
