@@ -555,3 +555,45 @@ fn sessions_read_and_update_both_tiers_with_exact_commit_points() {
     assert!(s.complete_pending(true));
     assert_eq!(kv.get(&10).unwrap(), Some(1011));
 }
+
+#[test]
+fn variable_length_keys_and_values_through_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv: R2Kv<String, Vec<u8>> =
+        R2Kv::open(config(), FileSystemDisk::new(dir.path()).unwrap()).unwrap();
+    let key = |k: u64| format!("key-{k}-{}", "k".repeat((k % 40) as usize));
+    let val = |k: u64, r: u8| vec![r; (k % 300) as usize];
+    let n = 10_000u64;
+    for k in 0..n {
+        kv.insert(&key(k), &val(k, 1)).unwrap();
+    }
+    kv.compact_hot(kv.hot_markers().safe_head).unwrap();
+    for k in (0..n).step_by(3) {
+        kv.remove(&key(k)).unwrap();
+    }
+    for k in (1..n).step_by(3) {
+        let new = kv.rmw(&key(k), |old| {
+            let mut v = old.unwrap();
+            v.push(9);
+            v
+        });
+        assert_eq!(new.unwrap().len() as u64, k % 300 + 1);
+    }
+    for k in n..2 * n {
+        kv.insert(&key(k), &val(k, 2)).unwrap();
+    }
+    kv.compact_hot(kv.hot_markers().safe_head).unwrap();
+    kv.compact_cold(kv.cold_markers().safe_head).unwrap();
+    for k in 0..n {
+        let want = match k % 3 {
+            0 => None,
+            1 => {
+                let mut v = val(k, 1);
+                v.push(9);
+                Some(v)
+            }
+            _ => Some(val(k, 1)),
+        };
+        assert_eq!(kv.get(&key(k)).unwrap(), want, "key {k}");
+    }
+}
