@@ -5,7 +5,9 @@
 # a missing or wrong value, any operation, checkpoint or recovery failed, or a run hung for
 # 2 minutes. Between them, larger-than-memory runs with batched multi-get reads and multi-RMWs
 # (--batch-reads, --batch-rmw: up to 16 device reads in flight per thread) and the memory probe
-# on small buffers. Builds only RsKv (no peer features). Then the log-maintenance scenario,
+# on small buffers. R2Kv (the two-tier store) runs the same way with a 2 MiB hot log budget, so
+# most keys move to its cold tier during the load and reads, RMWs and deletes cross both
+# tiers. Builds only RsKv (no peer features). Then the log-maintenance scenario,
 # small: the same 2 s update-heavy, larger-than-memory run without and with background
 # compaction (--log-budget 0,4MiB), sampled every 250 ms (--timeline), every key read back
 # after the run; its CSV and SVG files must exist. Runs in a few seconds once built.
@@ -19,6 +21,10 @@ cargo run -p rskv-bench --release -- \
     --store rskv --keys 50k --value-size 100 --memory 4MiB --ops 20000 --threads 2 \
     --workload b,f --distribution zipf --batch 16 --batch-reads --batch-rmw \
     --verify-all --run-timeout 120s --dir target/rskv-bench-smoke
+cargo run -p rskv-bench --release -- \
+    --store r2kv --keys 50k --value-size 100 --memory 4MiB --r2-hot-budget 2MiB --ops 20000 \
+    --threads 2 --workload b,custom --mix read=40,upsert=30,rmw=20,delete=10 --distribution zipf \
+    --batch 16 --batch-reads --verify-all --run-timeout 120s --dir target/rskv-bench-smoke
 cargo run -p rskv-bench --release -- --probe-memory 4MiB
 timeline_dir=target/rskv-bench-smoke-timeline
 rm -rf "$timeline_dir"

@@ -1,4 +1,5 @@
-//! rskv-bench: YCSB-style workloads over RsKv and, with cargo features, its peers.
+//! rskv-bench: YCSB-style workloads over RsKv, its two-tier store R2Kv (`--store r2kv`) and,
+//! with cargo features, its peers.
 //!
 //! The parent process expands the command line into runs and starts each in a fresh child
 //! process of this binary (`--child SPEC`), so every run's peak RSS is its own and no run
@@ -226,7 +227,6 @@ fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
     let Some(first) = runs.first() else {
         anyhow::bail!("nothing to run");
     };
-    let plan = sizing::plan(first)?;
     let length = match first.length {
         RunLength::Ops(n) => format!("{n} ops"),
         RunLength::Seconds(s) => format!(
@@ -255,7 +255,12 @@ fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
         "  run         {length}; warm-up {warmup}; latency sampled on 1 op in {}",
         first.sample_every
     );
-    if plan.explicit {
+    // RsKv's split (the peers' budget); an R2Kv-only invocation has only R2Kv's, below.
+    let rskv_plan = match runs.iter().find(|r| r.store != spec::StoreKind::R2kv) {
+        Some(r) => Some(sizing::plan(r)?),
+        None => None,
+    };
+    if let Some(plan) = rskv_plan.filter(|p| p.explicit) {
         println!("  memory      budget {} per store; RsKv: index {} ({} buckets) + log {} (pages of {}); record ~{} B",
             human_bytes(plan.budget), human_bytes(plan.index_bytes), plan.table_size, human_bytes(plan.log_bytes), human_bytes(plan.page_size), plan.record_bytes);
         if plan.read_cache_bytes > 0 {
@@ -264,9 +269,12 @@ fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
                 human_bytes(plan.read_cache_bytes)
             );
         }
-    } else {
+    } else if let Some(plan) = rskv_plan {
         println!("  memory      in-memory: RsKv index {} ({} buckets) + log {} (2x the ~{} B records, pages of {}); peers get the same {}",
             human_bytes(plan.index_bytes), plan.table_size, human_bytes(plan.log_bytes), plan.record_bytes, human_bytes(plan.page_size), human_bytes(plan.budget));
+    }
+    if let Some(r2) = runs.iter().find(|r| r.store == spec::StoreKind::R2kv) {
+        print_r2_plan(&sizing::plan(r2)?);
     }
     if let Some(c) = first.checkpoint {
         let modes: Vec<&str> = runs
@@ -311,6 +319,33 @@ fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
     }
     println!("  data dir    {}", args.dir.display());
     Ok(())
+}
+
+/// R2Kv's split of the memory (see `sizing::r2`).
+fn print_r2_plan(p: &spec::MemoryPlan) {
+    let Some(r2) = p.r2 else { return };
+    println!(
+        "  r2kv        {}: hot index {} ({} buckets) + hot log {} (pages of {}) + read cache {} + cold index {} (2^{} chunks x {} entries: table {}, overflow bound {}, inner log {} for {} of chunks) + cold log {}",
+        if p.explicit { "budget" } else { "in memory" },
+        human_bytes(p.index_bytes),
+        p.table_size,
+        human_bytes(p.log_bytes),
+        human_bytes(p.page_size),
+        human_bytes(p.read_cache_bytes),
+        human_bytes(r2.cold_index_memory),
+        r2.cold_chunk_bits,
+        r2.cold_entries_per_chunk,
+        human_bytes(r2.cold_index_table_bytes),
+        human_bytes(r2.cold_index_overflow_bytes),
+        human_bytes(r2.cold_index_log_bytes),
+        human_bytes(r2.cold_index_chunk_bytes),
+        human_bytes(r2.cold_log_bytes),
+    );
+    println!(
+        "              disk budgets: hot log {} (passes to the cold tier from 80% of it), cold log {}",
+        human_bytes(r2.hot_budget),
+        human_bytes(r2.cold_budget)
+    );
 }
 
 fn print_footer(results: &[RunResult]) {

@@ -53,7 +53,8 @@ pub struct Tracker {
     installed: AtomicBool,
     /// Passes started so far.
     started: AtomicU64,
-    /// Passes running now (0 or 1: compactions exclude each other).
+    /// Passes running now (compactions of one log exclude each other, but R2Kv compacts its
+    /// hot log and its cold index's inner log side by side).
     running: AtomicU64,
     inner: Mutex<Inner>,
 }
@@ -119,6 +120,12 @@ impl Tracker {
     }
 }
 
+thread_local! {
+    /// The pass spans this thread is inside, innermost last (only pass spans reach the
+    /// tracker), so an event is credited to its own pass when passes of several logs overlap.
+    static ENTERED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Whether `meta` is the pass span or an event of the compaction module.
 fn wanted(meta: &Metadata<'_>) -> bool {
     meta.target() == TARGET && (meta.is_event() || meta.name() == SPAN)
@@ -170,16 +177,31 @@ impl Subscriber for Handle {
         if !counts.any {
             return;
         }
-        // Passes exclude each other: the event belongs to the newest open one.
+        // The store emits the event inside its pass's span, on the thread that entered it:
+        // that span's pass, else (an event outside any span) the newest open one.
+        let current = ENTERED.with(|e| e.borrow().last().copied());
         let mut inner = self.0.lock();
-        if let Some((pass, _)) = inner.open.values_mut().next_back() {
+        let key = current
+            .filter(|id| inner.open.contains_key(id))
+            .or_else(|| inner.open.keys().next_back().copied());
+        if let Some((pass, _)) = key.and_then(|k| inner.open.get_mut(&k)) {
             pass.done = Some(counts.counts);
         }
     }
 
-    fn enter(&self, _span: &Id) {}
+    fn enter(&self, span: &Id) {
+        ENTERED.with(|e| e.borrow_mut().push(span.into_u64()));
+    }
 
-    fn exit(&self, _span: &Id) {}
+    fn exit(&self, span: &Id) {
+        let id = span.into_u64();
+        ENTERED.with(|e| {
+            let mut e = e.borrow_mut();
+            if let Some(i) = e.iter().rposition(|&x| x == id) {
+                e.remove(i);
+            }
+        });
+    }
 
     fn clone_span(&self, id: &Id) -> Id {
         if let Some((_, refs)) = self.0.lock().open.get_mut(&id.into_u64()) {

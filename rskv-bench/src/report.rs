@@ -134,7 +134,11 @@ pub fn run_table(r: &RunResult) -> String {
     if let Some(e) = rskv_stats(&r.extra) {
         row("rskv stats", e);
     }
-    if let Some(l) = &r.log_state {
+    if let Some(rows) = r2kv_rows(&r.extra) {
+        for (k, v) in rows {
+            row(k, v);
+        }
+    } else if let Some(l) = &r.log_state {
         row("rskv log", log_row(l, r.log_budget));
     }
     if let Some(t) = &r.timeline {
@@ -383,6 +387,74 @@ fn rskv_stats(extra: &serde_json::Value) -> Option<String> {
         human_bytes(n("log_tail")?),
         human_bytes(n("log_head")?),
     ))
+}
+
+/// R2Kv's own view at the end of the run (its `extra`): where reads were answered, what
+/// migration did, memory as allocated, both tiers' logs.
+fn r2kv_rows(extra: &serde_json::Value) -> Option<Vec<(&'static str, String)>> {
+    let n = |k: &str| extra.get(k).and_then(serde_json::Value::as_u64);
+    let per_key = extra.get("index_memory_per_key")?.as_f64()?;
+    Some(vec![
+        (
+            "r2kv reads",
+            format!(
+                "hot tier answered {} (read cache hits {}, misses {}), cold tier read {} (found {}); RMWs from cold {}",
+                n("hot_hits")?,
+                n("read_cache_hits")?,
+                n("read_cache_misses")?,
+                n("cold_reads")?,
+                n("cold_hits")?,
+                n("cold_rmws")?,
+            ),
+        ),
+        (
+            "r2kv passes",
+            format!(
+                "hot->cold {} passes, scanned {}, moved {} records, dropped {} | cold->cold {} passes, scanned {}, copied {}, dropped {} | cold index: {} chunk reads, {} CAS conflicts, {} inner passes",
+                n("hot_to_cold_passes")?,
+                mb(n("hot_to_cold_scanned_bytes")?),
+                n("hot_to_cold_moved")?,
+                n("hot_to_cold_dropped")?,
+                n("cold_to_cold_passes")?,
+                mb(n("cold_to_cold_scanned_bytes")?),
+                n("cold_to_cold_moved")?,
+                n("cold_to_cold_dropped")?,
+                n("cold_index_chunk_reads")?,
+                n("cold_index_update_conflicts")?,
+                n("cold_index_passes")?,
+            ),
+        ),
+        (
+            "r2kv memory",
+            format!(
+                "hot index {} ({} buckets, {} overflow, {} growths) + hot log {} + read cache {} + cold index {} (bound {}) + cold log {}; (hot + cold index) / keys = {:.1} B",
+                mb(n("hot_index_memory")?),
+                n("hot_index_buckets")?,
+                n("hot_overflow_buckets")?,
+                n("hot_index_growths")?,
+                mb(n("hot_log_memory")?),
+                mb(n("read_cache_memory")?),
+                mb(n("cold_index_memory")?),
+                mb(n("cold_index_memory_bound")?),
+                mb(n("cold_log_memory")?),
+                per_key,
+            ),
+        ),
+        (
+            "r2kv logs",
+            format!(
+                "hot {} (files {}), cold {} (files {}), cold index {} (files {}); device reads: hot {}, cold {}",
+                mb(n("hot_log_bytes")?),
+                mb(n("hot_disk_bytes")?),
+                mb(n("cold_log_bytes")?),
+                mb(n("cold_disk_bytes")?),
+                mb(n("cold_index_log_bytes")?),
+                mb(n("cold_index_disk_bytes")?),
+                n("hot_device_reads")?,
+                n("cold_device_reads")?,
+            ),
+        ),
+    ])
 }
 
 /// The log and its compaction at the end of the measured phase.

@@ -26,6 +26,7 @@ pub struct RunResult {
     pub store_info: StoreInfo,
     pub memory_budget: u64,
     pub memory_budget_explicit: bool,
+    /// RsKv's memory plan, or R2Kv's (its hot tier, and the rest in `r2`).
     pub rskv_plan: Option<MemoryPlan>,
     pub generate_secs: f64,
     pub load_secs: f64,

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::results::{Io, Latency, ProcIo, Rss, RunResult, Verify};
-use crate::spec::{MemoryPlan, RunLength, RunSpec, StoreKind, Warmup};
+use crate::spec::{MemoryPlan, RunLength, RunSpec, Warmup};
 use crate::store::{BenchSession, Finished, ReadCheck, Store};
 use crate::sysinfo::{disk_usage, peak_rss, rss};
 use crate::workload::{generate_stream, stream_seed, KeyGen, Op, OpKind, Permutation};
@@ -132,7 +132,7 @@ pub(crate) fn execute_with<S: Store, X: Scenario<S>>(
     let mut result = RunResult::skeleton(spec);
     result.memory_budget = plan.budget;
     result.memory_budget_explicit = plan.explicit;
-    result.rskv_plan = (spec.store == StoreKind::Rskv).then_some(*plan);
+    result.rskv_plan = spec.store.is_ours().then_some(*plan);
 
     let gen_start = Instant::now();
     let order = Permutation::new(spec.keys, spec.seed);

@@ -1,8 +1,11 @@
-//! How a memory budget is split, for RsKv and (as one number) for the peers.
+//! How a memory budget is split, for RsKv, for R2Kv (module `r2`) and (as one number) for
+//! the peers.
+
+mod r2;
 
 use anyhow::bail;
 
-use crate::spec::{MemoryPlan, RunSpec};
+use crate::spec::{MemoryPlan, RunSpec, StoreKind};
 
 const BUCKET_BYTES: u64 = 64;
 const MIN_PAGE: u64 = 4 << 10;
@@ -37,12 +40,16 @@ pub fn record_bytes(key_size: usize, value_size: usize) -> u64 {
 }
 
 /// The default page: a sixteenth of the log, as RsKv's own default, within 4 KiB..32 MiB.
-fn default_page(log: u64) -> u64 {
+pub(crate) fn default_page(log: u64) -> u64 {
     let p = (log / 16).max(1);
     (1u64 << (63 - p.leading_zeros())).clamp(MIN_PAGE, MAX_PAGE)
 }
 
+/// The memory plan of a run: RsKv's split (also the one number peers get), or R2Kv's.
 pub fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
+    if spec.store == StoreKind::R2kv {
+        return r2::plan(spec);
+    }
     let table_size = spec
         .table_size
         .unwrap_or_else(|| spec.keys.div_ceil(8))
@@ -102,6 +109,7 @@ pub fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
         read_cache_bytes: cache,
         page_size,
         record_bytes: record,
+        r2: None,
     })
 }
 

@@ -80,6 +80,12 @@ pub struct RunSpec {
     /// measured phase (see `--timeline`).
     #[serde(default)]
     pub timeline_secs: Option<f64>,
+    /// R2Kv: the hot log's disk budget (`R2Config::hot_to_cold`), instead of the plan's.
+    #[serde(default)]
+    pub r2_hot_budget: Option<u64>,
+    /// R2Kv: the cold index's inner log memory, instead of the plan's.
+    #[serde(default)]
+    pub r2_cold_index_memory: Option<u64>,
 }
 
 /// How long the measured phase lasts.
@@ -109,6 +115,8 @@ pub enum DiskKind {
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     Rskv,
+    /// RsKv's two-tier store (`rskv::R2Kv`, FASTER's F2); always built (it is RsKv's own).
+    R2kv,
     Rocksdb,
     Fjall,
     Redb,
@@ -119,11 +127,12 @@ impl StoreKind {
     pub fn parse(s: &str) -> anyhow::Result<StoreKind> {
         let kind = match s.trim().to_ascii_lowercase().as_str() {
             "rskv" => StoreKind::Rskv,
+            "r2kv" | "r2" | "f2" => StoreKind::R2kv,
             "rocksdb" => StoreKind::Rocksdb,
             "fjall" => StoreKind::Fjall,
             "redb" => StoreKind::Redb,
             "dashmap" | "map" => StoreKind::Dashmap,
-            other => bail!("unknown store `{other}` (rskv, rocksdb, fjall, redb, dashmap)"),
+            other => bail!("unknown store `{other}` (rskv, r2kv, rocksdb, fjall, redb, dashmap)"),
         };
         if !kind.compiled() {
             let f = kind.name();
@@ -136,7 +145,7 @@ impl StoreKind {
 
     pub fn compiled(self) -> bool {
         match self {
-            StoreKind::Rskv => true,
+            StoreKind::Rskv | StoreKind::R2kv => true,
             StoreKind::Rocksdb => cfg!(feature = "rocksdb"),
             StoreKind::Fjall => cfg!(feature = "fjall"),
             StoreKind::Redb => cfg!(feature = "redb"),
@@ -144,9 +153,16 @@ impl StoreKind {
         }
     }
 
+    /// RsKv or R2Kv: our own stores, which take RsKv's knobs (`--read-cache`, `--table-size`,
+    /// `--page-size`, `--segment-size`, ...).
+    pub fn is_ours(self) -> bool {
+        matches!(self, StoreKind::Rskv | StoreKind::R2kv)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             StoreKind::Rskv => "rskv",
+            StoreKind::R2kv => "r2kv",
             StoreKind::Rocksdb => "rocksdb",
             StoreKind::Fjall => "fjall",
             StoreKind::Redb => "redb",
@@ -345,6 +361,44 @@ pub struct MemoryPlan {
     pub page_size: u64,
     /// Estimated bytes of one RsKv record.
     pub record_bytes: u64,
+    /// R2Kv runs: the rest of the two-tier split (the fields above are then its hot tier's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r2: Option<R2Plan>,
+}
+
+/// R2Kv's share of a run's memory beside its hot tier's (`MemoryPlan`'s `table_size`,
+/// `index_bytes`, `log_bytes`, `read_cache_bytes`, `page_size`), and its disk budgets. What
+/// counts against the budget: hot index + hot log + read cache + `cold_index_memory` +
+/// `cold_log_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct R2Plan {
+    /// log2 of the cold index's chunks (`ColdIndexConfig::chunk_bits`).
+    pub cold_chunk_bits: u32,
+    /// Entries per chunk (`ColdIndexConfig::entries_per_chunk`).
+    pub cold_entries_per_chunk: u32,
+    /// Buckets of the cold index's inner hash table (`ColdIndexConfig::table_size`).
+    pub cold_index_table_size: u64,
+    /// Bytes of that table.
+    pub cold_index_table_bytes: u64,
+    /// Most bytes of inner overflow buckets (the cold index's memory bound formula).
+    pub cold_index_overflow_bytes: u64,
+    /// The cold index's inner log memory (`ColdIndexConfig::log_memory`).
+    pub cold_index_log_bytes: u64,
+    /// Its memory bound: table + overflow + log memory.
+    pub cold_index_memory: u64,
+    /// Bytes of every chunk's record (what the inner log holds when every chunk was written).
+    pub cold_index_chunk_bytes: u64,
+    /// The cold log's memory (`R2Config::cold_log_memory`) and page size.
+    pub cold_log_bytes: u64,
+    pub cold_page_size: u64,
+    /// The hot log's disk budget (`R2Config::hot_to_cold`): past 80% of it, passes move its
+    /// oldest part to the cold tier; past `hot_budget + hot_max_pass`, writers wait.
+    pub hot_budget: u64,
+    pub hot_max_pass: u64,
+    /// The cold log's disk budget (`R2Config::cold_to_cold`).
+    pub cold_budget: u64,
+    /// `R2Config::maintenance_interval`, in milliseconds.
+    pub maintenance_ms: u64,
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::spec::{MemoryPlan, RunSpec, StoreKind};
 mod dashmap_store;
 #[cfg(feature = "fjall")]
 mod fjall_store;
+mod r2kv_store;
 #[cfg(feature = "redb")]
 mod redb_store;
 #[cfg(feature = "rocksdb")]
@@ -21,6 +22,7 @@ mod rskv_store;
 pub fn run(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<RunResult> {
     match spec.store {
         StoreKind::Rskv => rskv_store::run(spec, plan),
+        StoreKind::R2kv => r2kv_store::run(spec, plan),
         #[cfg(feature = "dashmap")]
         StoreKind::Dashmap => dashmap_store::run(spec, plan),
         #[cfg(feature = "rocksdb")]

@@ -75,7 +75,7 @@ fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
 }
 
 /// The device of `--disk file` (recovery reuses it).
-fn file_disk(spec: &RunSpec) -> anyhow::Result<FileSystemDisk> {
+pub(super) fn file_disk(spec: &RunSpec) -> anyhow::Result<FileSystemDisk> {
     let mut options = DiskOptions::default();
     if let Some(s) = spec.segment_size {
         options = options.with_segment_size(s);
@@ -86,7 +86,7 @@ fn file_disk(spec: &RunSpec) -> anyhow::Result<FileSystemDisk> {
 
 /// What a read of `key` found.
 #[inline]
-fn checked<V: BenchValue>(key: u64, size: usize, got: Option<V>) -> ReadCheck {
+pub(super) fn checked<V: BenchValue>(key: u64, size: usize, got: Option<V>) -> ReadCheck {
     match got {
         None => ReadCheck::Missing,
         Some(v) if v.ok(key, size) => ReadCheck::Ok,
@@ -97,7 +97,7 @@ fn checked<V: BenchValue>(key: u64, size: usize, got: Option<V>) -> ReadCheck {
 /// An RMW's update of `key`: the next version of a value that verifies, else version 1; and
 /// what the old value was.
 #[inline]
-fn bumped<V: BenchValue>(key: u64, size: usize, old: Option<V>) -> (ReadCheck, V) {
+pub(super) fn bumped<V: BenchValue>(key: u64, size: usize, old: Option<V>) -> (ReadCheck, V) {
     match old {
         Some(v) if v.ok(key, size) => (ReadCheck::Ok, v.bumped()),
         Some(_) => (ReadCheck::Wrong, V::make(key, 1, size)),
