@@ -194,6 +194,7 @@ struct Shared<D: Disk> {
     cold_to_cold: LogCompaction,
     hot_hits: AtomicU64,
     cold_rmws: AtomicU64,
+    hot_entries_freed: AtomicU64,
     hot_passes: PassCounters,
     cold_passes: PassCounters,
     stop: AtomicBool,
@@ -261,6 +262,13 @@ impl<D: Disk> Shared<D> {
             .hot
             .compact_into(until, self.hot_to_cold.threads, pace, &mover)?;
         self.hot_passes.add(&c);
+        // Entries whose whole chain is now below begin lead only to the cold tier: free
+        // them, so the hot index holds the hot set (invariant 9).
+        let begin = self.hot.hlog.begin();
+        let freed = self.hot.index.sweep(
+            |e| matches!(e.target(), crate::index::hash_bucket::Target::Log(a) if a < begin),
+        )?;
+        self.hot_entries_freed.fetch_add(freed, Ordering::Relaxed);
         Ok(c)
     }
 
@@ -382,6 +390,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
             cold_to_cold: config.cold_to_cold,
             hot_hits: AtomicU64::new(0),
             cold_rmws: AtomicU64::new(0),
+            hot_entries_freed: AtomicU64::new(0),
             hot_passes: PassCounters::default(),
             cold_passes: PassCounters::default(),
             stop: AtomicBool::new(false),
@@ -549,6 +558,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
             cold_reads: c.reads.load(Ordering::Relaxed),
             cold_hits: c.found.load(Ordering::Relaxed),
             cold_rmws: s.cold_rmws.load(Ordering::Relaxed),
+            hot_entries_freed: s.hot_entries_freed.load(Ordering::Relaxed),
             hot_to_cold: s.hot_passes.totals(),
             cold_to_cold: s.cold_passes.totals(),
             cold_log_bytes: s.cold.log_bytes(),

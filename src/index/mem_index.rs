@@ -613,6 +613,63 @@ impl MemIndex {
         Ok((bits, overflow))
     }
 
+    /// Frees every entry `dead` says leads nowhere (R2Kv: a chain wholly below the hot log's
+    /// `begin`, moved to the cold tier), so that the index holds the hot set rather than every
+    /// key ever written (FASTER cleans its index after moving the log's begin the same way).
+    /// Each entry is freed by a CAS from the value judged, so an operation that installed
+    /// something else meanwhile wins; one that found the entry before and CASes it later fails
+    /// its CAS and looks again. Tentative entries are left alone (an insertion owns them).
+    /// Stops early, without error, when the index starts growing. Returns the entries freed.
+    ///
+    /// # Errors
+    /// [`crate::Error`] when the epoch table is full.
+    pub fn sweep(
+        &self,
+        dead: impl Fn(HashBucketEntry) -> bool,
+    ) -> crate::core::status::Result<u64> {
+        const CHUNK: usize = 16 * 1024;
+        let bits = self.bits();
+        let n = 1usize << bits;
+        let mut freed = 0;
+        let mut first = 0;
+        let free = |slot: &AtomicU64, freed: &mut u64| {
+            let e = HashBucketEntry::from_raw(slot.load(Ordering::Acquire));
+            if !e.is_empty()
+                && !e.tentative()
+                && dead(e)
+                && slot
+                    .compare_exchange(e.raw(), 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                *freed += 1;
+            }
+        };
+        while first < n {
+            let count = CHUNK.min(n - first);
+            let g = self.epoch.protect()?;
+            let s = self.state.load(Ordering::Acquire);
+            if phase_of(s) != REST || bits_of(s) != bits {
+                break;
+            }
+            let table = self.table(&g, version_of(s));
+            for i in first..first + count {
+                let b = table.bucket(i);
+                for slot in &b.entries {
+                    free(slot, &mut freed);
+                }
+                if b.overflow.load(Ordering::Acquire) != 0 {
+                    for o in table.overflow_chain(i, &self.pool) {
+                        for slot in &self.pool.get(o).entries {
+                            free(slot, &mut freed);
+                        }
+                    }
+                }
+            }
+            first += count;
+        }
+        Ok(freed)
+    }
+
     /// Checks an entry read from a dump (see [`check_dumped`]).
     ///
     /// # Errors

@@ -21,6 +21,8 @@ pub struct R2Stats {
     pub cold_hits: u64,
     /// RMWs whose old value came from the cold tier.
     pub cold_rmws: u64,
+    /// Hot index entries freed after hot-to-cold passes (their chains had moved to cold).
+    pub hot_entries_freed: u64,
     /// Hot-to-cold passes, and what they did in total.
     pub hot_to_cold: PassTotals,
     /// Cold-to-cold passes, and what they did in total.
