@@ -560,9 +560,6 @@ impl Args {
             }
             return Ok(());
         }
-        if self.sessions {
-            bail!("--sessions: R2Kv has no sessions yet (docs/DESIGN.md, R2Kv, \"Not built yet\"); run r2kv without --sessions (--batch 16 --batch-reads puts its reads in flight together)");
-        }
         if self.disk == DiskKind::Null {
             bail!("--disk null: R2Kv's cold tier lives on the device; use --disk file");
         }
@@ -802,8 +799,8 @@ mod tests {
         assert_eq!(r[3].r2_hot_budget, Some(64 << 20));
         // Compaction knobs apply to R2Kv's passes without a --log-budget.
         assert!(runs(&["--store", "r2kv", "--compaction-threads", "2"]).is_ok());
-        // Refused: sessions, a null device, R2Kv's flags without R2Kv, a tiny hot budget.
-        assert!(runs(&["--store", "r2kv", "--sessions"]).is_err());
+        // Refused: a null device, R2Kv's flags without R2Kv, a tiny hot budget.
+        assert!(runs(&["--store", "r2kv", "--sessions"]).is_ok());
         assert!(runs(&["--store", "rskv,r2kv", "--disk", "null"]).is_err());
         assert!(runs(&["--r2-cold-index-memory", "1MiB"]).is_err());
         assert!(runs(&["--store", "r2kv", "--r2-hot-budget", "1000"]).is_err());

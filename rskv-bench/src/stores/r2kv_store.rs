@@ -1,6 +1,7 @@
 //! R2Kv (`rskv::R2Kv`, FASTER's F2) through its facade (`get`, `get_many`, `insert`, `rmw`,
 //! `remove`), over `FileSystemDisk`, with the same keys and values as the RsKv adapter. Its
-//! memory is split by `sizing::r2`. No sessions (R2Kv has none yet), no checkpoint runs.
+//! memory is split by `sizing::r2`. `--sessions` drives an R2Kv `Session` exactly as the RsKv
+//! adapter drives its own (same `RsKvSession`). No checkpoint runs.
 
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
@@ -132,6 +133,15 @@ impl<K: BenchKey, V: BenchValue> Store for R2KvStore<K, V> {
     fn delete(&self, key: u64) -> anyhow::Result<()> {
         self.kv.remove(&self.key(key))?;
         Ok(())
+    }
+
+    fn session(&self) -> Option<Box<dyn crate::store::BenchSession + '_>> {
+        Some(Box::new(super::rskv_session::RsKvSession {
+            session: self.kv.start_session(),
+            key_size: self.key_size,
+            value_size: self.value_size,
+            done: Default::default(),
+        }))
     }
 
     fn info(&self) -> StoreInfo {
