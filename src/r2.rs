@@ -344,6 +344,19 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
     /// when the newest checkpoint has no cold tier state (it was not written by an R2Kv).
     pub fn open(config: R2Config, disk: D) -> Result<Self> {
         let shape = config.cold_shape()?;
+        let hot_memory = config.hot.resolve()?.log_memory_size();
+        let h = &config.hot_to_cold;
+        if h.trigger * h.budget as f64 <= hot_memory as f64 {
+            // Passes move only what is on the device: the log's memory never leaves.
+            return Err(Error::Config {
+                field: "hot_to_cold.budget",
+                reason: format!(
+                    "{} bytes at a trigger of {} start passes before the hot log is past its \
+                     {hot_memory} bytes of memory, which never move to the cold tier",
+                    h.budget, h.trigger
+                ),
+            });
+        }
         let mut hot_config = config.hot.clone();
         hot_config.log_compaction = None;
         hot_config.checkpoint_on_close = false;

@@ -599,3 +599,21 @@ fn variable_length_keys_and_values_through_both_tiers() {
         assert_eq!(kv.get(&key(k)).unwrap(), want, "key {k}");
     }
 }
+
+#[test]
+fn a_hot_budget_the_log_memory_alone_exceeds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config().hot_to_cold(LogCompaction::with_budget(4 << 20));
+    c.hot = c.hot.log_memory_size(4 << 20);
+    let r = R2Kv::<u64, u64>::open(c, FileSystemDisk::new(dir.path()).unwrap());
+    assert!(
+        matches!(
+            r,
+            Err(rskv::Error::Config {
+                field: "hot_to_cold.budget",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
