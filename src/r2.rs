@@ -57,7 +57,7 @@ use crate::ops::compact::{Compaction, LogCompaction, Mover, Pace};
 use crate::ops::fast::{Fast, Word};
 use crate::ops::read::Found;
 use crate::ops::rmw::{Decision, Latest};
-use crate::ops::tiered::{self, Tiered};
+use crate::ops::tiered::{self, Lower, Tiered};
 use crate::ops::Engine;
 use crate::rskv_core::RsKv;
 use crate::session::{Session, SessionId};
@@ -192,8 +192,6 @@ struct Shared<D: Disk> {
     maintenance: Mutex<()>,
     hot_to_cold: LogCompaction,
     cold_to_cold: LogCompaction,
-    hot_hits: AtomicU64,
-    cold_rmws: AtomicU64,
     hot_entries_freed: AtomicU64,
     hot_passes: PassCounters,
     cold_passes: PassCounters,
@@ -401,8 +399,6 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
             maintenance: Mutex::new(()),
             hot_to_cold: config.hot_to_cold,
             cold_to_cold: config.cold_to_cold,
-            hot_hits: AtomicU64::new(0),
-            cold_rmws: AtomicU64::new(0),
             hot_entries_freed: AtomicU64::new(0),
             hot_passes: PassCounters::default(),
             cold_passes: PassCounters::default(),
@@ -567,10 +563,10 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
         let cold_log = &s.cold.hlog;
         R2Stats {
             hot: self.hot.stats(),
-            hot_hits: s.hot_hits.load(Ordering::Relaxed),
+            hot_hits: c.hot_hits.load(Ordering::Relaxed),
             cold_reads: c.reads.load(Ordering::Relaxed),
             cold_hits: c.found.load(Ordering::Relaxed),
-            cold_rmws: s.cold_rmws.load(Ordering::Relaxed),
+            cold_rmws: c.rmws.load(Ordering::Relaxed),
             hot_entries_freed: s.hot_entries_freed.load(Ordering::Relaxed),
             hot_to_cold: s.hot_passes.totals(),
             cold_to_cold: s.cold_passes.totals(),
@@ -593,7 +589,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
         if let Some(k) = Word::encode(key).filter(|_| Word::is_word_type::<V>()) {
             // A hot hit is the answer; anything else may need the cold tier.
             if let Fast::Done(Some(v)) = engine.read_word(k, k.hash()) {
-                self.shared.hot_hits.fetch_add(1, Ordering::Relaxed);
+                self.shared.cold.upper_answered();
                 return decode_word(v.word, v.len).map(Some);
             }
         }
@@ -657,7 +653,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
                 tiered::read_below(engine, &self.shared.cold, key, hash, seen, out).await
             }
             hot => {
-                self.shared.hot_hits.fetch_add(1, Ordering::Relaxed);
+                self.shared.cold.upper_answered();
                 Ok(hot)
             }
         }
@@ -731,7 +727,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
         base: &mut impl FnMut(Latest<'_>) -> Result<Decision>,
     ) -> Result<Status> {
         let mut t = Tiered::default();
-        let status = tiered::update_tiered(
+        tiered::update_tiered(
             self.engine(),
             &self.shared.cold,
             key,
@@ -741,11 +737,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
             base,
             &mut |_| {},
         )
-        .await;
-        if t.read_lower_count() > 0 {
-            self.shared.cold_rmws.fetch_add(1, Ordering::Relaxed);
-        }
-        status
+        .await
     }
 
     /// A facade RMW: `f` on the decoded old value; the value written is returned.

@@ -215,6 +215,9 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
             Ok(s) => s,
             Err(e) => return finish_read(ctx, Err(e), &ValueBuf::default()),
         };
+        if let (ReadStep::Found | ReadStep::Deleted, Some(lower)) = (step, lower) {
+            lower.upper_answered();
+        }
         match (step, lower) {
             (ReadStep::Found, _) => finish_read(ctx, Ok(true), &buf),
             (ReadStep::Deleted, _) | (ReadStep::NotFound, None) => {
@@ -235,9 +238,14 @@ impl<'a, K: Codec, V: Codec, D: Disk> Session<'a, K, V, D> {
                 self.start_pending(Pending {
                     op: Box::pin(async move {
                         let mut found = engine.read_pending(&key, hash, address, &mut buf).await;
-                        if let (Ok(Found::Absent), Some(lower)) = (&found, lower) {
-                            found =
-                                tiered::read_below(engine, lower, &key, hash, seen, &mut buf).await;
+                        match (&found, lower) {
+                            (Ok(Found::Absent), Some(lower)) => {
+                                found =
+                                    tiered::read_below(engine, lower, &key, hash, seen, &mut buf)
+                                        .await;
+                            }
+                            (Ok(_), Some(lower)) => lower.upper_answered(),
+                            _ => {}
                         }
                         let _ = finish_read(ctx, found.map(Found::live), &buf);
                     }),

@@ -534,6 +534,12 @@ fn sessions_read_and_update_both_tiers_with_exact_commit_points() {
             assert_eq!(s.delete(Del(k)).unwrap(), Status::Ok);
         }
         assert!(s.complete_pending(true));
+        let st = kv.stats();
+        // Counted through the session too (about 40% of the keys moved to the cold tier).
+        assert!(
+            st.cold_rmws > 100 && st.cold_reads > 100 && st.hot_hits > 100,
+            "{st:?}"
+        );
         for k in (0..n).step_by(5) {
             let want = match k % 10 {
                 0 => Some(k + 1000),

@@ -32,6 +32,12 @@ pub(crate) trait Lower: Sync {
         hash: KeyHash,
         out: &'f mut ValueBuf,
     ) -> LowerFuture<'f>;
+
+    /// Counts a read the upper tier answered (a value or a tombstone there).
+    fn upper_answered(&self) {}
+
+    /// Counts an update whose old value the lower tier gave.
+    fn lower_gave_old_value(&self) {}
 }
 
 /// The index entry of `hash` before a read of the upper tier, when a value found below may be
@@ -81,11 +87,6 @@ impl Tiered {
         self.needs_lower.load(Ordering::Relaxed)
     }
 
-    /// How many times the update read the lower tier.
-    pub(crate) fn read_lower_count(&self) -> u32 {
-        self.reads
-    }
-
     /// `base` as one attempt decides it: where the engine has no record of the key, the lower
     /// tier's value is the old one, if it was read since `begin` last moved; otherwise the
     /// attempt stops without writing (and [`Tiered::needs_lower`] says so).
@@ -129,6 +130,9 @@ impl Tiered {
             Found::Deleted | Found::Absent => None,
         };
         self.below = Some((b0, value));
+        if self.reads == 0 {
+            lower.lower_gave_old_value();
+        }
         self.reads += 1;
         Ok(())
     }

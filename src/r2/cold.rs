@@ -95,6 +95,10 @@ pub(crate) struct ColdCounters {
     pub(crate) found: AtomicU64,
     pub(crate) appended: AtomicU64,
     pub(crate) orphans: AtomicU64,
+    /// Reads the hot tier answered (a value or a tombstone there).
+    pub(crate) hot_hits: AtomicU64,
+    /// RMWs whose old value came from here.
+    pub(crate) rmws: AtomicU64,
 }
 
 /// The cold tier.
@@ -454,6 +458,14 @@ impl<D: Disk> crate::ops::tiered::Lower for ColdStore<D> {
         out: &'f mut ValueBuf,
     ) -> crate::ops::tiered::LowerFuture<'f> {
         Box::pin(self.read(key, hash, out))
+    }
+
+    fn upper_answered(&self) {
+        self.counters.hot_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn lower_gave_old_value(&self) {
+        self.counters.rmws.fetch_add(1, Ordering::Relaxed);
     }
 }
 
