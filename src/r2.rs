@@ -443,12 +443,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
     /// As [`RsKv::checkpoint`]; device errors of the cold tier.
     pub fn checkpoint(&self) -> Result<Token> {
         let s = &*self.shared;
-        if s.hot.epoch.is_protected_here() {
-            return Err(Error::Busy(
-                "checkpoint called from inside an operation of this store",
-            ));
-        }
-        let _m = s.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let _m = self.maintenance("checkpoint called from inside an operation of this store")?;
         let meta = s.cold.checkpoint()?;
         let bytes = postcard::to_stdvec(&meta)
             .map_err(|e| Error::Codec(format!("encoding the cold tier state: {e}")))?;
@@ -527,9 +522,8 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
     /// # Errors
     /// As [`RsKv::compact`].
     pub fn compact_hot(&self, until: Address) -> Result<Compaction> {
-        let s = &*self.shared;
-        let _m = s.maintenance.lock().unwrap_or_else(|p| p.into_inner());
-        s.hot_to_cold_until(until, Pace::FULL)
+        let _m = self.maintenance("compact_hot called from inside an operation of this store")?;
+        self.shared.hot_to_cold_until(until, Pace::FULL)
     }
 
     /// Compacts the cold log below `until` (a cold log address): copies live records to its
@@ -538,9 +532,22 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
     /// # Errors
     /// Device and corruption errors.
     pub fn compact_cold(&self, until: Address) -> Result<Compaction> {
-        let s = &*self.shared;
-        let _m = s.maintenance.lock().unwrap_or_else(|p| p.into_inner());
-        s.cold_to_cold_until(until)
+        let _m = self.maintenance("compact_cold called from inside an operation of this store")?;
+        self.shared.cold_to_cold_until(until)
+    }
+
+    /// The maintenance lock, for a caller that is not inside an operation of this store: a
+    /// pass may wait for the record lock or the epoch such a caller holds, so waiting for the
+    /// lock there could wait for itself (`Busy` with `why` instead).
+    fn maintenance(&self, why: &'static str) -> Result<std::sync::MutexGuard<'_, ()>> {
+        if self.shared.hot.epoch.is_protected_here() {
+            return Err(Error::Busy(why));
+        }
+        Ok(self
+            .shared
+            .maintenance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The hot log's markers (`safe_head`: where [`R2Kv::compact_hot`] may end).

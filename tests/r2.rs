@@ -623,3 +623,23 @@ fn a_hot_budget_the_log_memory_alone_exceeds_is_refused() {
         "{r:?}"
     );
 }
+
+#[test]
+fn maintenance_from_inside_an_update_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open::<u64>(dir.path(), config());
+    let mut inner = Vec::new();
+    kv.rmw(&1, |v| {
+        inner.push(kv.compact_hot(kv.hot_markers().safe_head).map(|_| ()));
+        inner.push(kv.compact_cold(kv.cold_markers().safe_head).map(|_| ()));
+        inner.push(kv.checkpoint().map(|_| ()));
+        v.unwrap_or(0) + 1
+    })
+    .unwrap();
+    assert!(
+        inner.iter().all(|r| matches!(r, Err(rskv::Error::Busy(_)))),
+        "{inner:?}"
+    );
+    kv.compact_hot(kv.hot_markers().safe_head).unwrap();
+    assert_eq!(kv.get(&1).unwrap(), Some(1));
+}
