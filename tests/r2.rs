@@ -643,3 +643,85 @@ fn maintenance_from_inside_an_update_is_busy() {
     kv.compact_hot(kv.hot_markers().safe_head).unwrap();
     assert_eq!(kv.get(&1).unwrap(), Some(1));
 }
+
+#[test]
+fn two_threads_increment_the_same_keys_across_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = Arc::new(open::<u64>(dir.path(), config()));
+    let keys = 3_000u64;
+    // Filler so the counters reach the device and move to the cold tier between rounds.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mover = {
+        let (kv, stop) = (kv.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut f = 1u64 << 40;
+            while !stop.load(Ordering::Acquire) {
+                for _ in 0..2_000 {
+                    kv.insert(&f, &0).unwrap();
+                    f += 1;
+                }
+                let hot = kv.hot_markers();
+                if hot.safe_head > hot.begin {
+                    kv.compact_hot(hot.safe_head).unwrap();
+                }
+            }
+        })
+    };
+    let rounds = 20u64;
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    for k in 0..keys {
+                        kv.rmw(&k, |v| v.unwrap_or(0) + 1).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    mover.join().unwrap();
+    for k in 0..keys {
+        assert_eq!(kv.get(&k).unwrap(), Some(2 * rounds), "key {k}");
+    }
+    assert!(
+        kv.stats().cold_rmws > 0,
+        "no increment took its old value from the cold tier"
+    );
+}
+
+#[test]
+fn every_flipped_byte_of_cold_meta_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = {
+        let kv = open::<u64>(dir.path(), config());
+        for k in 0..20_000u64 {
+            kv.insert(&k, &k).unwrap();
+        }
+        migrate(&kv);
+        kv.checkpoint().unwrap()
+    };
+    let path = dir
+        .path()
+        .join("checkpoints")
+        .join(token.to_string())
+        .join("cold.meta");
+    let good = std::fs::read(&path).unwrap();
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        let r = R2Kv::<u64, u64>::open(config(), FileSystemDisk::new(dir.path()).unwrap());
+        assert!(
+            matches!(r, Err(rskv::Error::Checkpoint { .. })),
+            "byte {i}: {r:?}"
+        );
+    }
+    std::fs::write(&path, &good).unwrap();
+    let kv = open::<u64>(dir.path(), config());
+    assert_eq!(kv.get(&7).unwrap(), Some(7));
+}
