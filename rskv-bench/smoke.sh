@@ -22,7 +22,7 @@ cargo run -p rskv-bench --release -- \
     --workload b,f --distribution zipf --batch 16 --batch-reads --batch-rmw \
     --verify-all --run-timeout 120s --dir target/rskv-bench-smoke
 cargo run -p rskv-bench --release -- \
-    --store r2kv --keys 50k --value-size 100 --memory 4MiB --r2-hot-budget 2MiB --ops 20000 \
+    --store r2kv --keys 50k --value-size 100 --memory 4MiB --r2-hot-budget 4MiB --ops 20000 \
     --threads 2 --workload b,custom --mix read=40,upsert=30,rmw=20,delete=10 --distribution zipf \
     --batch 16 --batch-reads --verify-all --run-timeout 120s --dir target/rskv-bench-smoke
 cargo run -p rskv-bench --release -- --probe-memory 4MiB
