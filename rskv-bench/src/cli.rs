@@ -146,7 +146,8 @@ pub struct Args {
     pub copy_reads_to_tail: bool,
 
     /// RsKv: no automatic index growth (`Config::auto_grow_index(None)`), so the index stays at
-    /// its starting table plus overflow buckets, as FASTER's does.
+    /// its starting table plus overflow buckets, as FASTER's does. Implied by --memory (RsKv
+    /// and R2Kv are held to the budget, their overflow buckets counted).
     #[arg(long)]
     pub no_auto_grow: bool,
 

@@ -261,8 +261,8 @@ fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(plan) = rskv_plan.filter(|p| p.explicit) {
-        println!("  memory      budget {} per store; RsKv: index {} ({} buckets) + log {} (pages of {}); record ~{} B",
-            human_bytes(plan.budget), human_bytes(plan.index_bytes), plan.table_size, human_bytes(plan.log_bytes), human_bytes(plan.page_size), plan.record_bytes);
+        println!("  memory      budget {} per store; RsKv: index {} ({} buckets) + ~{} of overflow buckets + log {} (pages of {}); record ~{} B; no index growth",
+            human_bytes(plan.budget), human_bytes(plan.index_bytes), plan.table_size, human_bytes(plan.overflow_bytes), human_bytes(plan.log_bytes), human_bytes(plan.page_size), plan.record_bytes);
         if plan.read_cache_bytes > 0 {
             println!(
                 "              + read cache {}",
@@ -325,10 +325,11 @@ fn print_header(args: &Args, runs: &[RunSpec]) -> anyhow::Result<()> {
 fn print_r2_plan(p: &spec::MemoryPlan) {
     let Some(r2) = p.r2 else { return };
     println!(
-        "  r2kv        {}: hot index {} ({} buckets) + hot log {} (pages of {}) + read cache {} + cold index {} (2^{} chunks x {} entries: table {}, overflow bound {}, inner log {} for {} of chunks) + cold log {}",
+        "  r2kv        {}: hot index {} ({} buckets, ~{} of overflow) + hot log {} (pages of {}) + read cache {} + cold index {} (2^{} chunks x {} entries: table {}, overflow bound {}, inner log {} for {} of chunks) + cold log {}",
         if p.explicit { "budget" } else { "in memory" },
         human_bytes(p.index_bytes),
         p.table_size,
+        human_bytes(p.overflow_bytes),
         human_bytes(p.log_bytes),
         human_bytes(p.page_size),
         human_bytes(p.read_cache_bytes),

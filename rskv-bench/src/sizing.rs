@@ -45,29 +45,91 @@ pub(crate) fn default_page(log: u64) -> u64 {
     (1u64 << (63 - p.leading_zeros())).clamp(MIN_PAGE, MAX_PAGE)
 }
 
+/// Entries of a hash bucket (the eighth word links the overflow bucket).
+const BUCKET_ENTRIES: u64 = 7;
+/// Overflow buckets are allocated in pages of this many.
+const OVERFLOW_PAGE_BUCKETS: u64 = 1024;
+
+/// The overflow bucket memory an index of `table` buckets takes for `keys` distinct keys, in
+/// whole pages: the expected number of overflow buckets when keys fall into buckets at
+/// random (Poisson), plus a sixteenth and one page for the spread between runs. For 8M keys
+/// in 1Mi buckets this is 34 MiB (session 8 measured 530k overflow buckets, 32 MiB).
+pub(crate) fn overflow_bytes(keys: u64, table: u64) -> u64 {
+    if keys == 0 || table == 0 {
+        return 0;
+    }
+    let lambda = keys as f64 / table as f64;
+    // Sum over the bucket's key count k of P(k) * (overflow buckets for k keys).
+    let mut p = (-lambda).exp();
+    let mut expected = 0.0;
+    let last = (lambda * 4.0 + 64.0) as u64;
+    for k in 1..=last {
+        p *= lambda / k as f64;
+        expected += p * k.saturating_sub(BUCKET_ENTRIES).div_ceil(BUCKET_ENTRIES) as f64;
+    }
+    let buckets = (expected * table as f64 * 17.0 / 16.0).ceil() as u64;
+    (buckets.div_ceil(OVERFLOW_PAGE_BUCKETS) + 1) * OVERFLOW_PAGE_BUCKETS * BUCKET_BYTES
+}
+
+/// The table for `keys` under a budget: the power of two from `keys / 16` to `keys / 4`
+/// buckets whose table plus expected overflow is smallest (8M keys: 512Ki buckets, 32 MiB,
+/// plus 54 MiB of overflow, against 1Mi buckets and 34 MiB of overflow).
+fn budget_table(keys: u64) -> u64 {
+    let low = keys.div_ceil(16).max(1).next_power_of_two();
+    let mut best = low;
+    let mut t = low;
+    while t <= keys.div_ceil(4).max(1).next_power_of_two() {
+        if t * BUCKET_BYTES + overflow_bytes(keys, t)
+            < best * BUCKET_BYTES + overflow_bytes(keys, best)
+        {
+            best = t;
+        }
+        t *= 2;
+    }
+    best
+}
+
 /// The memory plan of a run: RsKv's split (also the one number peers get), or R2Kv's.
+///
+/// With `--memory` RsKv is held to the budget: the index counts its expected overflow
+/// buckets for the keys ([`overflow_bytes`]) and the stores run without automatic index
+/// growth (a doubling would leave the budget), so the log gets what the index and the read
+/// cache leave.
 pub fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
     if spec.store == StoreKind::R2kv {
         return r2::plan(spec);
     }
     let table_size = spec
         .table_size
-        .unwrap_or_else(|| spec.keys.div_ceil(8))
+        .unwrap_or_else(|| {
+            if spec.memory.is_some() {
+                budget_table(spec.keys)
+            } else {
+                spec.keys.div_ceil(8)
+            }
+        })
         .max(1)
         .next_power_of_two();
-    let index_bytes = table_size * BUCKET_BYTES;
     let record = record_bytes(spec.key_size, spec.value_size);
     let cache = spec.read_cache.unwrap_or(0);
+    let overflow = if spec.memory.is_some() {
+        overflow_bytes(spec.keys, table_size)
+    } else {
+        0
+    };
+    let index_bytes = table_size * BUCKET_BYTES;
     let (budget, log_wanted) = match spec.memory {
         Some(budget) => {
-            if index_bytes + cache >= budget {
+            if index_bytes + overflow + cache >= budget {
                 bail!(
-                    "the RsKv index ({table_size} buckets = {} MiB) does not fit --memory {} MiB; pass a smaller --table-size",
+                    "the RsKv index ({table_size} buckets = {} MiB, and {} MiB of overflow buckets for {} keys) does not fit --memory {} MiB",
                     index_bytes >> 20,
+                    overflow >> 20,
+                    spec.keys,
                     budget >> 20
                 );
             }
-            (budget, budget - index_bytes - cache)
+            (budget, budget - index_bytes - overflow - cache)
         }
         None => {
             // Twice the loaded data: room for the records that updates append.
@@ -105,6 +167,7 @@ pub fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
         explicit: spec.memory.is_some(),
         table_size,
         index_bytes,
+        overflow_bytes: overflow,
         log_bytes,
         read_cache_bytes: cache,
         page_size,
@@ -123,5 +186,42 @@ mod tests {
         assert_eq!(record_bytes(8, 8), 40);
         // 100-byte values: 101 bytes of encoding, 104 padded.
         assert_eq!(record_bytes(8, 100), 24 + 8 + 104);
+    }
+
+    #[test]
+    fn overflow_estimates_match_poisson() {
+        // 8M keys, 1Mi buckets: 0.53M overflow buckets expected (session 8 counted 530k).
+        let b = overflow_bytes(8_000_000, 1 << 20) / BUCKET_BYTES;
+        assert!((540_000..620_000).contains(&b), "{b}");
+        // Half a key per bucket: almost none, but never zero pages.
+        let small = overflow_bytes(1 << 20, 2 << 20);
+        assert!(small <= 2 * OVERFLOW_PAGE_BUCKETS * BUCKET_BYTES, "{small}");
+        assert_eq!(overflow_bytes(0, 1024), 0);
+    }
+
+    #[test]
+    fn a_budget_holds_the_index_with_its_overflow() {
+        use clap::Parser;
+        let spec = crate::cli::Args::try_parse_from([
+            "rskv-bench",
+            "--no-progress",
+            "--keys",
+            "8M",
+            "--value-size",
+            "100",
+            "--memory",
+            "128MiB",
+            "--read-cache",
+            "16MiB",
+        ])
+        .unwrap()
+        .runs()
+        .unwrap()
+        .remove(0);
+        let p = plan(&spec).unwrap();
+        assert_eq!(p.table_size, 512 << 10);
+        assert!(p.overflow_bytes > 48 << 20);
+        let total = p.index_bytes + p.overflow_bytes + p.log_bytes + p.read_cache_bytes;
+        assert!(total <= p.budget && total + p.page_size > p.budget, "{total}");
     }
 }

@@ -353,7 +353,11 @@ pub struct MemoryPlan {
     pub explicit: bool,
     /// RsKv hash buckets.
     pub table_size: u64,
+    /// The table's bytes.
     pub index_bytes: u64,
+    /// The overflow buckets the budget sets aside for the keys (0 without `--memory`).
+    #[serde(default)]
+    pub overflow_bytes: u64,
     /// RsKv log memory (a whole number of pages).
     pub log_bytes: u64,
     /// RsKv read cache (0: none), out of the budget.

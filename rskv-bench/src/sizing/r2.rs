@@ -13,9 +13,10 @@
 //! 2. **Cold log memory**: `M / 32` rounded down to a power of two, from 256 KiB to 4 MiB.
 //! 3. **Read cache**: `--read-cache` if given, else `M / 4`.
 //! 4. **Hot index**: sized for the hot set, not for every key: the records the hot log keeps
-//!    on disk (its disk budget, below) over the record size, at RsKv's 8 keys per bucket,
-//!    rounded up to a power of two, at most a quarter of what is left (`--table-size`
-//!    overrides it).
+//!    on disk (its disk budget, below) and the read cache holds, over the record size, at
+//!    RsKv's 8 keys per bucket, rounded up to a power of two, at most a quarter of what is
+//!    left (`--table-size` overrides it), plus the overflow buckets those keys are expected
+//!    to take (`sizing::overflow_bytes`). It does not grow (the budget would not hold).
 //! 5. **Hot log**: the rest, in whole pages (a sixteenth of it, 4 KiB..32 MiB, or
 //!    `--page-size`).
 //!
@@ -30,7 +31,7 @@
 
 use anyhow::bail;
 
-use super::{default_page, record_bytes, BUCKET_BYTES, MIN_AUTO_LOG, MIN_PAGE};
+use super::{default_page, overflow_bytes, record_bytes, BUCKET_BYTES, MIN_AUTO_LOG, MIN_PAGE};
 use crate::spec::{MemoryPlan, R2Plan, RunSpec};
 
 const KIB: u64 = 1 << 10;
@@ -173,6 +174,7 @@ pub(super) fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
             explicit: false,
             table_size,
             index_bytes,
+            overflow_bytes: 0,
             log_bytes,
             read_cache_bytes,
             page_size,
@@ -200,11 +202,12 @@ pub(super) fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
         );
     }
     let rest = budget - taken;
+    // The hot set: what the hot log keeps on disk and the read cache holds.
+    let hot_keys = (HOT_BUDGET_PER_MEMORY * rest + read_cache_bytes) / record;
     let table_size = match spec.table_size {
         Some(t) => t.max(1).next_power_of_two(),
         None => {
-            // The hot set: what the hot log keeps on disk, at 8 keys per bucket.
-            let hot_keys = HOT_BUDGET_PER_MEMORY * rest / record;
+            // At 8 keys per bucket.
             let mut t = hot_keys.div_ceil(8).max(1).next_power_of_two();
             while t > 1 && t * BUCKET_BYTES > rest / 4 {
                 t /= 2;
@@ -213,12 +216,13 @@ pub(super) fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
         }
     };
     let index_bytes = table_size * BUCKET_BYTES;
-    if index_bytes >= rest {
+    let overflow = overflow_bytes(hot_keys, table_size);
+    if index_bytes + overflow >= rest {
         bail!(
-            "R2Kv's hot index ({table_size} buckets) does not fit the {rest} bytes --memory leaves the hot tier; pass a smaller --table-size"
+            "R2Kv's hot index ({table_size} buckets and {overflow} bytes of overflow buckets) does not fit the {rest} bytes --memory leaves the hot tier; pass a smaller --table-size"
         );
     }
-    let log_wanted = rest - index_bytes;
+    let log_wanted = rest - index_bytes - overflow;
     let page_size = spec.page_size.unwrap_or_else(|| default_page(log_wanted));
     let log_bytes = log_wanted / page_size * page_size;
     if log_bytes < 4 * page_size {
@@ -245,6 +249,7 @@ pub(super) fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
         explicit: true,
         table_size,
         index_bytes,
+        overflow_bytes: overflow,
         log_bytes,
         read_cache_bytes,
         page_size,
@@ -302,6 +307,7 @@ mod tests {
             let p = plan(&s).unwrap();
             let r2 = p.r2.unwrap();
             let total = p.index_bytes
+                + p.overflow_bytes
                 + p.log_bytes
                 + p.read_cache_bytes
                 + r2.cold_index_memory

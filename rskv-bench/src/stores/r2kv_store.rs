@@ -35,7 +35,8 @@ fn config(spec: &RunSpec, plan: &MemoryPlan, r2: &R2Plan) -> R2Config {
         .table_size(plan.table_size)
         .log_memory_size(plan.log_bytes)
         .page_size(plan.page_size);
-    let hot = if spec.no_auto_grow {
+    // A budget would not survive a doubling of the index (`sizing::plan`).
+    let hot = if spec.no_auto_grow || plan.explicit {
         hot.auto_grow_index(None)
     } else {
         hot
@@ -160,9 +161,10 @@ impl<K: BenchKey, V: BenchValue> Store for R2KvStore<K, V> {
                     / ((1u64 << r2.cold_chunk_bits) * u64::from(r2.cold_entries_per_chunk)) as f64,
             ),
             memory_knob: format!(
-                "hot index {} ({} buckets) + hot log {} (pages of {}) + read cache {} + cold index {} (table {}, overflow bound {}, inner log {}; chunks take {}) + cold log {} = {}{}",
+                "hot index {} ({} buckets, ~{} of overflow) + hot log {} (pages of {}) + read cache {} + cold index {} (table {}, overflow bound {}, inner log {}; chunks take {}) + cold log {} = {}{}",
                 human_bytes(p.index_bytes),
                 p.table_size,
+                human_bytes(p.overflow_bytes),
                 human_bytes(p.log_bytes),
                 human_bytes(p.page_size),
                 human_bytes(p.read_cache_bytes),
@@ -174,6 +176,7 @@ impl<K: BenchKey, V: BenchValue> Store for R2KvStore<K, V> {
                 human_bytes(r2.cold_log_bytes),
                 human_bytes(
                     p.index_bytes
+                        + p.overflow_bytes
                         + p.log_bytes
                         + p.read_cache_bytes
                         + r2.cold_index_memory

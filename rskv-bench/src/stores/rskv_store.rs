@@ -50,7 +50,8 @@ fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
         .log_memory_size(plan.log_bytes)
         .page_size(plan.page_size)
         .copy_reads_to_tail(spec.copy_reads_to_tail);
-    let config = if spec.no_auto_grow {
+    // A budget would not survive a doubling of the index (`sizing::plan`).
+    let config = if spec.no_auto_grow || plan.explicit {
         config.auto_grow_index(None)
     } else {
         config
@@ -235,12 +236,25 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
         StoreInfo {
             description: format!("RsKv facade over {kind}: {device}; {compaction}"),
             memory_knob: format!(
-                "Config::log_memory_size {} ({} pages of {}) + index {} ({} buckets){}",
+                "Config::log_memory_size {} ({} pages of {}) + index {} ({} buckets){}{}{}",
                 human_bytes(r.log_memory_size()),
                 r.frames,
                 human_bytes(r.page_size()),
                 human_bytes(r.table_size() * 64),
                 r.table_size(),
+                if self.plan.overflow_bytes > 0 {
+                    format!(
+                        " + ~{} of overflow buckets for the keys",
+                        human_bytes(self.plan.overflow_bytes)
+                    )
+                } else {
+                    String::new()
+                },
+                if self.plan.read_cache_bytes > 0 {
+                    format!(" + read cache {}", human_bytes(self.plan.read_cache_bytes))
+                } else {
+                    String::new()
+                },
                 if self.plan.explicit {
                     format!(" = budget {}", human_bytes(self.plan.budget))
                 } else {
