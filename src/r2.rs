@@ -216,17 +216,21 @@ impl<D: Disk> Mover for HotToCold<'_, D> {
     ) -> Result<bool> {
         let hash = KeyHash::new(self.hot.hasher.rehash(key)?);
         let key = Encoded::from_bytes(key);
-        let floor = Address::new(address.raw() + 1);
-        let mut newest = false;
-        let _ = self
-            .hot
-            .update_async(&key, hash, floor, false, &mut |latest| {
-                newest = matches!(latest, Latest::Absent);
-                Ok(Decision::Abort)
-            })
-            .await?;
-        if !newest {
-            return Ok(false);
+        // Newest if its chain starts here; else an update that writes nothing tells whether
+        // a record of the key lies above it (walking the chain, on the device too).
+        if !self.hot.heads_chain(hash, address) {
+            let floor = Address::new(address.raw() + 1);
+            let mut newest = false;
+            let _ = self
+                .hot
+                .update_async(&key, hash, floor, false, &mut |latest| {
+                    newest = matches!(latest, Latest::Absent);
+                    Ok(Decision::Abort)
+                })
+                .await?;
+            if !newest {
+                return Ok(false);
+            }
         }
         let value = value.map(Encoded::from_bytes);
         self.cold.append_newest(&key, value.as_ref(), hash).await?;

@@ -173,6 +173,22 @@ impl<D: Disk> Engine<D> {
         }
     }
 
+    /// Whether `hash`'s chain starts at `address` in the log (through its cache copy, if any):
+    /// then no record of any key of the chain, `address`'s own key included, lies above it,
+    /// so the record there is its key's newest. `false` when it does not, or when that cannot
+    /// be told without a walk (no entry; the index between tables): the caller walks then.
+    /// R2Kv's hot-to-cold move asks this first: during a load almost every record it scans
+    /// heads its chain, and the answer takes one index lookup instead of an update's.
+    pub(crate) fn heads_chain(&self, hash: KeyHash, address: Address) -> bool {
+        let Ok(g) = self.epoch.protect() else {
+            return false;
+        };
+        match self.index.find_entry(&g, hash) {
+            Ok(Some(slot)) => self.log_head(&slot).is_ok_and(|head| head == address),
+            _ => false,
+        }
+    }
+
     /// After R2Kv's cold tier answered a read of `key` with `value`, the hot tier having no
     /// record of it: puts a copy in front of the hot chain if its entry is still `seen` (loaded
     /// before the hot read, `None` when it had no entry): then no hot record of the key was
