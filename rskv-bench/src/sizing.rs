@@ -222,6 +222,9 @@ mod tests {
         assert_eq!(p.table_size, 512 << 10);
         assert!(p.overflow_bytes > 48 << 20);
         let total = p.index_bytes + p.overflow_bytes + p.log_bytes + p.read_cache_bytes;
-        assert!(total <= p.budget && total + p.page_size > p.budget, "{total}");
+        assert!(
+            total <= p.budget && total + p.page_size > p.budget,
+            "{total}"
+        );
     }
 }
