@@ -15,7 +15,13 @@
 //!   of the key (the CAS on its entry) *and* `begin` is still `b0`. A hot record created after
 //!   the cold read either is still in the hot tier (the retry sees it) or was moved to the
 //!   cold tier and truncated, which moved `begin` (the retry starts over). So no update is lost
-//!   and totals of concurrent increments are exact.
+//!   and totals of concurrent increments are exact. `rmw_many` runs one such RMW per key, all
+//!   in flight at once; `conditional_insert` is one with the decision "write if the key has no
+//!   live value" (so it is atomic across the tiers too).
+//! - **Iteration:** the hot tier's live pairs, then the cold tier's whose key has no hot record
+//!   below the hot tail the iteration started at (`r2::iter` has the invariants). It holds the
+//!   hot log's maintenance claim, which every pass holds, so no pass moves a record between
+//!   the two phases.
 //! - **Hot-to-cold compaction:** the oldest part of the hot log is scanned; a record that is
 //!   still its key's newest in the hot tier (tombstones too) is appended to the cold tier, then
 //!   the hot log is truncated. A read that found the hot record before the truncation returns
@@ -28,6 +34,7 @@
 //!   Recovery opens the newest completed hot checkpoint and the cold state it names.
 
 pub(crate) mod cold;
+mod iter;
 mod stats;
 
 use stats::PassCounters;
@@ -58,6 +65,7 @@ use crate::ops::fast::{Fast, Word};
 use crate::ops::read::Found;
 use crate::ops::rmw::{Decision, Latest};
 use crate::ops::tiered::{self, Lower, Tiered};
+use crate::ops::truncate::MaintenanceClaim;
 use crate::ops::Engine;
 use crate::rskv_core::RsKv;
 use crate::session::{Session, SessionId};
@@ -188,7 +196,9 @@ impl R2Config {
 struct Shared<D: Disk> {
     hot: Arc<Engine<D>>,
     cold: ColdStore<D>,
-    /// Held by a compaction pass or a checkpoint: they exclude each other.
+    /// Held by a compaction pass or a checkpoint: they exclude each other. A pass also holds
+    /// the hot log's maintenance claim, which an iterator holds for its life instead (it must
+    /// exclude passes but not checkpoints, and never waits).
     maintenance: Mutex<()>,
     hot_to_cold: LogCompaction,
     cold_to_cold: LogCompaction,
@@ -254,15 +264,20 @@ impl<D: Disk> Shared<D> {
         Ok(begins)
     }
 
-    /// Hot-to-cold pass below `until` (the caller holds the maintenance lock).
-    fn hot_to_cold_until(&self, until: Address, pace: Pace) -> Result<Compaction> {
+    /// Hot-to-cold pass below `until` (the caller holds the maintenance lock and `claim`).
+    fn hot_to_cold_until(
+        &self,
+        claim: &MaintenanceClaim<'_>,
+        until: Address,
+        pace: Pace,
+    ) -> Result<Compaction> {
         let mover = HotToCold {
             hot: &self.hot,
             cold: &self.cold,
         };
         let c = self
             .hot
-            .compact_into(until, self.hot_to_cold.threads, pace, &mover)?;
+            .compact_into(claim, until, self.hot_to_cold.threads, pace, &mover)?;
         self.hot_passes.add(&c);
         // Entries whose whole chain is now below begin lead only to the cold tier: free
         // them, so the hot index holds the hot set (invariant 9).
@@ -274,8 +289,13 @@ impl<D: Disk> Shared<D> {
         Ok(c)
     }
 
-    /// Cold-to-cold pass below `until` (the caller holds the maintenance lock).
-    fn cold_to_cold_until(&self, until: Address) -> Result<Compaction> {
+    /// Cold-to-cold pass below `until` (the caller holds the maintenance lock and the hot
+    /// log's claim, which keeps iterators out).
+    fn cold_to_cold_until(
+        &self,
+        _claim: &MaintenanceClaim<'_>,
+        until: Address,
+    ) -> Result<Compaction> {
         let begins = self.retained_cold_begins()?;
         let c = self
             .cold
@@ -284,26 +304,39 @@ impl<D: Disk> Shared<D> {
         Ok(c)
     }
 
-    /// One maintenance pass: each compaction whose log passed its trigger.
+    /// One maintenance pass: each compaction whose log passed its trigger. None while an
+    /// iterator holds the hot log's claim (the next interval tries again); the claim is taken
+    /// only when a pass is due, so a check that finds nothing to do never makes `iter` busy.
     fn pass(&self) -> Result<()> {
         let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(until) = due(
+        let hot_due = due(
             &self.hot_to_cold,
             self.hot.log_bytes(),
             &self.hot.hlog.markers(),
-        ) {
+        );
+        // After a hot-to-cold pass, which grows the cold log.
+        let cold_due = || {
+            due(
+                &self.cold_to_cold,
+                self.cold.log_bytes(),
+                &self.cold.hlog.markers(),
+            )
+        };
+        if hot_due.is_none() && cold_due().is_none() {
+            return Ok(());
+        }
+        let Ok(claim) = self.hot.claim_maintenance() else {
+            return Ok(());
+        };
+        if let Some(until) = hot_due {
             let pace = Pace {
                 lookups: self.hot_to_cold.lookups_in_flight,
                 budget: self.hot_to_cold.budget,
             };
-            self.hot_to_cold_until(until, pace)?;
+            self.hot_to_cold_until(&claim, until, pace)?;
         }
-        if let Some(until) = due(
-            &self.cold_to_cold,
-            self.cold.log_bytes(),
-            &self.cold.hlog.markers(),
-        ) {
-            self.cold_to_cold_until(until)?;
+        if let Some(until) = cold_due() {
+            self.cold_to_cold_until(&claim, until)?;
         }
         Ok(())
     }
@@ -524,20 +557,49 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
     /// passes its budget.
     ///
     /// # Errors
-    /// As [`RsKv::compact`].
+    /// As [`RsKv::compact`]: [`Error::Busy`] also while an iterator ([`R2Kv::iter`]) is open.
     pub fn compact_hot(&self, until: Address) -> Result<Compaction> {
         let _m = self.maintenance("compact_hot called from inside an operation of this store")?;
-        self.shared.hot_to_cold_until(until, Pace::FULL)
+        let claim = self.shared.hot.claim_maintenance()?;
+        self.shared.hot_to_cold_until(&claim, until, Pace::FULL)
     }
 
     /// Compacts the cold log below `until` (a cold log address): copies live records to its
     /// tail, drops the rest, truncates.
     ///
     /// # Errors
-    /// Device and corruption errors.
+    /// [`Error::Busy`] while an iterator ([`R2Kv::iter`]) is open, or when called from inside
+    /// an operation of this store; device and corruption errors.
     pub fn compact_cold(&self, until: Address) -> Result<Compaction> {
         let _m = self.maintenance("compact_cold called from inside an operation of this store")?;
-        self.shared.cold_to_cold_until(until)
+        let claim = self.shared.hot.claim_maintenance()?;
+        self.shared.cold_to_cold_until(&claim, until)
+    }
+
+    /// Iterates over the live key-value pairs of both tiers: first the hot tier's (streamed
+    /// from its log as [`RsKv::iter`] does), then the cold tier's whose key has no record in
+    /// the hot tier. Every key that is live when the iterator is created is yielded exactly
+    /// once, with a value it held while the iteration ran (a hot value wins over a cold one, a
+    /// hot tombstone hides the cold value); keys with no live value then are not yielded.
+    /// Other operations and checkpoints run meanwhile; while the iterator lives no record
+    /// moves between or within the tiers: hot-to-cold and cold-to-cold passes wait
+    /// ([`R2Kv::compact_hot`] and [`R2Kv::compact_cold`] return [`Error::Busy`], background
+    /// passes are skipped) until it is dropped, so an iterator kept open stops migration (and
+    /// writers slow down once the hot log passes its budget plus one pass). Order: hot pairs by
+    /// log address, then cold pairs by cold log address, not by key.
+    ///
+    /// Each hot pair costs a lookup of its key's hot chain; each cold record a hot lookup and
+    /// a walk of its key's cold chain (those of one scan read in flight together).
+    ///
+    /// # Errors
+    /// [`Error::Busy`] while a pass or another iteration runs, or when called from inside an
+    /// operation of this store. Device, corruption and codec errors come as items (the
+    /// iteration ends after one).
+    pub fn iter(&self) -> Result<crate::Iter<'_, K, V, D>> {
+        Ok(crate::Iter::new(iter::two_tiers(
+            self.engine(),
+            &self.shared.cold,
+        )?))
     }
 
     /// The maintenance lock, for a caller that is not inside an operation of this store: a
@@ -727,6 +789,64 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
     pub async fn rmw_async(&self, key: &K, mut f: impl FnMut(Option<V>) -> V + Send) -> Result<V> {
         let (key, hash) = encode_key(key)?;
         self.rmw_tiers(&key, hash, &mut f).await
+    }
+
+    /// [`R2Kv::rmw`] of several keys with one function; returns the new values, by position.
+    /// Each key runs the tiered RMW of the module docs, all at once on the calling thread: the
+    /// cold reads (and hot device reads) of the keys that need them are in flight together.
+    ///
+    /// `f` gets the key (a reference into `keys`) and its current value. It may run more than
+    /// once for a key (retries) and not in key order. A key that appears twice is updated
+    /// twice, each update seeing the other's result or being seen by it, as for two threads.
+    ///
+    /// # Errors
+    /// The first error of an [`R2Kv::rmw`], by position. Every other key's update has run to
+    /// its end (written, or failed) when it is returned.
+    pub fn rmw_many(&self, keys: &[K], f: impl FnMut(&K, Option<V>) -> V) -> Result<Vec<V>> {
+        let enc: Vec<(Encoded, KeyHash)> = keys.iter().map(encode_key).collect::<Result<_>>()?;
+        // The updates share `f`; none of them holds it across an await (it runs inside an
+        // attempt's decision).
+        let f = std::cell::RefCell::new(f);
+        let updates = enc.iter().zip(keys).map(|((key, hash), k)| {
+            let f = &f;
+            async move {
+                let mut g = |old: Option<V>| (f.borrow_mut())(k, old);
+                self.rmw_tiers(key, *hash, &mut g).await
+            }
+        });
+        crate::ops::pending::block_on(futures_util::future::join_all(updates))
+            .into_iter()
+            .collect()
+    }
+
+    /// Writes `key = value` only if `key` has no live value in either tier: no record of it in
+    /// the hot tier and none (or a tombstone) in the cold tier, or a hot tombstone (which hides
+    /// whatever the cold tier holds). Returns whether it wrote. Atomic against every other
+    /// update of the key and against migration: it is the tiered RMW of the module docs with
+    /// the decision "write if absent" (when the hot tier has no record, the cold tier is read
+    /// and the write lands only if the hot tier still has none and its `begin` did not move).
+    ///
+    /// Not [`RsKv::conditional_insert`]'s signature: that one takes a `floor`, a hot log
+    /// address, and writes if no record of the key lies at or above it. R2Kv has no such
+    /// floor: cold records carry no hot address, and a hot-to-cold pass may move records from
+    /// above a floor into the cold tier while the call runs. Its meaning is that of RsKv's with
+    /// a floor of 0 ("the key is absent"), except for tombstones: here a deleted key counts as
+    /// absent (RsKv's counts the tombstone as a record), because R2Kv's compactions drop
+    /// tombstones at times the caller does not choose, so "a record exists" would change under
+    /// it while "a live value exists" does not.
+    ///
+    /// # Errors
+    /// Device, codec or size errors.
+    pub fn conditional_insert(&self, key: &K, value: &V) -> Result<bool> {
+        let (key, hash) = encode_key(key)?;
+        let value = Encoded::new(value)?;
+        let status = crate::ops::pending::block_on(self.update_tiers(&key, hash, &mut |latest| {
+            Ok(match latest {
+                Latest::Absent | Latest::Deleted => Decision::Write(value.clone()),
+                Latest::Value(_) => Decision::Abort,
+            })
+        }))?;
+        Ok(status == Status::Ok)
     }
 
     /// The RMW protocol of the module docs, around the decision `base` (which sees the cold

@@ -131,6 +131,10 @@ pub enum Error {
     /// More threads use the store at once than its epoch table has slots for.
     #[error("too many threads: the epoch table has {0} slots")]
     TooManyThreads(usize),
+    /// An internal invariant of RsKv did not hold (a bug in RsKv), reported instead of a
+    /// panic; names the invariant. Whether the operation took effect is unknown.
+    #[error("internal error, a bug in RsKv: {0}")]
+    Internal(&'static str),
 }
 
 /// Result type of RsKv.

@@ -343,6 +343,11 @@ impl<D: Disk> HybridLog<D> {
         Ok(())
     }
 
+    /// The epoch this log's memory is protected by.
+    pub(crate) fn epoch(&self) -> &LightEpoch {
+        &self.epoch
+    }
+
     /// Page geometry.
     #[must_use]
     pub fn geometry(&self) -> PageGeometry {

@@ -644,9 +644,9 @@ impl<D: Disk> ColdIndex<D> {
     ) -> Result<std::result::Result<(), Address>> {
         // Every update the engine finishes ran its decision at least once (the last run is
         // the one carried out): an update that stopped before deciding returned an error.
-        let outcome = cas
-            .outcome
-            .expect("an update of a chunk finished without running its decision");
+        let outcome = cas.outcome.ok_or(Error::Internal(
+            "an update of a chunk finished without running its decision",
+        ))?;
         self.counts
             .bump(if outcome.is_ok() { UPDATES } else { CONFLICTS });
         Ok(outcome)

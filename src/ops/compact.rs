@@ -23,7 +23,7 @@ use crate::hlog::HybridLog;
 use crate::index::KeyHash;
 use crate::ops::rmw::{Decision, Latest};
 use crate::ops::scan::{for_each_record, pages_per_read, read_pages};
-use crate::ops::truncate::Truncation;
+use crate::ops::truncate::{MaintenanceClaim, Truncation};
 use crate::ops::Engine;
 
 /// Conditional inserts a compaction worker keeps going at once (each may wait for a device
@@ -92,16 +92,19 @@ impl<D: Disk> Engine<D> {
     /// `safe_head`, or a store whose contexts use a hash it was not told about; device and
     /// corruption errors (nothing is truncated then).
     pub(crate) fn compact(&self, until: Address, threads: usize, pace: Pace) -> Result<Compaction> {
-        self.compact_into(until, threads, pace, self)
+        let claim = self.claim_maintenance()?;
+        self.compact_into(&claim, until, threads, pace, self)
     }
 
-    /// [`Engine::compact`] with the records that may still be newest going to `mover` (R2Kv
-    /// moves them to its cold tier) instead of this log's tail.
+    /// [`Engine::compact`] under the maintenance claim the caller holds, with the records that
+    /// may still be newest going to `mover` (R2Kv moves them to its cold tier) instead of this
+    /// log's tail.
     ///
     /// # Errors
-    /// As [`Engine::compact`], and the mover's.
+    /// As [`Engine::compact`] (but for the claim), and the mover's.
     pub(crate) fn compact_into<M: Mover>(
         &self,
+        _claim: &MaintenanceClaim<'_>,
         until: Address,
         threads: usize,
         pace: Pace,
@@ -113,7 +116,6 @@ impl<D: Disk> Engine<D> {
                  wait for the operation that calls it",
             ));
         }
-        let _claim = self.claim_maintenance()?;
         let begin = self.hlog.begin();
         let safe_head = self.hlog.safe_head();
         if until < begin || until > safe_head {

@@ -1,6 +1,11 @@
 //! Sequential scans of the log on the device: large reads of whole pages (O_DIRECT when the
 //! device uses it, never through the in-memory ring), parsed into records. Compaction and
 //! iteration read the log this way.
+//!
+//! Iteration walks any log (RsKv's, and both of R2Kv's tiers) with [`Pages`]: the device part
+//! in scan reads, the part in memory page by page; a [`Select`] decides which of a read's
+//! records are yielded (for one log: each key's newest record below the scan's end,
+//! [`LiveScan`]; R2Kv adds its own for the cold tier, `r2::iter`).
 #![forbid(unsafe_code)]
 
 use crate::core::address::{Address, PageGeometry};
@@ -12,26 +17,12 @@ use crate::device::Disk;
 use crate::hlog::HybridLog;
 use crate::index::{HashIndex, KeyHash};
 use crate::ops::engine::backwards;
+use crate::ops::truncate::MaintenanceClaim;
 use crate::ops::Engine;
 use crate::ops::Stop;
 
 /// Bytes one scan read fetches (whole pages; at least one page).
 pub(crate) const SCAN_READ: usize = 4 << 20;
-
-impl<D: Disk> Engine<D> {
-    /// Pages one scan read covers.
-    pub(crate) fn scan_pages_per_read(&self) -> u64 {
-        pages_per_read(&self.hlog)
-    }
-
-    /// Reads pages `first..first + count` from the device in one request ([`read_pages`]).
-    ///
-    /// # Errors
-    /// Device errors.
-    pub(crate) fn read_pages(&self, first: u64, count: u64) -> Result<AlignedBuf> {
-        read_pages(&self.hlog, first, count)
-    }
-}
 
 /// Pages one scan read of `log` covers.
 pub(crate) fn pages_per_read<D: Disk>(log: &HybridLog<D>) -> u64 {
@@ -110,27 +101,216 @@ pub(crate) fn for_each_record<'b>(
 /// A live key and its value, as encoded bytes.
 pub(crate) type Pair = (Vec<u8>, Vec<u8>);
 
+/// A record holding a value, met by [`Pages`] (invalid records and tombstones are not met).
+pub(crate) struct Candidate {
+    pub(crate) address: Address,
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Vec<u8>,
+}
+
+/// The records holding a value in a log's pages from its `begin` up to `end`, one read's worth
+/// at a time: pages below `head` from the device in scan reads, the others page by page from
+/// memory under the log's epoch protection (a page that left memory meanwhile is read from the
+/// device, where it is by then). Only records below `end` are met. The caller makes sure every
+/// record below `end` is written and that nothing truncates the log while it walks.
+pub(crate) struct Pages<'l, D: Disk> {
+    log: &'l HybridLog<D>,
+    end: Address,
+    next_page: u64,
+    end_page: u64,
+}
+
+impl<'l, D: Disk> Pages<'l, D> {
+    pub(crate) fn new(log: &'l HybridLog<D>, end: Address) -> Self {
+        let geo = log.geometry();
+        Self {
+            log,
+            end,
+            next_page: geo.page(log.begin()),
+            end_page: geo.page(end) + u64::from(geo.offset(end) != 0),
+        }
+    }
+
+    /// The next read's records; `None` once every page was read (and after an error).
+    fn next_read(&mut self) -> Option<Result<Vec<Candidate>>> {
+        if self.next_page >= self.end_page {
+            return None;
+        }
+        let read = self.read();
+        if read.is_err() {
+            self.stop();
+        }
+        Some(read)
+    }
+
+    /// Ends the walk: [`Pages::next_read`] returns `None` from now on.
+    fn stop(&mut self) {
+        self.next_page = self.end_page;
+    }
+
+    fn read(&mut self) -> Result<Vec<Candidate>> {
+        let geo = self.log.geometry();
+        let mut found = Vec::new();
+        let head_page = geo.page(self.log.head());
+        let first = self.next_page;
+        if first < head_page {
+            let count = pages_per_read(self.log)
+                .min(head_page - first)
+                .min(self.end_page - first);
+            self.read_device(first, count, &mut found)?;
+            self.next_page += count;
+        } else {
+            if !self.read_memory(first, &mut found)? {
+                self.read_device(first, 1, &mut found)?;
+            }
+            self.next_page += 1;
+        }
+        Ok(found)
+    }
+
+    /// The records of pages `first..first + count` (all below head when read: from the
+    /// device).
+    fn read_device(&self, first: u64, count: u64, out: &mut Vec<Candidate>) -> Result<()> {
+        let geo = self.log.geometry();
+        let page_size = self.log.page_size();
+        let buf = read_pages(self.log, first, count)?;
+        let begin = self.log.begin();
+        for (k, bytes) in buf.as_slice().chunks_exact(page_size).enumerate() {
+            for_each_record(geo, first + k as u64, bytes, begin, |address, rec| {
+                if address < self.end && !rec.info().invalid() && !rec.state().tombstone() {
+                    out.push(Candidate {
+                        address,
+                        key: rec.key().to_vec(),
+                        value: rec.value().to_vec(),
+                    });
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The records of page `page` from memory; `false` if the page has left memory (read it
+    /// from the device then).
+    fn read_memory(&self, page: u64, out: &mut Vec<Candidate>) -> Result<bool> {
+        let geo = self.log.geometry();
+        let g = self.log.epoch().protect()?;
+        if page < geo.page(self.log.head()) {
+            return Ok(false);
+        }
+        // Under `g`, the page stays in memory (head may move, its frame is not reused).
+        let start = geo.page_start(page).raw() + first_record_offset(page) as u64;
+        let mut a = Address::new(start);
+        let page_end = geo.page_start(page + 1);
+        let mut buf = crate::core::record::ValueBuf::default();
+        while a < self.end && a < page_end {
+            let Some(rec) = self.log.record_in_page(a)? else {
+                break;
+            };
+            if !rec.info().invalid() {
+                if let crate::core::record::ValueRead::Live = rec.read_value(&mut buf) {
+                    out.push(Candidate {
+                        address: a,
+                        key: rec.key_bytes(),
+                        value: buf.bytes().to_vec(),
+                    });
+                }
+            }
+            a = Address::new(a.raw() + rec.size() as u64);
+        }
+        drop(g);
+        Ok(true)
+    }
+}
+
+/// Which of one read's records a [`Scan`] yields.
+pub(crate) trait Select {
+    /// The pairs to yield of `read` (records of one read, in address order).
+    ///
+    /// # Errors
+    /// Device and corruption errors of the lookups it makes.
+    fn select(&mut self, read: Vec<Candidate>) -> Result<Vec<Pair>>;
+}
+
+/// A stream of pairs: the records [`Pages`] meets that `S` selects. Ends after an error.
+pub(crate) struct Scan<'l, D: Disk, S> {
+    pages: Pages<'l, D>,
+    select: S,
+    ready: std::collections::VecDeque<Pair>,
+}
+
+impl<'l, D: Disk, S: Select> Scan<'l, D, S> {
+    pub(crate) fn new(pages: Pages<'l, D>, select: S) -> Self {
+        Self {
+            pages,
+            select,
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<D: Disk, S: Select> Iterator for Scan<'_, D, S> {
+    type Item = Result<Pair>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(p) = self.ready.pop_front() {
+                return Some(Ok(p));
+            }
+            let selected = self
+                .pages
+                .next_read()?
+                .and_then(|read| self.select.select(read));
+            match selected {
+                Ok(pairs) => self.ready.extend(pairs),
+                Err(e) => {
+                    self.pages.stop();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// The records of an engine's log that are their key's newest below `end` ([`LiveScan`]).
+pub(crate) struct NewestBelow<'e, D: Disk> {
+    engine: &'e Engine<D>,
+    end: Address,
+}
+
+impl<D: Disk> Select for NewestBelow<'_, D> {
+    fn select(&mut self, read: Vec<Candidate>) -> Result<Vec<Pair>> {
+        let e = self.engine;
+        let mut pairs = Vec::new();
+        for c in read {
+            let key = Encoded::from_bytes(&c.key);
+            let hash = KeyHash::new(e.hasher.rehash(&c.key)?);
+            if e.newest_below(&key, hash, self.end)? == Some(c.address) {
+                pairs.push((c.key, c.value));
+            }
+        }
+        Ok(pairs)
+    }
+}
+
 /// Streams the live pairs of the log as of its creation (`end`: the tail then): each key that
 /// had a live value then is yielded once, with a value it held during the scan. A record at
 /// `x` is yielded iff it is its key's newest record below `end` (records at `end` and above
 /// were written after the scan began and are not visited) and not a deletion. That record can
 /// only change while the scan runs by an in-place update (the value read is then one the key
 /// held during the scan), or by compaction and truncation, which the scan excludes by holding
-/// their claim. Memory: one scan read (or one page) of records at a time.
+/// their claim until it is dropped (also once it has ended). Memory: one scan read (or one
+/// page) of records at a time.
 pub(crate) struct LiveScan<'e, D: Disk> {
-    engine: &'e Engine<D>,
-    _claim: crate::ops::truncate::MaintenanceClaim<'e>,
-    end: Address,
-    next_page: u64,
-    end_page: u64,
-    ready: std::collections::VecDeque<Pair>,
+    _claim: MaintenanceClaim<'e>,
+    scan: Scan<'e, D, NewestBelow<'e, D>>,
 }
 
-/// A record met by the scan, before the newest-below-`end` check.
-struct Candidate {
-    address: Address,
-    key: Vec<u8>,
-    value: Vec<u8>,
+impl<D: Disk> LiveScan<'_, D> {
+    /// Where the scan ends: the log's tail when it was created.
+    pub(crate) fn end(&self) -> Address {
+        self.scan.select.end
+    }
 }
 
 impl<D: Disk> Engine<D> {
@@ -152,23 +332,26 @@ impl<D: Disk> Engine<D> {
         // Every record below `end` was allocated by an operation in flight now or earlier:
         // once those have left, every one of them is written.
         self.wait_epoch_safe();
-        let geo = self.hlog.geometry();
-        let end_page = geo.page(end) + u64::from(geo.offset(end) != 0);
+        let select = NewestBelow { engine: self, end };
         Ok(LiveScan {
-            engine: self,
             _claim: claim,
-            end,
-            next_page: geo.page(self.hlog.begin()),
-            end_page,
-            ready: std::collections::VecDeque::new(),
+            scan: Scan::new(Pages::new(&self.hlog, end), select),
         })
     }
 
-    /// The address of `key`'s newest record below `end`, if any.
-    fn newest_below(&self, key: &Encoded, hash: KeyHash, end: Address) -> Result<Option<Address>> {
+    /// The address of `key`'s newest record below `end`, if any (records below `begin`
+    /// excluded). For scans, which hold the maintenance claim.
+    pub(crate) fn newest_below(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        end: Address,
+    ) -> Result<Option<Address>> {
         let begin = self.hlog.begin();
         let found = {
-            let g = self.protect()?;
+            // Not `Engine::protect`: a scan is not slowed down while the log is past its
+            // limit, since it holds off the compaction that would bring the log back.
+            let g = self.epoch.protect()?;
             let (found, _) = self.retry(&g, &mut None, |g, _| {
                 let Some(entry) = self.index.find_entry(g, hash).map_err(Stop::from)? else {
                     return Ok(Err(None));
@@ -207,114 +390,12 @@ impl<D: Disk> Engine<D> {
             }
         }
     }
-
-    /// The records of pages `first..first + count` (all below head when read: from the
-    /// device).
-    fn disk_candidates(&self, first: u64, count: u64, out: &mut Vec<Candidate>) -> Result<()> {
-        let geo = self.hlog.geometry();
-        let page_size = self.hlog.page_size();
-        let buf = self.read_pages(first, count)?;
-        let begin = self.hlog.begin();
-        for (k, bytes) in buf.as_slice().chunks_exact(page_size).enumerate() {
-            for_each_record(geo, first + k as u64, bytes, begin, |address, rec| {
-                if !rec.info().invalid() && !rec.state().tombstone() {
-                    out.push(Candidate {
-                        address,
-                        key: rec.key().to_vec(),
-                        value: rec.value().to_vec(),
-                    });
-                }
-                Ok(())
-            })?;
-        }
-        Ok(())
-    }
-
-    /// The records of page `page` below `end` from memory; `false` if the page has left
-    /// memory (read it from the device then).
-    fn memory_candidates(&self, page: u64, end: Address, out: &mut Vec<Candidate>) -> Result<bool> {
-        let geo = self.hlog.geometry();
-        let g = self.protect()?;
-        if page < geo.page(self.hlog.head()) {
-            return Ok(false);
-        }
-        // Under `g`, the page stays in memory (head may move, its frame is not reused).
-        let start = geo.page_start(page).raw() + first_record_offset(page) as u64;
-        let mut a = Address::new(start);
-        let page_end = geo.page_start(page + 1);
-        let mut buf = crate::core::record::ValueBuf::default();
-        while a < end && a < page_end {
-            let Some(rec) = self.hlog.record_in_page(a)? else {
-                break;
-            };
-            if !rec.info().invalid() {
-                if let crate::core::record::ValueRead::Live = rec.read_value(&mut buf) {
-                    out.push(Candidate {
-                        address: a,
-                        key: rec.key_bytes(),
-                        value: buf.bytes().to_vec(),
-                    });
-                }
-            }
-            a = Address::new(a.raw() + rec.size() as u64);
-        }
-        drop(g);
-        Ok(true)
-    }
-}
-
-impl<D: Disk> LiveScan<'_, D> {
-    /// Loads the next read's worth of pages into `ready`; `false` when the scan is over.
-    fn fill(&mut self) -> Result<bool> {
-        let e = self.engine;
-        if self.next_page >= self.end_page {
-            return Ok(false);
-        }
-        let geo = e.hlog.geometry();
-        let mut found = Vec::new();
-        let head_page = geo.page(e.hlog.head());
-        let first = self.next_page;
-        if first < head_page {
-            let count = e
-                .scan_pages_per_read()
-                .min(head_page - first)
-                .min(self.end_page - first);
-            e.disk_candidates(first, count, &mut found)?;
-            self.next_page += count;
-        } else {
-            if !e.memory_candidates(first, self.end, &mut found)? {
-                e.disk_candidates(first, 1, &mut found)?;
-            }
-            self.next_page += 1;
-        }
-        for c in found {
-            let key = Encoded::from_bytes(&c.key);
-            let hash = KeyHash::new(e.hasher.rehash(&c.key)?);
-            if e.newest_below(&key, hash, self.end)? == Some(c.address) {
-                self.ready.push_back((c.key, c.value));
-            }
-        }
-        Ok(true)
-    }
 }
 
 impl<D: Disk> Iterator for LiveScan<'_, D> {
     type Item = Result<Pair>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(p) = self.ready.pop_front() {
-                return Some(Ok(p));
-            }
-            match self.fill() {
-                Ok(true) => {}
-                Ok(false) => return None,
-                Err(e) => {
-                    // Stop after an error.
-                    self.next_page = self.end_page;
-                    return Some(Err(e));
-                }
-            }
-        }
+        self.scan.next()
     }
 }

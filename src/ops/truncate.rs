@@ -158,14 +158,15 @@ impl<D: Disk> Engine<D> {
         self.retention.held.store(address, Ordering::SeqCst);
     }
 
-    /// Claims the log maintenance (compaction, truncation).
+    /// Claims the log maintenance (compaction, truncation; an iteration holds it so that no
+    /// record moves under it, and R2Kv's passes of either tier hold the hot log's).
     ///
     /// # Errors
-    /// [`Error::Busy`] if another compaction or truncation runs.
+    /// [`Error::Busy`] if another compaction, truncation or iteration holds it.
     pub(crate) fn claim_maintenance(&self) -> Result<MaintenanceClaim<'_>> {
         let busy = &self.retention.busy;
         busy.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .map_err(|_| Error::Busy("a compaction or truncation is running"))?;
+            .map_err(|_| Error::Busy("a compaction, truncation or iteration is running"))?;
         Ok(MaintenanceClaim(busy))
     }
 

@@ -210,6 +210,25 @@ impl<D: Disk> ColdStore<D> {
         }
     }
 
+    /// Whether the record at `address` is `key`'s newest here: the walk from the key's entry
+    /// meets no record of the key above `address` and meets `address` itself (a superseded
+    /// record or an orphan is not). Returns the entry the walk started from (invariant 3).
+    pub(crate) async fn newest_at(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        address: Address,
+    ) -> Result<Option<Address>> {
+        loop {
+            let head = self.index.get_async(hash).await?;
+            match self.find(head, key, address, None).await? {
+                Met::Key { at, .. } if at == address => return Ok(Some(head)),
+                Met::Key { .. } | Met::End => return Ok(None),
+                Met::Truncated => {}
+            }
+        }
+    }
+
     /// Walks the chain from `from` for `key` down to `floor` (the value, if wanted and live,
     /// goes to `out`).
     async fn find(
@@ -485,13 +504,9 @@ impl<D: Disk> Mover for ColdStore<D> {
         let hash = KeyHash::new(self.hasher.rehash(key)?);
         let (key, value) = (Encoded::from_bytes(key), Encoded::from_bytes(value));
         loop {
-            let head = self.index.get_async(hash).await?;
-            match self.find(head, &key, address, None).await? {
-                Met::Key { at, .. } if at == address => {}
-                // Superseded, or not in any chain (an orphan).
-                Met::Key { .. } | Met::End => return Ok(false),
-                Met::Truncated => continue,
-            }
+            let Some(head) = self.newest_at(&key, hash, address).await? else {
+                return Ok(false);
+            };
             if self.append(&key, Some(&value), hash, head).await?.is_ok() {
                 return Ok(true);
             }

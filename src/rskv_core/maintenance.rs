@@ -8,7 +8,7 @@ use crate::core::codec::{decode, Codec};
 use crate::core::status::Result;
 use crate::device::Disk;
 use crate::ops::compact::Compaction;
-use crate::ops::scan::LiveScan;
+use crate::ops::scan::Pair;
 use crate::ops::truncate::Truncation;
 use crate::rskv_core::RsKv;
 
@@ -58,17 +58,30 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     }
 }
 
-/// An iterator over the live pairs of a store ([`RsKv::iter`]).
+/// An iterator over the live pairs of a store ([`RsKv::iter`], [`crate::R2Kv::iter`]).
 pub struct Iter<'a, K, V, D: Disk> {
-    scan: LiveScan<'a, D>,
+    /// The store's scan: encoded pairs.
+    pairs: Box<dyn Iterator<Item = Result<Pair>> + Send + Sync + 'a>,
     _types: PhantomData<fn() -> (K, V)>,
+    _disk: PhantomData<fn() -> D>,
+}
+
+impl<'a, K, V, D: Disk> Iter<'a, K, V, D> {
+    /// Decodes the pairs of `pairs`.
+    pub(crate) fn new(pairs: impl Iterator<Item = Result<Pair>> + Send + Sync + 'a) -> Self {
+        Self {
+            pairs: Box::new(pairs),
+            _types: PhantomData,
+            _disk: PhantomData,
+        }
+    }
 }
 
 impl<K: Codec, V: Codec, D: Disk> Iterator for Iter<'_, K, V, D> {
     type Item = Result<(K, V)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (k, v) = match self.scan.next()? {
+        let (k, v) = match self.pairs.next()? {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
         };
@@ -99,9 +112,6 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// for a store whose contexts use a hash it was not told about. Device, corruption and
     /// codec errors come as items (the iteration ends after one).
     pub fn iter(&self) -> Result<Iter<'_, K, V, D>> {
-        Ok(Iter {
-            scan: self.engine.live_scan()?,
-            _types: PhantomData,
-        })
+        Ok(Iter::new(self.engine.live_scan()?))
     }
 }
