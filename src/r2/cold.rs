@@ -359,6 +359,8 @@ impl<D: Disk> ColdStore<D> {
     /// value inside the RMW's decision, before the chunk that names it is published. That
     /// needs the record still in the mutable region (not yet being flushed, so the patch
     /// reaches the device); if it left it, the swap is refused and the append starts over.
+    /// So is a swap that finds a record above ours in the entry (another key's move, whose
+    /// chunk update finished first): chains only go backwards in the log (invariant 1).
     pub(crate) async fn append_newest(
         &self,
         key: &Encoded,
@@ -368,6 +370,13 @@ impl<D: Disk> ColdStore<D> {
         loop {
             let address = self.write(key, value, Address::INVALID)?;
             let patch = |old: Address| {
+                // A move of another key of this entry whose record was written after ours
+                // (its chunk update did not wait for the device, ours did) got in first:
+                // linking ours in front of it would make the chain go forward. Ours becomes an
+                // orphan and the retry writes a record above it.
+                if old >= address {
+                    return false;
+                }
                 let Ok(_g) = self.epoch.protect() else {
                     return false;
                 };
