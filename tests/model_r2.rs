@@ -1,5 +1,5 @@
-//! R2Kv against a `HashMap` oracle (proptest): upserts, reads, RMWs and deletes mixed with
-//! hot-to-cold migrations, cold-to-cold compactions, checkpoints and recoveries, on tiny pages
+//! R2Kv against a `HashMap` oracle (proptest): upserts, conditional inserts, reads, RMWs,
+//! deletes and whole iterations mixed with hot-to-cold migrations, cold-to-cold compactions, checkpoints and recoveries, on tiny pages
 //! and a tiny cold index (16 chunks, so chains share entries) and a tiny hot read cache.
 
 use std::collections::HashMap;
@@ -43,7 +43,11 @@ fn open(dir: &Path, cache: bool) -> Kv {
 #[derive(Debug, Clone)]
 enum Op {
     Upsert(u16, Vec<u8>),
+    /// Insert only if the key has no live value in either tier.
+    Insert(u16, Vec<u8>),
     Read(u16),
+    /// `iter()` whole: every live pair once.
+    Iter,
     ReadAll,
     Rmw(u16, u8),
     Delete(u16),
@@ -61,7 +65,9 @@ fn op() -> impl Strategy<Value = Op> {
     let key = 0u16..KEYS;
     prop_oneof![
         12 => (key.clone(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(k, v)| Op::Upsert(k, v)),
+        4 => (key.clone(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(k, v)| Op::Insert(k, v)),
         12 => key.clone().prop_map(Op::Read),
+        2 => Just(Op::Iter),
         2 => Just(Op::ReadAll),
         8 => (key.clone(), any::<u8>()).prop_map(|(k, d)| Op::Rmw(k, d)),
         4 => key.prop_map(Op::Delete),
@@ -106,6 +112,24 @@ fn run(ops: &[Op], cache: bool) -> Result<(), TestCaseError> {
             Op::Upsert(k, v) => {
                 kv.insert(k, v).unwrap();
                 model.insert(*k, v.clone());
+            }
+            Op::Insert(k, v) => {
+                let wrote = kv.conditional_insert(k, v).unwrap();
+                prop_assert_eq!(wrote, !model.contains_key(k), "op {} insert {}", i, k);
+                model.entry(*k).or_insert_with(|| v.clone());
+            }
+            Op::Iter => {
+                let mut seen: HashMap<u16, Vec<u8>> = HashMap::new();
+                for pair in kv.iter().unwrap() {
+                    let (k, v) = pair.unwrap();
+                    prop_assert!(
+                        seen.insert(k, v).is_none(),
+                        "op {} iter: key {} twice",
+                        i,
+                        k
+                    );
+                }
+                prop_assert_eq!(&seen, &model, "op {} iter", i);
             }
             Op::Read(k) => {
                 prop_assert_eq!(
