@@ -59,13 +59,16 @@ pub(crate) fn overflow_bytes(keys: u64, table: u64) -> u64 {
         return 0;
     }
     let lambda = keys as f64 / table as f64;
-    // Sum over the bucket's key count k of P(k) * (overflow buckets for k keys).
-    let mut p = (-lambda).exp();
+    // Sum over the bucket's key count k of P(k) * (overflow buckets for k keys), with P(k) in
+    // logs: e^-lambda underflows to 0 past lambda ~ 745 (a --table-size far too small).
+    let ln_lambda = lambda.ln();
+    let mut ln_p = -lambda;
     let mut expected = 0.0;
-    let last = (lambda * 4.0 + 64.0) as u64;
+    let last = (lambda + 12.0 * lambda.sqrt() + 64.0) as u64;
     for k in 1..=last {
-        p *= lambda / k as f64;
-        expected += p * k.saturating_sub(BUCKET_ENTRIES).div_ceil(BUCKET_ENTRIES) as f64;
+        ln_p += ln_lambda - (k as f64).ln();
+        let overflow = k.saturating_sub(BUCKET_ENTRIES).div_ceil(BUCKET_ENTRIES);
+        expected += ln_p.exp() * overflow as f64;
     }
     let buckets = (expected * table as f64 * 17.0 / 16.0).ceil() as u64;
     (buckets.div_ceil(OVERFLOW_PAGE_BUCKETS) + 1) * OVERFLOW_PAGE_BUCKETS * BUCKET_BYTES
@@ -197,6 +200,9 @@ mod tests {
         let small = overflow_bytes(1 << 20, 2 << 20);
         assert!(small <= 2 * OVERFLOW_PAGE_BUCKETS * BUCKET_BYTES, "{small}");
         assert_eq!(overflow_bytes(0, 1024), 0);
+        // A table far too small: about keys / 7 buckets, not zero.
+        let tiny = overflow_bytes(8_000_000, 1) / BUCKET_BYTES;
+        assert!((1_100_000..1_300_000).contains(&tiny), "{tiny}");
     }
 
     #[test]
