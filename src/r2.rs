@@ -93,7 +93,7 @@ pub struct R2Config {
     pub cold_page_size: u64,
     /// The cold index.
     pub cold_index: ColdIndexConfig,
-    /// Time between checks of the two budgets.
+    /// Time between checks of the two budgets (longer than zero: `R2Kv::open` refuses zero).
     pub maintenance_interval: Duration,
 }
 
@@ -379,6 +379,13 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
     /// when the newest checkpoint has no cold tier state (it was not written by an R2Kv).
     pub fn open(config: R2Config, disk: D) -> Result<Self> {
         let shape = config.cold_shape()?;
+        if config.maintenance_interval.is_zero() {
+            // The maintenance thread would spin on a core (RsKv's `Config` refuses it too).
+            return Err(Error::Config {
+                field: "maintenance_interval",
+                reason: "must be longer than zero".into(),
+            });
+        }
         let hot_memory = config.hot.resolve()?.log_memory_size();
         let h = &config.hot_to_cold;
         if h.trigger * h.budget as f64 <= hot_memory as f64 {

@@ -625,6 +625,23 @@ fn a_hot_budget_the_log_memory_alone_exceeds_is_refused() {
 }
 
 #[test]
+fn a_zero_maintenance_interval_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config().maintenance_interval(Duration::ZERO);
+    let r = R2Kv::<u64, u64>::open(c, FileSystemDisk::new(dir.path()).unwrap());
+    assert!(
+        matches!(
+            r,
+            Err(rskv::Error::Config {
+                field: "maintenance_interval",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn maintenance_from_inside_an_update_is_busy() {
     let dir = tempfile::tempdir().unwrap();
     let kv = open::<u64>(dir.path(), config());
