@@ -349,3 +349,123 @@ fn a_panicking_function_releases_the_lock() {
         assert_eq!(kv.rmw(&key, |v| v.unwrap() + "c").unwrap(), "bc");
     });
 }
+
+/// What a thread's update function does to the next thread's key in [`cycle`].
+#[derive(Debug, Clone, Copy)]
+enum Reach {
+    Update,
+    Read,
+}
+
+/// `reach.len()` threads; thread `i` runs an in-place RMW of key `i` and, once every thread
+/// holds its record lock, applies `reach[i]` to key `i + 1` (wrapping): each nested call waits for
+/// the next thread's lock, a cycle. Exactly one nested call must fail with `Busy` (the cycle's
+/// breaker), the others must succeed once the breaker's update releases its lock, and every
+/// update that succeeded must be the key's final value.
+fn cycle<K, V>(what: &'static str, reach: Vec<Reach>, key: fn(u64) -> K, value: fn(u64) -> V)
+where
+    K: Codec + Send + Sync + 'static,
+    V: Codec + Clone + PartialEq + Debug + Send + Sync + 'static,
+{
+    within(what, move || {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (_dir, kv) = store::<K, V>();
+        let n = reach.len() as u64;
+        for i in 0..n {
+            kv.insert(&key(i), &value(i)).unwrap();
+        }
+        let all_locked = std::sync::Barrier::new(reach.len());
+        let nested: Vec<rskv::Result<()>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..n)
+                .map(|i| {
+                    let (kv, all_locked, reach) = (&kv, &all_locked, reach[i as usize]);
+                    s.spawn(move || {
+                        let first = AtomicBool::new(true);
+                        let mut result = None;
+                        let outer = kv.rmw(&key(i), |_| {
+                            if first.swap(false, Ordering::SeqCst) {
+                                all_locked.wait();
+                                let next = key((i + 1) % n);
+                                result = Some(match reach {
+                                    Reach::Update => kv.rmw(&next, |_| value(100 + i)).map(drop),
+                                    Reach::Read => kv.get(&next).map(drop),
+                                });
+                            }
+                            value(10 + i)
+                        });
+                        assert_eq!(outer.unwrap(), value(10 + i), "{what}: outer update {i}");
+                        result.expect("the function ran")
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let busy = nested
+            .iter()
+            .filter(|r| matches!(r, Err(Error::Busy(_))))
+            .count();
+        assert_eq!(
+            busy, 1,
+            "{what}: one nested call breaks the cycle: {nested:?}"
+        );
+        for (i, r) in nested.iter().enumerate() {
+            let i = i as u64;
+            let target = (i + 1) % n;
+            let expect = match (r, reach[i as usize]) {
+                (Ok(()), Reach::Update) => value(100 + i),
+                (Err(Error::Busy(_)), _) | (Ok(()), Reach::Read) => value(10 + target),
+                (Err(e), _) => panic!("{what}: nested call {i} failed with {e}"),
+            };
+            // A nested update that ran waited for the key's outer update to finish, so it is last.
+            assert_eq!(
+                kv.get(&key(target)).unwrap(),
+                Some(expect),
+                "{what}: key {target}"
+            );
+        }
+    });
+}
+
+#[test]
+fn two_threads_updating_each_others_locked_key_do_not_hang() {
+    cycle("u64 update cycle", vec![Reach::Update; 2], |k| k, |v| v);
+    cycle(
+        "String update cycle",
+        vec![Reach::Update; 2],
+        |k| format!("key-{k}"),
+        |v| format!("value-{v}"),
+    );
+}
+
+#[test]
+fn a_read_inside_an_update_function_does_not_close_a_cycle_for_ever() {
+    cycle("u64 read cycle", vec![Reach::Read; 2], |k| k, |v| v);
+    cycle(
+        "u64 read and update cycle",
+        vec![Reach::Read, Reach::Update],
+        |k| k,
+        |v| v,
+    );
+    cycle(
+        "String read cycle",
+        vec![Reach::Update, Reach::Read],
+        |k| format!("key-{k}"),
+        |v| format!("value-{v}"),
+    );
+}
+
+#[test]
+fn a_cycle_of_three_threads_is_broken_once() {
+    cycle(
+        "u64 three-thread cycle",
+        vec![Reach::Update; 3],
+        |k| k,
+        |v| v,
+    );
+    cycle(
+        "String three-thread cycle",
+        vec![Reach::Update, Reach::Read, Reach::Update],
+        |k| format!("key-{k}"),
+        |v| format!("value-{v}"),
+    );
+}

@@ -9,6 +9,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod codec;
 #[doc(hidden)]
 pub mod light_epoch;
+pub(crate) mod lock_cycle;
 pub(crate) mod malloc_fixed_page_size;
 pub(crate) mod record;
 pub mod status;

@@ -64,10 +64,16 @@
 //! anything, so the value is the committed one and cannot change meanwhile. Nothing needs undoing
 //! on any exit, a panic included: the tag lives and dies with the lock bit, which the lock's `Drop`
 //! clears.
+//!
+//! Two threads whose functions each reach for the other's locked key wait in a cycle; the lock
+//! types count the locks their thread holds, and a waiter that holds one takes part in the cycle
+//! detection of [`crate::core::lock_cycle`] ([`LockRefused::Cycle`], and [`RecordRef::read_value`]'s
+//! error).
 #![forbid(unsafe_code)]
 
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
+use crate::core::lock_cycle::{self, Cycle, Wait};
 use crate::sync::{fence, AtomicU64, Ordering};
 
 #[cfg(target_endian = "big")]
@@ -476,13 +482,18 @@ impl<'a> RecordRef<'a> {
     /// and if one came and went during the copy). A lock the calling thread holds does not
     /// stop it: that writer is suspended in its update's function, before any write (module
     /// docs, *Record locks*), so the value is the committed one and cannot change meanwhile.
+    ///
+    /// # Errors
+    /// [`Cycle`] if the calling thread holds a record lock (it reads from inside an update's
+    /// function) and waiting for this record's holder would close a cycle of waits between
+    /// threads ([`crate::core::lock_cycle`]).
     #[inline]
-    pub fn read_value(&self, out: &mut ValueBuf) -> ValueRead {
-        let mut round = 0;
+    pub fn read_value(&self, out: &mut ValueBuf) -> Result<ValueRead, Cycle> {
+        let mut wait = Wait::default();
         loop {
             let s1 = self.state();
             if s1.locked() && !LockOwner::current().is_some_and(|me| me.holds(s1)) {
-                crate::sync::backoff(&mut round);
+                wait.round(LockOwner::slot_of(s1))?;
                 continue;
             }
             let len = s1.len().min(self.value_cap);
@@ -490,11 +501,11 @@ impl<'a> RecordRef<'a> {
             fence(Ordering::Acquire);
             let s2 = ValueState(self.words[2].load(Ordering::Relaxed));
             if s1 == s2 {
-                return if s1.tombstone() {
+                return Ok(if s1.tombstone() {
                     ValueRead::Tombstone
                 } else {
                     ValueRead::Live
-                };
+                });
             }
         }
     }
@@ -510,6 +521,7 @@ impl<'a> RecordRef<'a> {
             rec: *self,
             state,
             new_state: None,
+            _counted: Counted::new(),
         })
     }
 }
@@ -541,6 +553,12 @@ impl LockOwner {
         crate::core::light_epoch::cached_slot().map(LockOwner::of_slot)
     }
 
+    /// The epoch slot of the thread holding locked state `s`.
+    #[inline]
+    fn slot_of(s: ValueState) -> usize {
+        (((s.0 & ValueState::SEQ_MASK) >> 32) as usize).wrapping_sub(1)
+    }
+
     /// Whether `s` is locked by this owner.
     #[inline(always)]
     const fn holds(self, s: ValueState) -> bool {
@@ -556,6 +574,9 @@ pub enum LockRefused {
     /// The calling thread holds the lock already: an operation nested in the function of the
     /// update that holds it. Waiting would never end.
     HeldHere,
+    /// Waiting would close a cycle of threads each waiting for the next one's lock, and this
+    /// thread is the one that gives up ([`crate::core::lock_cycle`]).
+    Cycle,
 }
 
 /// Sets the lock bit of state word `w` with `owner`'s tag in the sequence field (waiting while
@@ -563,7 +584,7 @@ pub enum LockRefused {
 /// and one CAS, as without owners. Only a waiter looks at the tag.
 #[inline(always)]
 fn lock_state(w: &AtomicU64, owner: LockOwner) -> Result<ValueState, LockRefused> {
-    let mut round = 0;
+    let mut wait = None;
     loop {
         let s = ValueState(w.load(Ordering::Acquire));
         if s.sealed() {
@@ -573,7 +594,9 @@ fn lock_state(w: &AtomicU64, owner: LockOwner) -> Result<ValueState, LockRefused
             if owner.holds(s) {
                 return Err(LockRefused::HeldHere);
             }
-            crate::sync::backoff(&mut round);
+            wait.get_or_insert_with(Wait::default)
+                .round(LockOwner::slot_of(s))
+                .map_err(|Cycle| LockRefused::Cycle)?;
             continue;
         }
         if w.compare_exchange_weak(
@@ -641,6 +664,7 @@ impl<'a> WordRecord<'a> {
             words: self.words,
             state,
             unlock_to: state.0,
+            _counted: Counted::new(),
         })
     }
 }
@@ -652,6 +676,7 @@ pub struct WordRecordLock<'a> {
     state: ValueState,
     /// The state word to store (without the lock bit) on unlock.
     unlock_to: u64,
+    _counted: Counted,
 }
 
 impl WordRecordLock<'_> {
@@ -685,11 +710,32 @@ impl Drop for WordRecordLock<'_> {
     }
 }
 
+/// A lock's entry in the calling thread's count of the record locks it holds
+/// ([`crate::core::lock_cycle`], invariant 1): counted when made, uncounted when dropped (after
+/// the lock's own `Drop` released the word). Not `Send`, so the drop runs on the counting thread.
+struct Counted(std::marker::PhantomData<*const ()>);
+
+impl Counted {
+    #[inline(always)]
+    fn new() -> Self {
+        lock_cycle::count_taken();
+        Counted(std::marker::PhantomData)
+    }
+}
+
+impl Drop for Counted {
+    #[inline(always)]
+    fn drop(&mut self) {
+        lock_cycle::count_released();
+    }
+}
+
 /// The write lock of one record, for an in-place update. Unlocks on drop.
 pub struct RecordLock<'a> {
     rec: RecordRef<'a>,
     state: ValueState,
     new_state: Option<ValueState>,
+    _counted: Counted,
 }
 
 impl RecordLock<'_> {
@@ -988,7 +1034,7 @@ mod tests {
         assert_eq!(p.info().prev(), Address::new(4096));
         assert_eq!(p.info().version(), Version::FIRST);
         let mut buf = ValueBuf::default();
-        assert!(matches!(p.read_value(&mut buf), ValueRead::Live));
+        assert!(matches!(p.read_value(&mut buf), Ok(ValueRead::Live)));
         assert_eq!(buf.bytes(), val.bytes());
 
         let mut l = r.lock(OWNER).unwrap();
@@ -996,7 +1042,7 @@ mod tests {
         assert!(l.fits(short.len()));
         l.write_value(&short);
         drop(l);
-        assert!(matches!(p.read_value(&mut buf), ValueRead::Live));
+        assert!(matches!(p.read_value(&mut buf), Ok(ValueRead::Live)));
         assert_eq!(buf.bytes(), short.bytes());
 
         let mut bytes = to_bytes(&mem);
@@ -1010,7 +1056,7 @@ mod tests {
         l.write_tombstone();
         l.seal();
         drop(l);
-        assert!(matches!(p.read_value(&mut buf), ValueRead::Tombstone));
+        assert!(matches!(p.read_value(&mut buf), Ok(ValueRead::Tombstone)));
         assert_eq!(
             r.lock(OWNER).err(),
             Some(LockRefused::Sealed),
@@ -1040,7 +1086,7 @@ mod tests {
         assert_eq!(r.lock(me).err(), Some(LockRefused::HeldHere));
         assert!(word.lock(me).is_none());
         let mut buf = ValueBuf::default();
-        assert!(matches!(r.read_value(&mut buf), ValueRead::Live));
+        assert!(matches!(r.read_value(&mut buf), Ok(ValueRead::Live)));
         assert_eq!(buf.bytes(), val.bytes());
         // Released unchanged: the word is exactly what it was (the tag is gone).
         drop(l);
@@ -1051,7 +1097,7 @@ mod tests {
         l.write_value(&new);
         drop(l);
         assert_eq!(r.state(), before.after_write(new.len(), false, false));
-        assert!(matches!(r.read_value(&mut buf), ValueRead::Live));
+        assert!(matches!(r.read_value(&mut buf), Ok(ValueRead::Live)));
         assert_eq!(buf.bytes(), new.bytes());
     }
 
@@ -1084,7 +1130,7 @@ mod tests {
         assert_eq!((d.key(), d.value()), (key.bytes(), val.bytes()));
         // Readers in memory still see the same value.
         let mut buf = ValueBuf::default();
-        assert!(matches!(r.read_value(&mut buf), ValueRead::Live));
+        assert!(matches!(r.read_value(&mut buf), Ok(ValueRead::Live)));
         assert_eq!(buf.bytes(), val.bytes());
         // Stamping again (a page flushed twice after recovery) gives the same bytes.
         r.stamp_checksum();

@@ -6,6 +6,7 @@
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::EpochGuard;
+use crate::core::lock_cycle::Cycle;
 use crate::core::record::{ValueBuf, ValueRead};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
@@ -83,23 +84,24 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Answers a read from `copy` if it holds `key`'s value: `Some(found)` then (the value is
-    /// in `out`). `begin` is the one the read loaded before the entry (invariant 3).
+    /// in `out`). Fails only as [`RecordRef::read_value`]. `begin` is the one the read loaded before the entry (invariant 3).
     pub(crate) fn read_copy(
         &self,
         copy: &CachedRecord<'_>,
         key: &Encoded,
         begin: Address,
         out: &mut ValueBuf,
-    ) -> Option<bool> {
+    ) -> std::result::Result<Option<bool>, Cycle> {
         let rec = &copy.record;
         if rec.info().invalid() || !rec.key_is(key) || copy.source() < begin {
-            return None;
+            return Ok(None);
         }
-        let found = matches!(rec.read_value(out), ValueRead::Live);
+        // Copies are never locked, so this never waits; the type does not know that.
+        let found = matches!(rec.read_value(out)?, ValueRead::Live);
         if let Some(cache) = &self.read_cache {
             cache.counters.hits.fetch_add(1, Ordering::Relaxed);
         }
-        Some(found)
+        Ok(Some(found))
     }
 
     /// After a hit on a copy about to be evicted: copies it to the cache's tail (invariant 7),

@@ -10,6 +10,7 @@ use crossbeam_utils::CachePadded;
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::{EpochGuard, LightEpoch};
+use crate::core::lock_cycle::Cycle;
 use crate::core::record::{record_size, LockRefused, RecordInfo, RecordRef, Version};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
@@ -121,6 +122,12 @@ impl From<AllocError> for Stop {
     }
 }
 
+impl From<Cycle> for Stop {
+    fn from(c: Cycle) -> Self {
+        Stop::Fail(c.into())
+    }
+}
+
 impl From<LockRefused> for Stop {
     fn from(e: LockRefused) -> Self {
         match e {
@@ -129,6 +136,7 @@ impl From<LockRefused> for Stop {
                 "an update's function updated its own key: the record is locked by this thread \
                  (the update that runs the function)",
             )),
+            LockRefused::Cycle => Stop::from(Cycle),
         }
     }
 }

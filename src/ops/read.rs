@@ -92,7 +92,7 @@ impl<D: Disk> Engine<D> {
             };
             let chain = self.chain(&entry)?;
             if let Some(copy) = &chain.cached {
-                if let Some(found) = self.read_copy(copy, key, begin, out) {
+                if let Some(found) = self.read_copy(copy, key, begin, out)? {
                     if found {
                         self.refresh_copy(g, &mut entry, copy, key, out.bytes());
                         return Ok(ReadStep::Found);
@@ -103,7 +103,7 @@ impl<D: Disk> Engine<D> {
             let head = self.hlog.head();
             let (a, rec) = self.trace(chain.log, key, head)?;
             if let Some(rec) = rec {
-                return Ok(match rec.read_value(out) {
+                return Ok(match rec.read_value(out)? {
                     ValueRead::Live => ReadStep::Found,
                     ValueRead::Tombstone => ReadStep::Deleted,
                 });

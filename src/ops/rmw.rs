@@ -134,7 +134,7 @@ impl<D: Disk> Engine<D> {
                 // Fuzzy region: a thread that saw the old read-only marker may be updating it.
                 return Err(Stop::Retry);
             }
-            let latest = match rec.read_value(&mut buf) {
+            let latest = match rec.read_value(&mut buf)? {
                 ValueRead::Live => Latest::Value(buf.bytes()),
                 ValueRead::Tombstone => Latest::Deleted,
             };

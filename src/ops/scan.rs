@@ -208,7 +208,7 @@ impl<'l, D: Disk> Pages<'l, D> {
                 break;
             };
             if !rec.info().invalid() {
-                if let crate::core::record::ValueRead::Live = rec.read_value(&mut buf) {
+                if let crate::core::record::ValueRead::Live = rec.read_value(&mut buf)? {
                     out.push(Candidate {
                         address: a,
                         key: rec.key_bytes(),

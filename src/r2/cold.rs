@@ -250,7 +250,7 @@ impl<D: Disk> ColdStore<D> {
                     let (stop, rec) = trace(&self.hlog, a, key, head.max(floor))?;
                     if let Some(rec) = rec {
                         let tombstone = match out.as_deref_mut() {
-                            Some(out) => matches!(rec.read_value(out), ValueRead::Tombstone),
+                            Some(out) => matches!(rec.read_value(out)?, ValueRead::Tombstone),
                             None => rec.state().tombstone(),
                         };
                         return Ok(Met::Key {
