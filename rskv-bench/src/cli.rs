@@ -151,6 +151,14 @@ pub struct Args {
     #[arg(long)]
     pub no_auto_grow: bool,
 
+    /// Leave glibc's malloc with its dynamic mmap and trim thresholds. By default each run's
+    /// process fixes both at 128 KiB (`mallopt`), so memory freed by the stores' worker threads
+    /// goes back to the kernel and RSS shows what the stores hold: with the dynamic thresholds,
+    /// glibc kept 6-12 MiB of freed memory in those threads' arenas in R2Kv runs (BENCHMARKS.md,
+    /// "Memory held by the allocator").
+    #[arg(long)]
+    pub glibc_malloc_defaults: bool,
+
     /// RsKv: a read cache of BYTES (`Config::read_cache`), taken out of --memory (the log
     /// gets what the index and the cache leave). Peers ignore it.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
@@ -376,6 +384,7 @@ impl Args {
                             copy_reads_to_tail: self.copy_reads_to_tail,
                             read_cache: self.read_cache,
                             no_auto_grow: self.no_auto_grow,
+                            glibc_malloc_defaults: self.glibc_malloc_defaults,
                             verify_all: self.verify_all,
                             keep_data: self.keep_data,
                             progress,

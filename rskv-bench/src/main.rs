@@ -34,6 +34,7 @@
 mod checkpoint;
 mod cli;
 mod devread;
+mod malloc;
 mod passes;
 mod plot;
 mod probe;
@@ -92,6 +93,7 @@ fn child_main(spec_json: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    malloc::setup(spec.glibc_malloc_defaults);
     let result = run_one(&spec);
     match serde_json::to_string(&result) {
         Ok(json) => println!("{RESULT_TAG}{json}"),
@@ -200,6 +202,7 @@ fn parent_main(args: &Args) -> anyhow::Result<bool> {
     let mut results = Vec::new();
     for spec in &runs {
         let mut result = if args.in_process {
+            malloc::setup(spec.glibc_malloc_defaults);
             run_one(spec)
         } else {
             run_child(spec, args.run_timeout)?

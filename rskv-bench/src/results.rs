@@ -149,6 +149,9 @@ pub struct Rss {
     pub peak: u64,
     /// after_run - before_store: what the store itself holds at the end.
     pub store_growth: i64,
+    /// How the process's allocator was set up (`malloc::setup`).
+    #[serde(default)]
+    pub allocator: String,
 }
 
 /// Bytes read from and written to the storage device.

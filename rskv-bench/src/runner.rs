@@ -194,6 +194,7 @@ pub(crate) fn execute_with<S: Store, X: Scenario<S>>(
         // VmHWM is updated lazily by the kernel and can trail a fresh VmRSS reading.
         peak: peak_rss().max(after_load).max(after_run),
         store_growth: after_run as i64 - before_store as i64,
+        allocator: crate::malloc::describe(spec.glibc_malloc_defaults),
     };
     result.io = Io {
         load: io1.since(io0),

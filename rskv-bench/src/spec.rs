@@ -57,6 +57,9 @@ pub struct RunSpec {
     /// RsKv without automatic index growth (see `--no-auto-grow`).
     #[serde(default)]
     pub no_auto_grow: bool,
+    /// Leave glibc's malloc thresholds dynamic (see `--glibc-malloc-defaults`).
+    #[serde(default)]
+    pub glibc_malloc_defaults: bool,
     pub verify_all: bool,
     pub keep_data: bool,
     pub progress: bool,
