@@ -60,7 +60,7 @@ use crate::device::{Disk, SubDevice};
 use crate::index::cold_index::ColdIndexConfig;
 use crate::index::key_hash::{encode_key, hash_encoded, KeyHasher};
 use crate::index::KeyHash;
-use crate::ops::compact::{Compaction, LogCompaction, Mover, Pace};
+use crate::ops::compact::{Compaction, LogCompaction, Mover, Pace, Prefetch};
 use crate::ops::fast::{Fast, Word};
 use crate::ops::read::Found;
 use crate::ops::rmw::{Decision, Latest};
@@ -245,6 +245,18 @@ impl<D: Disk> Mover for HotToCold<'_, D> {
         let value = value.map(Encoded::from_bytes);
         self.cold.append_newest(&key, value.as_ref(), hash).await?;
         Ok(true)
+    }
+
+    fn prefetch(&self, key: &[u8], stage: Prefetch) {
+        // The hot entry (its bucket; the move compares the entry, not the record), and the
+        // cold index's chunk.
+        let Ok(hash) = self.hot.hasher.rehash(key).map(KeyHash::new) else {
+            return;
+        };
+        if stage == Prefetch::Buckets {
+            self.hot.prefetch_hash(Some(hash), stage, 0);
+        }
+        self.cold.index.prefetch(hash, stage);
     }
 }
 

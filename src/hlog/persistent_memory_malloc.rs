@@ -510,6 +510,20 @@ impl<D: Disk> HybridLog<D> {
         }
     }
 
+    /// [`HybridLog::prefetch`] of every cache line of the `bytes` from `address` that lie in
+    /// its page.
+    pub fn prefetch_span(&self, address: Address, bytes: usize) {
+        if address >= self.head() && address < self.tail_address() {
+            let frame = &self.frames[self.geo.frame(self.geo.page(address))];
+            let off = self.geo.offset(address) as usize;
+            let end = (off + bytes).min(frame.buf.len());
+            let base = frame.buf.as_ptr();
+            for line in (off & !63..end).step_by(64) {
+                crate::core::alloc::prefetch(base.wrapping_add(line));
+            }
+        }
+    }
+
     /// The words of freshly allocated space at `address` (the caller owns them until it
     /// publishes the record).
     #[must_use]

@@ -652,6 +652,16 @@ impl<D: Disk> ColdIndex<D> {
         Ok(outcome)
     }
 
+    /// [`crate::ops::compact::Mover::prefetch`] of what an update of `hash`'s entry touches
+    /// first: its chunk's bucket in the inner index, or the chunk's record.
+    pub(crate) fn prefetch(&self, hash: KeyHash, stage: crate::ops::compact::Prefetch) {
+        let chunk = self.geometry.locate(hash).chunk;
+        let bytes = crate::core::record::record_size(8, self.geometry.chunk_bytes());
+        self.store
+            .engine
+            .prefetch_hash(Some(chunk.hash()), stage, bytes);
+    }
+
     /// Sizes and counters.
     #[must_use]
     pub fn stats(&self) -> ColdIndexStats {

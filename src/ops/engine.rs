@@ -347,6 +347,35 @@ impl<D: Disk> Engine<D> {
         }
     }
 
+    /// [`crate::ops::compact::Mover::prefetch`] for this store's index and log: `key`'s bucket,
+    /// or the record its entry leads to (the whole record: `record_bytes` from its start).
+    pub(crate) fn prefetch_key(&self, key: &[u8], stage: crate::ops::compact::Prefetch) {
+        self.prefetch_hash(self.hasher.rehash(key).ok().map(KeyHash::new), stage, 64);
+    }
+
+    /// As [`Engine::prefetch_key`] for a known hash (`None`: nothing), prefetching
+    /// `record_bytes` of the record.
+    pub(crate) fn prefetch_hash(
+        &self,
+        hash: Option<KeyHash>,
+        stage: crate::ops::compact::Prefetch,
+        record_bytes: usize,
+    ) {
+        let (Some(hash), Ok(g)) = (hash, self.epoch.protect()) else {
+            return;
+        };
+        match stage {
+            crate::ops::compact::Prefetch::Buckets => self.index.prefetch(&g, hash),
+            crate::ops::compact::Prefetch::Records => {
+                if let Ok(Some(e)) = self.index.find_entry(&g, hash) {
+                    if let crate::index::hash_bucket::Target::Log(a) = e.target() {
+                        self.hlog.prefetch_span(a, record_bytes);
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether a chain continues on disk at `a` (below head, inside the log).
     pub(crate) fn on_disk(&self, a: Address) -> bool {
         !a.is_invalid() && a >= self.hlog.begin()
