@@ -773,6 +773,43 @@ impl RecordLock<'_> {
         self.new_state = Some(self.state.after_write(v.len(), false, false));
     }
 
+    /// The value's length in bytes.
+    #[must_use]
+    pub fn value_len(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Copies `out.len()` bytes of the value from byte `at` (no other writer can be inside);
+    /// the caller keeps `at + out.len()` within [`RecordLock::value_len`].
+    pub fn read_bytes_at(&self, at: usize, out: &mut [u8]) {
+        let words = self.rec.value_words();
+        for (i, b) in out.iter_mut().enumerate() {
+            let p = at + i;
+            *b = words[p / 8].load(Ordering::Relaxed).to_ne_bytes()[p % 8];
+        }
+    }
+
+    /// Overwrites `bytes.len()` bytes of the value from byte `at`, its length unchanged (a
+    /// patch: only the words the bytes fall in are stored); the caller keeps `at + bytes.len()`
+    /// within [`RecordLock::value_len`]. Readers see the whole patch or none of it (the seqlock).
+    pub fn write_bytes_at(&mut self, at: usize, bytes: &[u8]) {
+        debug_assert!(at + bytes.len() <= self.state.len());
+        let Some(last) = (at + bytes.len()).checked_sub(1) else {
+            return;
+        };
+        let words = self.rec.value_words();
+        for (w, word) in words.iter().enumerate().take(last / 8 + 1).skip(at / 8) {
+            let mut b = word.load(Ordering::Relaxed).to_ne_bytes();
+            for (k, byte) in b.iter_mut().enumerate() {
+                if let Some(&new) = (w * 8 + k).checked_sub(at).and_then(|i| bytes.get(i)) {
+                    *byte = new;
+                }
+            }
+            word.store(u64::from_ne_bytes(b), Ordering::Relaxed);
+        }
+        self.new_state = Some(self.state.after_write(self.state.len(), false, false));
+    }
+
     /// Marks the record deleted in place.
     pub fn write_tombstone(&mut self) {
         self.new_state = Some(self.state.after_write(0, true, false));
@@ -1062,6 +1099,32 @@ mod tests {
             Some(LockRefused::Sealed),
             "sealed record must refuse writers"
         );
+    }
+
+    #[test]
+    fn a_patch_changes_only_its_bytes_and_moves_the_sequence() {
+        let mem = page(64);
+        let key = Encoded::new(&42u64).unwrap();
+        let val = Encoded::from_bytes(&(0u8..24).collect::<Vec<_>>());
+        let size = record_size(key.len(), val.len()) / 8;
+        let info = RecordInfo::new(Address::new(4096), Version::FIRST);
+        let r = RecordRef::write_new(&mem[..size], info, &key, Some(&val));
+        let before = r.state();
+        let mut l = r.lock(OWNER).unwrap();
+        assert_eq!(l.value_len(), 24);
+        let mut got = [0u8; 6];
+        l.read_bytes_at(5, &mut got);
+        assert_eq!(got, [5, 6, 7, 8, 9, 10]);
+        // Across a word boundary (bytes 5..11 span words 0 and 1).
+        l.write_bytes_at(5, &[0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5]);
+        drop(l);
+        assert_ne!(r.state(), before, "a reader's seqlock must see the patch");
+        assert_eq!(r.state().len(), 24);
+        let mut buf = ValueBuf::default();
+        assert!(matches!(r.read_value(&mut buf), Ok(ValueRead::Live)));
+        let mut expect: Vec<u8> = (0u8..24).collect();
+        expect[5..11].copy_from_slice(&[0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5]);
+        assert_eq!(buf.bytes(), &expect[..]);
     }
 
     #[test]

@@ -628,6 +628,16 @@ impl<D: Disk> ColdIndex<D> {
         else {
             return Ok(false);
         };
+        if lock.value_len() == self.geometry.chunk_bytes() {
+            // The entry alone: read its 6 bytes, patch them if the CAS succeeds.
+            let at = cas.entry_offset();
+            let mut entry = [0u8; 8];
+            lock.read_at(at, &mut entry[..ENTRY_BYTES]);
+            if let Some(new) = cas.decide_entry(Address::new(u64::from_le_bytes(entry))) {
+                lock.patch(at, &new.raw().to_le_bytes()[..ENTRY_BYTES]);
+            }
+            return Ok(true);
+        }
         let mut buf = ValueBuf::default();
         lock.read(&mut buf);
         // Dropping the lock without a write leaves the record exactly as it was.

@@ -228,15 +228,26 @@ impl<F: FnMut(Address) -> bool> EntryCas<F> {
     /// As [`ChunkGeometry::entry_of`].
     pub(crate) fn decide(&mut self, latest: Latest<'_>) -> Result<Decision> {
         let current = self.geometry.entry_in(latest, self.entry)?;
+        Ok(match self.decide_entry(current) {
+            Some(_) => Decision::Write(self.updated(latest)),
+            None => Decision::Abort,
+        })
+    }
+
+    /// [`EntryCas::decide`] from the entry alone: `Some(new)` if the entry must be set to it,
+    /// `None` if nothing is to be written.
+    pub(crate) fn decide_entry(&mut self, current: Address) -> Option<Address> {
         if !(self.accept)(current) {
             self.outcome = Some(Err(current));
-            return Ok(Decision::Abort);
+            return None;
         }
         self.outcome = Some(Ok(()));
-        if current == self.new {
-            return Ok(Decision::Abort);
-        }
-        Ok(Decision::Write(self.updated(latest)))
+        (current != self.new).then_some(self.new)
+    }
+
+    /// Byte offset of this CAS's entry in its chunk.
+    pub(crate) fn entry_offset(&self) -> usize {
+        self.entry * ENTRY_BYTES
     }
 
     /// The chunk `latest` with the entry set to `new` (checked by [`EntryCas::decide`]).

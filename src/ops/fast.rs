@@ -254,6 +254,22 @@ impl KeyLock<'_> {
         self.lock.read_value(out);
     }
 
+    /// The value's length in bytes.
+    pub(crate) fn value_len(&self) -> usize {
+        self.lock.value_len()
+    }
+
+    /// Copies `out.len()` bytes of the value from byte `at` (within [`KeyLock::value_len`]).
+    pub(crate) fn read_at(&self, at: usize, out: &mut [u8]) {
+        self.lock.read_bytes_at(at, out);
+    }
+
+    /// Overwrites `bytes.len()` bytes of the value from byte `at` (within
+    /// [`KeyLock::value_len`]), its length unchanged.
+    pub(crate) fn patch(mut self, at: usize, bytes: &[u8]) {
+        self.lock.write_bytes_at(at, bytes);
+    }
+
     /// Writes `value` in place if it fits; otherwise leaves the record as it was and returns
     /// `false` (go slow).
     pub(crate) fn write(mut self, value: &Encoded) -> bool {
