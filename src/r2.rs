@@ -32,6 +32,12 @@
 //!   flushed and the cold index checkpointed; their state goes into the hot tier's checkpoint
 //!   (`cold.meta`, written before its `log.meta`, so a completed hot checkpoint always has it).
 //!   Recovery opens the newest completed hot checkpoint and the cold state it names.
+//! - **A failing device.** A page write of the cold log or of the cold index's log that fails
+//!   (a full disk) poisons that log: appends to it that need a new page fail with
+//!   [`Error::Poisoned`], so a migration pass fails before it truncates anything (every key
+//!   still reads from the tier it was in) and checkpoints refuse. Reads keep working. Every
+//!   pass and every checkpoint first writes the failed pages again, so once the device takes
+//!   them migration and checkpoints work on; reopening recovers the last checkpoint.
 
 pub(crate) mod cold;
 mod iter;
@@ -271,6 +277,8 @@ impl<D: Disk> Shared<D> {
         until: Address,
         pace: Pace,
     ) -> Result<Compaction> {
+        // A device that refused the cold tier's pages may take them now (it had no room).
+        self.cold.retry_failed_writes()?;
         let mover = HotToCold {
             hot: &self.hot,
             cold: &self.cold,
@@ -296,6 +304,7 @@ impl<D: Disk> Shared<D> {
         _claim: &MaintenanceClaim<'_>,
         until: Address,
     ) -> Result<Compaction> {
+        self.cold.retry_failed_writes()?;
         let begins = self.retained_cold_begins()?;
         let c = self
             .cold

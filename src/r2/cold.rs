@@ -453,9 +453,22 @@ impl<D: Disk> ColdStore<D> {
         Ok(before.saturating_sub(disk.storage_bytes().unwrap_or(before)))
     }
 
+    /// Writes the pages of the cold log and of the cold index's log whose write failed again
+    /// (a full device that has room again); once they are written the tier takes appends
+    /// again. The caller holds R2Kv's maintenance lock.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] when a page still fails.
+    pub(crate) fn retry_failed_writes(&self) -> Result<()> {
+        self.hlog.retry_failed_writes()?;
+        self.index.retry_failed_writes()
+    }
+
     /// Makes the whole cold log durable and checkpoints the cold index; returns what the
     /// checkpoint records. Nothing may write here meanwhile (invariant 5).
     pub(crate) fn checkpoint(&self) -> Result<ColdMeta> {
+        // The cold index's checkpoint retries its own log's failed pages.
+        self.hlog.retry_failed_writes()?;
         let end = self.hlog.close_page();
         // Writers of records below `end` have finished: none runs (invariant 5), and the
         // flush below waits for the epoch anyway.
