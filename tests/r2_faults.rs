@@ -1,8 +1,8 @@
-//! R2Kv on a failing device: a full cold log or cold index device during migration, read
-//! errors on the cold tier, checkpoints while a device is full or cannot sync, and a torn cold
-//! log write. Each fault gives a clear `Error`, never a panic, a hang, a wrong value or a lost
-//! key; once the device heals, migration and checkpoints work again; recovery gives exactly the
-//! state the last completed checkpoint covered.
+//! R2Kv on a failing device: a full cold log or cold index device during migration (by hand
+//! and in the background), read errors on the cold tier, checkpoints while a device is full or
+//! cannot sync, and a torn cold log write. Each fault gives a clear `Error`, never a panic, a
+//! hang, a wrong value or a lost key; once the device heals, migration and checkpoints work
+//! again; recovery gives exactly the state the last completed checkpoint covered.
 //!
 //! The faults reach the tiers through `FaultyDisk`'s sub-device knobs: R2Kv keeps its hot log on
 //! the device it is given and opens the sub-devices `cold` (the cold log) and `cold-index` (the
@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rskv::device::faulty_disk::{Faults, FaultyDisk};
 use rskv::device::file_system_disk::FileSystemDisk;
@@ -176,6 +176,60 @@ fn a_full_cold_log_fails_migration_and_loses_nothing() {
 #[test]
 fn a_full_cold_index_fails_migration_and_loses_nothing() {
     full_device_during_migration(COLD_INDEX);
+}
+
+/// Waits (a minute at most) until `done` holds of the store's statistics; background work
+/// has no call to wait on.
+fn wait_for(kv: &Kv, what: &str, done: impl Fn(&rskv::R2Stats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(&kv.stats()) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", kv.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The same with background migration: the maintenance thread's failed passes are counted
+/// and their error is in the statistics; the keys all read; after healing, background passes
+/// succeed (the error clears) and nothing is lost.
+fn full_device_during_background_migration(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config()
+        .hot_to_cold(LogCompaction::with_budget(1 << 20).max_pass(1 << 20))
+        .maintenance_interval(Duration::from_millis(10));
+    let (disk, kv) = open_with(dir.path(), c);
+    let f = faults(&disk, name);
+    f.fail_writes_after(0);
+    // About 2.5 MiB of records: past the 0.8 MiB trigger, so passes are due from early on.
+    let big = |k: u64, round: u64| format!("{}{}", value(k, round), "y".repeat(200));
+    let mut model = Model::new();
+    for k in 0..10_000u64 {
+        kv.insert(&k, &big(k, 0)).unwrap();
+        model.insert(k, Some(big(k, 0)));
+    }
+    wait_for(&kv, "a failed background pass", |s| {
+        s.maintenance_failures > 0
+    });
+    let s = kv.stats();
+    let why = s.maintenance_error.expect("the failure's error");
+    assert!(why.contains("no space left"), "{why}");
+    assert_eq!(s.hot_to_cold.passes, 0, "a pass succeeded on a full device");
+    check(&kv, &model, &format!("while {name} is full"));
+    f.heal();
+    wait_for(&kv, "a background pass after healing", |s| {
+        s.hot_to_cold.passes > 0 && s.maintenance_error.is_none()
+    });
+    assert!(kv.stats().cold_log_bytes > 0);
+    check(&kv, &model, &format!("after healing {name}"));
+}
+
+#[test]
+fn a_full_cold_log_fails_background_migration_visibly() {
+    full_device_during_background_migration(COLD);
+}
+
+#[test]
+fn a_full_cold_index_fails_background_migration_visibly() {
+    full_device_during_background_migration(COLD_INDEX);
 }
 
 /// A session read that records how it completed.
