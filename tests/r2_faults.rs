@@ -1,8 +1,9 @@
 //! R2Kv on a failing device: a full cold log or cold index device during migration (by hand
 //! and in the background), read errors on the cold tier, checkpoints while a device is full or
-//! cannot sync, and a torn cold log write. Each fault gives a clear `Error`, never a panic, a
-//! hang, a wrong value or a lost key; once the device heals, migration and checkpoints work
-//! again; recovery gives exactly the state the last completed checkpoint covered.
+//! cannot sync, a torn cold log write, and a flipped bit in a cold record on disk. Each fault
+//! gives a clear `Error`, never a panic, a hang, a wrong value or a lost key; once the device
+//! heals, migration and checkpoints work again; recovery gives exactly the state the last
+//! completed checkpoint covered.
 //!
 //! The faults reach the tiers through `FaultyDisk`'s sub-device knobs: R2Kv keeps its hot log on
 //! the device it is given and opens the sub-devices `cold` (the cold log) and `cold-index` (the
@@ -113,6 +114,10 @@ fn migrate(kv: &Kv) -> rskv::Result<rskv::Compaction> {
 
 fn is_io<T>(r: &rskv::Result<T>) -> bool {
     matches!(r, Err(Error::Io { .. }))
+}
+
+fn corrupt<T>(r: &rskv::Result<T>) -> bool {
+    matches!(r, Err(Error::Corrupt { .. }))
 }
 
 /// Every key of the model reads its latest value: all through `get_many` (whose device
@@ -476,4 +481,71 @@ fn a_torn_cold_log_write_is_written_again_whole() {
     };
     let (_, kv) = open(dir.path());
     check(&kv, &model, "recovered after the torn write");
+}
+
+/// Flips one byte of `key`'s value (round 0) in the cold log's file.
+fn flip_value_byte(file: &Path, key: u64) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let needle = value(key, 0);
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .unwrap_or_else(|| panic!("key {key}'s value is not in {}", file.display()));
+    bytes[at + 3] ^= 0x10;
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// A flipped bit in a cold record on disk: after recovery, reading it reports corruption
+/// (never a wrong value, never a panic), whether the record's page stays on the device or is
+/// one of the newest pages recovery loads into memory; an update of the key too, and the
+/// cold-to-cold compaction that meets it. Other keys read their values.
+#[test]
+fn a_flipped_bit_in_a_cold_record_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::new();
+    {
+        let (_, kv) = open(dir.path());
+        put(&kv, &mut model, 0..N, 0);
+        migrate(&kv).unwrap();
+        kv.checkpoint().unwrap();
+    }
+    // The cold log's segment: `log.0` of its sub-device's directory.
+    let file = dir.path().join(COLD).join("log.0");
+    let on_disk = std::fs::read(&file).unwrap();
+    let in_file = |k: u64| {
+        let needle = value(k, 0);
+        on_disk
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    // Key 10: moved early, so its page stays on the device. The last key moved: in the newest
+    // page, which recovery reads back into memory.
+    let newest = (0..N).rev().find(|&k| in_file(k)).unwrap();
+    assert!(newest > N / 2, "{newest}");
+    for k in [10, newest] {
+        flip_value_byte(&file, k);
+    }
+    let (_, kv) = open(dir.path());
+    for k in [10, newest] {
+        let got = kv.get(&k);
+        assert!(corrupt(&got), "key {k}: {got:?}");
+        let got = kv.rmw(&k, |v| v.unwrap_or_default() + "!");
+        assert!(corrupt(&got), "rmw of key {k}: {got:?}");
+    }
+    // Another key whose chain runs through a damaged record reports it too; none reads wrong.
+    let mut right = 0;
+    for (k, v) in &model {
+        match kv.get(k) {
+            Ok(got) => {
+                assert_eq!(got, *v, "key {k}");
+                right += 1;
+            }
+            Err(Error::Corrupt { .. }) => {}
+            Err(e) => panic!("key {k}: {e}"),
+        }
+    }
+    assert!(right >= model.len() - 10, "only {right} keys read right");
+    let cold = kv.cold_markers();
+    let got = kv.compact_cold(cold.safe_head);
+    assert!(corrupt(&got), "cold-to-cold over the damaged page: {got:?}");
 }

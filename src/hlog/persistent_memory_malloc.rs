@@ -336,6 +336,12 @@ impl<D: Disk> HybridLog<D> {
     /// now) and moves head down to the first of them, so the recovered store starts warm.
     /// `&mut self`: only before the log is shared.
     ///
+    /// Readers of memory trust what they find there, while every record read from the device
+    /// is verified first (see `core::record`). So a page is loaded only if each of its records
+    /// verifies, reading from the newest page down; the first that does not (bit rot, a torn
+    /// write) and every page below it stay on the device only, where a read of a damaged
+    /// record reports [`Error::Corrupt`] instead of a wrong value.
+    ///
     /// # Errors
     /// [`Error::Io`] from the device.
     pub fn load_tail(&mut self) -> Result<()> {
@@ -344,14 +350,25 @@ impl<D: Disk> HybridLog<D> {
         let first = tail_page
             .saturating_sub(self.geo.frames - 2)
             .max(first_page);
-        for page in first..tail_page {
+        let mut loaded = tail_page;
+        for page in (first..tail_page).rev() {
             let offset = self.geo.page_start(page).raw();
             let buf = read_device(&self.disk, offset, self.page_size())?;
+            if let Err(reason) = verify_page(page, buf.as_slice()) {
+                tracing::warn!(
+                    page,
+                    reason,
+                    "a recovered log page does not verify: it and the pages below it stay on \
+                     the device, where reading a damaged record reports it"
+                );
+                break;
+            }
             let frame = self.frames[self.geo.frame(page)].buf.as_mut_slice();
             frame.copy_from_slice(buf.as_slice());
             crate::core::record::clear_transient_bits(frame, first_record_offset(page));
+            loaded = page;
         }
-        let head = self.geo.page_start(first).max(self.begin()).raw();
+        let head = self.geo.page_start(loaded).max(self.begin()).raw();
         for m in [&self.head, &self.safe_head, &self.head_target] {
             m.store(head, Ordering::Release);
         }
@@ -1153,6 +1170,19 @@ fn wait_io(context: String, issue: impl FnOnce(crate::device::IoCallback)) -> Re
             std::io::Error::other("callback dropped"),
         )),
     }
+}
+
+/// Whether every record of the device image `bytes` of page `page` (up to the first unused
+/// word) parses and carries its checksum; the reason if not.
+fn verify_page(page: u64, bytes: &[u8]) -> std::result::Result<(), &'static str> {
+    let mut off = first_record_offset(page);
+    while off + HEADER_BYTES <= bytes.len() {
+        match DiskRecord::parse(&bytes[off..])? {
+            Some(rec) => off += rec.size(),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 /// Stamps every record of `page` (its frame's words) with its checksum, up to the first
