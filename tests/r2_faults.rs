@@ -79,7 +79,7 @@ fn value(k: u64, round: u64) -> String {
     format!("value-{k}-{round}-{}", "x".repeat((k % 20) as usize))
 }
 
-/// Writes round `round` of keys `from..to` into store and model.
+/// Writes round `round` of `keys` into store and model.
 fn put(kv: &Kv, model: &mut Model, keys: std::ops::Range<u64>, round: u64) {
     for k in keys {
         kv.insert(&k, &value(k, round)).unwrap();
@@ -237,11 +237,14 @@ fn a_full_cold_index_fails_background_migration_visibly() {
     full_device_during_background_migration(COLD_INDEX);
 }
 
+/// How a session read completed: its key, status (or error) and value.
+type Completion = (u64, Result<Status, String>, Option<String>);
+
 /// A session read that records how it completed.
 struct SessionGet {
     key: u64,
     got: Option<String>,
-    out: Arc<Mutex<Vec<(u64, Result<Status, String>, Option<String>)>>>,
+    out: Arc<Mutex<Vec<Completion>>>,
 }
 
 impl ReadContext for SessionGet {
