@@ -32,6 +32,15 @@
 //!   flushed and the cold index checkpointed; their state goes into the hot tier's checkpoint
 //!   (`cold.meta`, written before its `log.meta`, so a completed hot checkpoint always has it).
 //!   Recovery opens the newest completed hot checkpoint and the cold state it names.
+//! - **A failing device.** A page write of the cold log or of the cold index's log that fails
+//!   (a full disk) poisons that log: appends to it that need a new page fail with
+//!   [`Error::Poisoned`], so a migration pass fails before it truncates anything (every key
+//!   still reads from the tier it was in) and checkpoints refuse. Reads keep working. Every
+//!   pass and every checkpoint first writes the failed pages again, so once the device takes
+//!   them migration and checkpoints work on; reopening recovers the last checkpoint. A
+//!   background pass has no caller to return its error to: it is logged, counted in
+//!   [`R2Stats::maintenance_failures`] and kept in [`R2Stats::maintenance_error`] until a
+//!   pass succeeds, and the next interval tries again.
 
 pub(crate) mod cold;
 mod iter;
@@ -205,7 +214,44 @@ struct Shared<D: Disk> {
     hot_entries_freed: AtomicU64,
     hot_passes: PassCounters,
     cold_passes: PassCounters,
+    /// What became of the background passes ([`R2Stats::maintenance_failures`]).
+    maintenance_health: MaintenanceHealth,
     stop: AtomicBool,
+}
+
+/// Failures of the maintenance thread's passes, for [`R2Kv::stats`]: the thread has no caller
+/// to return them to.
+#[derive(Debug, Default)]
+struct MaintenanceHealth {
+    failures: AtomicU64,
+    /// The last failed pass's error, until a pass succeeds.
+    last_error: Mutex<Option<String>>,
+}
+
+impl MaintenanceHealth {
+    /// Records the outcome of a background pass (`Ok(false)`: none was due or possible).
+    fn record(&self, outcome: &Result<bool>) {
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
+                if last.take().is_some() {
+                    tracing::info!("R2Kv maintenance pass succeeded again");
+                }
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let what = e.to_string();
+                // Once per distinct error: a full disk fails every interval.
+                if last.as_deref() == Some(what.as_str()) {
+                    tracing::debug!(error = %e, "R2Kv maintenance pass failed again");
+                } else {
+                    tracing::warn!(error = %e, "R2Kv maintenance pass failed; retrying at the next interval");
+                }
+                *last = Some(what);
+            }
+        }
+    }
 }
 
 /// Hot-to-cold: a hot record that is still its key's newest in the hot tier moves to the cold
@@ -283,6 +329,8 @@ impl<D: Disk> Shared<D> {
         until: Address,
         pace: Pace,
     ) -> Result<Compaction> {
+        // A device that refused the cold tier's pages may take them now (it had no room).
+        self.cold.retry_failed_writes()?;
         let mover = HotToCold {
             hot: &self.hot,
             cold: &self.cold,
@@ -308,6 +356,7 @@ impl<D: Disk> Shared<D> {
         _claim: &MaintenanceClaim<'_>,
         until: Address,
     ) -> Result<Compaction> {
+        self.cold.retry_failed_writes()?;
         let begins = self.retained_cold_begins()?;
         let c = self
             .cold
@@ -319,7 +368,8 @@ impl<D: Disk> Shared<D> {
     /// One maintenance pass: each compaction whose log passed its trigger. None while an
     /// iterator holds the hot log's claim (the next interval tries again); the claim is taken
     /// only when a pass is due, so a check that finds nothing to do never makes `iter` busy.
-    fn pass(&self) -> Result<()> {
+    /// Returns whether a compaction ran.
+    fn pass(&self) -> Result<bool> {
         let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
         let hot_due = due(
             &self.hot_to_cold,
@@ -335,10 +385,10 @@ impl<D: Disk> Shared<D> {
             )
         };
         if hot_due.is_none() && cold_due().is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let Ok(claim) = self.hot.claim_maintenance() else {
-            return Ok(());
+            return Ok(false);
         };
         if let Some(until) = hot_due {
             let pace = Pace {
@@ -350,7 +400,7 @@ impl<D: Disk> Shared<D> {
         if let Some(until) = cold_due() {
             self.cold_to_cold_until(&claim, until)?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -458,6 +508,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
             hot_entries_freed: AtomicU64::new(0),
             hot_passes: PassCounters::default(),
             cold_passes: PassCounters::default(),
+            maintenance_health: MaintenanceHealth::default(),
             stop: AtomicBool::new(false),
         });
         let maintainer = {
@@ -472,9 +523,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
                         if shared.stop.load(Ordering::Acquire) {
                             break;
                         }
-                        if let Err(e) = shared.pass() {
-                            tracing::warn!(error = %e, "R2Kv maintenance pass failed");
-                        }
+                        shared.maintenance_health.record(&shared.pass());
                     }
                 })
                 .map_err(|e| Error::io("starting the R2Kv maintenance thread", e))?
@@ -667,6 +716,13 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
             cold_log_memory: cold_log.memory_bytes() as u64,
             cold_device_reads: cold_log.record_reads().submitted,
             cold_index: s.cold.index_stats(),
+            maintenance_failures: s.maintenance_health.failures.load(Ordering::Relaxed),
+            maintenance_error: s
+                .maintenance_health
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 

@@ -317,7 +317,9 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// [`Error::Busy`] if another checkpoint runs, or when called from inside
     /// an operation of this store (an RMW function: the checkpoint would wait for its own
     /// thread); [`Error::Config`] for a device that keeps nothing; I/O errors (no checkpoint is
-    /// then recorded).
+    /// then recorded); [`Error::Poisoned`] when log pages whose write failed earlier still fail
+    /// (a checkpoint writes them again first, and once they succeed the store is no longer
+    /// poisoned).
     pub fn checkpoint(&self) -> Result<Token> {
         self.checkpoint_with(CheckpointKind::Full, LogMode::FoldOver)
     }

@@ -150,6 +150,47 @@ fn failing_device_writes_poison_the_store_instead_of_losing_data() {
     }
 }
 
+/// A full disk that gets room again: the checkpoint after it writes the pages that failed,
+/// the poison lifts, writes go on, and recovery finds every acknowledged key. A checkpoint
+/// while the disk is still full fails the same way and records nothing.
+#[test]
+fn a_full_disk_that_gets_room_again_lets_the_store_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new()
+        .table_size(64)
+        .log_memory_size(16 << 10)
+        .page_size(4096);
+    let n = {
+        let disk = std::sync::Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
+        let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(config.clone(), disk.clone()).unwrap();
+        disk.fail_writes_after(3);
+        let mut n = 0u64;
+        let err = loop {
+            match kv.insert(&n, &vec![n as u8; 100]) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 5_000, "a full disk never refused a write");
+        };
+        assert!(matches!(err, Error::Poisoned(_)), "{err}");
+        let err = kv.checkpoint().unwrap_err();
+        assert!(matches!(err, Error::Poisoned(_)), "{err}");
+        disk.heal();
+        kv.checkpoint().unwrap();
+        for k in n..n + 2_000 {
+            kv.insert(&k, &vec![k as u8; 100]).unwrap();
+        }
+        kv.checkpoint().unwrap();
+        n + 2_000
+    };
+    let (kv, _) =
+        RsKv::<u64, Vec<u8>, _>::recover(config, FileSystemDisk::new(dir.path()).unwrap(), None)
+            .unwrap();
+    for k in 0..n {
+        assert_eq!(kv.get(&k).unwrap(), Some(vec![k as u8; 100]), "key {k}");
+    }
+}
+
 #[test]
 fn failing_device_reads_give_errors_and_recover() {
     let dir = tempfile::tempdir().unwrap();

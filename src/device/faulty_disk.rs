@@ -1,16 +1,33 @@
 //! A device wrapper that injects failures, for testing how the store copes with a failing disk.
 //!
-//! Invariants: every knob is an atomic, so tests may flip them from any thread while I/O runs.
-//! An injected failure never reaches the inner device (except the first half of a torn write), and
-//! every callback still runs exactly once. The counters count calls (failed ones included), not
-//! bytes. Held read completions ([`FaultyDisk::hold_reads_until`]) run when enough reads are in
-//! flight together or on [`FaultyDisk::release_reads`], never twice and never lost.
+//! # Knobs, and who shares them
+//! The knobs (full disk, failing reads and flushes, a torn write, held read completions) and the
+//! counters of one device live in a [`Faults`]: a cheap handle to state shared by every clone.
+//! A [`FaultyDisk`] has one ([`FaultyDisk::faults`]); its own methods of the same names act on
+//! it. Each sub-device ([`SubDevice::sub_device`]) gets the knobs its parent keeps for its
+//! name, so a test can reach the devices a store opens for itself (R2Kv's `cold` and
+//! `cold-index`, see `crate::r2`) with [`FaultyDisk::sub_device_faults`], before or after the
+//! store opened them.
+//!
+//! # Invariants
+//! - Every knob is an atomic, so tests may flip them from any thread while I/O runs.
+//! - One [`Faults`] per name and parent: every sub-device opened under a name, and every handle
+//!   [`FaultyDisk::sub_device_faults`] returns for it, share its knobs and counters for as long
+//!   as the parent (or any of them) lives, also across `remove_sub_device` and a reopen of the
+//!   sub-device. Names nest: a sub-device of a sub-device has knobs of its own under that one.
+//! - A device's knobs act on its own I/O only: a fault set on the parent does not reach its
+//!   sub-devices, and [`Faults::heal`] heals one device (heal each one a test broke).
+//! - An injected failure never reaches the inner device (except the first half of a torn
+//!   write), and every callback still runs exactly once. The counters count calls (failed ones
+//!   included), not bytes. Held read completions ([`Faults::hold_reads_until`]) run when enough
+//!   reads are in flight together or on [`Faults::release_reads`], never twice and never lost.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Disk, IoCallback};
+use super::{Disk, IoCallback, SubDevice};
 use crate::core::alloc::align_down;
 
 /// Write budget meaning "no limit".
@@ -20,6 +37,17 @@ const UNLIMITED: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct FaultyDisk<D: Disk> {
     inner: D,
+    faults: Faults,
+}
+
+/// The fault knobs and counters of one device (a [`FaultyDisk`] or a sub-device of one).
+/// Clones share them (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct Faults(Arc<Knobs>);
+
+/// What a [`Faults`] shares.
+#[derive(Debug)]
+struct Knobs {
     /// Writes still allowed before they start failing ([`UNLIMITED`]: no limit).
     write_budget: AtomicU64,
     fail_reads: AtomicBool,
@@ -28,6 +56,23 @@ pub struct FaultyDisk<D: Disk> {
     writes: AtomicU64,
     reads: AtomicU64,
     flight: Arc<ReadFlight>,
+    /// The knobs of the sub-devices, by name.
+    subs: Mutex<HashMap<String, Faults>>,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            write_budget: AtomicU64::new(UNLIMITED),
+            fail_reads: AtomicBool::default(),
+            fail_flush: AtomicBool::default(),
+            tear_next: AtomicBool::default(),
+            writes: AtomicU64::default(),
+            reads: AtomicU64::default(),
+            flight: Arc::default(),
+            subs: Mutex::default(),
+        }
+    }
 }
 
 /// Reads issued and not yet completed, shared with their callbacks.
@@ -77,13 +122,108 @@ impl ReadFlight {
     }
 }
 
-/// A sub-device of the inner device, without faults (the faults stay on this one).
-impl<D: super::SubDevice> super::SubDevice for FaultyDisk<D> {
+/// A sub-device of the inner device, with the knobs this device keeps for `name` (none set
+/// until a test sets them).
+impl<D: SubDevice> SubDevice for FaultyDisk<D> {
     fn sub_device(&self, name: &str) -> crate::core::status::Result<Self> {
-        self.inner.sub_device(name).map(FaultyDisk::new)
+        let inner = self.inner.sub_device(name)?;
+        Ok(Self {
+            inner,
+            faults: self.faults.sub(name),
+        })
     }
     fn remove_sub_device(&self, name: &str) -> crate::core::status::Result<()> {
         self.inner.remove_sub_device(name)
+    }
+}
+
+impl Faults {
+    /// The knobs of the sub-device `name` of this device (created, without faults, on first
+    /// use; the same ones every later time).
+    #[must_use]
+    pub fn sub(&self, name: &str) -> Faults {
+        self.0
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Lets the next `n` writes through, counted from this call; the (n+1)-th and every later
+    /// write fails (with an `ENOSPC`-kind error saying it was injected) without reaching the inner
+    /// device. `fail_writes_after(0)` fails every write from now on; `u64::MAX` lifts the limit.
+    pub fn fail_writes_after(&self, n: u64) {
+        self.0.write_budget.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every read fail (`true`) or pass through again (`false`).
+    pub fn fail_reads(&self, fail: bool) {
+        self.0.fail_reads.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every flush fail (`true`) or pass through again (`false`).
+    pub fn fail_flush(&self, fail: bool) {
+        self.0.fail_flush.store(fail, Ordering::SeqCst);
+    }
+
+    /// The next write that is not failed outright writes only its first half (rounded down to the
+    /// alignment, so possibly nothing) and then reports an error.
+    pub fn tear_next_write(&self) {
+        self.0.tear_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Removes every fault of this device (not of its sub-devices): unlimited writes, reads and
+    /// flushes pass, no pending tear.
+    pub fn heal(&self) {
+        self.fail_writes_after(UNLIMITED);
+        self.fail_reads(false);
+        self.fail_flush(false);
+        self.0.tear_next.store(false, Ordering::SeqCst);
+    }
+
+    /// Write calls so far, including failed ones.
+    #[must_use]
+    pub fn writes(&self) -> u64 {
+        self.0.writes.load(Ordering::SeqCst)
+    }
+
+    /// Read calls so far, including failed ones.
+    #[must_use]
+    pub fn reads(&self) -> u64 {
+        self.0.reads.load(Ordering::SeqCst)
+    }
+
+    /// Holds back read completions until `n` reads are in flight together (then runs them all
+    /// and stops holding), or until [`Faults::release_reads`]. A test of whether the store
+    /// keeps reads in flight together: a store that waits for each read before issuing the next
+    /// waits until the release.
+    pub fn hold_reads_until(&self, n: u64) {
+        self.0.flight.hold_until.store(n, Ordering::SeqCst);
+    }
+
+    /// Runs every held read completion and stops holding.
+    pub fn release_reads(&self) {
+        self.0.flight.release();
+    }
+
+    /// The most reads that have been in flight together.
+    #[must_use]
+    pub fn max_reads_in_flight(&self) -> u64 {
+        self.0.flight.max.load(Ordering::SeqCst)
+    }
+
+    /// Takes one write from the budget; false if it is exhausted.
+    fn take_write(&self) -> bool {
+        self.0
+            .write_budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
+                UNLIMITED => Some(b),
+                0 => None,
+                _ => Some(b - 1),
+            })
+            .is_ok()
     }
 }
 
@@ -92,32 +232,37 @@ impl<D: Disk> FaultyDisk<D> {
     pub fn new(inner: D) -> Self {
         Self {
             inner,
-            write_budget: AtomicU64::new(UNLIMITED),
-            fail_reads: AtomicBool::new(false),
-            fail_flush: AtomicBool::new(false),
-            tear_next: AtomicBool::new(false),
-            writes: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
-            flight: Arc::default(),
+            faults: Faults::default(),
         }
     }
 
-    /// Holds back read completions until `n` reads are in flight together (then runs them all
-    /// and stops holding), or until [`FaultyDisk::release_reads`]. A test of whether the store
-    /// keeps reads in flight together: a store that waits for each read before issuing the next
-    /// waits until the release.
+    /// This device's knobs and counters (shared with the returned handle).
+    #[must_use]
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    /// The knobs of the sub-device `name` ([`SubDevice::sub_device`]), whether or not it was
+    /// opened yet: faults set here reach every sub-device opened under that name.
+    #[must_use]
+    pub fn sub_device_faults(&self, name: &str) -> Faults {
+        self.faults.sub(name)
+    }
+
+    /// Holds back read completions until `n` reads are in flight together: see
+    /// [`Faults::hold_reads_until`].
     pub fn hold_reads_until(&self, n: u64) {
-        self.flight.hold_until.store(n, Ordering::SeqCst);
+        self.faults.hold_reads_until(n);
     }
 
     /// Runs every held read completion and stops holding.
     pub fn release_reads(&self) {
-        self.flight.release();
+        self.faults.release_reads();
     }
 
     /// The most reads that have been in flight together.
     pub fn max_reads_in_flight(&self) -> u64 {
-        self.flight.max.load(Ordering::SeqCst)
+        self.faults.max_reads_in_flight()
     }
 
     /// The wrapped device.
@@ -125,56 +270,39 @@ impl<D: Disk> FaultyDisk<D> {
         &self.inner
     }
 
-    /// Lets the next `n` writes through, counted from this call; the (n+1)-th and every later
-    /// write fails (with an `ENOSPC`-kind error saying it was injected) without reaching the inner
-    /// device. `fail_writes_after(0)` fails every write from now on; `u64::MAX` lifts the limit.
+    /// Fails writes after the next `n`: see [`Faults::fail_writes_after`].
     pub fn fail_writes_after(&self, n: u64) {
-        self.write_budget.store(n, Ordering::SeqCst);
+        self.faults.fail_writes_after(n);
     }
 
     /// Makes every read fail (`true`) or pass through again (`false`).
     pub fn fail_reads(&self, fail: bool) {
-        self.fail_reads.store(fail, Ordering::SeqCst);
+        self.faults.fail_reads(fail);
     }
 
     /// Makes every flush fail (`true`) or pass through again (`false`).
     pub fn fail_flush(&self, fail: bool) {
-        self.fail_flush.store(fail, Ordering::SeqCst);
+        self.faults.fail_flush(fail);
     }
 
-    /// The next write that is not failed outright writes only its first half (rounded down to the
-    /// alignment, so possibly nothing) and then reports an error.
+    /// Tears the next write: see [`Faults::tear_next_write`].
     pub fn tear_next_write(&self) {
-        self.tear_next.store(true, Ordering::SeqCst);
+        self.faults.tear_next_write();
     }
 
-    /// Removes every fault: unlimited writes, reads and flushes pass, no pending tear.
+    /// Removes every fault of this device (its sub-devices keep theirs): see [`Faults::heal`].
     pub fn heal(&self) {
-        self.fail_writes_after(UNLIMITED);
-        self.fail_reads(false);
-        self.fail_flush(false);
-        self.tear_next.store(false, Ordering::SeqCst);
+        self.faults.heal();
     }
 
     /// Write calls so far, including failed ones.
     pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::SeqCst)
+        self.faults.writes()
     }
 
     /// Read calls so far, including failed ones.
     pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::SeqCst)
-    }
-
-    /// Takes one write from the budget; false if it is exhausted.
-    fn take_write(&self) -> bool {
-        self.write_budget
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
-                UNLIMITED => Some(b),
-                0 => None,
-                _ => Some(b - 1),
-            })
-            .is_ok()
+        self.faults.reads()
     }
 }
 
@@ -199,11 +327,12 @@ impl<D: Disk> Disk for FaultyDisk<D> {
     }
 
     unsafe fn write_async(&self, offset: u64, buf: *const u8, len: usize, callback: IoCallback) {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        if !self.take_write() {
+        let f = &self.faults.0;
+        f.writes.fetch_add(1, Ordering::SeqCst);
+        if !self.faults.take_write() {
             return callback(Err(injected_write_failure()));
         }
-        if !self.tear_next.swap(false, Ordering::SeqCst) {
+        if !f.tear_next.swap(false, Ordering::SeqCst) {
             // SAFETY: forwarded with the caller's contract unchanged.
             return unsafe { self.inner.write_async(offset, buf, len, callback) };
         }
@@ -224,11 +353,12 @@ impl<D: Disk> Disk for FaultyDisk<D> {
     }
 
     unsafe fn read_async(&self, offset: u64, buf: *mut u8, len: usize, callback: IoCallback) {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        if self.fail_reads.load(Ordering::SeqCst) {
+        let f = &self.faults.0;
+        f.reads.fetch_add(1, Ordering::SeqCst);
+        if f.fail_reads.load(Ordering::SeqCst) {
             return callback(Err(injected("read")));
         }
-        let flight = self.flight.clone();
+        let flight = f.flight.clone();
         let now = flight.now.fetch_add(1, Ordering::SeqCst) + 1;
         flight.max.fetch_max(now, Ordering::SeqCst);
         let hold = flight.hold_until.load(Ordering::SeqCst);
@@ -237,12 +367,12 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         // its callback runs, and a held callback still runs exactly once, only later.
         unsafe { self.inner.read_async(offset, buf, len, callback) }
         if hold != 0 && now >= hold {
-            self.flight.release();
+            f.flight.release();
         }
     }
 
     fn flush(&self) -> io::Result<()> {
-        if self.fail_flush.load(Ordering::SeqCst) {
+        if self.faults.0.fail_flush.load(Ordering::SeqCst) {
             return Err(injected("flush"));
         }
         self.inner.flush()
@@ -414,6 +544,52 @@ mod tests {
         let (_, got) = read(&disk, 0, PAGE);
         assert!(got.as_slice().iter().all(|&b| b == 3));
         disk.flush().unwrap();
+    }
+
+    #[test]
+    fn sub_devices_share_the_knobs_their_parent_keeps_for_their_name() {
+        use crate::device::SubDevice;
+        let dir = tempfile::tempdir().unwrap();
+        let disk = FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap());
+        let page = filled(PAGE, 5);
+        // Armed before the sub-device exists.
+        let cold = disk.sub_device_faults("cold");
+        cold.fail_writes_after(0);
+        let sub = disk.sub_device("cold").unwrap();
+        assert!(write(&sub, 0, &page).is_err());
+        assert!(!sub.inner().segment_path(0).exists());
+        // The parent and the other names are not affected, and their counters are their own.
+        write(&disk, 0, &page).unwrap();
+        let other = disk.sub_device("other").unwrap();
+        write(&other, 0, &page).unwrap();
+        assert_eq!(
+            (disk.writes(), cold.writes(), other.faults().writes()),
+            (1, 1, 1)
+        );
+        // A fault set on the parent stays on the parent.
+        disk.fail_reads(true);
+        assert!(read(&sub, 0, PAGE).0.is_ok());
+        assert!(read(&disk, 0, PAGE).0.is_err());
+        disk.heal();
+        // A second opening of the name and the handles share one set of knobs.
+        let again = disk.sub_device("cold").unwrap();
+        assert!(write(&again, 0, &page).is_err());
+        assert_eq!(sub.writes(), 2);
+        again.faults().fail_reads(true);
+        assert!(read(&sub, 0, PAGE).0.is_err());
+        // Healing the parent left the sub-device broken; healing the handle heals both.
+        cold.heal();
+        write(&sub, 0, &page).unwrap();
+        let (r, got) = read(&again, 0, PAGE);
+        assert_eq!(r.unwrap(), PAGE);
+        assert!(got.as_slice().iter().all(|&b| b == 5));
+        // Through an `Arc` too, and names nest.
+        let shared = std::sync::Arc::new(FaultyDisk::new(NullDisk::new()));
+        shared.sub_device_faults("a").sub("b").fail_writes_after(0);
+        let b = shared.sub_device("a").unwrap().sub_device("b").unwrap();
+        assert!(write(&*b, 0, &page).is_err());
+        let a = shared.sub_device("a").unwrap();
+        write(&*a, 0, &page).unwrap();
     }
 
     #[test]

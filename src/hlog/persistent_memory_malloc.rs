@@ -27,9 +27,19 @@
 //! 8. Epoch actions and I/O callbacks reach the log through a raw pointer. The log is heap-pinned
 //!    (it lives inside the store's `Arc`), and its `Drop` drains the epoch and waits until no I/O
 //!    is in flight before any field is freed.
+//! 9. **Failed writes.** A page whose write failed (or was short) is *failed* until a write of
+//!    it succeeds, and the log is *poisoned* while any page is failed: no page opens (allocations
+//!    past the open page fail with `Error::Poisoned`) and checkpoints refuse, so nothing that
+//!    depends on the page reaching the device goes ahead. Its frame keeps its bytes meanwhile:
+//!    `flushed_until` cannot pass it, so neither can `head` (4) nor a reuse of its frame (5).
+//!    [`HybridLog::retry_failed_writes`] writes every failed page again from its frame; retries
+//!    run one call at a time and only for pages whose last write has called back, so a page
+//!    never has two writes in flight. When the last failed page is written the poison lifts and
+//!    the log is as it would be after a slow device: `flushed_until` and `head` move on.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_utils::CachePadded;
 
@@ -131,8 +141,12 @@ pub struct HybridLog<D: Disk> {
     /// For each frame: 1 + the highest page whose flush from this frame completed.
     frame_flushed: Box<[AtomicU64]>,
     inflight: StdAtomicU64,
-    poison: OnceLock<String>,
+    /// The failed pages and why their last write failed (invariant 9).
+    failed: Mutex<BTreeMap<u64, String>>,
+    /// Whether `failed` is not empty (set and cleared under its lock).
     poisoned: AtomicBool,
+    /// Held by [`HybridLog::retry_failed_writes`]: one retry of the failed pages at a time.
+    retrying: Mutex<()>,
     /// xxh3 of each page as written to the device (0: unknown), from the first page that a
     /// checkpoint may still need. Kept so that checkpoints can tell recovery what every page
     /// below their end must hash to; [`HybridLog::forget_sums_below`] drops truncated pages.
@@ -263,8 +277,9 @@ impl<D: Disk> HybridLog<D> {
             head_target: AtomicU64::new(first),
             frame_flushed: (0..frames).map(|_| AtomicU64::new(0)).collect(),
             inflight: StdAtomicU64::new(0),
-            poison: OnceLock::new(),
+            failed: Mutex::new(BTreeMap::new()),
             poisoned: AtomicBool::new(false),
+            retrying: Mutex::new(()),
             page_sums: std::sync::Mutex::new(PageSums::default()),
             bytes_written: StdAtomicU64::new(0),
             bytes_read: StdAtomicU64::new(0),
@@ -321,6 +336,12 @@ impl<D: Disk> HybridLog<D> {
     /// now) and moves head down to the first of them, so the recovered store starts warm.
     /// `&mut self`: only before the log is shared.
     ///
+    /// Readers of memory trust what they find there, while every record read from the device
+    /// is verified first (see `core::record`). So a page is loaded only if each of its records
+    /// verifies, reading from the newest page down; the first that does not (bit rot, a torn
+    /// write) and every page below it stay on the device only, where a read of a damaged
+    /// record reports [`Error::Corrupt`] instead of a wrong value.
+    ///
     /// # Errors
     /// [`Error::Io`] from the device.
     pub fn load_tail(&mut self) -> Result<()> {
@@ -329,14 +350,25 @@ impl<D: Disk> HybridLog<D> {
         let first = tail_page
             .saturating_sub(self.geo.frames - 2)
             .max(first_page);
-        for page in first..tail_page {
+        let mut loaded = tail_page;
+        for page in (first..tail_page).rev() {
             let offset = self.geo.page_start(page).raw();
             let buf = read_device(&self.disk, offset, self.page_size())?;
+            if let Err(reason) = verify_page(page, buf.as_slice()) {
+                tracing::warn!(
+                    page,
+                    reason,
+                    "a recovered log page does not verify: it and the pages below it stay on \
+                     the device, where reading a damaged record reports it"
+                );
+                break;
+            }
             let frame = self.frames[self.geo.frame(page)].buf.as_mut_slice();
             frame.copy_from_slice(buf.as_slice());
             crate::core::record::clear_transient_bits(frame, first_record_offset(page));
+            loaded = page;
         }
-        let head = self.geo.page_start(first).max(self.begin()).raw();
+        let head = self.geo.page_start(loaded).max(self.begin()).raw();
         for m in [&self.head, &self.safe_head, &self.head_target] {
             m.store(head, Ordering::Release);
         }
@@ -381,22 +413,77 @@ impl<D: Disk> HybridLog<D> {
         )
     }
 
-    /// The error that poisoned the log, if any.
+    /// The error that poisoned the log, if any (invariant 9).
     ///
     /// # Errors
-    /// [`Error::Poisoned`] once a device write has failed.
+    /// [`Error::Poisoned`] while a page whose write failed has not been written since.
     pub fn check_poison(&self) -> Result<()> {
         if self.poisoned.load(StdOrdering::Acquire) {
-            let why = self.poison.get().cloned().unwrap_or_default();
-            return Err(Error::Poisoned(why));
+            let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, why)) = failed.first_key_value() {
+                return Err(Error::Poisoned(why.clone()));
+            }
         }
         Ok(())
     }
 
-    fn set_poison(&self, why: String) {
-        tracing::error!(reason = %why, "log device write failed: the store is poisoned (writes refused until it is reopened)");
-        let _ = self.poison.set(why);
+    /// The write of `page` failed: the log is poisoned until a write of it succeeds.
+    fn set_failed(&self, page: u64, why: String) {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        // Once per page: a retry on a device that is still full fails again.
+        if failed.contains_key(&page) {
+            tracing::debug!(reason = %why, "a failed log page failed again");
+        } else {
+            tracing::error!(reason = %why, "log device write failed: the store is poisoned (no new page opens until the failed pages are written again or the store is reopened)");
+        }
+        failed.insert(page, why);
         self.poisoned.store(true, StdOrdering::Release);
+    }
+
+    /// A write of `page` succeeded: it is no longer failed, and the poison lifts with the last
+    /// failed page.
+    fn clear_failed(&self, page: u64) {
+        if !self.poisoned.load(StdOrdering::Acquire) {
+            return;
+        }
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        if failed.remove(&page).is_some() && failed.is_empty() {
+            self.poisoned.store(false, StdOrdering::Release);
+            tracing::info!(
+                page,
+                "failed log pages written again: the store is no longer poisoned"
+            );
+        }
+    }
+
+    /// Writes every page whose write failed again (invariant 9) and waits for those writes;
+    /// when all succeed, the poison lifts. Returns at once when the log is not poisoned. The
+    /// caller must not be epoch protected (it waits for the device).
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] when a page still fails (the device still refuses it).
+    pub fn retry_failed_writes(&self) -> Result<()> {
+        if !self.poisoned.load(StdOrdering::Acquire) {
+            return Ok(());
+        }
+        let _one = self.retrying.lock().unwrap_or_else(PoisonError::into_inner);
+        let pages: Vec<u64> = self
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        let (done, finished) = crossbeam_channel::bounded::<()>(0);
+        for page in pages {
+            tracing::debug!(page, "writing a failed log page again");
+            self.write_page(page, Some(done.clone()));
+        }
+        drop(done);
+        // Each write's callback drops its sender when it has finished: this returns once
+        // every one has (a device calls back exactly once).
+        while finished.recv().is_ok() {}
+        self.check_poison()
     }
 
     /// Current marker values.
@@ -664,6 +751,12 @@ impl<D: Disk> HybridLog<D> {
     }
 
     fn flush_page(&self, page: u64) {
+        self.write_page(page, None);
+    }
+
+    /// Writes page `page` from its frame (a flush, or a retry of a failed one, which
+    /// `done` is dropped after: see [`HybridLog::retry_failed_writes`]).
+    fn write_page(&self, page: u64, done: Option<crossbeam_channel::Sender<()>>) {
         let frame = &self.frames[self.geo.frame(page)];
         let me = self as *const Self as usize;
         let len = frame.buf.len();
@@ -682,15 +775,22 @@ impl<D: Disk> HybridLog<D> {
                     this.set_page_sum(page, sum);
                     this.frame_flushed[this.geo.frame(page)].fetch_max(page + 1, Ordering::AcqRel);
                     this.advance_flushed_until();
+                    this.clear_failed(page);
                     this.try_shift_head();
                 }
-                Ok(n) => this.set_poison(format!("short write of page {page}: {n} of {len} bytes")),
-                Err(e) => this.set_poison(format!("write of page {page} failed: {e}")),
+                Ok(n) => this.set_failed(
+                    page,
+                    format!("short write of page {page}: {n} of {len} bytes"),
+                ),
+                Err(e) => this.set_failed(page, format!("write of page {page} failed: {e}")),
             }
             this.inflight.fetch_sub(1, StdOrdering::AcqRel);
+            // Not the log: the retry waiting for it holds the log alive anyway.
+            drop(done);
         });
         // SAFETY: invariant 3: the page is below safe_read_only, so its bytes stay unchanged,
-        // and its frame is not reused before this flush completes (invariants 4 and 5); offset,
+        // and its frame is not reused before this flush completes (invariants 4 and 5; a
+        // failed page's frame is not reused before a retry of it succeeds, 9); offset,
         // length and address are page aligned, and pages are multiples of the device alignment.
         unsafe {
             self.disk.write_async(
@@ -1084,6 +1184,19 @@ fn wait_io(context: String, issue: impl FnOnce(crate::device::IoCallback)) -> Re
             std::io::Error::other("callback dropped"),
         )),
     }
+}
+
+/// Whether every record of the device image `bytes` of page `page` (up to the first unused
+/// word) parses and carries its checksum; the reason if not.
+fn verify_page(page: u64, bytes: &[u8]) -> std::result::Result<(), &'static str> {
+    let mut off = first_record_offset(page);
+    while off + HEADER_BYTES <= bytes.len() {
+        match DiskRecord::parse(&bytes[off..])? {
+            Some(rec) => off += rec.size(),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 /// Stamps every record of `page` (its frame's words) with its checksum, up to the first

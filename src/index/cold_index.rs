@@ -477,6 +477,16 @@ impl<D: Disk> ColdIndex<D> {
         Ok(())
     }
 
+    /// Writes the inner log's pages whose write failed again (see
+    /// [`HybridLog::retry_failed_writes`](crate::hlog::HybridLog::retry_failed_writes)); once
+    /// they are written, updates that open new pages work again.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] when a page still fails.
+    pub fn retry_failed_writes(&self) -> Result<()> {
+        self.store.engine.hlog.retry_failed_writes()
+    }
+
     /// Compacts the inner log now, up to what is only on the device (the background compaction
     /// does this by itself when the log passes its budget).
     ///

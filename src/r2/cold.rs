@@ -13,9 +13,11 @@
 //!    record's `prev` points below it. An append writes its record (prev = the entry it saw)
 //!    under the cold epoch's protection, then compare-and-swaps the entry from what it saw to
 //!    the record. A lost CAS leaves an *orphan*: a record no chain leads to. It is marked
-//!    invalid if its page is still in memory, and is harmless if not: reads only follow
-//!    chains, and cold-to-cold compaction moves a record only if the walk from its entry
-//!    reaches it (invariant 3).
+//!    invalid if it is still in the mutable region (below it its page may be being flushed,
+//!    with the record's checksum stamped: a later change would make the device copy fail
+//!    verification, and every scan of that page with it), and is harmless if not: reads only
+//!    follow chains, and cold-to-cold compaction moves a record only if the walk from its
+//!    entry reaches it (invariant 3).
 //! 2. **Order.** For a key, every cold record is older than every hot record at or above the
 //!    hot `begin`: hot-to-cold moves only records below the hot truncation point, each only if
 //!    it is its key's newest in the hot tier at the time, and appends it at the cold tail
@@ -325,8 +327,10 @@ impl<D: Disk> ColdStore<D> {
     /// After a lost swap of the entry: the record at `address` is an orphan (invariant 1).
     fn orphan(&self, address: Address) -> Result<()> {
         self.counters.orphans.fetch_add(1, Ordering::Relaxed);
+        // Protected, so the flush of a page at or above read-only cannot start before the
+        // bit is set (the flush runs in the epoch action of safe read-only).
         let _g = self.epoch.protect()?;
-        if address >= self.hlog.head() {
+        if address >= self.hlog.read_only() {
             self.hlog.record(address)?.set_invalid();
         }
         Ok(())
@@ -449,9 +453,22 @@ impl<D: Disk> ColdStore<D> {
         Ok(before.saturating_sub(disk.storage_bytes().unwrap_or(before)))
     }
 
+    /// Writes the pages of the cold log and of the cold index's log whose write failed again
+    /// (a full device that has room again); once they are written the tier takes appends
+    /// again. The caller holds R2Kv's maintenance lock.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] when a page still fails.
+    pub(crate) fn retry_failed_writes(&self) -> Result<()> {
+        self.hlog.retry_failed_writes()?;
+        self.index.retry_failed_writes()
+    }
+
     /// Makes the whole cold log durable and checkpoints the cold index; returns what the
     /// checkpoint records. Nothing may write here meanwhile (invariant 5).
     pub(crate) fn checkpoint(&self) -> Result<ColdMeta> {
+        // The cold index's checkpoint retries its own log's failed pages.
+        self.hlog.retry_failed_writes()?;
         let end = self.hlog.close_page();
         // Writers of records below `end` have finished: none runs (invariant 5), and the
         // flush below waits for the epoch anyway.

@@ -37,6 +37,12 @@ pub struct R2Stats {
     pub cold_device_reads: u64,
     /// The cold index.
     pub cold_index: ColdIndexStats,
+    /// Background maintenance passes (hot-to-cold and cold-to-cold migration past their
+    /// budgets) that failed, e.g. on a full or failing device. Each is logged too, and the
+    /// next interval tries again.
+    pub maintenance_failures: u64,
+    /// The error of the last background pass that failed, until a later pass succeeds.
+    pub maintenance_error: Option<String>,
 }
 
 /// Totals of one kind of compaction pass.
@@ -166,6 +172,12 @@ impl R2Stats {
                 &[(label.as_str(), t.moved)],
             );
         }
+        metric(
+            "maintenance_failures_total",
+            "counter",
+            "Background maintenance passes that failed.",
+            &[("", self.maintenance_failures)],
+        );
         metric(
             "log_bytes",
             "gauge",

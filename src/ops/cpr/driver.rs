@@ -142,7 +142,9 @@ impl<D: Disk> Engine<D> {
         if self.index.is_growing() {
             return Err(Error::Busy("the index is growing"));
         }
-        self.hlog.check_poison()?;
+        // Pages whose write failed are written again first: once the device takes them (it
+        // was full and has room again), the checkpoint goes ahead.
+        self.hlog.retry_failed_writes()?;
         {
             let a = self
                 .cpr
