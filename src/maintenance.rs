@@ -163,12 +163,51 @@ impl<D: Disk> Worker<D> {
 
     /// One pass: each task once, in order. Add new tasks here.
     fn pass(&self) {
+        self.rewrite_failed_pages();
         self.grow_index_if_needed();
         self.compact_if_needed();
         self.engine
             .growth
             .maintenance_passes
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes the log pages whose write failed again (hlog invariant 9), so a store whose disk
+    /// was full works on by itself once the disk has room, without waiting for a checkpoint.
+    fn rewrite_failed_pages(&self) {
+        if self.engine.hlog.check_poison().is_err() {
+            match self.engine.hlog.retry_failed_writes() {
+                Ok(()) => self.succeeded(),
+                Err(e) => self.failed(&e),
+            }
+        }
+    }
+
+    /// A background task failed: counted and kept for [`crate::Stats`] (the thread has no
+    /// caller to return it to).
+    fn failed(&self, e: &Error) {
+        let book = &self.engine.growth;
+        book.maintenance_failures.fetch_add(1, Ordering::Relaxed);
+        *book
+            .maintenance_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    }
+
+    /// A background task succeeded: the last failure is no longer current (unless the log is
+    /// still poisoned: then rewriting its failed pages is still failing).
+    fn succeeded(&self) {
+        if self.engine.hlog.check_poison().is_err() {
+            return;
+        }
+        let book = &self.engine.growth;
+        let mut last = book
+            .maintenance_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.take().is_some() {
+            tracing::info!("background maintenance succeeded again");
+        }
     }
 
     /// Compacts the oldest part of the log when it passed the budget's trigger
@@ -186,6 +225,7 @@ impl<D: Disk> Worker<D> {
             Ok(None) => {}
             Ok(Some(c)) => {
                 self.last_compaction_failure.set(None);
+                self.succeeded();
                 if c.wasted() {
                     e.retention
                         .totals
@@ -210,6 +250,9 @@ impl<D: Disk> Worker<D> {
             Err(err) => {
                 let what = err.to_string();
                 let again = self.last_compaction_failure.replace(Some(what.clone())) == Some(what);
+                if !matches!(err, Error::Busy(_)) {
+                    self.failed(&err);
+                }
                 if matches!(err, Error::Busy(_)) || again {
                     tracing::debug!(error = %err, "background compaction deferred to the next pass");
                 } else {
@@ -236,6 +279,7 @@ impl<D: Disk> Worker<D> {
         match self.engine.grow_index() {
             Ok(()) => {
                 self.last_failure.set(None);
+                self.succeeded();
                 // Keys may have come faster than the growth: look again at once.
                 std::thread::current().unpark();
             }
@@ -253,6 +297,9 @@ impl<D: Disk> Worker<D> {
             Err(NoGrowth::Failed(e)) => {
                 let what = e.to_string();
                 let again = self.last_failure.replace(Some(what.clone())) == Some(what);
+                if !matches!(e, Error::Busy(_)) {
+                    self.failed(&e);
+                }
                 if matches!(e, Error::Busy(_)) || again {
                     tracing::debug!(error = %e, "automatic index growth deferred to the next pass");
                 } else {

@@ -66,6 +66,13 @@ pub struct Stats {
     pub growth_refused_by_budget: bool,
     /// Passes of the maintenance thread since the store was opened (0 without one).
     pub maintenance_passes: u64,
+    /// Background tasks (index growth, log compaction, writing pages whose write failed
+    /// again) that failed since the store was opened, e.g. on a full or failing disk. Each is
+    /// logged too, and the next pass tries again.
+    pub maintenance_failures: u64,
+    /// The error of the last background task that failed, until a later one succeeds with the
+    /// log no longer poisoned.
+    pub maintenance_error: Option<String>,
     /// Bytes written to the device.
     pub bytes_written: u64,
     /// Bytes read from the device.
@@ -262,6 +269,14 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             maintenance_passes: growth
                 .maintenance_passes
                 .load(std::sync::atomic::Ordering::Relaxed),
+            maintenance_failures: growth
+                .maintenance_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            maintenance_error: growth
+                .maintenance_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             bytes_written: w,
             bytes_read: r,
             device_reads: reads.submitted,

@@ -191,6 +191,64 @@ fn a_full_disk_that_gets_room_again_lets_the_store_go_on() {
     }
 }
 
+/// A full disk that gets room again, with no checkpoint: the maintenance thread writes the pages
+/// that failed again by itself, counting its failures in `Stats` while the disk is still full,
+/// and writes go on once it has room. Polls (with a deadline) only because the thread has no
+/// call to wait on.
+#[test]
+fn the_maintenance_thread_rewrites_failed_pages_once_the_disk_has_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new()
+        .table_size(64)
+        .log_memory_size(16 << 10)
+        .page_size(4096)
+        .maintenance_interval(std::time::Duration::from_millis(2));
+    let disk = std::sync::Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
+    let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(config, disk.clone()).unwrap();
+    assert!(kv.stats().maintenance_error.is_none());
+    disk.fail_writes_after(3);
+    let mut n = 0u64;
+    let err = loop {
+        match kv.insert(&n, &vec![n as u8; 100]) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 5_000, "a full disk never refused a write");
+    };
+    assert!(matches!(err, Error::Poisoned(_)), "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    };
+    wait_for("a failed rewrite to show in Stats", &|| {
+        let s = kv.stats();
+        s.maintenance_failures > 0 && s.maintenance_error.is_some()
+    });
+    assert!(
+        kv.insert(&n, &vec![0; 100]).is_err(),
+        "still full: still poisoned"
+    );
+    disk.heal();
+    wait_for("the poison to lift", &|| {
+        kv.insert(&n, &vec![n as u8; 100]).is_ok()
+    });
+    for k in n + 1..n + 2_000 {
+        kv.insert(&k, &vec![k as u8; 100]).unwrap();
+    }
+    for k in 0..n + 2_000 {
+        assert_eq!(kv.get(&k).unwrap(), Some(vec![k as u8; 100]), "key {k}");
+    }
+    wait_for("the error to clear", &|| {
+        kv.stats().maintenance_error.is_none()
+    });
+}
+
 #[test]
 fn failing_device_reads_give_errors_and_recover() {
     let dir = tempfile::tempdir().unwrap();

@@ -88,8 +88,9 @@ pub enum Error {
     /// An earlier write of a log page to the device failed; the store refuses work that needs
     /// that page on the device (opening a new log page, a checkpoint) instead of risking silent
     /// data loss. Reads keep working. Once the device takes writes again (a full disk has room
-    /// again), the next checkpoint (and, in R2Kv, the next compaction pass) writes the failed
-    /// pages again and, when they succeed, the store works on; or reopen (recover) it.
+    /// again), the maintenance thread's next pass, the next checkpoint and, in R2Kv, the next
+    /// compaction pass write the failed pages again and, when they succeed, the store works on;
+    /// or reopen (recover) it.
     #[error("store is poisoned by an earlier I/O failure: {0}")]
     Poisoned(String),
     /// The log memory is full and the device cannot take pages (a `NullDisk` store).

@@ -40,6 +40,10 @@ pub(crate) struct GrowthBook {
     pub(crate) refused_by_budget: AtomicBool,
     /// Passes the maintenance thread made.
     pub(crate) maintenance_passes: AtomicU64,
+    /// Background tasks (growth, compaction, rewriting failed pages) that failed.
+    pub(crate) maintenance_failures: AtomicU64,
+    /// The last such failure, until a later task succeeds.
+    pub(crate) maintenance_error: std::sync::Mutex<Option<String>>,
 }
 
 /// Why a growth did not happen.
