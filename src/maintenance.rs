@@ -25,8 +25,8 @@
 //! [`MemIndex::watch_overflow`]: crate::index::MemIndex::watch_overflow
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,48 @@ impl Drop for Maintainer {
     }
 }
 
+/// What became of a maintenance thread's background tasks, for the store's stats (RsKv's and
+/// R2Kv's): the thread has no caller to return a failure to. Touched once per task, never by
+/// operations.
+#[derive(Debug, Default)]
+pub(crate) struct MaintenanceHealth {
+    failures: AtomicU64,
+    /// The last failure, until a task succeeds.
+    last_error: Mutex<Option<String>>,
+}
+
+impl MaintenanceHealth {
+    /// Counts a failure and keeps it; returns whether it repeats the last one (so callers log
+    /// a failure that recurs every interval, such as a full disk, once).
+    pub(crate) fn failed(&self, e: &Error) -> bool {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let what = e.to_string();
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        let again = last.as_deref() == Some(what.as_str());
+        *last = Some(what);
+        again
+    }
+
+    /// A task succeeded: the last failure is no longer current. Returns whether there was one.
+    pub(crate) fn succeeded(&self) -> bool {
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        last.take().is_some()
+    }
+
+    /// Failures counted since the store was opened.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The last failure, until a task succeeded.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// The thread's side.
 struct Worker<D: Disk> {
     engine: Arc<Engine<D>>,
@@ -186,12 +228,7 @@ impl<D: Disk> Worker<D> {
     /// A background task failed: counted and kept for [`crate::Stats`] (the thread has no
     /// caller to return it to).
     fn failed(&self, e: &Error) {
-        let book = &self.engine.growth;
-        book.maintenance_failures.fetch_add(1, Ordering::Relaxed);
-        *book
-            .maintenance_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        self.engine.growth.health.failed(e);
     }
 
     /// A background task succeeded: the last failure is no longer current (unless the log is
@@ -200,12 +237,7 @@ impl<D: Disk> Worker<D> {
         if self.engine.hlog.check_poison().is_err() {
             return;
         }
-        let book = &self.engine.growth;
-        let mut last = book
-            .maintenance_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if last.take().is_some() {
+        if self.engine.growth.health.succeeded() {
             tracing::info!("background maintenance succeeded again");
         }
     }

@@ -49,6 +49,7 @@ mod stats;
 use stats::PassCounters;
 pub use stats::{PassTotals, R2Stats};
 
+use crate::maintenance::MaintenanceHealth;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -219,36 +220,21 @@ struct Shared<D: Disk> {
     stop: AtomicBool,
 }
 
-/// Failures of the maintenance thread's passes, for [`R2Kv::stats`]: the thread has no caller
-/// to return them to.
-#[derive(Debug, Default)]
-struct MaintenanceHealth {
-    failures: AtomicU64,
-    /// The last failed pass's error, until a pass succeeds.
-    last_error: Mutex<Option<String>>,
-}
-
-impl MaintenanceHealth {
-    /// Records the outcome of a background pass (`Ok(false)`: none was due or possible).
-    fn record(&self, outcome: &Result<bool>) {
-        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Ok(false) => {}
-            Ok(true) => {
-                if last.take().is_some() {
-                    tracing::info!("R2Kv maintenance pass succeeded again");
-                }
+/// Records the outcome of a background pass in `health` (`Ok(false)`: none was due or
+/// possible), logging a failure once per distinct error (a full disk fails every interval).
+fn record_pass(health: &MaintenanceHealth, outcome: &Result<bool>) {
+    match outcome {
+        Ok(false) => {}
+        Ok(true) => {
+            if health.succeeded() {
+                tracing::info!("R2Kv maintenance pass succeeded again");
             }
-            Err(e) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                let what = e.to_string();
-                // Once per distinct error: a full disk fails every interval.
-                if last.as_deref() == Some(what.as_str()) {
-                    tracing::debug!(error = %e, "R2Kv maintenance pass failed again");
-                } else {
-                    tracing::warn!(error = %e, "R2Kv maintenance pass failed; retrying at the next interval");
-                }
-                *last = Some(what);
+        }
+        Err(e) => {
+            if health.failed(e) {
+                tracing::debug!(error = %e, "R2Kv maintenance pass failed again");
+            } else {
+                tracing::warn!(error = %e, "R2Kv maintenance pass failed; retrying at the next interval");
             }
         }
     }
@@ -523,7 +509,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
                         if shared.stop.load(Ordering::Acquire) {
                             break;
                         }
-                        shared.maintenance_health.record(&shared.pass());
+                        record_pass(&shared.maintenance_health, &shared.pass());
                     }
                 })
                 .map_err(|e| Error::io("starting the R2Kv maintenance thread", e))?
@@ -716,13 +702,8 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
             cold_log_memory: cold_log.memory_bytes() as u64,
             cold_device_reads: cold_log.record_reads().submitted,
             cold_index: s.cold.index_stats(),
-            maintenance_failures: s.maintenance_health.failures.load(Ordering::Relaxed),
-            maintenance_error: s
-                .maintenance_health
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            maintenance_failures: s.maintenance_health.failures(),
+            maintenance_error: s.maintenance_health.last_error(),
         }
     }
 

@@ -269,14 +269,8 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             maintenance_passes: growth
                 .maintenance_passes
                 .load(std::sync::atomic::Ordering::Relaxed),
-            maintenance_failures: growth
-                .maintenance_failures
-                .load(std::sync::atomic::Ordering::Relaxed),
-            maintenance_error: growth
-                .maintenance_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            maintenance_failures: growth.health.failures(),
+            maintenance_error: growth.health.last_error(),
             bytes_written: w,
             bytes_read: r,
             device_reads: reads.submitted,

@@ -1,6 +1,8 @@
 //! Bad input and bad luck get a clear error, and the store stays right for every other key.
 mod common;
 
+use std::sync::Arc;
+
 use rskv::device::faulty_disk::FaultyDisk;
 use rskv::device::file_system_disk::FileSystemDisk;
 use rskv::{Config, DeleteContext, Error, ReadContext, RsKv, Status, UpsertContext};
@@ -150,6 +152,25 @@ fn failing_device_writes_poison_the_store_instead_of_losing_data() {
     }
 }
 
+/// Lets 3 more writes reach `disk`, then inserts 100-byte values of keys 0, 1, ... until the
+/// store refuses one, which must be `Poisoned`; returns how many it acknowledged.
+fn fill_until_poisoned(
+    kv: &RsKv<u64, Vec<u8>, Arc<FaultyDisk<FileSystemDisk>>>,
+    disk: &FaultyDisk<FileSystemDisk>,
+) -> u64 {
+    disk.fail_writes_after(3);
+    let mut n = 0u64;
+    let err = loop {
+        match kv.insert(&n, &vec![n as u8; 100]) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 5_000, "a full disk never refused a write");
+    };
+    assert!(matches!(err, Error::Poisoned(_)), "{err}");
+    n
+}
+
 /// A full disk that gets room again: the checkpoint after it writes the pages that failed,
 /// the poison lifts, writes go on, and recovery finds every acknowledged key. A checkpoint
 /// while the disk is still full fails the same way and records nothing.
@@ -163,16 +184,7 @@ fn a_full_disk_that_gets_room_again_lets_the_store_go_on() {
     let n = {
         let disk = std::sync::Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
         let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(config.clone(), disk.clone()).unwrap();
-        disk.fail_writes_after(3);
-        let mut n = 0u64;
-        let err = loop {
-            match kv.insert(&n, &vec![n as u8; 100]) {
-                Ok(()) => n += 1,
-                Err(e) => break e,
-            }
-            assert!(n < 5_000, "a full disk never refused a write");
-        };
-        assert!(matches!(err, Error::Poisoned(_)), "{err}");
+        let n = fill_until_poisoned(&kv, &disk);
         let err = kv.checkpoint().unwrap_err();
         assert!(matches!(err, Error::Poisoned(_)), "{err}");
         disk.heal();
@@ -206,16 +218,7 @@ fn the_maintenance_thread_rewrites_failed_pages_once_the_disk_has_room() {
     let disk = std::sync::Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
     let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(config, disk.clone()).unwrap();
     assert!(kv.stats().maintenance_error.is_none());
-    disk.fail_writes_after(3);
-    let mut n = 0u64;
-    let err = loop {
-        match kv.insert(&n, &vec![n as u8; 100]) {
-            Ok(()) => n += 1,
-            Err(e) => break e,
-        }
-        assert!(n < 5_000, "a full disk never refused a write");
-    };
-    assert!(matches!(err, Error::Poisoned(_)), "{err}");
+    let n = fill_until_poisoned(&kv, &disk);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         while !done() {

@@ -489,11 +489,12 @@ impl<'a> RecordRef<'a> {
     /// threads ([`crate::core::lock_cycle`]).
     #[inline]
     pub fn read_value(&self, out: &mut ValueBuf) -> Result<ValueRead, Cycle> {
-        let mut wait = Wait::default();
+        let mut wait = None;
         loop {
             let s1 = self.state();
             if s1.locked() && !LockOwner::current().is_some_and(|me| me.holds(s1)) {
-                wait.round(LockOwner::slot_of(s1))?;
+                wait.get_or_insert_with(Wait::default)
+                    .round(LockOwner::slot_of(s1))?;
                 continue;
             }
             let len = s1.len().min(self.value_cap);

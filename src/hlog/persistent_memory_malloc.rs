@@ -586,19 +586,9 @@ impl<D: Disk> HybridLog<D> {
         })
     }
 
-    /// Starts loading the record at `address` into the cache if it is in memory (a hint; the
-    /// caller is epoch protected).
+    /// Starts loading every cache line of the `bytes` from `address` that lie in its page, if
+    /// the record is in memory (a hint; the caller is epoch protected).
     #[inline]
-    pub fn prefetch(&self, address: Address) {
-        if address >= self.head() && address < self.tail_address() {
-            let frame = &self.frames[self.geo.frame(self.geo.page(address))];
-            let off = self.geo.offset(address) as usize;
-            crate::core::alloc::prefetch(frame.buf.as_ptr().wrapping_add(off));
-        }
-    }
-
-    /// [`HybridLog::prefetch`] of every cache line of the `bytes` from `address` that lie in
-    /// its page.
     pub fn prefetch_span(&self, address: Address, bytes: usize) {
         if address >= self.head() && address < self.tail_address() {
             let frame = &self.frames[self.geo.frame(self.geo.page(address))];

@@ -16,6 +16,7 @@ use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::hlog::{AllocError, HybridLog};
 use crate::index::{EntrySlot, HashIndex, IndexBusy, KeyHash, MemIndex};
+use crate::ops::compact::Prefetch;
 use crate::ops::cpr::book::Cpr;
 use crate::ops::cpr::{OpVersion, Phase, SystemState};
 use crate::sync::AtomicU64;
@@ -336,20 +337,16 @@ impl<D: Disk> Engine<D> {
         hashes: impl Iterator<Item = KeyHash> + Clone,
     ) {
         for h in hashes.clone() {
-            self.index.prefetch(g, h);
+            self.prefetch_stage(g, h, Prefetch::Buckets, 1);
         }
         for h in hashes {
-            if let Ok(Some(e)) = self.index.find_entry(g, h) {
-                if let crate::index::hash_bucket::Target::Log(a) = e.target() {
-                    self.hlog.prefetch(a);
-                }
-            }
+            self.prefetch_stage(g, h, Prefetch::Records, 1);
         }
     }
 
     /// [`crate::ops::compact::Mover::prefetch`] for this store's index and log: `key`'s bucket,
     /// or the record its entry leads to (the whole record: `record_bytes` from its start).
-    pub(crate) fn prefetch_key(&self, key: &[u8], stage: crate::ops::compact::Prefetch) {
+    pub(crate) fn prefetch_key(&self, key: &[u8], stage: Prefetch) {
         self.prefetch_hash(self.hasher.rehash(key).ok().map(KeyHash::new), stage, 64);
     }
 
@@ -358,16 +355,27 @@ impl<D: Disk> Engine<D> {
     pub(crate) fn prefetch_hash(
         &self,
         hash: Option<KeyHash>,
-        stage: crate::ops::compact::Prefetch,
+        stage: Prefetch,
         record_bytes: usize,
     ) {
-        let (Some(hash), Ok(g)) = (hash, self.epoch.protect()) else {
-            return;
-        };
+        if let (Some(hash), Ok(g)) = (hash, self.epoch.protect()) {
+            self.prefetch_stage(&g, hash, stage, record_bytes);
+        }
+    }
+
+    /// One stage of a prefetch under `g`: `hash`'s bucket, or `record_bytes` of the record its
+    /// entry leads to (by then its bucket is on its way or cached).
+    fn prefetch_stage(
+        &self,
+        g: &EpochGuard<'_>,
+        hash: KeyHash,
+        stage: Prefetch,
+        record_bytes: usize,
+    ) {
         match stage {
-            crate::ops::compact::Prefetch::Buckets => self.index.prefetch(&g, hash),
-            crate::ops::compact::Prefetch::Records => {
-                if let Ok(Some(e)) = self.index.find_entry(&g, hash) {
+            Prefetch::Buckets => self.index.prefetch(g, hash),
+            Prefetch::Records => {
+                if let Ok(Some(e)) = self.index.find_entry(g, hash) {
                     if let crate::index::hash_bucket::Target::Log(a) = e.target() {
                         self.hlog.prefetch_span(a, record_bytes);
                     }

@@ -41,9 +41,7 @@ pub(crate) struct GrowthBook {
     /// Passes the maintenance thread made.
     pub(crate) maintenance_passes: AtomicU64,
     /// Background tasks (growth, compaction, rewriting failed pages) that failed.
-    pub(crate) maintenance_failures: AtomicU64,
-    /// The last such failure, until a later task succeeds.
-    pub(crate) maintenance_error: std::sync::Mutex<Option<String>>,
+    pub(crate) health: crate::maintenance::MaintenanceHealth,
 }
 
 /// Why a growth did not happen.
