@@ -77,7 +77,7 @@ pub(crate) fn overflow_bytes(keys: u64, table: u64) -> u64 {
 /// The table for `keys` under a budget: the power of two from `keys / 16` to `keys / 4`
 /// buckets whose table plus expected overflow is smallest (8M keys: 512Ki buckets, 32 MiB,
 /// plus 54 MiB of overflow, against 1Mi buckets and 34 MiB of overflow).
-fn budget_table(keys: u64) -> u64 {
+pub(crate) fn budget_table(keys: u64) -> u64 {
     let low = keys.div_ceil(16).max(1).next_power_of_two();
     let mut best = low;
     let mut t = low;

@@ -12,12 +12,17 @@
 //!    an append per CAS, which throttled an 8M-key load to 0.075 Mops/s with 16 MiB.
 //! 2. **Cold log memory**: `M / 32` rounded down to a power of two, from 256 KiB to 4 MiB.
 //! 3. **Read cache**: `--read-cache` if given, else `M / 4`.
-//! 4. **Hot index**: sized for the hot set, not for every key: the records the hot log keeps
-//!    on disk (its disk budget, below) and the read cache holds, over the record size, at
-//!    RsKv's 8 keys per bucket, rounded up to a power of two, at most a quarter of what is
-//!    left (`--table-size` overrides it), plus the overflow buckets those keys are expected
-//!    to take (`sizing::overflow_bytes`). It does not grow (the budget would not hold).
-//! 5. **Hot log**: the rest, in whole pages (a sixteenth of it, 4 KiB..32 MiB, or
+//! 4. **Uncounted**: 6 MiB (at most `M / 16`) for what no part sizes (three stores' epoch
+//!    tables, I/O rings and buffers, the background threads), as measured.
+//! 5. **Hot index**: sized for the hot set, not for every key: the records the hot log keeps
+//!    on disk (its disk budget, below, plus a pass that may run while writers fill it), the
+//!    keys of the last pass (their entries stay until the sweep after it) and the read
+//!    cache's, over the record size; the table (a power of two, 4 to 16 keys per bucket) whose
+//!    size plus the overflow buckets those keys are expected to take (`sizing::overflow_bytes`)
+//!    is smallest, at most a quarter of what is left (`--table-size` overrides it). It does not grow
+//!    (the budget would not hold). Session 11 counted 1.35-1.5M keys' worth of overflow at
+//!    16M keys with a 64 MiB hot budget, where the hot log and read cache alone hold 1.1M.
+//! 6. **Hot log**: the rest, in whole pages (a sixteenth of it, 4 KiB..32 MiB, or
 //!    `--page-size`).
 //!
 //! Disk budgets: the hot log's (`R2Config::hot_to_cold`) is 4x its memory (or
@@ -31,7 +36,7 @@
 
 use anyhow::bail;
 
-use super::{default_page, overflow_bytes, record_bytes, BUCKET_BYTES, MIN_AUTO_LOG, MIN_PAGE};
+use super::{budget_table, default_page, overflow_bytes, record_bytes, BUCKET_BYTES, MIN_AUTO_LOG, MIN_PAGE};
 use crate::spec::{MemoryPlan, R2Plan, RunSpec};
 
 const KIB: u64 = 1 << 10;
@@ -43,6 +48,11 @@ const ENTRY_BYTES: u64 = 6;
 /// Entries of an inner overflow bucket, and buckets per overflow page (64 KiB).
 const OVERFLOW_ENTRIES: u64 = 7;
 const OVERFLOW_PAGE_BUCKETS: u64 = 1024;
+/// Resident memory R2Kv holds beyond the parts the plan sizes: three stores' epoch tables,
+/// I/O rings and buffers (hot, cold, the cold index's inner one), and the stacks and
+/// allocations of its maintenance and compaction threads. Measured at 16M keys with 1 thread
+/// (session 11, `docs/bench/s11-r2-16M.jsonl`): 5.1-5.4 MiB of growth above the parts' sizes.
+const UNCOUNTED: u64 = 6 * MIB;
 /// The hot log's disk budget over its memory.
 const HOT_BUDGET_PER_MEMORY: u64 = 4;
 /// The cold log's disk budget over the loaded data.
@@ -191,24 +201,33 @@ pub(super) fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
         .unwrap_or_else(|| cold_index_log(ci.chunk_records, budget));
     let ci_memory = ci_table_bytes + ci.overflow_bytes + ci_log;
     let (cold_log_bytes, cold_page_size) = cold_log(budget / 32, record);
-    let taken = read_cache_bytes + ci_memory + cold_log_bytes;
+    let uncounted = UNCOUNTED.min(budget / 16);
+    let taken = read_cache_bytes + ci_memory + cold_log_bytes + uncounted;
     if taken >= budget {
         bail!(
-            "R2Kv: read cache {} + cold index {} + cold log {} leave nothing of --memory {} for the hot tier; raise --memory or lower --read-cache",
+            "R2Kv: read cache {} + cold index {} + cold log {} + uncounted {} leave nothing of --memory {} for the hot tier; raise --memory or lower --read-cache",
             read_cache_bytes,
             ci_memory,
             cold_log_bytes,
+            uncounted,
             budget
         );
     }
     let rest = budget - taken;
-    // The hot set: what the hot log keeps on disk and the read cache holds.
-    let hot_keys = (HOT_BUDGET_PER_MEMORY * rest + read_cache_bytes) / record;
+    // The keys the hot index holds at most: the hot log's records on disk (its budget, plus
+    // the pass that may run while writers fill it up to `budget + max pass`), the keys of the
+    // last pass, whose entries stay until the sweep after it, and the read cache's. The
+    // default disk budget is 4x the log memory, which is at most `rest`.
+    let hot_disk = spec
+        .r2_hot_budget
+        .unwrap_or(HOT_BUDGET_PER_MEMORY * rest)
+        .max(MIB);
+    let hot_keys = (hot_disk + 2 * max_pass(hot_disk) + read_cache_bytes) / record;
     let table_size = match spec.table_size {
         Some(t) => t.max(1).next_power_of_two(),
         None => {
-            // At 8 keys per bucket.
-            let mut t = hot_keys.div_ceil(8).max(1).next_power_of_two();
+            // The cheapest table with its overflow, at most a quarter of what is left.
+            let mut t = budget_table(hot_keys);
             while t > 1 && t * BUCKET_BYTES > rest / 4 {
                 t /= 2;
             }
@@ -258,6 +277,11 @@ pub(super) fn plan(spec: &RunSpec) -> anyhow::Result<MemoryPlan> {
     })
 }
 
+/// The most one hot-to-cold pass moves, for a hot log disk budget.
+fn max_pass(hot_budget: u64) -> u64 {
+    (hot_budget / 2).max(MIB)
+}
+
 fn r2_plan(
     ci: &ColdIndexShape,
     ci_log: u64,
@@ -279,7 +303,7 @@ fn r2_plan(
         cold_log_bytes,
         cold_page_size,
         hot_budget,
-        hot_max_pass: (hot_budget / 2).max(MIB),
+        hot_max_pass: max_pass(hot_budget),
         cold_budget,
         maintenance_ms: MAINTENANCE_MS,
     }
