@@ -256,15 +256,17 @@ impl HashTable {
         n
     }
 
-    /// Indices of the overflow buckets linked from bucket `i`.
-    pub fn overflow_chain(&self, i: usize, pool: &OverflowPool) -> Vec<u64> {
-        let mut out = Vec::new();
-        let mut next = self.bucket(i).overflow.load(Ordering::Acquire);
-        while next != 0 {
-            out.push(next);
-            next = pool.get(next).overflow.load(Ordering::Acquire);
-        }
-        out
+    /// Indices of the overflow buckets linked from bucket `i`, followed as the iteration goes
+    /// (no allocation: the index's sweep walks every chain of the table).
+    pub fn overflow_chain<'a>(
+        &self,
+        i: usize,
+        pool: &'a OverflowPool,
+    ) -> impl Iterator<Item = u64> + 'a {
+        let first = self.bucket(i).overflow.load(Ordering::Acquire);
+        std::iter::successors(Some(first).filter(|&o| o != 0), move |&o| {
+            Some(pool.get(o).overflow.load(Ordering::Acquire)).filter(|&n| n != 0)
+        })
     }
 }
 
@@ -297,7 +299,7 @@ mod tests {
                 Address::new(64 * (n as u64 + 1))
             );
         }
-        assert!(!t.overflow_chain(0, &pool).is_empty());
+        assert!(t.overflow_chain(0, &pool).next().is_some());
     }
 
     #[test]

@@ -448,7 +448,9 @@ impl MemIndex {
             // state held the previous epoch, which this action waits out.
             let old = unsafe { Box::from_raw(old_ptr as *mut HashTable) };
             for i in 0..old.len() {
-                for o in old.overflow_chain(i, &pool) {
+                // Collected first: freeing a bucket may reuse its link.
+                let chain: Vec<u64> = old.overflow_chain(i, &pool).collect();
+                for o in chain {
                     pool.free(o);
                 }
             }
