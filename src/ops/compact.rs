@@ -13,7 +13,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use futures_util::StreamExt;
 
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
@@ -348,21 +347,23 @@ fn move_chunks<D: Disk, M: Mover>(
             hint(i, Prefetch::Buckets);
             hint(i / 2, Prefetch::Records);
         }
-        let moves = futures_util::stream::iter(live.iter().enumerate().map(
-            |(i, &(address, key, value))| {
-                hint(i + PREFETCH_AHEAD, Prefetch::Buckets);
-                hint(i + PREFETCH_AHEAD / 2, Prefetch::Records);
-                mover.move_record(key, value, address)
-            },
-        ))
-        .buffer_unordered(lookups())
-        .collect::<Vec<_>>();
-        for moved in crate::ops::pending::block_on(moves) {
-            if moved? {
-                c.copied += 1;
-            } else {
-                c.superseded += 1;
+        let moves = live.iter().enumerate().map(|(i, &(address, key, value))| {
+            hint(i + PREFETCH_AHEAD, Prefetch::Buckets);
+            hint(i + PREFETCH_AHEAD / 2, Prefetch::Records);
+            mover.move_record(key, value, address)
+        });
+        // Every move runs to its end (as before: none is dropped half-way); the first error
+        // is returned after them.
+        let mut first_error = None;
+        crate::ops::pending::run_window(moves, lookups(), |moved| match moved {
+            Ok(true) => c.copied += 1,
+            Ok(false) => c.superseded += 1,
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
+        });
+        if let Some(e) = first_error {
+            return Err(e);
         }
     }
 }

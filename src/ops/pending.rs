@@ -360,45 +360,125 @@ pub(crate) enum Started<'a> {
     Disk(Address, HashBucketEntry, PendingUpdate<'a>),
 }
 
+/// A waker that unparks the thread that made it, and the flag its wakes set.
+struct Unpark {
+    thread: std::thread::Thread,
+    woken: std::sync::atomic::AtomicBool,
+}
+
+impl std::task::Wake for Unpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.woken
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+impl Unpark {
+    fn current() -> std::sync::Arc<Unpark> {
+        std::sync::Arc::new(Unpark {
+            thread: std::thread::current(),
+            woken: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Starts a round of polls: wakes from here on are not lost.
+    fn arm(&self) {
+        self.woken
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Parks until a wake since the last [`Unpark::arm`]. A wake between the polls and here
+    /// set `woken`; park returns at once on an unpark token too, so no wake is lost.
+    fn wait(&self) {
+        while !self.woken.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
+}
+
 /// Runs `fut` to its end on the calling thread, parking it while nothing is ready. Unlike
 /// `futures_executor::block_on` it may be called from inside another `block_on` (a nested
 /// store operation inside an update's function): the inner wait simply blocks the thread,
 /// which the outer one was doing anyway.
 pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
+    use std::task::{Context, Poll, Waker};
 
-    struct Unpark {
-        thread: std::thread::Thread,
-        woken: AtomicBool,
-    }
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.wake_by_ref();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.woken.store(true, Ordering::Release);
-            self.thread.unpark();
-        }
-    }
-
-    let unpark = Arc::new(Unpark {
-        thread: std::thread::current(),
-        woken: AtomicBool::new(false),
-    });
+    let unpark = Unpark::current();
     let waker = Waker::from(unpark.clone());
     let mut cx = Context::from_waker(&waker);
     let mut fut = std::pin::pin!(fut);
     loop {
-        unpark.woken.store(false, Ordering::Release);
+        unpark.arm();
         if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
             return out;
         }
-        // A wake between the poll and here set `woken`; park returns at once on an unpark
-        // token too, so no wake is lost.
-        while !unpark.woken.load(Ordering::Acquire) {
-            std::thread::park();
+        unpark.wait();
+    }
+}
+
+/// Runs the futures `items` yields on the calling thread, at most `width` at once, and hands
+/// each output to `done` as it finishes. The futures are taken from `items` in order, one
+/// when a slot is free, and a future that finishes at its first poll frees its slot at once
+/// (compaction's moves mostly finish in memory). Unlike `buffer_unordered`, which allocates a
+/// task per future, it keeps `width` boxed slots and reuses them: a compaction pass moves
+/// millions of records through it. After a wake it polls every waiting future again (at most
+/// `width`; a poll of a future that is still waiting is cheap).
+pub(crate) fn run_window<F: std::future::Future>(
+    items: impl IntoIterator<Item = F>,
+    width: usize,
+    mut done: impl FnMut(F::Output),
+) {
+    use std::task::{Context, Poll, Waker};
+
+    let mut items = items.into_iter();
+    let unpark = Unpark::current();
+    let waker = Waker::from(unpark.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut slots: Vec<std::pin::Pin<Box<Option<F>>>> = Vec::new();
+    let mut exhausted = false;
+    loop {
+        unpark.arm();
+        let mut waiting = 0;
+        for i in 0..width.max(1) {
+            if i == slots.len() {
+                if exhausted {
+                    break;
+                }
+                slots.push(Box::pin(None));
+            }
+            let slot = &mut slots[i];
+            loop {
+                if slot.is_none() {
+                    match items.next() {
+                        Some(f) => slot.set(Some(f)),
+                        None => {
+                            exhausted = true;
+                            break;
+                        }
+                    }
+                }
+                let Some(fut) = slot.as_mut().as_pin_mut() else {
+                    break;
+                };
+                match fut.poll(&mut cx) {
+                    Poll::Ready(out) => {
+                        slot.set(None);
+                        done(out);
+                    }
+                    Poll::Pending => {
+                        waiting += 1;
+                        break;
+                    }
+                }
+            }
         }
+        if waiting == 0 && exhausted {
+            return;
+        }
+        unpark.wait();
     }
 }
