@@ -153,7 +153,10 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
 
     /// [`RsKv::open`] for a store whose contexts override `key_hash`: recovery rebuilds the
     /// index by hashing every replayed key, and compaction files each copy under its key's
-    /// hash, so both must use the hash the operations do.
+    /// hash, so both must use the hash the operations do. The facade (`get`, `insert`, `rmw`,
+    /// the batches and async forms) hashes its keys with it too, so a key reads the same
+    /// through both APIs; the facade's one-word fast paths, which hash with RsKv's own, are
+    /// off in such a store.
     ///
     /// # Errors
     /// As [`RsKv::open`]; [`Error::Codec`] if a logged key does not decode as `K`.

@@ -109,6 +109,27 @@ impl KeyHasher {
         }
     }
 
+    /// Whether the store was opened with its own hash (facade operations hash with it, and
+    /// the one-word fast paths, which hash by RsKv's, step aside).
+    #[inline(always)]
+    pub(crate) fn is_custom(&self) -> bool {
+        self.custom.is_some()
+    }
+
+    /// A facade key's hash: the store's own hash if it was opened with one (so that facade and
+    /// context operations file a key alike, and compaction and recovery, which rehash logged
+    /// keys with it, keep it where lookups look), else RsKv's.
+    ///
+    /// # Errors
+    /// The custom function's errors.
+    #[inline(always)]
+    pub(crate) fn of_key(&self, key: &Encoded) -> Result<KeyHash> {
+        match &self.custom {
+            None => Ok(KeyHash::new(hash_encoded(key))),
+            Some(f) => f(key.bytes()).map(KeyHash::new),
+        }
+    }
+
     /// The hash a context gave for `key`; notes a hash that is not RsKv's own.
     #[inline]
     pub(crate) fn of_context(&self, key: &Encoded, given: u64) -> KeyHash {

@@ -14,7 +14,7 @@ use crate::core::codec::{decode, decode_word, Codec, Encoded};
 use crate::core::record::ValueBuf;
 use crate::core::status::{Error, Result, Status};
 use crate::device::Disk;
-use crate::index::key_hash::{encode_key, hash_key};
+use crate::index::key_hash::hash_key;
 use crate::index::KeyHash;
 use crate::ops::counters::Count;
 use crate::ops::fast::{Fast, Word};
@@ -102,13 +102,34 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
 
     // ---- facade -------------------------------------------------------------------------------
 
+    /// A facade key's encoding and hash: the store's own hash if it was opened with one
+    /// ([`RsKv::open_with_hash`]), so that facade and context operations file a key alike and
+    /// compaction and recovery, which rehash logged keys with it, keep it where lookups look.
+    #[inline(always)]
+    fn key(&self, key: &K) -> Result<(Encoded, KeyHash)> {
+        let key = Encoded::new(key)?;
+        let hash = self.engine.hasher.of_key(&key)?;
+        Ok((key, hash))
+    }
+
+    /// A one-word key for the fast paths, which hash with RsKv's hash: `None` in a store
+    /// opened with its own.
+    #[inline(always)]
+    fn word_key(&self, key: &K) -> Option<Word> {
+        if self.engine.hasher.is_custom() {
+            None
+        } else {
+            Word::encode(key)
+        }
+    }
+
     /// The value of `key`, if any.
     ///
     /// # Errors
     /// Device, codec or corruption errors.
     #[inline(always)]
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        if let Some(k) = Word::encode(key) {
+        if let Some(k) = self.word_key(key) {
             if Word::is_word_type::<V>() {
                 match self.engine.read_word(k, k.hash()) {
                     Fast::Done(Some(v)) => {
@@ -145,7 +166,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// Device, codec or corruption errors.
     pub fn contains_key(&self, key: &K) -> Result<bool> {
-        if let Some(k) = Word::encode(key) {
+        if let Some(k) = self.word_key(key) {
             match self.engine.read_word(k, k.hash()) {
                 Fast::Done(found) => {
                     self.engine.counters.bump(if found.is_some() {
@@ -158,7 +179,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 Fast::Slow => {}
             }
         }
-        let (key, hash) = encode_key(key)?;
+        let (key, hash) = self.key(key)?;
         self.engine
             .read_blocking(&key, hash, &mut ValueBuf::default())
             .map(|f| f.live())
@@ -167,7 +188,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// [`RsKv::get`] through the general path.
     #[inline(never)]
     fn get_general(&self, key: &K) -> Result<Option<V>> {
-        let (key, hash) = encode_key(key)?;
+        let (key, hash) = self.key(key)?;
         let mut buf = ValueBuf::default();
         if self.engine.read_blocking(&key, hash, &mut buf)?.live() {
             Ok(Some(decode(buf.bytes())?))
@@ -182,7 +203,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// [`Error::RecordTooLarge`], [`Error::Poisoned`], codec errors.
     #[inline(always)]
     pub fn insert(&self, key: &K, value: &V) -> Result<()> {
-        if let Some(k) = Word::encode(key) {
+        if let Some(k) = self.word_key(key) {
             if Word::is_word_type::<V>() {
                 if let (Some(v), Some(lock)) =
                     (Word::encode(value), self.engine.lock_word(k, k.hash()))
@@ -215,7 +236,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// [`RsKv::insert`] of an encoded value through the general path.
     #[inline(never)]
     fn insert_encoded(&self, key: &K, value: &Encoded) -> Result<()> {
-        let (key, hash) = encode_key(key)?;
+        let (key, hash) = self.key(key)?;
         let g = self.engine.protect()?;
         self.engine
             .upsert(&g, &key, hash, value, &mut |_| Ok(None))
@@ -230,7 +251,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     #[inline(always)]
     pub fn rmw(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
         // Only integer values can be known to fit one word before `f` runs.
-        if let Some(k) = Word::encode(key).filter(|_| Word::is_word_type::<V>()) {
+        if let Some(k) = self.word_key(key).filter(|_| Word::is_word_type::<V>()) {
             if let Some(lock) = self.engine.lock_word(k, k.hash()) {
                 let old = lock.old();
                 if let Ok(old) = decode_word(old.word, old.len) {
@@ -243,7 +264,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 }
                 // Dropping the lock leaves the record unchanged; the general path decides.
             }
-        } else if let Some(k) = Word::encode(key) {
+        } else if let Some(k) = self.word_key(key) {
             // A one-word key with a value of another shape: in place when the new value fits.
             if let Some(lock) = self.engine.lock_word_key(k, k.hash()) {
                 let mut buf = ValueBuf::default();
@@ -262,7 +283,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// [`RsKv::rmw`] through the general path.
     #[inline(never)]
     fn rmw_general(&self, key: &K, mut f: impl FnMut(Option<V>) -> V) -> Result<V> {
-        let (key, hash) = encode_key(key)?;
+        let (key, hash) = self.key(key)?;
         let mut last = None;
         let _written = self.engine.update_blocking(
             &key,
@@ -279,7 +300,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// Device errors.
     pub fn remove(&self, key: &K) -> Result<()> {
-        let (key, hash) = encode_key(key)?;
+        let (key, hash) = self.key(key)?;
         let g = self.engine.protect()?;
         self.engine.delete(&g, &key, hash, false).map(|_| ())
     }
@@ -292,7 +313,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// Device, codec or size errors.
     pub fn conditional_insert(&self, key: &K, value: &V, floor: Address) -> Result<bool> {
-        let (key, hash) = encode_key(key)?;
+        let (key, hash) = self.key(key)?;
         let value = Encoded::new(value)?;
         let status = self
             .engine
@@ -327,7 +348,12 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         while keys.peek().is_some() {
             let mut n = 0;
             for (h, k) in hashes.iter_mut().zip(keys.by_ref()) {
-                *h = KeyHash::new(hash_key(k.borrow()));
+                *h = if self.engine.hasher.is_custom() {
+                    // A hint: a key that does not encode prefetches nothing useful, harmlessly.
+                    self.key(k.borrow()).map_or(KeyHash::new(0), |(_, h)| h)
+                } else {
+                    KeyHash::new(hash_key(k.borrow()))
+                };
                 n += 1;
             }
             let Ok(g) = self.engine.protect() else {
@@ -346,7 +372,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// The first error of a [`RsKv::get`].
     pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
         let enc: Vec<(Encoded, KeyHash)> =
-            keys.iter().map(|k| encode_key(k)).collect::<Result<_>>()?;
+            keys.iter().map(|k| self.key(k)).collect::<Result<_>>()?;
         let mut out = Vec::with_capacity(keys.len());
         let mut on_disk = Vec::new();
         let mut buf = ValueBuf::default();
@@ -391,7 +417,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let enc: Vec<(Encoded, KeyHash, Encoded)> = pairs
             .iter()
             .map(|(k, v)| {
-                let (key, hash) = encode_key(k)?;
+                let (key, hash) = self.key(k)?;
                 Ok((key, hash, Encoded::new(v)?))
             })
             .collect::<Result<_>>()?;
@@ -420,7 +446,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// updates before it is returned; keys in memory after the failing one are not updated.
     pub fn rmw_many(&self, keys: &[K], f: impl FnMut(&K, Option<V>) -> V) -> Result<Vec<V>> {
         let enc: Vec<(Encoded, KeyHash)> =
-            keys.iter().map(|k| encode_key(k)).collect::<Result<_>>()?;
+            keys.iter().map(|k| self.key(k)).collect::<Result<_>>()?;
         // The futures below share `f`; none of them holds it across an await.
         let f = RefCell::new(f);
         let mut out: Vec<Option<V>> = Vec::with_capacity(keys.len());
@@ -497,7 +523,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// As [`RsKv::get`].
     pub async fn get_async(&self, key: &K) -> Result<Option<V>> {
-        let (key, hash) = encode_key(key)?;
+        let (key, hash) = self.key(key)?;
         let mut buf = ValueBuf::default();
         if self.engine.read_async(&key, hash, &mut buf).await?.live() {
             Ok(Some(decode(buf.bytes())?))
@@ -511,7 +537,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// # Errors
     /// As [`RsKv::rmw`].
     pub async fn rmw_async(&self, key: &K, mut f: impl FnMut(Option<V>) -> V + Send) -> Result<V> {
-        let (key, hash) = encode_key(key)?;
+        let (key, hash) = self.key(key)?;
         let mut last = None;
         let _written = self
             .engine
