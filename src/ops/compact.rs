@@ -13,7 +13,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
 use crate::core::status::{Error, Result, Status};

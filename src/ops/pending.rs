@@ -371,8 +371,7 @@ impl std::task::Wake for Unpark {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &std::sync::Arc<Self>) {
-        self.woken
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
         self.thread.unpark();
     }
 }

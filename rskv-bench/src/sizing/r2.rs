@@ -36,7 +36,9 @@
 
 use anyhow::bail;
 
-use super::{budget_table, default_page, overflow_bytes, record_bytes, BUCKET_BYTES, MIN_AUTO_LOG, MIN_PAGE};
+use super::{
+    budget_table, default_page, overflow_bytes, record_bytes, BUCKET_BYTES, MIN_AUTO_LOG, MIN_PAGE,
+};
 use crate::spec::{MemoryPlan, R2Plan, RunSpec};
 
 const KIB: u64 = 1 << 10;
