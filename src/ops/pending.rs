@@ -481,3 +481,91 @@ pub(crate) fn run_window<F: std::future::Future>(
         unpark.wait();
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::run_window;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    /// Ready at its first poll, or (every third) woken later by another thread.
+    struct Job {
+        id: usize,
+        later: bool,
+        state: Option<Arc<(AtomicBool, Mutex<Option<Waker>>)>>,
+        live: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Future for Job {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            if !self.later {
+                return Poll::Ready(self.id);
+            }
+            let state = match &self.state {
+                Some(s) => s.clone(),
+                None => {
+                    let now = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.most.fetch_max(now, Ordering::SeqCst);
+                    let s = Arc::new((AtomicBool::new(false), Mutex::new(None)));
+                    self.state = Some(s.clone());
+                    let t = s.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                        t.0.store(true, Ordering::SeqCst);
+                        if let Some(w) = t.1.lock().unwrap().take() {
+                            w.wake();
+                        }
+                    });
+                    s
+                }
+            };
+            // Register before checking, so a wake between the two is not lost.
+            *state.1.lock().unwrap() = Some(cx.waker().clone());
+            if state.0.load(Ordering::SeqCst) {
+                self.live.fetch_sub(1, Ordering::SeqCst);
+                Poll::Ready(self.id)
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn every_future_finishes_once_and_at_most_width_wait_together() {
+        for width in [1, 3, 16] {
+            let live = Arc::new(AtomicUsize::new(0));
+            let most = Arc::new(AtomicUsize::new(0));
+            let jobs = (0..600).map(|id| Job {
+                id,
+                later: id % 3 != 0,
+                state: None,
+                live: live.clone(),
+                most: most.clone(),
+            });
+            let mut out = Vec::new();
+            run_window(jobs, width, |id| out.push(id));
+            out.sort_unstable();
+            assert_eq!(out, (0..600).collect::<Vec<_>>(), "width {width}");
+            assert_eq!(live.load(Ordering::SeqCst), 0);
+            let most = most.load(Ordering::SeqCst);
+            assert!(most <= width, "width {width}: {most} waited together");
+            if width > 1 {
+                assert!(most > 1, "width {width}: the waits never overlapped");
+            }
+        }
+    }
+
+    #[test]
+    fn no_futures_and_zero_width_are_fine() {
+        let mut n = 0;
+        run_window(std::iter::empty::<std::future::Ready<()>>(), 4, |()| n += 1);
+        assert_eq!(n, 0);
+        run_window((0..5).map(std::future::ready), 0, |_| n += 1);
+        assert_eq!(n, 5);
+    }
+}
