@@ -121,14 +121,7 @@ fn failing_device_writes_poison_the_store_instead_of_losing_data() {
     let dir = tempfile::tempdir().unwrap();
     let disk = FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap());
     disk.fail_writes_after(3);
-    let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(
-        Config::new()
-            .table_size(64)
-            .log_memory_size(16 << 10)
-            .page_size(4096),
-        disk,
-    )
-    .unwrap();
+    let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(four_pages(), disk).unwrap();
     let mut acknowledged = Vec::new();
     let mut failed = None;
     for k in 0..5_000u64 {
@@ -171,16 +164,22 @@ fn fill_until_poisoned(
     n
 }
 
+/// A store whose log memory is four pages of 4 KiB, so that a few hundred inserts reach the
+/// device.
+fn four_pages() -> Config {
+    Config::new()
+        .table_size(64)
+        .log_memory_size(16 << 10)
+        .page_size(4096)
+}
+
 /// A full disk that gets room again: the checkpoint after it writes the pages that failed,
 /// the poison lifts, writes go on, and recovery finds every acknowledged key. A checkpoint
 /// while the disk is still full fails the same way and records nothing.
 #[test]
 fn a_full_disk_that_gets_room_again_lets_the_store_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::new()
-        .table_size(64)
-        .log_memory_size(16 << 10)
-        .page_size(4096);
+    let config = four_pages();
     let n = {
         let disk = std::sync::Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
         let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(config.clone(), disk.clone()).unwrap();
@@ -210,11 +209,7 @@ fn a_full_disk_that_gets_room_again_lets_the_store_go_on() {
 #[test]
 fn the_maintenance_thread_rewrites_failed_pages_once_the_disk_has_room() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::new()
-        .table_size(64)
-        .log_memory_size(16 << 10)
-        .page_size(4096)
-        .maintenance_interval(std::time::Duration::from_millis(2));
+    let config = four_pages().maintenance_interval(std::time::Duration::from_millis(2));
     let disk = std::sync::Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
     let kv: RsKv<u64, Vec<u8>, _> = RsKv::open(config, disk.clone()).unwrap();
     assert!(kv.stats().maintenance_error.is_none());
@@ -256,14 +251,7 @@ fn the_maintenance_thread_rewrites_failed_pages_once_the_disk_has_room() {
 fn failing_device_reads_give_errors_and_recover() {
     let dir = tempfile::tempdir().unwrap();
     let disk = std::sync::Arc::new(FaultyDisk::new(FileSystemDisk::new(dir.path()).unwrap()));
-    let kv: RsKv<u64, u64, _> = RsKv::open(
-        Config::new()
-            .table_size(64)
-            .log_memory_size(16 << 10)
-            .page_size(4096),
-        disk.clone(),
-    )
-    .unwrap();
+    let kv: RsKv<u64, u64, _> = RsKv::open(four_pages(), disk.clone()).unwrap();
     for k in 0..3_000u64 {
         kv.insert(&k, &k).unwrap();
     }
