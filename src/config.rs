@@ -110,6 +110,9 @@ pub struct Config {
     /// the index and the log as described there. Checkpoints and recovery ignore it;
     /// [`Stats`](crate::Stats) reports its hits, misses, insertions and evictions.
     pub read_cache_size: Option<u64>,
+    /// Which reads that found their record on the device copy it into the read cache. Default
+    /// [`CacheAdmission::SecondMiss`]: only a key that missed before, recently.
+    pub read_cache_admission: CacheAdmission,
     /// Compact the log in the background to keep it within a disk budget
     /// ([`LogCompaction`](crate::LogCompaction), F2's settings). Default off: the log grows
     /// until the user compacts or truncates it.
@@ -121,6 +124,23 @@ pub struct Config {
     /// then runs inside that operation call (as it would in `complete_pending`), before the
     /// new operation issues its read and returns [`Status::Pending`](crate::Status).
     pub pending_depth: usize,
+}
+
+/// Which reads that found their record on the device copy it into the read cache
+/// ([`Config::read_cache_admission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CacheAdmission {
+    /// Every one, as FASTER's read cache does.
+    Every,
+    /// Only a key that missed before within a recent window (the misses whose copies would
+    /// fill a quarter to half of the cache), remembered by a two-generation Bloom filter of
+    /// 1/128 of the cache's bytes, taken out of them. A key read once in a long while then
+    /// does not push a hotter one out: on zipf 0.99 reads a simulated cache of 320K records
+    /// hits 78% of reads instead of 74%, one of 107K 70% instead of 64%. A key's first miss is
+    /// not copied, so a key read exactly twice gains nothing.
+    #[default]
+    SecondMiss,
 }
 
 impl Default for Config {
@@ -141,6 +161,7 @@ impl Default for Config {
             checkpoint_on_close: false,
             log_compaction: None,
             read_cache_size: None,
+            read_cache_admission: CacheAdmission::SecondMiss,
             pending_depth: 128,
         }
     }
@@ -360,6 +381,13 @@ impl Config {
     #[must_use]
     pub fn read_cache(mut self, bytes: u64) -> Self {
         self.read_cache_size = Some(bytes);
+        self
+    }
+
+    /// Sets [`Config::read_cache_admission`].
+    #[must_use]
+    pub fn read_cache_admission(mut self, admission: CacheAdmission) -> Self {
+        self.read_cache_admission = admission;
         self
     }
 

@@ -44,7 +44,7 @@ pub mod rskv_core;
 pub(crate) mod session;
 pub(crate) mod sync;
 
-pub use crate::config::{Config, MemoryBudget, Resolved, MEMORY_BUDGET_SLACK};
+pub use crate::config::{CacheAdmission, Config, MemoryBudget, Resolved, MEMORY_BUDGET_SLACK};
 pub use crate::core::address::Address;
 pub use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
 pub use crate::core::codec::{Codec, Raw};

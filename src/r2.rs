@@ -943,7 +943,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
                 Ok(Decision::Write(enc))
             })
             .await?;
-        last.ok_or_else(|| Error::Internal("an RMW finished without computing a value"))
+        last.ok_or(Error::Internal("an RMW finished without computing a value"))
     }
 
     // ---- FASTER's context API ------------------------------------------------------------------

@@ -201,7 +201,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         )?;
         let mut engine = Engine::new(epoch, resolved.index_bits, hlog);
         engine.copy_reads = config.copy_reads_to_tail;
-        engine.set_read_cache(resolved.read_cache_bytes);
+        engine.set_read_cache(resolved.read_cache_bytes, config.read_cache_admission);
         engine.pending_depth = config.pending_depth;
         engine.types = TypeNames::of::<K, V>(&config);
         if let Some(hash) = hash {
@@ -457,7 +457,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         };
         let (mut engine, info) = Engine::recover(disk, &layout, token)?;
         engine.copy_reads = config.copy_reads_to_tail;
-        engine.set_read_cache(resolved.read_cache_bytes);
+        engine.set_read_cache(resolved.read_cache_bytes, config.read_cache_admission);
         engine.budget = engine
             .budget
             .map(|b| b.with_read_cache(resolved.read_cache_bytes));

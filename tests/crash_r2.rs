@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
-use rskv::{ColdIndexConfig, Config, LogCompaction, R2Config, R2Kv};
+use rskv::{CacheAdmission, ColdIndexConfig, Config, LogCompaction, R2Config, R2Kv};
 
 type Kv = R2Kv<u64, u64, FileSystemDisk>;
 
@@ -36,7 +36,8 @@ fn config() -> R2Config {
                 .table_size(1 << 10)
                 .page_size(4 << 10)
                 .log_memory_size(64 << 10)
-                .read_cache(64 << 10),
+                .read_cache(64 << 10)
+                .read_cache_admission(CacheAdmission::Every),
         )
         .hot_to_cold(LogCompaction::with_budget(1 << 40))
         .cold_to_cold(LogCompaction::with_budget(1 << 40))

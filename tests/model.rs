@@ -10,7 +10,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use rskv::device::file_system_disk::FileSystemDisk;
-use rskv::{CheckpointKind, Config, LogMode, RsKv};
+use rskv::{CacheAdmission, CheckpointKind, Config, LogMode, RsKv};
 
 type Kv<V> = RsKv<u16, V, FileSystemDisk>;
 
@@ -53,15 +53,18 @@ enum Reads {
     /// Copy them to the log's tail (`copy_reads_to_tail`).
     CopyToTail,
     /// Copy them into the smallest read cache (64 pages of 512 bytes: the `ReadAll` steps
-    /// turn it over again and again).
+    /// turn it over again and again), every miss.
     Cache,
+    /// The same cache, copying a key on its second recent miss (the default admission).
+    CacheSecondMiss,
 }
 
 fn reads() -> impl Strategy<Value = Reads> {
     prop_oneof![
         Just(Reads::Plain),
         Just(Reads::CopyToTail),
-        Just(Reads::Cache)
+        Just(Reads::Cache),
+        Just(Reads::CacheSecondMiss)
     ]
 }
 
@@ -73,7 +76,10 @@ fn config(reads: Reads) -> Config {
     match reads {
         Reads::Plain => c,
         Reads::CopyToTail => c.copy_reads_to_tail(true),
-        Reads::Cache => c.read_cache(32 << 10),
+        Reads::Cache => c
+            .read_cache(32 << 10)
+            .read_cache_admission(CacheAdmission::Every),
+        Reads::CacheSecondMiss => c.read_cache(32 << 10),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use rskv::device::file_system_disk::FileSystemDisk;
-use rskv::{ColdIndexConfig, Config, LogCompaction, R2Config, R2Kv};
+use rskv::{CacheAdmission, ColdIndexConfig, Config, LogCompaction, R2Config, R2Kv};
 
 type Kv = R2Kv<u16, Vec<u8>, FileSystemDisk>;
 
@@ -18,7 +18,10 @@ fn config(cache: bool) -> R2Config {
         .page_size(4 << 10)
         .log_memory_size(16 << 10);
     if cache {
-        hot = hot.read_cache(32 << 10);
+        // Every miss copied: the smallest cache turns over all the time.
+        hot = hot
+            .read_cache(32 << 10)
+            .read_cache_admission(CacheAdmission::Every);
     }
     R2Config::new()
         .hot(hot)

@@ -1,11 +1,13 @@
 //! The read cache: hits, invalidation by updates and deletes, truncation, eviction, index
-//! growth, compaction, checkpoints and recovery, and readers racing writers.
+//! growth, compaction, checkpoints and recovery, and readers racing writers; then the
+//! admission filter. The mechanism tests copy every miss (`CacheAdmission::Every`), so each
+//! read exercises insertion.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
-use rskv::{Config, Error, RsKv};
+use rskv::{CacheAdmission, Config, Error, RsKv};
 
 const MIB: u64 = 1 << 20;
 
@@ -14,13 +16,14 @@ fn disk(dir: &std::path::Path) -> FileSystemDisk {
 }
 
 /// 256 KiB of log memory in 4 KiB pages (records leave memory fast), a read cache of `cache`
-/// bytes, and a small index so that chains hold several keys.
+/// bytes that copies every miss, and a small index so that chains hold several keys.
 fn config(cache: u64) -> Config {
     Config::new()
         .table_size(1 << 8)
         .log_memory_size(256 << 10)
         .page_size(4096)
         .read_cache(cache)
+        .read_cache_admission(CacheAdmission::Every)
 }
 
 fn value(k: u64, round: u64) -> Vec<u8> {
@@ -372,4 +375,48 @@ fn readers_filling_the_cache_never_go_back_in_time() {
     );
     let s = cache_stats(&kv);
     assert!(s.hits > 1_000 && s.inserted >= 3_400, "{s:?}");
+}
+
+#[test]
+fn by_default_a_key_is_copied_on_its_second_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(4 * MIB).read_cache_admission(CacheAdmission::default());
+    let kv: Kv = RsKv::open(config, disk(dir.path())).unwrap();
+    let n = 5_000u64;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    let read = |keys: std::ops::Range<u64>| {
+        for k in keys {
+            assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)), "key {k}");
+        }
+    };
+    // First misses: remembered, not copied.
+    read(0..200);
+    let s = cache_stats(&kv);
+    assert_eq!(
+        (s.misses, s.not_admitted, s.inserted, s.hits),
+        (200, 200, 0, 0),
+        "{s:?}"
+    );
+    // Second misses: copied (a copy is skipped only if a racing write changed the chain).
+    read(0..200);
+    let s = cache_stats(&kv);
+    assert_eq!(
+        (s.misses, s.not_admitted, s.inserted),
+        (400, 200, 200),
+        "{s:?}"
+    );
+    // Third reads: hits, without the device.
+    let before = kv.stats().bytes_read;
+    read(0..200);
+    let s = cache_stats(&kv);
+    assert_eq!((s.hits, s.misses), (200, 400), "{s:?}");
+    assert_eq!(
+        kv.stats().bytes_read,
+        before,
+        "cached reads went to the device"
+    );
+    // The filter's memory is part of the cache's.
+    assert_eq!(s.memory_bytes, 4 * MIB - 4 * MIB % (64 * 8));
 }

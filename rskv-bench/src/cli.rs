@@ -164,6 +164,12 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub read_cache: Option<u64>,
 
+    /// RsKv and R2Kv: the read cache copies every record a read fetches from the device
+    /// (FASTER's behaviour, `CacheAdmission::Every`) instead of only a key's second recent
+    /// miss (the default).
+    #[arg(long)]
+    pub read_cache_every: bool,
+
     /// After the run, read every key once more and verify it (slow on disk-bound runs). In
     /// checkpoint runs: read every key after recovery instead of a sample.
     #[arg(long)]
@@ -383,6 +389,7 @@ impl Args {
                             complete_every: self.complete_every.max(1),
                             copy_reads_to_tail: self.copy_reads_to_tail,
                             read_cache: self.read_cache,
+                            read_cache_every: self.read_cache_every,
                             no_auto_grow: self.no_auto_grow,
                             glibc_malloc_defaults: self.glibc_malloc_defaults,
                             verify_all: self.verify_all,

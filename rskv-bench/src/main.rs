@@ -30,6 +30,8 @@
 //! sequential read rate, measured on the store's own files after the run (module `devread`),
 //! and throughput while passes ran over throughput while none ran. `--log-budget 0,3GiB` runs
 //! the same spec without and with compaction, and the footer prints the ratio.
+// The JSON of an R2Kv run's tier statistics (`serde_json::json!`) nests past the default 128.
+#![recursion_limit = "256"]
 
 mod checkpoint;
 mod cli;

@@ -54,6 +54,9 @@ pub struct RunSpec {
     /// RsKv read cache bytes (see `--read-cache`).
     #[serde(default)]
     pub read_cache: Option<u64>,
+    /// The read cache copies every miss (see `--read-cache-every`).
+    #[serde(default)]
+    pub read_cache_every: bool,
     /// RsKv without automatic index growth (see `--no-auto-grow`).
     #[serde(default)]
     pub no_auto_grow: bool,

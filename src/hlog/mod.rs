@@ -1,4 +1,5 @@
 //! The hybrid log.
+pub mod admission;
 pub mod persistent_memory_malloc;
 pub mod read_cache;
 

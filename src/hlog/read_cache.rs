@@ -43,6 +43,9 @@
 //!    written after their CAS except for the invalid bit.
 //! 7. *Second chance.* A hit on a copy in the oldest [`COLD_PAGES`] pages inserts a new copy at
 //!    the tail by the same CAS (from the entry naming the old copy), so hot records stay.
+//! 8. *Admission.* With [`CacheAdmission::SecondMiss`] (the default) a miss is offered a copy
+//!    only if its key missed before within a recent window ([`super::admission`]); the filter
+//!    decides nothing else, so invariants 1-7 hold for every copy that is made.
 //!
 //! The cache holds no state a checkpoint needs: index checkpoints write each cached entry's log
 //! address, and recovery starts with an empty cache. Index growth splits write the log address
@@ -54,6 +57,8 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
+use super::admission::MissFilter;
+use crate::config::CacheAdmission;
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::{LightEpoch, Protected};
@@ -123,6 +128,8 @@ pub struct CacheCounters {
     pub refreshed: AtomicU64,
     /// Entries the eviction pointed back at the log.
     pub evicted: AtomicU64,
+    /// Misses not offered a copy: their key's first miss within the admission window.
+    pub not_admitted: AtomicU64,
 }
 
 /// What the read cache did since the store was opened ([`crate::Stats::read_cache`]).
@@ -144,6 +151,9 @@ pub struct ReadCacheStats {
     pub refreshed: u64,
     /// Index entries eviction pointed back at the log.
     pub evicted: u64,
+    /// Misses not offered a copy: their key's first miss within the admission window
+    /// ([`CacheAdmission::SecondMiss`](crate::config::CacheAdmission)).
+    pub not_admitted: u64,
 }
 
 /// A copy in the cache as a reader sees it.
@@ -194,19 +204,30 @@ pub struct ReadCache {
     /// Held by the thread unlinking pages.
     unlinking: AtomicBool,
     epoch: Arc<LightEpoch>,
+    /// Which misses are offered a copy (`None`: every one).
+    admission: Option<MissFilter>,
     /// What the cache did.
     pub counters: CacheCounters,
 }
 
 impl ReadCache {
-    /// A cache of `bytes` (rounded down to [`FRAMES`] pages of a multiple of 8 bytes).
+    /// A cache of `bytes` (rounded down to [`FRAMES`] pages of a multiple of 8 bytes), the
+    /// admission filter's memory included when `admission` has one.
     ///
     /// # Panics
     /// If `bytes` is outside [`MIN_BYTES`]..=[`MAX_BYTES`] (the configuration checks it).
     #[must_use]
-    pub fn new(bytes: u64, epoch: Arc<LightEpoch>) -> Self {
+    pub fn new(bytes: u64, epoch: Arc<LightEpoch>, admission: CacheAdmission) -> Self {
         assert!((MIN_BYTES..=MAX_BYTES).contains(&bytes));
-        let page_bytes = bytes / FRAMES / 8 * 8;
+        let (filter, copies) = match admission {
+            CacheAdmission::Every => (None, bytes),
+            CacheAdmission::SecondMiss => {
+                let filter = MissFilter::new(bytes);
+                let copies = bytes - filter.memory_bytes();
+                (Some(filter), copies)
+            }
+        };
+        let page_bytes = copies / FRAMES / 8 * 8;
         let frames = (0..FRAMES)
             .map(|_| (0..page_bytes / 8).map(|_| AtomicU64::new(0)).collect())
             .collect();
@@ -220,14 +241,37 @@ impl ReadCache {
             released: Arc::new(AtomicU64::new(0)),
             unlinking: AtomicBool::new(false),
             epoch,
+            admission: filter,
             counters: CacheCounters::default(),
         }
     }
 
-    /// Bytes of cache memory.
+    /// Bytes of cache memory (the admission filter's included).
     #[must_use]
     pub fn memory_bytes(&self) -> u64 {
-        self.page_bytes * FRAMES
+        self.page_bytes * FRAMES + self.admission.as_ref().map_or(0, MissFilter::memory_bytes)
+    }
+
+    /// Whether a miss of `hash` (a record of `key_len` and `value_len` bytes) is offered a copy
+    /// (the admission filter, if any: [`super::admission`]); counts the ones that are not.
+    pub fn admits(&self, hash: KeyHash, key_len: usize, value_len: usize) -> bool {
+        let Some(filter) = &self.admission else {
+            return true;
+        };
+        let admitted = filter.admit(hash, Self::copy_size(key_len, value_len));
+        if !admitted {
+            self.counters.not_admitted.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// Bytes of the copy of a record of `key_len` and `value_len` bytes.
+    fn copy_size(key_len: usize, value_len: usize) -> u64 {
+        record_size(key_len, Self::copy_capacity(value_len)) as u64
+    }
+
+    fn copy_capacity(value_len: usize) -> usize {
+        value_len.next_multiple_of(8) + TRAILER_WORDS * 8
     }
 
     /// What the cache did.
@@ -243,6 +287,7 @@ impl ReadCache {
             skipped: get(&c.skipped),
             refreshed: get(&c.refreshed),
             evicted: get(&c.evicted),
+            not_admitted: get(&c.not_admitted),
         }
     }
 
@@ -281,7 +326,7 @@ impl ReadCache {
         source: Address,
         next: Address,
     ) -> Option<CachedRecord<'g>> {
-        let cap = value.len().next_multiple_of(8) + TRAILER_WORDS * 8;
+        let cap = Self::copy_capacity(value.len());
         let size = record_size(key.len(), cap) as u64;
         let address = self.allocate(size)?;
         let frame = &self.frames[(address.wrapped_page() % FRAMES) as usize];

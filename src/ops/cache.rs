@@ -126,8 +126,8 @@ impl<D: Disk> Engine<D> {
     }
 
     /// After a read found `key -> value` on the device at `source`, having seen entry `seen`
-    /// when it started: puts a copy in front of the chain if the entry is still `seen`
-    /// (invariant 1). Best effort: anything in the way skips it.
+    /// when it started: puts a copy in front of the chain if the cache admits it (invariant 8)
+    /// and the entry is still `seen` (invariant 1). Best effort: anything in the way skips it.
     pub(crate) fn cache_read(
         &self,
         key: &Encoded,
@@ -140,6 +140,9 @@ impl<D: Disk> Engine<D> {
             return;
         };
         cache.counters.misses.fetch_add(1, Ordering::Relaxed);
+        if !cache.admits(hash, key.bytes().len(), value.len()) {
+            return;
+        }
         let Ok(mut g) = self.epoch.protect() else {
             return;
         };
@@ -208,6 +211,9 @@ impl<D: Disk> Engine<D> {
             return;
         };
         cache.counters.misses.fetch_add(1, Ordering::Relaxed);
+        if !cache.admits(hash, key.bytes().len(), value.len()) {
+            return;
+        }
         let Ok(mut g) = self.epoch.protect() else {
             return;
         };

@@ -185,9 +185,9 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Turns the read cache on with `bytes` of memory (0: off).
-    pub(crate) fn set_read_cache(&mut self, bytes: u64) {
-        self.read_cache =
-            (bytes > 0).then(|| crate::hlog::read_cache::ReadCache::new(bytes, self.epoch.clone()));
+    pub(crate) fn set_read_cache(&mut self, bytes: u64, admission: crate::config::CacheAdmission) {
+        self.read_cache = (bytes > 0)
+            .then(|| crate::hlog::read_cache::ReadCache::new(bytes, self.epoch.clone(), admission));
     }
 
     /// Sets the memory budget: the index is bounded by its share.

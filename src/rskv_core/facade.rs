@@ -292,7 +292,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             true,
             &mut facade_decider(&mut f, &mut last),
         )?;
-        last.ok_or_else(|| Error::Internal("an RMW finished without computing a value"))
+        last.ok_or(Error::Internal("an RMW finished without computing a value"))
     }
 
     /// Deletes `key` (a no-op if it has no value).
@@ -514,7 +514,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             return Err(e);
         }
         out.into_iter()
-            .map(|v| v.ok_or_else(|| Error::Internal("an RMW finished without computing a value")))
+            .map(|v| v.ok_or(Error::Internal("an RMW finished without computing a value")))
             .collect()
     }
 
@@ -549,6 +549,6 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 &mut facade_decider(&mut f, &mut last),
             )
             .await?;
-        last.ok_or_else(|| Error::Internal("an RMW finished without computing a value"))
+        last.ok_or(Error::Internal("an RMW finished without computing a value"))
     }
 }

@@ -41,3 +41,12 @@ pub fn run(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<RunResult> {
         other => bail!("store `{}` is not built into this binary", other.name()),
     }
 }
+
+/// The read cache's admission of RsKv and R2Kv runs (`--read-cache-every`).
+fn admission(spec: &RunSpec) -> rskv::CacheAdmission {
+    if spec.read_cache_every {
+        rskv::CacheAdmission::Every
+    } else {
+        rskv::CacheAdmission::SecondMiss
+    }
+}

@@ -43,7 +43,9 @@ fn config(spec: &RunSpec, plan: &MemoryPlan, r2: &R2Plan) -> R2Config {
     };
     let hot = match plan.read_cache_bytes {
         0 => hot,
-        bytes => hot.read_cache(bytes),
+        bytes => hot
+            .read_cache(bytes)
+            .read_cache_admission(crate::stores::admission(spec)),
     };
     let mut hot_to_cold = LogCompaction::with_budget(r2.hot_budget).max_pass(r2.hot_max_pass);
     if let Some(t) = spec.compaction_threads {
@@ -263,6 +265,7 @@ fn extra(s: &R2Stats, keys: u64) -> serde_json::Value {
         "read_cache_hits": cache.map_or(0, |c| c.hits),
         "read_cache_misses": cache.map_or(0, |c| c.misses),
         "read_cache_inserted": cache.map_or(0, |c| c.inserted),
+        "read_cache_not_admitted": cache.map_or(0, |c| c.not_admitted),
         "read_cache_memory": cache.map_or(0, |c| c.memory_bytes),
         "hot_to_cold_passes": s.hot_to_cold.passes,
         "hot_to_cold_scanned_bytes": s.hot_to_cold.scanned_bytes,

@@ -58,7 +58,9 @@ fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
     };
     let config = match plan.read_cache_bytes {
         0 => config,
-        bytes => config.read_cache(bytes),
+        bytes => config
+            .read_cache(bytes)
+            .read_cache_admission(crate::stores::admission(spec)),
     };
     match spec.log_budget {
         Some(budget) => {
@@ -290,7 +292,12 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
     fn extra(&self) -> serde_json::Value {
         let s = with_kv!(self, kv => kv.stats());
         let m = s.markers;
+        let cache = s.read_cache;
         serde_json::json!({
+            "read_cache_hits": cache.map_or(0, |c| c.hits),
+            "read_cache_misses": cache.map_or(0, |c| c.misses),
+            "read_cache_inserted": cache.map_or(0, |c| c.inserted),
+            "read_cache_not_admitted": cache.map_or(0, |c| c.not_admitted),
             "index_buckets": s.index_buckets,
             "overflow_buckets": s.overflow_buckets,
             "index_memory": s.index_memory,
