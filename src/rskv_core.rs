@@ -454,6 +454,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             mutable_fraction: config.mutable_fraction,
             fallback: config.recovery_fallback,
             types: &types,
+            custom_hash: custom.is_some(),
         };
         let (mut engine, info) = Engine::recover(disk, &layout, token)?;
         engine.copy_reads = config.copy_reads_to_tail;

@@ -484,6 +484,9 @@ fn stores_with_their_own_key_hash_recover_with_it() {
         kv.checkpoint_with(CheckpointKind::LogOnly, LogMode::FoldOver)
             .unwrap();
     }
+    // RsKv's own hash would rebuild an index whose entries lookups never reach.
+    let reason = refused_hash(recover(dir.path(), None));
+    assert!(reason.contains("contexts' own key_hash"), "{reason}");
     let disk = FileSystemDisk::new(dir.path()).unwrap();
     let (kv, info): (Kv, _) = RsKv::recover_with_hash(config(), disk, None, |k: &u64| *k).unwrap();
     assert!(info.index_token.is_none(), "the whole log was replayed");
@@ -568,4 +571,69 @@ fn recovered_store_starts_warm_and_writable() {
             );
         }
     }
+}
+
+/// The reason recovery gives for refusing a hash (panics on anything else).
+fn refused_hash(r: rskv::Result<(Kv, rskv::RecoveryInfo)>) -> String {
+    match r {
+        Err(Error::Config {
+            field: "key_hash",
+            reason,
+        }) => reason,
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("recovered with another hash than the store ran with"),
+    }
+}
+
+/// Checkpoints record which hash filed their keys; recovery with another is refused instead of
+/// rebuilding an index where every key reads as absent (session 12 found the facade of such a
+/// store losing keys that way). Nothing on disk changes, so the right hash recovers afterwards.
+#[test]
+fn recovery_with_another_hash_than_the_store_ran_with_is_refused() {
+    let given = |k: &u64| k.wrapping_mul(3);
+    let disk = |dir: &Path| FileSystemDisk::new(dir).unwrap();
+    let fill = |kv: &Kv| {
+        for k in 0..3000u64 {
+            kv.insert(&k, &(k + 1)).unwrap();
+        }
+        kv.checkpoint_with(CheckpointKind::Full, LogMode::FoldOver)
+            .unwrap();
+    };
+    let check = |kv: &Kv| {
+        for k in 0..3000u64 {
+            assert_eq!(kv.get(&k).unwrap(), Some(k + 1), "key {k}");
+        }
+    };
+    // A store opened with a hash of its own.
+    let dir = tempfile::tempdir().unwrap();
+    fill(&RsKv::open_with_hash(config(), disk(dir.path()), given).unwrap());
+    let reason = refused_hash(recover(dir.path(), None));
+    assert!(
+        reason.contains("recover_with_hash and the same function"),
+        "{reason}"
+    );
+    let other = RsKv::recover_with_hash(config(), disk(dir.path()), None, |k: &u64| k ^ 1);
+    let reason = refused_hash(other);
+    assert!(reason.contains("another function"), "{reason}");
+    let (kv, _) = RsKv::recover_with_hash(config(), disk(dir.path()), None, given).unwrap();
+    check(&kv);
+    drop(kv);
+
+    // A store with RsKv's own hash.
+    let dir = tempfile::tempdir().unwrap();
+    fill(&open(dir.path()));
+    let reason = refused_hash(RsKv::recover_with_hash(
+        config(),
+        disk(dir.path()),
+        None,
+        given,
+    ));
+    assert!(reason.contains("recover with RsKv::recover"), "{reason}");
+    // A given function that is RsKv's own hash is RsKv's hash.
+    let own = |k: &u64| rskv::hash_key(k);
+    let (kv, _) = RsKv::recover_with_hash(config(), disk(dir.path()), None, own).unwrap();
+    check(&kv);
+    drop(kv);
+    let (kv, _) = recover(dir.path(), None).unwrap();
+    check(&kv);
 }

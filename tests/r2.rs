@@ -340,23 +340,50 @@ fn background_migration_keeps_the_hot_log_within_budget() {
 fn cold_reads_are_cached_in_the_hot_read_cache() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config();
-    c.hot = c.hot.read_cache(1 << 20);
+    c.hot = c.hot.read_cache(64 << 10);
     let kv = open::<String>(dir.path(), c);
     let n = 20_000;
     for k in 0..n {
         kv.insert(&k, &value(k, 0)).unwrap();
     }
     migrate(&kv);
-    // The default admission copies a cold record on its key's second miss.
+    // Fill the cache (2000 copies of about 90 bytes for 62 KiB), then the default admission
+    // copies a cold record on its key's second miss only.
+    for k in 10_000..12_000 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+    // The filter's false positives (about 1% at this size) copy a few on their first miss.
+    let mut refused = 100;
     for round in 0..2 {
         let before = kv.stats();
+        let was = before.hot.read_cache.unwrap();
         for k in 0..100 {
             assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
         }
         let after = kv.stats();
-        assert_eq!(after.cold_reads, before.cold_reads + 100, "round {round}");
-        let cache = after.hot.read_cache.unwrap();
-        assert_eq!(cache.not_admitted, 100, "round {round}: {cache:?}");
+        let now = after.hot.read_cache.unwrap();
+        let (cold, not_admitted) = (
+            after.cold_reads - before.cold_reads,
+            now.not_admitted - was.not_admitted,
+        );
+        let copied = now.inserted - was.inserted;
+        if round == 0 {
+            assert_eq!(cold, 100, "{now:?}");
+            assert!(
+                not_admitted >= 95 && not_admitted + copied == 100,
+                "{now:?}"
+            );
+            refused = not_admitted;
+        } else {
+            // Those copied in round 0 are hits now; the others are copied (or skipped when no
+            // frame was free yet: frames are released by epoch actions).
+            let skipped = now.skipped - was.skipped;
+            assert_eq!(
+                (cold, not_admitted, copied + skipped),
+                (refused, 0, refused),
+                "{now:?}"
+            );
+        }
     }
     let before = kv.stats();
     for k in 0..100 {

@@ -378,12 +378,12 @@ fn readers_filling_the_cache_never_go_back_in_time() {
 }
 
 #[test]
-fn by_default_a_key_is_copied_on_its_second_miss() {
+fn by_default_a_full_cache_copies_a_key_on_its_second_miss() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(4 * MIB).read_cache_admission(CacheAdmission::default());
+    // 64 pages of 1 KiB: about 400 copies of 152 bytes.
+    let config = config(64 << 10).read_cache_admission(CacheAdmission::default());
     let kv: Kv = RsKv::open(config, disk(dir.path())).unwrap();
-    let n = 5_000u64;
-    for k in 0..n {
+    for k in 0..5_000u64 {
         kv.insert(&k, &value(k, 0)).unwrap();
     }
     let read = |keys: std::ops::Range<u64>| {
@@ -391,32 +391,39 @@ fn by_default_a_key_is_copied_on_its_second_miss() {
             assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)), "key {k}");
         }
     };
+    // While it fills, every miss is copied; once full, first misses are not.
+    read(1000..3000);
+    let full = cache_stats(&kv);
+    assert!(full.inserted >= 350 && full.not_admitted > 1000, "{full:?}");
     // First misses: remembered, not copied.
-    read(0..200);
+    read(0..50);
     let s = cache_stats(&kv);
-    assert_eq!(
-        (s.misses, s.not_admitted, s.inserted, s.hits),
-        (200, 200, 0, 0),
-        "{s:?}"
-    );
-    // Second misses: copied (a copy is skipped only if a racing write changed the chain).
-    read(0..200);
+    assert_eq!(s.not_admitted, full.not_admitted + 50, "{s:?}");
+    assert_eq!(s.inserted, full.inserted, "{s:?}");
+    // Second misses: copied, unless no frame was free yet (a released frame waits for an
+    // epoch action, which a loaded machine may run late: the copy is skipped then).
+    read(0..50);
     let s = cache_stats(&kv);
-    assert_eq!(
-        (s.misses, s.not_admitted, s.inserted),
-        (400, 200, 200),
-        "{s:?}"
-    );
-    // Third reads: hits, without the device.
+    assert_eq!(s.not_admitted, full.not_admitted + 50, "{s:?}");
+    let copied = s.inserted - full.inserted;
+    assert_eq!(copied + s.skipped - full.skipped, 50, "{s:?}");
+    assert!(copied >= 40, "{s:?}");
+    // Third reads: the copied ones are hits, without the device.
     let before = kv.stats().bytes_read;
-    read(0..200);
-    let s = cache_stats(&kv);
-    assert_eq!((s.hits, s.misses), (200, 400), "{s:?}");
+    read(0..50);
+    let now = cache_stats(&kv);
     assert_eq!(
-        kv.stats().bytes_read,
-        before,
-        "cached reads went to the device"
+        (now.hits, now.misses),
+        (s.hits + copied, s.misses + 50 - copied),
+        "{now:?}"
     );
+    if copied == 50 {
+        assert_eq!(
+            kv.stats().bytes_read,
+            before,
+            "cached reads went to the device"
+        );
+    }
     // The filter's memory is part of the cache's.
-    assert_eq!(s.memory_bytes, 4 * MIB - 4 * MIB % (64 * 8));
+    assert_eq!(now.memory_bytes, 64 << 10);
 }

@@ -140,6 +140,32 @@ pub struct LogMeta {
     pub next_session_id: u64,
     /// The store's key and value types (recovery refuses other types).
     pub types: TypeNames,
+    /// Which hash filed the store's keys (recovery refuses another).
+    pub hash: HashIdentity,
+}
+
+/// Which function hashed a store's keys into its index, as its checkpoints record it: recovery
+/// with another would rebuild an index whose entries lookups never reach
+/// ([`crate::index::key_hash::KeyHasher::identity`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HashIdentity {
+    /// Whose hash.
+    pub kind: HashKind,
+    /// Fixed probe keys' bytes and what the store's hash made of them (`None`: the function
+    /// refused or panicked on that probe). Empty for [`HashKind::Foreign`].
+    pub probes: Vec<(Vec<u8>, Option<u64>)>,
+}
+
+/// Whose hash filed a store's keys ([`HashIdentity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum HashKind {
+    /// RsKv's own (`RsKv::open`).
+    #[default]
+    Own,
+    /// The function the store was opened with (`RsKv::open_with_hash`).
+    Given,
+    /// Contexts' `key_hash`, which the store was not given: only known to differ from RsKv's.
+    Foreign,
 }
 
 /// The names of a store's key and value types, as its checkpoints record them
@@ -176,7 +202,8 @@ const MAGIC: &[u8; 8] = b"RSKVCKPT";
 /// or value is stored as its fixed-width bytes (`core::codec::fast`), no longer as a varint.
 /// 4: the record checksum covers the invalid bit, and `log.meta` names the key and value types.
 /// 5: `log.meta` records the index size (`LogMeta::table_bits`).
-pub const FORMAT: u32 = 5;
+/// 6: `log.meta` records which hash filed the keys (`LogMeta::hash`).
+pub const FORMAT: u32 = 6;
 /// File names.
 pub const INDEX_META: &str = "index.meta";
 /// The dumped hash table.
@@ -531,6 +558,10 @@ mod tests {
             types: TypeNames {
                 key: "u64".into(),
                 value: "String".into(),
+            },
+            hash: HashIdentity {
+                kind: HashKind::Given,
+                probes: vec![(vec![1, 2], Some(9)), (vec![], None)],
             },
         }
     }

@@ -43,9 +43,10 @@
 //!    written after their CAS except for the invalid bit.
 //! 7. *Second chance.* A hit on a copy in the oldest [`COLD_PAGES`] pages inserts a new copy at
 //!    the tail by the same CAS (from the entry naming the old copy), so hot records stay.
-//! 8. *Admission.* With [`CacheAdmission::SecondMiss`] (the default) a miss is offered a copy
-//!    only if its key missed before within a recent window ([`super::admission`]); the filter
-//!    decides nothing else, so invariants 1-7 hold for every copy that is made.
+//! 8. *Admission.* With [`CacheAdmission::SecondMiss`] (the default), once the cache has
+//!    filled (its tail reached page `FRAMES - KEEP_FREE`), a miss is offered a copy only if its
+//!    key missed before within a recent window ([`super::admission`]); the filter decides
+//!    nothing else, so invariants 1-7 hold for every copy that is made.
 //!
 //! The cache holds no state a checkpoint needs: index checkpoints write each cached entry's log
 //! address, and recovery starts with an empty cache. Index growth splits write the log address
@@ -254,11 +255,15 @@ impl ReadCache {
 
     /// Whether a miss of `hash` (a record of `key_len` and `value_len` bytes) is offered a copy
     /// (the admission filter, if any: [`super::admission`]); counts the ones that are not.
+    /// Until the cache first fills, every miss is (the filter still notes it): a copy then
+    /// evicts nothing, and a cold cache warms up as fast as FASTER's.
     pub fn admits(&self, hash: KeyHash, key_len: usize, value_len: usize) -> bool {
         let Some(filter) = &self.admission else {
             return true;
         };
-        let admitted = filter.admit(hash, Self::copy_size(key_len, value_len));
+        let seen = filter.admit(hash, Self::copy_size(key_len, value_len));
+        let filling = self.tail.load(Ordering::Relaxed) >> OFFSET_BITS < FRAMES - KEEP_FREE;
+        let admitted = seen || filling;
         if !admitted {
             self.counters.not_admitted.fetch_add(1, Ordering::Relaxed);
         }

@@ -3,6 +3,7 @@
 //! have to agree with each other.
 #![forbid(unsafe_code)]
 
+use crate::core::checkpoint::{HashIdentity, HashKind};
 use crate::core::codec::Encoded;
 use crate::core::status::Result;
 use crate::index::KeyHash;
@@ -157,6 +158,25 @@ impl KeyHasher {
         self.custom.is_some() || self.foreign.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Which hash files this store's keys, for its checkpoints (recovery refuses another:
+    /// [`check_identity`]).
+    pub(crate) fn identity(&self) -> HashIdentity {
+        match &self.custom {
+            Some(f) => HashIdentity {
+                kind: HashKind::Given,
+                probes: probe(&**f),
+            },
+            None if self.foreign.load(std::sync::atomic::Ordering::Acquire) => HashIdentity {
+                kind: HashKind::Foreign,
+                probes: Vec::new(),
+            },
+            None => HashIdentity {
+                kind: HashKind::Own,
+                probes: probe(&|b: &[u8]| Ok(hash_bytes(b))),
+            },
+        }
+    }
+
     /// The hash of a logged key.
     ///
     /// # Errors
@@ -187,6 +207,88 @@ impl KeyHasher {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Encoded keys the identity of a hash is probed with: the empty key, the words 0 and 1 (how
+/// integers encode), a short string (a length byte and its bytes) and 40 bytes (longer than a
+/// word run).
+fn probes() -> [Vec<u8>; 5] {
+    [
+        Vec::new(),
+        0u64.to_le_bytes().to_vec(),
+        1u64.to_le_bytes().to_vec(),
+        b"\x04rskv".to_vec(),
+        (0u8..40).collect(),
+    ]
+}
+
+/// What `hash` makes of [`probes`]: `None` where it returns an error or panics (a user's hash
+/// need not accept bytes that are not one of its keys; its panic is contained here).
+fn probe(hash: &dyn Fn(&[u8]) -> Result<u64>) -> Vec<(Vec<u8>, Option<u64>)> {
+    probes()
+        .into_iter()
+        .map(|p| {
+            let h = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hash(&p)));
+            let h = h.ok().and_then(|r| r.ok());
+            (p, h)
+        })
+        .collect()
+}
+
+/// Whether a store whose checkpoint recorded `stored` may be recovered with `hash` (`custom`:
+/// the recovering store was given it, `RsKv::recover_with_hash`). Probes are the checkpoint's
+/// own, so older probe sets stay comparable.
+///
+/// # Errors
+/// [`Error::Config`] (field `key_hash`) naming what the store ran with, when the recovering
+/// hash is not that one: the recovered index would file keys where lookups never look.
+pub(crate) fn check_identity(
+    stored: &HashIdentity,
+    hash: &dyn Fn(&[u8]) -> Result<u64>,
+    custom: bool,
+    path: &std::path::Path,
+) -> Result<()> {
+    // The same function if it agrees on every probe both hashed. A given function may refuse
+    // probes that are not its keys (it decodes them as `K`), so only probes both hashed count;
+    // against RsKv's own hash at least one must (a given function that agrees with RsKv's on
+    // the keys it accepts is RsKv's hash for this store).
+    let same = || {
+        let (mut compared, mut differ) = (0, false);
+        for (p, h) in &stored.probes {
+            let now = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hash(p)));
+            if let (Some(was), Some(now)) = (h, now.ok().and_then(|r| r.ok())) {
+                compared += 1;
+                differ |= *was != now;
+            }
+        }
+        !differ && (compared > 0 || stored.kind == HashKind::Given)
+    };
+    let refuse = |reason: &str| {
+        Err(crate::core::status::Error::Config {
+            field: "key_hash",
+            reason: format!("the checkpoint's keys ({}) {reason}", path.display()),
+        })
+    };
+    match (stored.kind, custom) {
+        (HashKind::Own | HashKind::Given, _) if same() => Ok(()),
+        (HashKind::Own, _) => refuse(
+            "were filed by RsKv's own hash, not by the function given to recover_with_hash: \
+             recover with RsKv::recover",
+        ),
+        (HashKind::Given, false) => refuse(
+            "were filed by the hash the store was opened with (open_with_hash): recover with \
+             recover_with_hash and the same function",
+        ),
+        (HashKind::Given, true) => refuse(
+            "were filed by another function than the one given to recover_with_hash (they \
+             differ on probe keys)",
+        ),
+        (HashKind::Foreign, true) => Ok(()),
+        (HashKind::Foreign, false) => refuse(
+            "were filed by contexts' own key_hash, not RsKv's: recover with recover_with_hash \
+             and that function",
+        ),
     }
 }
 

@@ -76,6 +76,8 @@ pub(crate) struct Layout<'h> {
     pub(crate) fallback: bool,
     /// The recovering store's key and value types.
     pub(crate) types: &'h TypeNames,
+    /// Whether `hash` is a function the store was given (`recover_with_hash`), not RsKv's.
+    pub(crate) custom_hash: bool,
 }
 
 fn checkpoint_error(path: std::path::PathBuf, reason: impl Into<String>) -> Error {
@@ -93,8 +95,16 @@ struct Plan {
     indexes: Vec<(Token, IndexMeta)>,
 }
 
-fn plan(dir: &CheckpointDir, token: Token, types: &TypeNames) -> Result<Plan> {
+fn plan(dir: &CheckpointDir, token: Token, layout: &Layout<'_>) -> Result<Plan> {
     let log = dir.read_log_meta(token)?;
+    let meta_path = || dir.dir(token).join(crate::core::checkpoint::LOG_META);
+    crate::index::key_hash::check_identity(
+        &log.hash,
+        layout.hash,
+        layout.custom_hash,
+        &meta_path(),
+    )?;
+    let types = layout.types;
     for (what, stored, expected) in [
         ("key", &log.types.key, &types.key),
         ("value", &log.types.value, &types.value),
@@ -201,7 +211,7 @@ impl<D: Disk> Engine<D> {
         let mut skipped = Vec::new();
         for t in candidates {
             // Phase 1 reads only, so a failure here leaves the device as it was.
-            let attempt = plan(&dir, t, layout.types).and_then(|p| {
+            let attempt = plan(&dir, t, layout).and_then(|p| {
                 let rebuilt = Rebuild::run(&disk, layout, &dir, &p)?;
                 Ok((p, rebuilt))
             });

@@ -310,6 +310,7 @@ impl<D: Disk> Engine<D> {
             sessions,
             next_session_id,
             types: self.types.clone(),
+            hash: self.hasher.identity(),
         };
         let attached = self
             .cpr
