@@ -21,3 +21,9 @@ for admission in "" "--read-cache-every"; do
   $N $B $R2 $admission --workload c --distribution uniform --json /tmp/s13/s13-r2kv-$tag.jsonl
 done
 echo done > /tmp/s13/finished
+# Then R2Kv's C zipf for 60 s, where its 48 MiB cache has turned over several times.
+for admission in "" "--read-cache-every"; do
+  tag=${admission:+every}; tag=${tag:-second}
+  $N ${B/--duration 10s/--duration 60s} $R2 $admission --workload c --distribution zipf --json /tmp/s13/s13-r2kv-60s-$tag.jsonl
+done
+echo done > /tmp/s13/finished-60s
