@@ -250,9 +250,10 @@ pub(crate) fn check_identity(
     path: &std::path::Path,
 ) -> Result<()> {
     // The same function if it agrees on every probe both hashed. A given function may refuse
-    // probes that are not its keys (it decodes them as `K`), so only probes both hashed count;
-    // against RsKv's own hash at least one must (a given function that agrees with RsKv's on
-    // the keys it accepts is RsKv's hash for this store).
+    // probes that are not its keys (it decodes them as `K`), so only probes both hashed count.
+    // At least one must, unless both sides are given functions (then nothing tells them
+    // apart): a given function that agrees with RsKv's on the keys it accepts is RsKv's hash
+    // for this store, and RsKv's hash must agree with a given one somewhere to stand for it.
     let same = || {
         let (mut compared, mut differ) = (0, false);
         for (p, h) in &stored.probes {
@@ -262,7 +263,7 @@ pub(crate) fn check_identity(
                 differ |= *was != now;
             }
         }
-        !differ && (compared > 0 || stored.kind == HashKind::Given)
+        !differ && (compared > 0 || (stored.kind == HashKind::Given && custom))
     };
     let refuse = |reason: &str| {
         Err(crate::core::status::Error::Config {
@@ -319,5 +320,70 @@ mod tests {
         check(());
         check(String::new());
         check("a key of exactly twenty-four".to_string());
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn own(b: &[u8]) -> Result<u64> {
+        Ok(hash_bytes(b))
+    }
+    /// A given hash of 8-byte keys (it refuses every other probe).
+    fn words(b: &[u8]) -> Result<u64> {
+        match <[u8; 8]>::try_from(b) {
+            Ok(w) => Ok(u64::from_le_bytes(w).wrapping_mul(3)),
+            Err(_) => Err(crate::core::status::Error::Internal("not a word")),
+        }
+    }
+    /// A given hash that accepts no probe, by panicking.
+    fn panics(_: &[u8]) -> Result<u64> {
+        panic!("a user's hash that panics on bytes that are not its keys")
+    }
+
+    fn check(stored: &HashIdentity, hash: &dyn Fn(&[u8]) -> Result<u64>, custom: bool) -> bool {
+        check_identity(stored, hash, custom, Path::new("log.meta")).is_ok()
+    }
+
+    #[test]
+    fn each_hash_recovers_with_itself_only() {
+        let own_id = KeyHasher::default().identity();
+        let words_id = KeyHasher::custom(std::sync::Arc::new(words)).identity();
+        let panics_id = KeyHasher::custom(std::sync::Arc::new(panics)).identity();
+        assert_eq!(own_id.kind, HashKind::Own);
+        assert_eq!(words_id.kind, HashKind::Given);
+        assert!(panics_id.probes.iter().all(|(_, h)| h.is_none()));
+
+        assert!(check(&own_id, &own, false));
+        assert!(
+            !check(&own_id, &words, true),
+            "RsKv's hash replaced by another"
+        );
+        assert!(
+            !check(&own_id, &panics, true),
+            "nothing compared against RsKv's hash"
+        );
+        assert!(check(&words_id, &words, true));
+        assert!(
+            !check(&words_id, &own, false),
+            "a given hash replaced by RsKv's"
+        );
+        let other = |b: &[u8]| words(b).map(|h| h ^ 1);
+        assert!(
+            !check(&words_id, &other, true),
+            "a given hash replaced by another"
+        );
+        // Two given functions that accept no probe cannot be told apart; RsKv's can.
+        assert!(check(&panics_id, &words, true));
+        assert!(!check(&panics_id, &own, false));
+
+        let foreign = KeyHasher::default();
+        foreign.note_foreign();
+        let foreign_id = foreign.identity();
+        assert_eq!(foreign_id.kind, HashKind::Foreign);
+        assert!(!check(&foreign_id, &own, false));
+        assert!(check(&foreign_id, &words, true));
     }
 }
