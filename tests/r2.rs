@@ -871,3 +871,66 @@ fn orphaned_cold_records_never_fail_verification() {
         }
     }
 }
+
+/// The Prometheus export says what `stats()` says: every sample is preceded by its HELP and
+/// TYPE, parses, and matches the figure it names.
+#[test]
+fn the_prometheus_export_matches_the_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.hot = c.hot.read_cache(64 << 10);
+    let kv = open::<String>(dir.path(), c);
+    for k in 0..20_000 {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    migrate(&kv);
+    for k in (0..3_000).chain(0..100) {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+    let stats = kv.stats();
+    let text = stats.prometheus();
+    let mut samples = std::collections::HashMap::new();
+    let mut described = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            described.insert(rest.split(' ').next().unwrap().to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let kind = rest.split(' ').nth(1).unwrap();
+            assert!(kind == "counter" || kind == "gauge", "{line}");
+        } else {
+            let (name, v) = line.rsplit_once(' ').unwrap();
+            let metric = name.split('{').next().unwrap();
+            assert!(described.contains(metric), "{metric} has no HELP before it");
+            let v: u64 = v.parse().unwrap_or_else(|_| panic!("{line}"));
+            assert!(
+                samples.insert(name.to_string(), v).is_none(),
+                "{name} twice"
+            );
+        }
+    }
+    let cache = stats.hot.read_cache.unwrap();
+    assert!(
+        stats.cold_hits >= 3_000 && cache.not_admitted > 0,
+        "{stats:?}"
+    );
+    for (name, want) in [
+        ("rskv_r2_read_hits_total{tier=\"cold\"}", stats.cold_hits),
+        ("rskv_r2_read_hits_total{tier=\"hot\"}", stats.hot_hits),
+        ("rskv_r2_read_hits_total{tier=\"read_cache\"}", cache.hits),
+        ("rskv_r2_cold_reads_total", stats.cold_reads),
+        (
+            "rskv_r2_read_cache_copies_total{copy=\"inserted\"}",
+            cache.inserted,
+        ),
+        (
+            "rskv_r2_read_cache_copies_total{copy=\"not_admitted\"}",
+            cache.not_admitted,
+        ),
+        (
+            "rskv_r2_read_cache_copies_total{copy=\"skipped\"}",
+            cache.skipped,
+        ),
+    ] {
+        assert_eq!(samples.get(name), Some(&want), "{name} in\n{text}");
+    }
+}

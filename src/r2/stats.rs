@@ -126,6 +126,18 @@ impl R2Stats {
                 ("tier=\"cold\"", self.cold_hits),
             ],
         );
+        let c = self.hot.read_cache.unwrap_or_default();
+        metric(
+            "read_cache_copies_total",
+            "counter",
+            "Copies offered to the hot read cache by reads that found their value on a device, \
+             by what became of them.",
+            &[
+                ("copy=\"inserted\"", c.inserted),
+                ("copy=\"not_admitted\"", c.not_admitted),
+                ("copy=\"skipped\"", c.skipped),
+            ],
+        );
         metric(
             "cold_reads_total",
             "counter",
