@@ -105,6 +105,11 @@ pub struct R2Config {
     pub cold_index: ColdIndexConfig,
     /// Time between checks of the two budgets (longer than zero: `R2Kv::open` refuses zero).
     pub maintenance_interval: Duration,
+    /// Bytes below a cold record that a cold read fetches with it (within its page), and so
+    /// how much of a chain cold-to-cold compaction lays out below its head for one read to
+    /// bring all of it (`r2::cold`, invariant 6). 0: reads fetch only their record, and
+    /// cold-to-cold compaction moves records one at a time. At most 64 KiB.
+    pub cold_chain_window: u64,
 }
 
 impl Default for R2Config {
@@ -117,6 +122,7 @@ impl Default for R2Config {
             cold_page_size: 1 << 20,
             cold_index: ColdIndexConfig::default(),
             maintenance_interval: Duration::from_millis(250),
+            cold_chain_window: 1024,
         }
     }
 }
@@ -170,6 +176,13 @@ impl R2Config {
         self
     }
 
+    /// Bytes below a cold record that a cold read fetches with it ([`R2Config::cold_chain_window`]).
+    #[must_use]
+    pub fn cold_chain_window(mut self, bytes: u64) -> Self {
+        self.cold_chain_window = bytes;
+        self
+    }
+
     fn cold_shape(&self) -> Result<ColdLogShape> {
         let page = self.cold_page_size;
         if !page.is_power_of_two()
@@ -195,9 +208,16 @@ impl R2Config {
         }
         self.hot_to_cold.validate()?;
         self.cold_to_cold.validate()?;
+        if self.cold_chain_window > 64 << 10 {
+            return Err(Error::Config {
+                field: "cold_chain_window",
+                reason: format!("{} bytes is more than 64 KiB", self.cold_chain_window),
+            });
+        }
         Ok(ColdLogShape {
             page_bits: page.trailing_zeros(),
             frames,
+            chain_window: self.cold_chain_window,
         })
     }
 }
@@ -701,6 +721,9 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
             cold_disk_bytes: cold_log.disk().storage_bytes().unwrap_or(0),
             cold_log_memory: cold_log.memory_bytes() as u64,
             cold_device_reads: cold_log.record_reads().submitted,
+            cold_records_in_buffer: cold_log.record_reads().in_buffer,
+            cold_chains_laid_out: c.chains_laid_out.load(Ordering::Relaxed),
+            cold_chain_records_laid_out: c.chain_records_laid_out.load(Ordering::Relaxed),
             cold_index: s.cold.index_stats(),
             maintenance_failures: s.maintenance_health.failures(),
             maintenance_error: s.maintenance_health.last_error(),

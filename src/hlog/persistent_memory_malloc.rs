@@ -90,6 +90,9 @@ pub struct RecordReads {
     pub completed: u64,
     /// Second reads: records longer than the first read covered.
     pub rereads: u64,
+    /// Records a chain walk took from a buffer an earlier read had already brought (the
+    /// read's look-back, [`HybridLog::set_read_lookback`]), with no device read of their own.
+    pub in_buffer: u64,
 }
 /// Fewest in-memory frames a log may have.
 pub const MIN_FRAMES: u64 = 4;
@@ -158,6 +161,10 @@ pub struct HybridLog<D: Disk> {
     reads_submitted: StdAtomicU64,
     reads_completed: StdAtomicU64,
     rereads: StdAtomicU64,
+    in_buffer: StdAtomicU64,
+    /// Bytes before a record that its first read also covers (within its page), so that a
+    /// chain walk finds predecessors written just below it in the same buffer.
+    read_lookback: StdAtomicU64,
     /// Bytes of log (`tail - begin`) past which writers are slowed (`u64::MAX`: never).
     size_limit: StdAtomicU64,
     /// The log was past `size_limit` when a page last opened or `begin` last moved. Read
@@ -287,6 +294,8 @@ impl<D: Disk> HybridLog<D> {
             reads_submitted: StdAtomicU64::new(0),
             reads_completed: StdAtomicU64::new(0),
             rereads: StdAtomicU64::new(0),
+            in_buffer: StdAtomicU64::new(0),
+            read_lookback: StdAtomicU64::new(0),
             size_limit: StdAtomicU64::new(u64::MAX),
             over_limit: CachePadded::new(AtomicBool::new(false)),
         })
@@ -865,20 +874,40 @@ impl<D: Disk> HybridLog<D> {
             submitted: self.reads_submitted.load(StdOrdering::Relaxed),
             completed: self.reads_completed.load(StdOrdering::Acquire),
             rereads: self.rereads.load(StdOrdering::Relaxed),
+            in_buffer: self.in_buffer.load(StdOrdering::Relaxed),
         }
     }
 
+    /// Bytes before a record that a record's first read also fetches, within the record's
+    /// page: a chain walk whose next record lies in the buffer a read brought takes it from
+    /// there, with no device read of its own ([`RecordReads::in_buffer`]). 0 (the default)
+    /// reads from the record's own first unit. R2Kv's cold log sets it: its cold-to-cold
+    /// compaction writes a chain's records next to each other, oldest first, so one read
+    /// that looks back from the chain's head brings the whole chain.
+    pub fn set_read_lookback(&self, bytes: u64) {
+        self.read_lookback.store(bytes, StdOrdering::Relaxed);
+    }
+
     /// Issues one device read for `fetch`: the aligned units covering the record's first
-    /// [`FIRST_READ_GUESS`] bytes (`end: None`), or, for a record found longer than that, the
-    /// units up to `end` (a second read from the same start).
+    /// [`FIRST_READ_GUESS`] bytes and the look-back before it (`end: None`), or, for a record
+    /// found longer than that, the units from the record's start up to `end` (a second read).
     fn read_part(&self, fetch: Fetch, end: Option<u64>) {
         let address = fetch.address.raw();
         let unit = self.read_unit;
-        let start = align_down(address, unit);
-        let page_end = self.geo.page_start(self.geo.page(fetch.address) + 1).raw();
-        // The page end is a multiple of every read unit (pages are multiples of the write
-        // alignment, which the read unit divides), so the length stays aligned.
+        let page = self.geo.page(fetch.address);
+        let (page_start, page_end) = (
+            self.geo.page_start(page).raw(),
+            self.geo.page_start(page + 1).raw(),
+        );
+        // Page bounds are multiples of every read unit (pages are multiples of the write
+        // alignment, which the read unit divides), so start and length stay aligned.
         let second = end.is_some();
+        let start = if second {
+            align_down(address, unit)
+        } else {
+            let back = self.read_lookback.load(StdOrdering::Relaxed);
+            align_down(address.saturating_sub(back).max(page_start), unit)
+        };
         let end = end.unwrap_or_else(|| align_up(address + FIRST_READ_GUESS, unit).min(page_end));
         let len = (end - start) as usize;
         let mut buf = AlignedBuf::zeroed(len, unit as usize);
@@ -893,35 +922,42 @@ impl<D: Disk> HybridLog<D> {
             // until `done` has run, so the log outlives this callback.
             let this = unsafe { &*(me as *const Self) };
             this.reads_completed.fetch_add(1, StdOrdering::AcqRel);
-            this.on_read(fetch, start, buf, r, !second);
+            let read = r.map(|n| {
+                this.bytes_read.fetch_add(n as u64, StdOrdering::Relaxed);
+                buf
+            });
+            this.on_read(fetch, start, read, !second);
         });
         // SAFETY: `buf` is moved into the callback, so its heap memory stays allocated and is
         // touched by nobody else until the device calls back. `start` and `end` are multiples
-        // of the read unit (the page end is), and so is the buffer's address (allocated with
-        // that alignment); the read unit is a multiple of the device's read alignment.
+        // of the read unit (the page bounds are), and so is the buffer's address (allocated
+        // with that alignment); the read unit is a multiple of the device's read alignment.
         unsafe { self.disk.read_async(start, ptr, len, callback) };
     }
 
-    /// A device read of `fetch` finished: read the rest of a longer record, follow the chain,
-    /// or hand the record to `done`.
+    /// A device read of `fetch` finished (`read`: the buffer of the units from `start`): read
+    /// the rest of a longer record, follow the chain (from this buffer while the next record
+    /// lies whole in it, else with another read), or hand the record to `done`.
+    ///
+    /// A record taken from the buffer is exactly what its own read would have returned: it
+    /// lies below head, where the device's bytes never change (invariant 4), and it is
+    /// parsed and checksum-verified by whoever looks at it, like any fetched record.
     fn on_read(
         &self,
         mut fetch: Fetch,
         start: u64,
-        buf: AlignedBuf,
-        r: std::io::Result<usize>,
+        mut read: std::io::Result<AlignedBuf>,
         first: bool,
     ) {
-        let address = fetch.address;
-        let offset = (address.raw() - start) as usize;
-        let result = match r {
-            Err(e) => Err(Error::io(
-                format!("reading the record at log address {address}"),
-                e,
-            )),
-            Ok(n) => {
-                self.bytes_read.fetch_add(n as u64, StdOrdering::Relaxed);
-                match DiskRecord::size_from_prefix(&buf.as_slice()[offset..]) {
+        loop {
+            let address = fetch.address;
+            let offset = (address.raw() - start) as usize;
+            let result = match read {
+                Err(e) => Err(Error::io(
+                    format!("reading the record at log address {address}"),
+                    e,
+                )),
+                Ok(buf) => match DiskRecord::size_from_prefix(&buf.as_slice()[offset..]) {
                     Some(size) if first && offset + size > buf.len() => {
                         let end = align_up(address.raw() + size as u64, self.read_unit);
                         let page_end = self.geo.page_start(self.geo.page(address) + 1).raw();
@@ -935,20 +971,41 @@ impl<D: Disk> HybridLog<D> {
                         }
                     }
                     _ => Ok(RecordBytes { buf, offset }),
+                },
+            };
+            if let (Ok(bytes), Some(follow)) = (&result, fetch.follow.as_mut()) {
+                if fetch.hops < CHAIN_HOPS {
+                    if let Some(next) = follow(address, bytes).filter(|n| *n >= self.begin()) {
+                        fetch.address = next;
+                        fetch.hops += 1;
+                        let Ok(RecordBytes { buf, .. }) = result else {
+                            unreachable!("matched Ok above")
+                        };
+                        if Self::holds_whole(&buf, start, next) {
+                            self.in_buffer.fetch_add(1, StdOrdering::Relaxed);
+                            read = Ok(buf);
+                            continue;
+                        }
+                        return self.read_part(fetch, None);
+                    }
                 }
             }
-        };
-        if let (Ok(bytes), Some(follow)) = (&result, fetch.follow.as_mut()) {
-            if fetch.hops < CHAIN_HOPS {
-                if let Some(next) = follow(address, bytes).filter(|n| *n >= self.begin()) {
-                    fetch.address = next;
-                    fetch.hops += 1;
-                    return self.read_part(fetch, None);
-                }
-            }
+            (fetch.done)(address, result);
+            self.inflight.fetch_sub(1, StdOrdering::AcqRel);
+            return;
         }
-        (fetch.done)(address, result);
-        self.inflight.fetch_sub(1, StdOrdering::AcqRel);
+    }
+
+    /// Whether `buf` (the device's bytes from `start`) holds the whole record at `address`,
+    /// as far as its size prefix says.
+    fn holds_whole(buf: &AlignedBuf, start: u64, address: Address) -> bool {
+        let Some(offset) = address.raw().checked_sub(start) else {
+            return false;
+        };
+        let offset = offset as usize;
+        offset < buf.len()
+            && DiskRecord::size_from_prefix(&buf.as_slice()[offset..])
+                .is_some_and(|size| offset + size <= buf.len())
     }
 
     /// Ends the tail page early so that everything allocated so far lies below a page boundary,

@@ -36,6 +36,24 @@
 //!    here while it flushes this log to its tail and checkpoints the cold index: the two are
 //!    consistent without any version machinery, and the hot tier's checkpoint records both
 //!    (its `cold.meta`).
+//! 6. **Chains laid out together.** Entries carry no tag, so about two keys share a chain and
+//!    a read of one walks through the others' records: scattered, each is a device read of
+//!    its own. Cold-to-cold compaction therefore moves a chain, not a record: the walk that
+//!    decides whether the record at `x` moves (invariant 3) reads the whole chain (up to
+//!    [`MAX_LAID_OUT`] records), takes each key's newest record, drops the keys whose newest
+//!    is a tombstone, and writes the rest in one allocation, oldest first, each chained to
+//!    the one just below it and the oldest to nothing; then it swings the entry from the head
+//!    the walk started at to the last (newest) of them. A read from the new head fetches the
+//!    `chain_window` bytes below it too (`HybridLog::set_read_lookback`), so the whole chain
+//!    comes in one device read. Why the chain may be cut below the copies: every record it
+//!    leaves behind is a superseded version, a key's deleted history (its newest record is a
+//!    tombstone, and nothing below the cold tier can bring an older version back), or the
+//!    records the copies replace; the swap succeeds only if the entry still holds the head
+//!    the walk read, so no record appended meanwhile (a hot-to-cold move) is cut off: a lost
+//!    swap orphans the copies (invariant 1) and walks again. A record the walk finds
+//!    superseded by copies a concurrent move laid out is not moved again (invariant 3).
+//!    Chains longer than [`MAX_LAID_OUT`] records, or larger than a quarter page, move one
+//!    record at a time as before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,12 +67,13 @@ use crate::core::light_epoch::LightEpoch;
 use crate::core::record::{record_size, RecordInfo, RecordRef, ValueBuf, ValueRead, Version};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
+use crate::hlog::ChainStep;
 use crate::hlog::{AllocError, HybridLog};
 use crate::index::cold_index::{ColdIndex, ColdIndexConfig, ColdIndexStats};
 use crate::index::key_hash::KeyHasher;
 use crate::index::KeyHash;
 use crate::ops::compact::{scan_and_move, Compaction, Mover};
-use crate::ops::engine::trace;
+use crate::ops::engine::{backwards, trace};
 use crate::ops::pending::fetch_chain;
 use crate::ops::read::{disk_match, follow_other_keys, DiskMatch, Found};
 use crate::ops::truncate::Truncation;
@@ -64,6 +83,10 @@ use crate::ops::truncate::Truncation;
 pub(crate) struct ColdLogShape {
     pub(crate) page_bits: u32,
     pub(crate) frames: u64,
+    /// [`R2Config::cold_chain_window`](crate::r2::R2Config::cold_chain_window): bytes a cold
+    /// read also fetches below its record, and how far below its head cold-to-cold compaction
+    /// lays out a chain (invariant 6). 0: neither.
+    pub(crate) chain_window: u64,
 }
 
 /// What a checkpoint records of the cold tier (`cold.meta` in the hot tier's checkpoint).
@@ -75,6 +98,28 @@ pub(crate) struct ColdMeta {
     pub(crate) end: u64,
     /// The cold index's checkpoint.
     pub(crate) index_token: u64,
+}
+
+/// Most records a cold-to-cold move lays out as one chain (invariant 6); a longer chain moves
+/// record by record.
+pub(crate) const MAX_LAID_OUT: usize = 64;
+
+/// A record of a chain, as a walk for laying it out read it.
+struct ChainRecord {
+    at: Address,
+    key: Vec<u8>,
+    /// `None`: a tombstone.
+    value: Option<Vec<u8>>,
+}
+
+/// What a walk of a whole chain found.
+enum Chain {
+    /// Its valid records, newest first.
+    Records(Vec<ChainRecord>),
+    /// More than [`MAX_LAID_OUT`] records.
+    TooLong,
+    /// A record was truncated under the walk: start over from the index.
+    Truncated,
 }
 
 /// The name of the cold tier's file in a hot checkpoint.
@@ -97,6 +142,9 @@ pub(crate) struct ColdCounters {
     pub(crate) found: AtomicU64,
     pub(crate) appended: AtomicU64,
     pub(crate) orphans: AtomicU64,
+    /// Chains cold-to-cold compaction wrote out together (invariant 6), and their records.
+    pub(crate) chains_laid_out: AtomicU64,
+    pub(crate) chain_records_laid_out: AtomicU64,
     /// Reads the hot tier answered (a value or a tombstone there).
     pub(crate) hot_hits: AtomicU64,
     /// RMWs whose old value came from here.
@@ -112,6 +160,8 @@ pub(crate) struct ColdStore<D: Disk> {
     pub(crate) counters: ColdCounters,
     /// Device space is released below here.
     released: AtomicU64,
+    /// See [`ColdLogShape::chain_window`].
+    chain_window: u64,
 }
 
 impl<D: Disk> ColdStore<D> {
@@ -125,6 +175,7 @@ impl<D: Disk> ColdStore<D> {
     ) -> Result<Self> {
         let epoch = Arc::new(LightEpoch::new());
         let hlog = HybridLog::new(log_disk, epoch.clone(), shape.page_bits, shape.frames, 0.5)?;
+        hlog.set_read_lookback(shape.chain_window);
         Ok(Self {
             epoch,
             hlog,
@@ -132,6 +183,7 @@ impl<D: Disk> ColdStore<D> {
             hasher,
             counters: ColdCounters::default(),
             released: AtomicU64::new(0),
+            chain_window: shape.chain_window,
         })
     }
 
@@ -165,6 +217,7 @@ impl<D: Disk> ColdStore<D> {
             end,
         )?;
         hlog.load_tail()?;
+        hlog.set_read_lookback(shape.chain_window);
         Ok(Self {
             epoch,
             hlog,
@@ -172,6 +225,7 @@ impl<D: Disk> ColdStore<D> {
             hasher,
             counters: ColdCounters::default(),
             released: AtomicU64::new(0),
+            chain_window: shape.chain_window,
         })
     }
 
@@ -402,6 +456,177 @@ impl<D: Disk> ColdStore<D> {
         }
     }
 
+    /// Reads the chain from `from` down to `floor`: every valid record, newest first, at most
+    /// [`MAX_LAID_OUT`] of them (invariant 6). Records on the device are collected inside
+    /// the device's callbacks, so a chain laid out together costs one read.
+    async fn read_chain(&self, from: Address, floor: Address) -> Result<Chain> {
+        let mut records = Vec::new();
+        let mut a = from;
+        loop {
+            if a.is_invalid() || a < floor {
+                return Ok(Chain::Records(records));
+            }
+            if records.len() >= MAX_LAID_OUT {
+                return Ok(Chain::TooLong);
+            }
+            {
+                let _g = self.epoch.protect()?;
+                if a >= self.hlog.head() {
+                    let rec = self.hlog.record(a)?;
+                    let info = rec.info();
+                    if !info.invalid() {
+                        let mut v = ValueBuf::default();
+                        let live = matches!(rec.read_value(&mut v)?, ValueRead::Live);
+                        records.push(ChainRecord {
+                            at: a,
+                            key: rec.key_bytes(),
+                            value: live.then(|| v.bytes().to_vec()),
+                        });
+                    }
+                    a = backwards(a, info.prev())?;
+                    continue;
+                }
+            }
+            // Every record the device's callbacks look at is sent here; the walk goes on
+            // while the next one is in the chain and the walk is not too long.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let room = MAX_LAID_OUT - records.len();
+            let mut sent = 0;
+            let collect: ChainStep = Box::new(move |at, bytes| {
+                let rec = bytes.record(at).ok()?;
+                let info = rec.info();
+                if !info.invalid() {
+                    let value = (!rec.state().tombstone()).then(|| rec.value().to_vec());
+                    let _ = tx.send(ChainRecord {
+                        at,
+                        key: rec.key().to_vec(),
+                        value,
+                    });
+                    sent += 1;
+                }
+                let prev = backwards(at, info.prev()).ok()?;
+                (!prev.is_invalid() && prev >= floor && sent < room).then_some(prev)
+            });
+            let (at, fetched) = fetch_chain(&self.hlog, a, Some(collect)).await;
+            records.extend(rx.try_iter());
+            match fetched.and_then(|bytes| Ok(bytes.record(at)?.info())) {
+                Ok(info) => a = backwards(at, info.prev())?,
+                Err(_) if at < self.hlog.begin() => return Ok(Chain::Truncated),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes `records` (oldest first) together at the cold tail, each chained to the one
+    /// before it and the first to nothing; returns their addresses. Not yet reachable.
+    fn write_chain(&self, records: &[&ChainRecord]) -> Result<Vec<Address>> {
+        let sizes: Vec<usize> = records
+            .iter()
+            .map(|r| {
+                record_size(
+                    r.key.len(),
+                    r.value.as_ref().map_or(0, Vec::len).next_multiple_of(8),
+                )
+            })
+            .collect();
+        let total = sizes.iter().sum();
+        let mut g = self.epoch.protect()?;
+        let mut round = 0;
+        let base = loop {
+            match self.hlog.allocate(total) {
+                Ok(a) => break a,
+                Err(AllocError::RetryLater) => {
+                    g.refresh();
+                    crate::sync::backoff(&mut round);
+                }
+                Err(AllocError::Fatal(e)) => return Err(e),
+            }
+        };
+        let (mut at, mut prev) = (base, Address::INVALID);
+        let mut addresses = Vec::with_capacity(records.len());
+        for (r, size) in records.iter().zip(sizes) {
+            let value = r.value.as_deref().map(Encoded::from_bytes);
+            let info = RecordInfo::new(prev, Version::of(1));
+            let key = Encoded::from_bytes(&r.key);
+            let _ = RecordRef::write_new(self.hlog.space(at, size), info, &key, value.as_ref());
+            addresses.push(at);
+            prev = at;
+            at = Address::new(at.raw() + size as u64);
+        }
+        Ok(addresses)
+    }
+
+    /// Cold-to-cold's move of the record at `address` with its whole chain (invariant 6).
+    /// `None`: the chain is too long or too large to lay out; move the record alone.
+    async fn move_chain(
+        &self,
+        key: &Encoded,
+        hash: KeyHash,
+        address: Address,
+    ) -> Result<Option<bool>> {
+        let limit = self.hlog.page_size() / 4;
+        loop {
+            let begin = self.hlog.begin();
+            let head = self.index.get_async(hash).await?;
+            let records = match self.read_chain(head, begin).await? {
+                Chain::Records(r) => r,
+                Chain::TooLong => return Ok(None),
+                Chain::Truncated => continue,
+            };
+            // Each key's newest record; the keys whose newest is a tombstone are dropped.
+            let mut newest: Vec<&ChainRecord> = Vec::new();
+            let mut seen: Vec<&[u8]> = Vec::new();
+            for r in &records {
+                if seen.contains(&r.key.as_slice()) {
+                    continue;
+                }
+                seen.push(&r.key);
+                if r.key == key.bytes() && r.at != address {
+                    return Ok(Some(false)); // superseded, or an orphan (invariant 3)
+                }
+                if r.value.is_some() {
+                    newest.push(r);
+                }
+            }
+            if !newest.iter().any(|r| r.at == address) {
+                return Ok(Some(false)); // not in the chain: an orphan
+            }
+            let size: usize = newest
+                .iter()
+                .map(|r| {
+                    record_size(
+                        r.key.len(),
+                        r.value.as_ref().map_or(0, Vec::len).next_multiple_of(8),
+                    )
+                })
+                .sum();
+            if size > limit {
+                return Ok(None);
+            }
+            newest.reverse();
+            let written = self.write_chain(&newest)?;
+            let last = *written.last().expect("the moved record is among them");
+            match self.index.try_update_async(hash, head, last).await? {
+                Ok(()) => {
+                    let n = written.len() as u64;
+                    self.counters.appended.fetch_add(n, Ordering::Relaxed);
+                    self.counters
+                        .chains_laid_out
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .chain_records_laid_out
+                        .fetch_add(n, Ordering::Relaxed);
+                    return Ok(Some(true));
+                }
+                Err(_) => {
+                    for a in written {
+                        self.orphan(a)?;
+                    }
+                }
+            }
+        }
+    }
+
     /// Compacts the cold log below `until` (rounded down to its page) with `threads`
     /// workers, then truncates it there and releases what no retained checkpoint needs
     /// (`retained_begins`: the cold `begin` each one recorded). The caller holds R2Kv's
@@ -528,7 +753,13 @@ impl<D: Disk> Mover for ColdStore<D> {
             return Ok(false);
         };
         let hash = KeyHash::new(self.hasher.rehash(key)?);
-        let (key, value) = (Encoded::from_bytes(key), Encoded::from_bytes(value));
+        let key = Encoded::from_bytes(key);
+        if self.chain_window > 0 {
+            if let Some(moved) = self.move_chain(&key, hash, address).await? {
+                return Ok(moved);
+            }
+        }
+        let value = Encoded::from_bytes(value);
         loop {
             let Some(head) = self.newest_at(&key, hash, address).await? else {
                 return Ok(false);

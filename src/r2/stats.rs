@@ -35,6 +35,14 @@ pub struct R2Stats {
     pub cold_log_memory: u64,
     /// Device reads of the cold log (records).
     pub cold_device_reads: u64,
+    /// Cold records that reads (and compaction's walks) took from the buffer of an earlier
+    /// device read instead of reading them: chains that cold-to-cold compaction laid out
+    /// together ([`R2Config::cold_chain_window`](crate::r2::R2Config::cold_chain_window)).
+    pub cold_records_in_buffer: u64,
+    /// Chains cold-to-cold compaction laid out together, and the records they held.
+    pub cold_chains_laid_out: u64,
+    /// See [`R2Stats::cold_chains_laid_out`].
+    pub cold_chain_records_laid_out: u64,
     /// The cold index.
     pub cold_index: ColdIndexStats,
     /// Background maintenance passes (hot-to-cold and cold-to-cold migration past their
@@ -53,9 +61,12 @@ pub struct PassTotals {
     pub passes: u64,
     /// Bytes of log scanned.
     pub scanned_bytes: u64,
-    /// Records moved (hot-to-cold) or copied (cold-to-cold).
+    /// Records moved (hot-to-cold) or copied (cold-to-cold; where chains are laid out
+    /// together, the records whose move laid out their chain: the chains' records are
+    /// [`R2Stats::cold_chain_records_laid_out`]).
     pub moved: u64,
-    /// Records dropped as superseded (or tombstones, cold-to-cold).
+    /// Records dropped as superseded (or tombstones, cold-to-cold), or already copied with
+    /// their chain.
     pub dropped: u64,
 }
 
@@ -159,6 +170,18 @@ impl R2Stats {
                 ("tier=\"cold\"", self.cold_device_reads),
                 ("tier=\"cold_index\"", self.cold_index.chunk_reads),
             ],
+        );
+        metric(
+            "cold_records_in_buffer_total",
+            "counter",
+            "Cold records taken from an earlier device read's buffer (chains laid out together).",
+            &[("", self.cold_records_in_buffer)],
+        );
+        metric(
+            "cold_chains_laid_out_total",
+            "counter",
+            "Chains cold-to-cold compaction wrote out together.",
+            &[("", self.cold_chains_laid_out)],
         );
         for (pass, t) in [
             ("hot_to_cold", &self.hot_to_cold),
