@@ -105,10 +105,12 @@ pub struct R2Config {
     pub cold_index: ColdIndexConfig,
     /// Time between checks of the two budgets (longer than zero: `R2Kv::open` refuses zero).
     pub maintenance_interval: Duration,
-    /// Bytes below a cold record that a cold read fetches with it (within its page), and so
-    /// how much of a chain cold-to-cold compaction lays out below its head for one read to
-    /// bring all of it (`r2::cold`, invariant 6). 0: reads fetch only their record, and
-    /// cold-to-cold compaction moves records one at a time. At most 64 KiB.
+    /// Bytes below a cold record that a cold read fetches with it (within its page). Cold-to-cold
+    /// compaction lays each chain out together, oldest first below its head, so a read brings
+    /// the records of its chain that lie within this window without reading them one by one
+    /// (`r2::cold`, invariant 6); the default 1 KiB holds the chains of the usual 1-3 keys of
+    /// 100-byte values with room to spare. 0: reads fetch only their record, and cold-to-cold
+    /// compaction moves records one at a time. At most 64 KiB.
     pub cold_chain_window: u64,
 }
 
@@ -364,9 +366,13 @@ impl<D: Disk> Shared<D> {
     ) -> Result<Compaction> {
         self.cold.retry_failed_writes()?;
         let begins = self.retained_cold_begins()?;
-        let c = self
-            .cold
-            .compact(until, self.cold_to_cold.threads, &begins)?;
+        let c = self.cold.compact(
+            until,
+            self.cold_to_cold.threads,
+            // Its moves read chains from the device: at least 16 in flight per worker.
+            self.cold_to_cold.lookups_in_flight.max(16),
+            &begins,
+        )?;
         self.cold_passes.add(&c);
         Ok(c)
     }
@@ -639,7 +645,11 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
     }
 
     /// Compacts the cold log below `until` (a cold log address): copies live records to its
-    /// tail, drops the rest, truncates.
+    /// tail, drops the rest, truncates. With [`R2Config::cold_chain_window`] (the default),
+    /// it copies whole chains, laid out so that a later cold read costs about one device read
+    /// instead of one per record of its chain (about 1.9 when hot-to-cold moves have
+    /// scattered them): after a bulk load, one pass up to `cold_markers().safe_head` is worth
+    /// its cost for a read-mostly store (BENCHMARKS.md, session 14).
     ///
     /// # Errors
     /// [`Error::Busy`] while an iterator ([`R2Kv::iter`]) is open, or when called from inside

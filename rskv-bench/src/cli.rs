@@ -205,13 +205,14 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", value_delimiter = ',', value_parser = parse_budget)]
     pub log_budget: Vec<u64>,
 
-    /// RsKv with --log-budget: worker threads of each compaction pass (`LogCompaction::threads`,
-    /// default 1).
+    /// RsKv with --log-budget, and R2Kv (both kinds of pass): worker threads of each
+    /// compaction pass (`LogCompaction::threads`, default 1).
     #[arg(long, value_name = "N")]
     pub compaction_threads: Option<usize>,
 
-    /// RsKv with --log-budget: lookups each compaction worker keeps in flight while the log is
-    /// within its budget (`LogCompaction::lookups_in_flight`, default 4).
+    /// RsKv with --log-budget, and R2Kv (both kinds of pass): lookups each compaction worker
+    /// keeps in flight while the log is within its budget (`LogCompaction::lookups_in_flight`,
+    /// default 4; R2Kv's cold-to-cold keeps at least 16).
     #[arg(long, value_name = "N")]
     pub compaction_lookups: Option<usize>,
 
@@ -247,6 +248,19 @@ pub struct Args {
     /// quarter (28 MiB of chunks for 8M keys), at most 3/8 of --memory.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub r2_cold_index_memory: Option<u64>,
+
+    /// R2Kv: bytes below a cold record that a cold read also fetches, and so how much of a
+    /// chain cold-to-cold compaction lays out below its head (`R2Config::cold_chain_window`;
+    /// 0: neither). Default: R2Kv's (1 KiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub r2_cold_chain_window: Option<u64>,
+
+    /// R2Kv: after the load's migration, run one cold-to-cold pass over the whole cold log
+    /// (`R2Kv::compact_cold`), which lays every chain out together so that a cold read costs
+    /// about one device read (what a user does after a bulk load). Its time and device reads
+    /// are reported with the settling, not in the load's throughput.
+    #[arg(long)]
+    pub r2_lay_out_chains: bool,
 
     /// Also append each run's JSON line to this file.
     #[arg(long)]
@@ -402,6 +416,8 @@ impl Args {
                             segment_size: self.segment_size,
                             timeline_secs,
                             r2_hot_budget: self.r2_hot_budget,
+                            r2_cold_chain_window: self.r2_cold_chain_window,
+                            r2_lay_out_chains: self.r2_lay_out_chains,
                             r2_cold_index_memory: self.r2_cold_index_memory,
                         });
                     }
@@ -572,8 +588,15 @@ impl Args {
     /// What R2Kv cannot do, refused before anything runs.
     fn validate_r2(&self) -> anyhow::Result<()> {
         if !self.has_r2() {
-            if self.r2_hot_budget.is_some() || self.r2_cold_index_memory.is_some() {
-                bail!("--r2-hot-budget and --r2-cold-index-memory are R2Kv's: add --store r2kv");
+            if self.r2_hot_budget.is_some()
+                || self.r2_cold_index_memory.is_some()
+                || self.r2_cold_chain_window.is_some()
+                || self.r2_lay_out_chains
+            {
+                bail!(
+                    "--r2-hot-budget, --r2-cold-index-memory, --r2-cold-chain-window and \
+                     --r2-lay-out-chains are R2Kv's: add --store r2kv"
+                );
             }
             return Ok(());
         }

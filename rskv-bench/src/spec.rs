@@ -92,6 +92,12 @@ pub struct RunSpec {
     /// R2Kv: the cold index's inner log memory, instead of the plan's.
     #[serde(default)]
     pub r2_cold_index_memory: Option<u64>,
+    /// R2Kv: `R2Config::cold_chain_window`, instead of R2Kv's default.
+    #[serde(default)]
+    pub r2_cold_chain_window: Option<u64>,
+    /// R2Kv: one cold-to-cold pass over the whole cold log after the load's migration.
+    #[serde(default)]
+    pub r2_lay_out_chains: bool,
 }
 
 /// How long the measured phase lasts.

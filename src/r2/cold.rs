@@ -84,8 +84,8 @@ pub(crate) struct ColdLogShape {
     pub(crate) page_bits: u32,
     pub(crate) frames: u64,
     /// [`R2Config::cold_chain_window`](crate::r2::R2Config::cold_chain_window): bytes a cold
-    /// read also fetches below its record, and how far below its head cold-to-cold compaction
-    /// lays out a chain (invariant 6). 0: neither.
+    /// read also fetches below its record (invariant 6). 0: none, and cold-to-cold moves
+    /// records one at a time instead of laying chains out.
     pub(crate) chain_window: u64,
 }
 
@@ -628,13 +628,14 @@ impl<D: Disk> ColdStore<D> {
     }
 
     /// Compacts the cold log below `until` (rounded down to its page) with `threads`
-    /// workers, then truncates it there and releases what no retained checkpoint needs
+    /// workers of `lookups` moves in flight each, then truncates it there and releases what no retained checkpoint needs
     /// (`retained_begins`: the cold `begin` each one recorded). The caller holds R2Kv's
     /// maintenance lock.
     pub(crate) fn compact(
         &self,
         until: Address,
         threads: usize,
+        lookups: usize,
         retained_begins: &[u64],
     ) -> Result<Compaction> {
         let begin = self.hlog.begin();
@@ -645,7 +646,7 @@ impl<D: Disk> ColdStore<D> {
             return Ok(Compaction::default());
         }
         self.hlog.check_poison()?;
-        let lookups = || 16;
+        let lookups = || lookups;
         let mut total = scan_and_move(&self.hlog, begin, until, threads, &lookups, self)?;
         let begin_before = self.hlog.shift_begin(until)?;
         let bytes_freed = self.release(retained_begins)?;
