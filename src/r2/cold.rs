@@ -647,7 +647,13 @@ impl<D: Disk> ColdStore<D> {
         }
         self.hlog.check_poison()?;
         let lookups = || lookups;
-        let mut total = scan_and_move(&self.hlog, begin, until, threads, &lookups, self)?;
+        let pass = ColdToCold {
+            store: self,
+            laid_out: (self.chain_window > 0)
+                .then(|| LaidOut::new(self.index.geometry()))
+                .flatten(),
+        };
+        let mut total = scan_and_move(&self.hlog, begin, until, threads, &lookups, &pass)?;
         let begin_before = self.hlog.shift_begin(until)?;
         let bytes_freed = self.release(retained_begins)?;
         total.truncation = Some(Truncation {
@@ -740,8 +746,56 @@ impl<D: Disk> crate::ops::tiered::Lower for ColdStore<D> {
     }
 }
 
-/// Cold-to-cold compaction (invariant 3).
-impl<D: Disk> Mover for ColdStore<D> {
+/// The chains one cold-to-cold pass laid out, one bit per cold index entry (invariant 6):
+/// a record in the pass's range whose entry is marked was copied with its chain or was
+/// already superseded when the chain was read (chains only grow at the head, and the copies
+/// hold every key's newest record the walk met), so its move returns at once instead of
+/// walking the chain again. Exact: one bit per entry, never shared, so the bitmap exists only
+/// for indexes of at most [`MAX_MARKED_ENTRIES`] entries (8 MiB of bits; 512 KiB for 4M
+/// entries), for the pass's duration.
+struct LaidOut {
+    bits: Box<[AtomicU64]>,
+    geometry: crate::index::cold_index_contexts::ChunkGeometry,
+}
+
+/// The most cold index entries a pass marks (see [`LaidOut`]).
+const MAX_MARKED_ENTRIES: u64 = 1 << 26;
+
+impl LaidOut {
+    fn new(geometry: crate::index::cold_index_contexts::ChunkGeometry) -> Option<Self> {
+        let entries = geometry.chunks() * geometry.entries() as u64;
+        (entries <= MAX_MARKED_ENTRIES).then(|| Self {
+            bits: (0..entries.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            geometry,
+        })
+    }
+
+    fn bit(&self, hash: KeyHash) -> (usize, u64) {
+        let p = self.geometry.locate(hash);
+        let i = p.chunk.0 as usize * self.geometry.entries() + p.entry;
+        (i / 64, 1 << (i % 64))
+    }
+
+    fn mark(&self, hash: KeyHash) {
+        let (w, b) = self.bit(hash);
+        self.bits[w].fetch_or(b, Ordering::AcqRel);
+    }
+
+    fn marked(&self, hash: KeyHash) -> bool {
+        let (w, b) = self.bit(hash);
+        self.bits[w].load(Ordering::Acquire) & b != 0
+    }
+}
+
+/// One cold-to-cold pass (invariant 3; invariant 6 with a chain window).
+struct ColdToCold<'a, D: Disk> {
+    store: &'a ColdStore<D>,
+    laid_out: Option<LaidOut>,
+}
+
+impl<D: Disk> Mover for ColdToCold<'_, D> {
     const MOVES_TOMBSTONES: bool = false;
 
     async fn move_record(
@@ -753,19 +807,28 @@ impl<D: Disk> Mover for ColdStore<D> {
         let Some(value) = value else {
             return Ok(false);
         };
-        let hash = KeyHash::new(self.hasher.rehash(key)?);
+        let store = self.store;
+        let hash = KeyHash::new(store.hasher.rehash(key)?);
         let key = Encoded::from_bytes(key);
-        if self.chain_window > 0 {
-            if let Some(moved) = self.move_chain(&key, hash, address).await? {
+        if store.chain_window > 0 {
+            if self.laid_out.as_ref().is_some_and(|l| l.marked(hash)) {
+                return Ok(false);
+            }
+            if let Some(moved) = store.move_chain(&key, hash, address).await? {
+                // Only a move that laid the chain out (its swap succeeded) marks it: one that
+                // found its record superseded laid nothing out.
+                if let (true, Some(l)) = (moved, &self.laid_out) {
+                    l.mark(hash);
+                }
                 return Ok(moved);
             }
         }
         let value = Encoded::from_bytes(value);
         loop {
-            let Some(head) = self.newest_at(&key, hash, address).await? else {
+            let Some(head) = store.newest_at(&key, hash, address).await? else {
                 return Ok(false);
             };
-            if self.append(&key, Some(&value), hash, head).await?.is_ok() {
+            if store.append(&key, Some(&value), hash, head).await?.is_ok() {
                 return Ok(true);
             }
         }
