@@ -718,6 +718,7 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
         let s = &*self.shared;
         let c = &s.cold.counters;
         let cold_log = &s.cold.hlog;
+        let reads = cold_log.record_reads();
         R2Stats {
             hot: self.hot.stats(),
             hot_hits: c.hot_hits.load(Ordering::Relaxed),
@@ -730,8 +731,8 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
             cold_log_bytes: s.cold.log_bytes(),
             cold_disk_bytes: cold_log.disk().storage_bytes().unwrap_or(0),
             cold_log_memory: cold_log.memory_bytes() as u64,
-            cold_device_reads: cold_log.record_reads().submitted,
-            cold_records_in_buffer: cold_log.record_reads().in_buffer,
+            cold_device_reads: reads.submitted,
+            cold_records_in_buffer: reads.in_buffer,
             cold_chains_laid_out: c.chains_laid_out.load(Ordering::Relaxed),
             cold_chain_records_laid_out: c.chain_records_laid_out.load(Ordering::Relaxed),
             cold_index: s.cold.index_stats(),

@@ -888,6 +888,12 @@ impl<D: Disk> HybridLog<D> {
         self.read_lookback.store(bytes, StdOrdering::Relaxed);
     }
 
+    /// See [`HybridLog::set_read_lookback`].
+    #[must_use]
+    pub fn read_lookback(&self) -> u64 {
+        self.read_lookback.load(StdOrdering::Relaxed)
+    }
+
     /// Issues one device read for `fetch`: the aligned units covering the record's first
     /// [`FIRST_READ_GUESS`] bytes and the look-back before it (`end: None`), or, for a record
     /// found longer than that, the units from the record's start up to `end` (a second read).

@@ -112,6 +112,16 @@ struct ChainRecord {
     value: Option<Vec<u8>>,
 }
 
+impl ChainRecord {
+    /// Bytes of its copy in the log.
+    fn size(&self) -> usize {
+        record_size(
+            self.key.len(),
+            self.value.as_ref().map_or(0, Vec::len).next_multiple_of(8),
+        )
+    }
+}
+
 /// What a walk of a whole chain found.
 enum Chain {
     /// Its valid records, newest first.
@@ -160,8 +170,6 @@ pub(crate) struct ColdStore<D: Disk> {
     pub(crate) counters: ColdCounters,
     /// Device space is released below here.
     released: AtomicU64,
-    /// See [`ColdLogShape::chain_window`].
-    chain_window: u64,
 }
 
 impl<D: Disk> ColdStore<D> {
@@ -183,7 +191,6 @@ impl<D: Disk> ColdStore<D> {
             hasher,
             counters: ColdCounters::default(),
             released: AtomicU64::new(0),
-            chain_window: shape.chain_window,
         })
     }
 
@@ -225,8 +232,12 @@ impl<D: Disk> ColdStore<D> {
             hasher,
             counters: ColdCounters::default(),
             released: AtomicU64::new(0),
-            chain_window: shape.chain_window,
         })
+    }
+
+    /// Whether cold-to-cold lays chains out (invariant 6): reads look back over them.
+    fn lays_out_chains(&self) -> bool {
+        self.hlog.read_lookback() > 0
     }
 
     /// Bytes of cold log between `begin` and the tail.
@@ -361,21 +372,26 @@ impl<D: Disk> ColdStore<D> {
                 page_size: self.hlog.page_size(),
             });
         }
+        let (_g, address) = self.allocate(size)?;
+        let info = RecordInfo::new(prev, Version::of(1));
+        let _ = RecordRef::write_new(self.hlog.space(address, size), info, key, value);
+        Ok(address)
+    }
+
+    /// `size` bytes at the cold tail, and the protection the caller writes them under.
+    fn allocate(&self, size: usize) -> Result<(crate::core::light_epoch::EpochGuard<'_>, Address)> {
         let mut g = self.epoch.protect()?;
         let mut round = 0;
-        let address = loop {
+        loop {
             match self.hlog.allocate(size) {
-                Ok(a) => break a,
+                Ok(a) => return Ok((g, a)),
                 Err(AllocError::RetryLater) => {
                     g.refresh();
                     crate::sync::backoff(&mut round);
                 }
                 Err(AllocError::Fatal(e)) => return Err(e),
             }
-        };
-        let info = RecordInfo::new(prev, Version::of(1));
-        let _ = RecordRef::write_new(self.hlog.space(address, size), info, key, value);
-        Ok(address)
+        }
     }
 
     /// After a lost swap of the entry: the record at `address` is an orphan (invariant 1).
@@ -520,31 +536,12 @@ impl<D: Disk> ColdStore<D> {
     /// Writes `records` (oldest first) together at the cold tail, each chained to the one
     /// before it and the first to nothing; returns their addresses. Not yet reachable.
     fn write_chain(&self, records: &[&ChainRecord]) -> Result<Vec<Address>> {
-        let sizes: Vec<usize> = records
-            .iter()
-            .map(|r| {
-                record_size(
-                    r.key.len(),
-                    r.value.as_ref().map_or(0, Vec::len).next_multiple_of(8),
-                )
-            })
-            .collect();
-        let total = sizes.iter().sum();
-        let mut g = self.epoch.protect()?;
-        let mut round = 0;
-        let base = loop {
-            match self.hlog.allocate(total) {
-                Ok(a) => break a,
-                Err(AllocError::RetryLater) => {
-                    g.refresh();
-                    crate::sync::backoff(&mut round);
-                }
-                Err(AllocError::Fatal(e)) => return Err(e),
-            }
-        };
+        let total = records.iter().map(|r| r.size()).sum();
+        let (_g, base) = self.allocate(total)?;
         let (mut at, mut prev) = (base, Address::INVALID);
         let mut addresses = Vec::with_capacity(records.len());
-        for (r, size) in records.iter().zip(sizes) {
+        for r in records {
+            let size = r.size();
             let value = r.value.as_deref().map(Encoded::from_bytes);
             let info = RecordInfo::new(prev, Version::of(1));
             let key = Encoded::from_bytes(&r.key);
@@ -591,15 +588,7 @@ impl<D: Disk> ColdStore<D> {
             if !newest.iter().any(|r| r.at == address) {
                 return Ok(Some(false)); // not in the chain: an orphan
             }
-            let size: usize = newest
-                .iter()
-                .map(|r| {
-                    record_size(
-                        r.key.len(),
-                        r.value.as_ref().map_or(0, Vec::len).next_multiple_of(8),
-                    )
-                })
-                .sum();
+            let size: usize = newest.iter().map(|r| r.size()).sum();
             if size > limit {
                 return Ok(None);
             }
@@ -649,7 +638,8 @@ impl<D: Disk> ColdStore<D> {
         let lookups = || lookups;
         let pass = ColdToCold {
             store: self,
-            laid_out: (self.chain_window > 0)
+            laid_out: self
+                .lays_out_chains()
                 .then(|| LaidOut::new(self.index.geometry()))
                 .flatten(),
         };
@@ -810,7 +800,7 @@ impl<D: Disk> Mover for ColdToCold<'_, D> {
         let store = self.store;
         let hash = KeyHash::new(store.hasher.rehash(key)?);
         let key = Encoded::from_bytes(key);
-        if store.chain_window > 0 {
+        if store.lays_out_chains() {
             if self.laid_out.as_ref().is_some_and(|l| l.marked(hash)) {
                 return Ok(false);
             }
