@@ -401,6 +401,20 @@ fn cold_reads_are_cached_in_the_hot_read_cache() {
     assert_eq!(kv.get(&4).unwrap(), None);
     assert_eq!(kv.rmw(&5, |v| v.unwrap() + "!").unwrap(), value(5, 0) + "!");
     assert_eq!(kv.get(&5).unwrap(), Some(value(5, 0) + "!"));
+    // An RMW of a key with a cached cold copy takes the copy as its old value: no cold read.
+    let before = kv.stats();
+    for k in 10..60 {
+        assert_eq!(kv.rmw(&k, |v| v.unwrap() + "?").unwrap(), value(k, 0) + "?");
+    }
+    let after = kv.stats();
+    assert_eq!(
+        (after.cold_reads, after.cold_rmws),
+        (before.cold_reads, before.cold_rmws),
+        "RMWs of cached keys read the cold tier"
+    );
+    for k in 10..60 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0) + "?"));
+    }
 }
 
 #[test]

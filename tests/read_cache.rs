@@ -427,3 +427,152 @@ fn by_default_a_full_cache_copies_a_key_on_its_second_miss() {
     // The filter's memory is part of the cache's.
     assert_eq!(now.memory_bytes, 64 << 10);
 }
+
+#[test]
+fn an_rmw_of_a_cached_key_takes_the_copy_as_its_old_value_without_device_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open(dir.path(), 4 * MIB);
+    let n = 5_000u64;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    for k in 0..200 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+    let bump = |v: Option<Vec<u8>>| {
+        let mut v = v.expect("present");
+        v[99] = v[99].wrapping_add(1);
+        v
+    };
+    let (hits, read) = (cache_stats(&kv).hits, kv.stats().bytes_read);
+    for k in 0..200 {
+        kv.rmw(&k, bump).unwrap();
+    }
+    // The RMWs found their old values in the copies, and their writes unlinked them.
+    assert!(
+        cache_stats(&kv).hits >= hits + 190,
+        "{:?}",
+        cache_stats(&kv)
+    );
+    assert!(
+        kv.stats().bytes_read - read < 20 * 4096,
+        "RMWs of cached keys went to the device"
+    );
+    // Conditional inserts see the cached values too (no write), and deletes replace them.
+    for k in 200..300 {
+        assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+    }
+    let read = kv.stats().bytes_read;
+    for k in 200..300 {
+        assert!(!kv
+            .conditional_insert(&k, &value(k, 7), rskv::Address::INVALID)
+            .unwrap());
+    }
+    assert!(kv.stats().bytes_read - read < 20 * 4096);
+    for k in 250..300 {
+        kv.remove(&k).unwrap();
+    }
+    for k in 0..300 {
+        let want = match k {
+            0..=199 => Some(bump(Some(value(k, 0)))),
+            200..=249 => Some(value(k, 0)),
+            _ => None,
+        };
+        assert_eq!(kv.get(&k).unwrap(), want, "key {k}");
+    }
+    // And again once everything left memory: no copy in front, the RMW reads the device.
+    for k in n..2 * n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    for k in 0..200 {
+        kv.rmw(&k, bump).unwrap();
+        assert_eq!(
+            kv.get(&k).unwrap(),
+            Some(bump(Some(bump(Some(value(k, 0))))))
+        );
+    }
+}
+
+/// Readers keep copying keys into a tiny cache while RMWs increment the same keys (taking
+/// their old values from those copies when they are linked) and compaction and index growth
+/// run: every increment counts exactly once.
+#[test]
+fn increments_through_cached_copies_keep_exact_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = Arc::new(open(dir.path(), 64 << 10));
+    let keys = 2_000u64;
+    let counter = |b: &[u8]| u64::from_le_bytes(b[..8].try_into().unwrap());
+    let with = |c: u64| {
+        let mut v = vec![7u8; 100];
+        v[..8].copy_from_slice(&c.to_le_bytes());
+        v
+    };
+    for k in 0..keys {
+        kv.insert(&k, &with(0)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = 3u64;
+    let incrementers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                for r in 0..rounds {
+                    for i in 0..keys {
+                        let k = (i * 17 + t * 7 + r * 3) % keys;
+                        kv.rmw(&k, |old| with(counter(&old.expect("present")) + 1))
+                            .unwrap();
+                        // Filler pushes records out of memory.
+                        kv.insert(&(1_000_000 + i), &with(0)).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (kv, stop) = (kv.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let k = (i * 13) % keys;
+                    let v = kv.get(&k).unwrap().expect("present");
+                    assert!(counter(&v) <= 2 * rounds, "key {k}: {}", counter(&v));
+                }
+            })
+        })
+        .collect();
+    let maintenance = {
+        let (kv, stop) = (kv.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut growths = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if growths < 2 {
+                    kv.grow_index().unwrap();
+                    growths += 1;
+                }
+                let m = kv.stats().markers;
+                let until = rskv::Address::new((m.begin.raw() + m.safe_head.raw()) / 2);
+                match kv.compact(until) {
+                    Ok(_) | Err(Error::Busy(_)) => {}
+                    Err(e) => panic!("compaction failed: {e}"),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        })
+    };
+    for t in incrementers {
+        t.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in readers {
+        t.join().unwrap();
+    }
+    maintenance.join().unwrap();
+    for k in 0..keys {
+        let v = kv.get(&k).unwrap().expect("present");
+        assert_eq!(counter(&v), 2 * rounds, "key {k}");
+    }
+    let s = cache_stats(&kv);
+    assert!(s.hits > 100 && s.inserted > 1_000, "{s:?}");
+}

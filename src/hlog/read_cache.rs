@@ -22,13 +22,17 @@
 //!    only if no record was added to the chain since: so the source is still the key's newest
 //!    record, and the copy's previous address is the chain's log head. A failed CAS marks the
 //!    copy invalid. The thread stays epoch protected from the allocation to the CAS.
-//! 2. *Updates skip it.* Every update finds its chain's log head through the entry's copy, gives
-//!    its new record that previous address, and CASes the entry (cache address included) to
-//!    its record: the copy is unlinked. So a linked copy is always its key's newest value.
-//! 3. *Truncation.* A copy serves a read only if its source is at or above the `begin` the read
-//!    loaded before the index entry (the rule of [`crate::ops::read::DiskWalk`]): a copy of a
-//!    record truncated without a newer copy in the log (the cache mode of `truncate_until`)
-//!    reads as absent, as its source would.
+//! 2. *Updates write past it.* Every update finds its chain's log head through the entry's
+//!    copy, gives its new record that previous address, and CASes the entry (cache address
+//!    included) to its record: the copy is unlinked. So a linked copy is always its key's
+//!    newest value, and an update with no floor (an RMW, a conditional insert of any record)
+//!    that finds its key's copy takes the copy's value as the old one instead of walking the
+//!    log to the device: its CAS is from the entry that named the copy, so an update, an
+//!    eviction or a truncation that moved the entry since makes it start over.
+//! 3. *Truncation.* A copy serves a read, or an update's old value, only if its source is at
+//!    or above the `begin` the operation loaded before the index entry (the rule of
+//!    [`crate::ops::read::DiskWalk`]): a copy of a record truncated without a newer copy in
+//!    the log (the cache mode of `truncate_until`) reads as absent, as its source would.
 //! 4. *Sealing.* When page `p + 1` opens, an epoch action records that page `p` is *sealed*:
 //!    every thread that allocated in `p` has finished its CAS (invariant 1 keeps it protected
 //!    until then).

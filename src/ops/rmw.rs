@@ -89,9 +89,29 @@ impl<D: Disk> Engine<D> {
     ) -> Result<(UpdateStep, u64)> {
         let mut buf = ValueBuf::default();
         self.retry(g, pin, |g, ov| {
+            // Before the entry, as a read loads it (`hlog::read_cache`, invariant 3).
+            let begin = self.hlog.begin();
             let mut entry = self.entry_for_update(g, hash)?;
-            let log = self.log_head(&entry)?;
+            let chain = self.chain(&entry)?;
+            let log = chain.log;
             self.check_shift(ov, log)?;
+            // A cached copy of the key is its newest value (invariant 2 of the read cache):
+            // an update with no floor takes it as the old value instead of walking the log
+            // to the device, and its write swings the entry away from the copy (from the
+            // entry as loaded here: a copy unlinked meanwhile fails the swing, which retries).
+            if let (true, Some(copy)) = (floor.is_invalid(), &chain.cached) {
+                if let Some(live) = self.read_copy(copy, key, begin, &mut buf)? {
+                    let latest = if live {
+                        Latest::Value(buf.bytes())
+                    } else {
+                        Latest::Deleted
+                    };
+                    let decision = decide(latest)?;
+                    return Ok(UpdateStep::Done(
+                        self.write_decided(ov, &mut entry, key, decision)?,
+                    ));
+                }
+            }
             let head = self.hlog.head();
             let (a, rec) = self.trace(log, key, floor.max(head))?;
             let Some(rec) = rec else {
