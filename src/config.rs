@@ -113,6 +113,15 @@ pub struct Config {
     /// Which reads that found their record on the device copy it into the read cache. Default
     /// [`CacheAdmission::SecondMiss`]: only a key that missed before, recently.
     pub read_cache_admission: CacheAdmission,
+    /// Whether a record leaving the log's memory is copied into the read cache when its key
+    /// missed recently (the [`CacheAdmission::SecondMiss`] filter says so; an update that read
+    /// its old value from the device counts as a miss), so that a key written again and again
+    /// stays in memory in the cache's bytes, which update-heavy workloads would otherwise leave
+    /// idle. Only with a read cache and [`CacheAdmission::SecondMiss`]. Each log page is
+    /// walked once between becoming read-only and leaving memory, by an operation as it
+    /// starts; so that such a moment exists, the log keeps at least one read-only page (at
+    /// most `frames - 3` mutable pages). Default `true`.
+    pub read_cache_keeps_evicted: bool,
     /// Compact the log in the background to keep it within a disk budget
     /// ([`LogCompaction`](crate::LogCompaction), F2's settings). Default off: the log grows
     /// until the user compacts or truncates it.
@@ -163,6 +172,7 @@ impl Default for Config {
             log_compaction: None,
             read_cache_size: None,
             read_cache_admission: CacheAdmission::SecondMiss,
+            read_cache_keeps_evicted: true,
             pending_depth: 128,
         }
     }
@@ -389,6 +399,13 @@ impl Config {
     #[must_use]
     pub fn read_cache_admission(mut self, admission: CacheAdmission) -> Self {
         self.read_cache_admission = admission;
+        self
+    }
+
+    /// Sets [`Config::read_cache_keeps_evicted`].
+    #[must_use]
+    pub fn read_cache_keeps_evicted(mut self, keep: bool) -> Self {
+        self.read_cache_keeps_evicted = keep;
         self
     }
 

@@ -201,7 +201,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         )?;
         let mut engine = Engine::new(epoch, resolved.index_bits, hlog);
         engine.copy_reads = config.copy_reads_to_tail;
-        engine.set_read_cache(resolved.read_cache_bytes, config.read_cache_admission);
+        engine.set_read_cache(resolved.read_cache_bytes, &config);
         engine.pending_depth = config.pending_depth;
         engine.types = TypeNames::of::<K, V>(&config);
         if let Some(hash) = hash {
@@ -458,7 +458,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         };
         let (mut engine, info) = Engine::recover(disk, &layout, token)?;
         engine.copy_reads = config.copy_reads_to_tail;
-        engine.set_read_cache(resolved.read_cache_bytes, config.read_cache_admission);
+        engine.set_read_cache(resolved.read_cache_bytes, &config);
         engine.budget = engine
             .budget
             .map(|b| b.with_read_cache(resolved.read_cache_bytes));

@@ -398,10 +398,11 @@ fn r2kv_rows(extra: &serde_json::Value) -> Option<Vec<(&'static str, String)>> {
         (
             "r2kv reads",
             format!(
-                "hot tier answered {} (read cache hits {}, misses {}), cold tier read {} (found {}); RMWs from cold {}",
+                "hot tier answered {} (read cache hits {}, misses {}, kept as they left the hot log's memory {}), cold tier read {} (found {}); RMWs from cold {}",
                 n("hot_hits")?,
                 n("read_cache_hits")?,
                 n("read_cache_misses")?,
+                n("read_cache_kept").unwrap_or(0),
                 n("cold_reads")?,
                 n("cold_hits")?,
                 n("cold_rmws")?,

@@ -111,6 +111,12 @@ impl MissFilter {
             .all(|(w, b)| words[w].load(Ordering::Relaxed) & b != 0)
     }
 
+    /// Whether `hash` missed within the window (either generation holds it), without noting
+    /// anything: what a record leaving the log's memory asks (`read_cache`, invariant 9).
+    pub fn seen(&self, hash: KeyHash) -> bool {
+        self.contains(0, hash) || self.contains(1, hash)
+    }
+
     /// Records a miss of `hash` whose copy would take `copy_bytes`; returns whether the key
     /// missed before within the window (then its copy is admitted).
     pub fn admit(&self, hash: KeyHash, copy_bytes: u64) -> bool {

@@ -301,6 +301,15 @@ impl<D: Disk> HybridLog<D> {
         })
     }
 
+    /// Keeps at least one page between `head` and `read_only` (the read-only region), fewer
+    /// mutable pages if need be: the read cache walks each page there before it leaves memory
+    /// (`read_cache`, invariant 9). With the default mutable fraction (0.9) and 16 frames,
+    /// `head` and `read_only` would otherwise sit on the same page, and a page would go from
+    /// mutable to the device with no moment at which it is both immutable and in memory.
+    pub fn keep_read_only_page(&mut self) {
+        self.mutable_pages = self.mutable_pages.min(self.geo.frames - 3).max(1);
+    }
+
     /// A log over `disk` whose records up to `start` (a page boundary) are on the device and
     /// whose first address is `begin`: what recovery opens. Memory starts empty; the tail
     /// opens page `start`.

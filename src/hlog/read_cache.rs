@@ -50,7 +50,25 @@
 //! 8. *Admission.* With [`CacheAdmission::SecondMiss`] (the default), once the cache has
 //!    filled (its tail reached page `FRAMES - KEEP_FREE`), a miss is offered a copy only if its
 //!    key missed before within a recent window ([`super::admission`]); the filter decides
-//!    nothing else, so invariants 1-7 hold for every copy that is made.
+//!    nothing else, so invariants 1-7 hold for every copy that is made. Updates that read their
+//!    old value from the device note their key's miss too (they make no copy).
+//! 9. *Keeping records that leave the log's memory* (with the admission filter, unless
+//!    `Config::read_cache_keeps_evicted` is off). Each log page is walked once, after it
+//!    passed `safe_read_only` and before it leaves memory: the first operation to start while
+//!    `kept_until` is below the page of `safe_read_only` claims the oldest page in memory not
+//!    yet walked (one CAS) and, under its protection, taken *before* it saw that page at or
+//!    above `head` (so the frame is not reused before it is done, whatever `head` does
+//!    meanwhile), walks its records.
+//!    A record is copied if it is live, heads its chain (its entry names it: then it is its
+//!    key's newest record, and nothing is cached in front of it), and its key missed within the
+//!    admission window; the copy is linked by invariant 1's CAS from that entry, with the record
+//!    as its source. Only pages below `safe_read_only` are walked, where no record changes any
+//!    more; a page walked early stays in the log's memory for a while, and an update of one
+//!    of its keys meanwhile simply unlinks the copy (invariant 2). Pages that left memory
+//!    before anyone claimed them are skipped; a copy that finds no
+//!    free frame is skipped. Such a copy is an ordinary one from then on (invariants 2-7): a
+//!    key written repeatedly stays in memory across the log's eviction, in the cache's bytes,
+//!    which update-heavy workloads would otherwise leave idle.
 //!
 //! The cache holds no state a checkpoint needs: index checkpoints write each cached entry's log
 //! address, and recovery starts with an empty cache. Index growth splits write the log address
@@ -135,6 +153,8 @@ pub struct CacheCounters {
     pub evicted: AtomicU64,
     /// Misses not offered a copy: their key's first miss within the admission window.
     pub not_admitted: AtomicU64,
+    /// Copies of records leaving the log's memory (invariant 9).
+    pub kept: AtomicU64,
 }
 
 /// What the read cache did since the store was opened ([`crate::Stats::read_cache`]).
@@ -159,6 +179,9 @@ pub struct ReadCacheStats {
     /// Misses not offered a copy: their key's first miss within the admission window
     /// ([`CacheAdmission::SecondMiss`](crate::config::CacheAdmission)).
     pub not_admitted: u64,
+    /// Copies of records that were leaving the log's memory, made because their key missed
+    /// recently ([`Config::read_cache_keeps_evicted`](crate::Config)); counted in `inserted` too.
+    pub kept: u64,
 }
 
 /// A copy in the cache as a reader sees it.
@@ -211,6 +234,11 @@ pub struct ReadCache {
     epoch: Arc<LightEpoch>,
     /// Which misses are offered a copy (`None`: every one).
     admission: Option<MissFilter>,
+    /// Whether records leaving the log's memory are offered copies (invariant 9).
+    keeps_evicted: bool,
+    /// The next log page whose records may be kept (invariant 9): pages below it were looked
+    /// at, or left memory before anyone did.
+    kept_until: CachePadded<AtomicU64>,
     /// What the cache did.
     pub counters: CacheCounters,
 }
@@ -222,7 +250,12 @@ impl ReadCache {
     /// # Panics
     /// If `bytes` is outside [`MIN_BYTES`]..=[`MAX_BYTES`] (the configuration checks it).
     #[must_use]
-    pub fn new(bytes: u64, epoch: Arc<LightEpoch>, admission: CacheAdmission) -> Self {
+    pub fn new(
+        bytes: u64,
+        epoch: Arc<LightEpoch>,
+        admission: CacheAdmission,
+        keeps_evicted: bool,
+    ) -> Self {
         assert!((MIN_BYTES..=MAX_BYTES).contains(&bytes));
         let (filter, copies) = match admission {
             CacheAdmission::Every => (None, bytes),
@@ -246,8 +279,55 @@ impl ReadCache {
             released: Arc::new(AtomicU64::new(0)),
             unlinking: AtomicBool::new(false),
             epoch,
+            keeps_evicted: keeps_evicted && filter.is_some(),
             admission: filter,
+            kept_until: CachePadded::new(AtomicU64::new(0)),
             counters: CacheCounters::default(),
+        }
+    }
+
+    /// Whether a log page below `read_only_page` (the page of `safe_read_only`) is still to be
+    /// walked for records to keep (invariant 9): one relaxed load, what operations ask first.
+    #[inline]
+    pub fn keeps_below(&self, read_only_page: u64) -> bool {
+        self.keeps_evicted && self.kept_until.load(Ordering::Relaxed) < read_only_page
+    }
+
+    /// Claims the log page to walk for records to keep (invariant 9): the first not yet
+    /// walked at or above `head_page`, if it is below `read_only_page`. `Some` for exactly one
+    /// caller per page.
+    pub fn claim_kept_page(&self, head_page: u64, read_only_page: u64) -> Option<u64> {
+        let at = self.kept_until.load(Ordering::Acquire);
+        let page = at.max(head_page);
+        if page >= read_only_page {
+            // Pages below `head` left memory unwalked: skip them, so that operations stop
+            // asking until a page is due again.
+            if at < page {
+                let _ =
+                    self.kept_until
+                        .compare_exchange(at, page, Ordering::AcqRel, Ordering::Relaxed);
+            }
+            return None;
+        }
+        self.kept_until
+            .compare_exchange(at, page + 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+            .then_some(page)
+    }
+
+    /// Whether a record of `hash` leaving the log's memory is offered a copy: its key missed
+    /// within the admission window (invariant 9). Notes nothing.
+    #[must_use]
+    pub fn keeps(&self, hash: KeyHash) -> bool {
+        self.admission.as_ref().is_some_and(|f| f.seen(hash))
+    }
+
+    /// Notes a miss of `hash` that makes no copy (an update that read its old value from the
+    /// device writes it to the log instead), so that its record is kept when it leaves the
+    /// log's memory, and a read's next miss of the key is admitted.
+    pub fn note_miss(&self, hash: KeyHash, key_len: usize, value_len: usize) {
+        if let Some(filter) = &self.admission {
+            let _ = filter.admit(hash, Self::copy_size(key_len, value_len));
         }
     }
 
@@ -297,6 +377,7 @@ impl ReadCache {
             refreshed: get(&c.refreshed),
             evicted: get(&c.evicted),
             not_admitted: get(&c.not_admitted),
+            kept: get(&c.kept),
         }
     }
 

@@ -7,10 +7,11 @@ use crate::core::address::Address;
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::EpochGuard;
 use crate::core::lock_cycle::Cycle;
+use crate::core::record::first_record_offset;
 use crate::core::record::{ValueBuf, ValueRead};
 use crate::core::status::{Error, Result};
 use crate::device::Disk;
-use crate::hlog::read_cache::{CacheAddress, CachedRecord};
+use crate::hlog::read_cache::{CacheAddress, CachedRecord, ReadCache};
 use crate::index::hash_bucket::{HashBucketEntry, Target};
 use crate::index::{EntrySlot, HashIndex, IndexBusy, KeyHash};
 use crate::ops::Engine;
@@ -239,6 +240,67 @@ impl<D: Disk> Engine<D> {
         };
         if linked {
             cache.counters.inserted.fetch_add(1, Ordering::Relaxed);
+        }
+        if cache.needs_unlinking() {
+            self.unlink_cache_pages(&mut g);
+        }
+    }
+
+    /// Copies the records of the log page about to leave memory that `cache` keeps (its
+    /// invariant 9), if this thread claims the page. Called before an operation protects
+    /// itself, so never inside another operation's protection (a nested one does nothing).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn keep_evicted(&self, cache: &ReadCache) {
+        let Ok(mut g) = self.epoch.protect() else {
+            return;
+        };
+        if g.is_nested() {
+            return;
+        }
+        // Loaded under `g`: the page is in memory now, so its frame is not reused before `g`
+        // ends, wherever `head` goes meanwhile (`hlog`, invariant 5).
+        let geo = self.hlog.geometry();
+        let head_page = geo.page(self.hlog.head());
+        let read_only_page = geo.page(self.hlog.safe_read_only());
+        let Some(page) = cache.claim_kept_page(head_page, read_only_page) else {
+            return;
+        };
+        let mut a = Address::new(geo.page_start(page).raw() + first_record_offset(page) as u64);
+        let end = geo.page_start(page + 1);
+        let mut buf = ValueBuf::default();
+        while a < end {
+            let Ok(Some(rec)) = self.hlog.record_in_page(a) else {
+                break;
+            };
+            let next = Address::new(a.raw() + rec.size() as u64);
+            if !rec.info().invalid() {
+                let key = rec.key_bytes();
+                // A store whose hash cannot rehash logged keys keeps nothing.
+                let Ok(hash) = self.hasher.rehash(&key).map(KeyHash::new) else {
+                    return;
+                };
+                if cache.keeps(hash) {
+                    if let Ok(Some(mut slot)) = self.index.find_entry(&g, hash) {
+                        let live = matches!(rec.read_value(&mut buf), Ok(ValueRead::Live));
+                        if live
+                            && slot.target() == Target::Log(a)
+                            && self.link_copy(
+                                &g,
+                                &mut slot,
+                                hash,
+                                &Encoded::from_bytes(&key),
+                                buf.bytes(),
+                                a,
+                            )
+                        {
+                            cache.counters.inserted.fetch_add(1, Ordering::Relaxed);
+                            cache.counters.kept.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            a = next;
         }
         if cache.needs_unlinking() {
             self.unlink_cache_pages(&mut g);

@@ -185,9 +185,18 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Turns the read cache on with `bytes` of memory (0: off).
-    pub(crate) fn set_read_cache(&mut self, bytes: u64, admission: crate::config::CacheAdmission) {
-        self.read_cache = (bytes > 0)
-            .then(|| crate::hlog::read_cache::ReadCache::new(bytes, self.epoch.clone(), admission));
+    pub(crate) fn set_read_cache(&mut self, bytes: u64, config: &crate::Config) {
+        if bytes > 0 && config.read_cache_keeps_evicted {
+            self.hlog.keep_read_only_page();
+        }
+        self.read_cache = (bytes > 0).then(|| {
+            crate::hlog::read_cache::ReadCache::new(
+                bytes,
+                self.epoch.clone(),
+                config.read_cache_admission,
+                config.read_cache_keeps_evicted,
+            )
+        });
     }
 
     /// Sets the memory budget: the index is bounded by its share.
@@ -202,6 +211,11 @@ impl<D: Disk> Engine<D> {
     pub(crate) fn protect(&self) -> Result<EpochGuard<'_>> {
         if self.hlog.over_limit() {
             self.slow_down();
+        }
+        if let Some(cache) = &self.read_cache {
+            if cache.keeps_below(self.hlog.geometry().page(self.hlog.safe_read_only())) {
+                self.keep_evicted(cache);
+            }
         }
         self.epoch.protect()
     }

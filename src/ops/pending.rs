@@ -222,6 +222,13 @@ impl<D: Disk> Engine<D> {
                     Err(e) => return Err(e),
                 }
             };
+            // An RMW's miss: its key is remembered as one (`read_cache`, invariant 8), so its
+            // new record is kept in the cache when it leaves memory (invariant 9).
+            if let (DiskTrace::Found(Some(v)), Some(cache), true) =
+                (&found, &self.read_cache, floor.is_invalid())
+            {
+                cache.note_miss(hash, key.bytes().len(), v.len());
+            }
             let step = {
                 let g = self.protect()?;
                 if let (Some(status), v) =

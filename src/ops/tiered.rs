@@ -129,6 +129,10 @@ impl Tiered {
             Found::Live => Some(Encoded::from_bytes(buf.bytes())),
             Found::Deleted | Found::Absent => None,
         };
+        // A miss of the upper tier, as an RMW that read its own device notes it.
+        if let (Some(v), Some(cache)) = (&value, &engine.read_cache) {
+            cache.note_miss(hash, key.bytes().len(), v.bytes().len());
+        }
         self.below = Some((b0, value));
         if self.reads == 0 {
             lower.lower_gave_old_value();

@@ -150,6 +150,13 @@ impl R2Stats {
             ],
         );
         metric(
+            "read_cache_kept_total",
+            "counter",
+            "Copies of hot log records made as they left memory because their key missed \
+             recently (also counted in read_cache_copies_total{copy=\"inserted\"}).",
+            &[("", c.kept)],
+        );
+        metric(
             "cold_reads_total",
             "counter",
             "Reads that went to the cold tier.",

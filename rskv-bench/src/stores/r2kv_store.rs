@@ -298,6 +298,7 @@ fn extra(s: &R2Stats, keys: u64) -> serde_json::Value {
         "read_cache_misses": cache.map_or(0, |c| c.misses),
         "read_cache_inserted": cache.map_or(0, |c| c.inserted),
         "read_cache_not_admitted": cache.map_or(0, |c| c.not_admitted),
+        "read_cache_kept": cache.map_or(0, |c| c.kept),
         "read_cache_memory": cache.map_or(0, |c| c.memory_bytes),
         "hot_to_cold_passes": s.hot_to_cold.passes,
         "hot_to_cold_scanned_bytes": s.hot_to_cold.scanned_bytes,

@@ -298,6 +298,7 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
             "read_cache_misses": cache.map_or(0, |c| c.misses),
             "read_cache_inserted": cache.map_or(0, |c| c.inserted),
             "read_cache_not_admitted": cache.map_or(0, |c| c.not_admitted),
+            "read_cache_kept": cache.map_or(0, |c| c.kept),
             "index_buckets": s.index_buckets,
             "overflow_buckets": s.overflow_buckets,
             "index_memory": s.index_memory,
