@@ -478,6 +478,11 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
         hot_config.checkpoint_on_close = false;
         let hot = RsKv::<K, V, D>::open(hot_config, disk)?;
         let engine = hot.engine.clone();
+        // Hot truncation follows hot-to-cold, which moved every newest record (DESIGN.md,
+        // "Kept copies outlive hot truncation"): a linked copy stays its key's newest value.
+        engine
+            .copies_outlive_truncation
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         engine
             .cpr
             .attachment

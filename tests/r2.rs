@@ -731,7 +731,8 @@ fn two_threads_increment_the_same_keys_across_migrations_with_kept_records() {
 }
 
 /// An RMW of a cold key notes a miss; its new hot record is kept in the read cache when it
-/// leaves the hot log's memory, so the next RMW reads neither tier's device.
+/// leaves the hot log's memory, so the next RMW reads neither tier's device, even after the
+/// record moved to the cold tier and the hot log was truncated below it.
 #[test]
 fn hot_records_of_cold_rmws_are_kept_as_they_leave_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -756,7 +757,14 @@ fn hot_records_of_cold_rmws_are_kept_as_they_leave_memory() {
     for k in n..n + 20_000 {
         kv.insert(&k, &value(k, 0)).unwrap();
     }
+    // And the hot log moves to the cold tier and is truncated below them: the copies still
+    // hold the keys' newest values (DESIGN.md, "Kept copies outlive hot truncation").
+    migrate(&kv);
     let before = kv.stats();
+    assert!(
+        kv.hot_markers().begin > rskv::Address::new(20_000 * 8),
+        "nothing truncated"
+    );
     let cache = before.hot.read_cache.unwrap();
     assert!(cache.kept >= 195 && cache.kept <= 200, "{cache:?}");
     for k in 0..200 {
@@ -766,9 +774,14 @@ fn hot_records_of_cold_rmws_are_kept_as_they_leave_memory() {
         );
     }
     let after = kv.stats();
-    assert_eq!(
-        after.cold_reads, before.cold_reads,
-        "RMWs of kept keys read the cold tier"
+    // A copy is one per index entry: two kept keys of one entry keep one copy between them.
+    let (cold, hits) = (
+        after.cold_reads - before.cold_reads,
+        after.hot.read_cache.unwrap().hits - cache.hits,
+    );
+    assert!(
+        cold <= 5 && hits + cold == 200,
+        "RMWs of kept keys read the cold tier: {cold} cold reads, {hits} hits"
     );
     assert!(
         after.hot.bytes_read - before.hot.bytes_read < 20 * 4096,

@@ -94,7 +94,13 @@ impl<D: Disk> Engine<D> {
         out: &mut ValueBuf,
     ) -> std::result::Result<Option<bool>, Cycle> {
         let rec = &copy.record;
-        if rec.info().invalid() || !rec.key_is(key) || copy.source() < begin {
+        if rec.info().invalid()
+            || !rec.key_is(key)
+            || (copy.source() < begin
+                && !self
+                    .copies_outlive_truncation
+                    .load(std::sync::atomic::Ordering::Relaxed))
+        {
             return Ok(None);
         }
         // Copies are never locked, so this never waits; the type does not know that.

@@ -51,6 +51,11 @@ pub struct Engine<D: Disk> {
     pub(crate) growth: crate::ops::growth::GrowthBook,
     /// The read cache, if on (`Config::read_cache`).
     pub(crate) read_cache: Option<crate::hlog::read_cache::ReadCache>,
+    /// Whether a cache copy whose source was truncated still holds its key's newest value: R2Kv's
+    /// hot tier, whose truncation only follows the move of every newest record to the cold
+    /// tier (`read_cache`, invariant 3; docs/DESIGN.md, "Kept copies outlive hot truncation").
+    /// Set once, before the store's first operation.
+    pub(crate) copies_outlive_truncation: std::sync::atomic::AtomicBool,
 }
 
 /// `prev` of the record at `a`, checked to point below it (a chain that does not go backwards
@@ -181,6 +186,7 @@ impl<D: Disk> Engine<D> {
             budget: None,
             growth: crate::ops::growth::GrowthBook::default(),
             read_cache: None,
+            copies_outlive_truncation: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
