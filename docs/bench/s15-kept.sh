@@ -22,3 +22,6 @@ for wl in b c; do
   $AFTER $B --workload $wl $R2 --json s15-kept-r2-AFTER.jsonl
 done
 echo done > kept.finished
+# Then, with copies outliving hot truncation (R2Kv only; OUTLIVE built at that commit):
+# OUTLIVE=/tmp/s15/bench-outlive; for wl in rmw a; do
+#   $OUTLIVE $B --workload $wl $R2 --json s15-kept-r2-OUTLIVE.jsonl; done
