@@ -542,25 +542,7 @@ fn increments_through_cached_copies_keep_exact_totals() {
             })
         })
         .collect();
-    let maintenance = {
-        let (kv, stop) = (kv.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut growths = 0;
-            while !stop.load(Ordering::Relaxed) {
-                if growths < 2 {
-                    kv.grow_index().unwrap();
-                    growths += 1;
-                }
-                let m = kv.stats().markers;
-                let until = rskv::Address::new((m.begin.raw() + m.safe_head.raw()) / 2);
-                match kv.compact(until) {
-                    Ok(_) | Err(Error::Busy(_)) => {}
-                    Err(e) => panic!("compaction failed: {e}"),
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        })
-    };
+    let maintenance = grow_and_compact(&kv, &stop);
     for t in incrementers {
         t.join().unwrap();
     }
@@ -666,25 +648,7 @@ fn increments_stay_exact_while_records_leaving_memory_are_kept() {
             })
         })
         .collect();
-    let maintenance = {
-        let (kv, stop) = (kv.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut growths = 0;
-            while !stop.load(Ordering::Relaxed) {
-                if growths < 2 {
-                    kv.grow_index().unwrap();
-                    growths += 1;
-                }
-                let m = kv.stats().markers;
-                let until = rskv::Address::new((m.begin.raw() + m.safe_head.raw()) / 2);
-                match kv.compact(until) {
-                    Ok(_) | Err(Error::Busy(_)) => {}
-                    Err(e) => panic!("compaction failed: {e}"),
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        })
-    };
+    let maintenance = grow_and_compact(&kv, &stop);
     // The expected totals, computed the same way.
     let mut want = vec![0u64; keys as usize];
     for t in 0..2u64 {
@@ -705,4 +669,26 @@ fn increments_stay_exact_while_records_leaving_memory_are_kept() {
     }
     let s = cache_stats(&kv);
     assert!(s.kept > 100, "{s:?}");
+}
+
+/// Grows the index twice, then compacts the older half of the on-disk log every 10 ms, until
+/// `stop`.
+fn grow_and_compact(kv: &Arc<Kv>, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let (kv, stop) = (kv.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let mut growths = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if growths < 2 {
+                kv.grow_index().unwrap();
+                growths += 1;
+            }
+            let m = kv.stats().markers;
+            let until = rskv::Address::new((m.begin.raw() + m.safe_head.raw()) / 2);
+            match kv.compact(until) {
+                Ok(_) | Err(Error::Busy(_)) => {}
+                Err(e) => panic!("compaction failed: {e}"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    })
 }
