@@ -114,10 +114,11 @@ pub struct Config {
     /// [`CacheAdmission::SecondMiss`]: only a key that missed before, recently.
     pub read_cache_admission: CacheAdmission,
     /// Whether a record leaving the log's memory is copied into the read cache when its key
-    /// missed recently (the [`CacheAdmission::SecondMiss`] filter says so; an update that read
-    /// its old value from the device counts as a miss), so that a key written again and again
-    /// stays in memory in the cache's bytes, which update-heavy workloads would otherwise leave
-    /// idle. Only with a read cache and [`CacheAdmission::SecondMiss`]. Each log page is
+    /// was used beyond the log's memory recently: it missed (a read, or an update that read its
+    /// old value from the device), or an update replaced its cached copy, within the last one
+    /// or two log memories of appends (a filter of its own remembers). So a key written again
+    /// and again stays in memory in the cache's bytes, which update-heavy workloads would
+    /// otherwise leave idle. Only with a read cache and [`CacheAdmission::SecondMiss`]. Each log page is
     /// walked once between becoming read-only and leaving memory, by an operation as it
     /// starts; so that such a moment exists, the log keeps at least one read-only page (at
     /// most `frames - 3` mutable pages). Default `true`.

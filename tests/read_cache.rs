@@ -613,6 +613,71 @@ fn records_of_recently_missed_keys_are_kept_when_they_leave_memory() {
     }
 }
 
+/// The keep filter's memory is the log's, not the admission window's: a key whose RMW missed
+/// is still kept after many read misses of other keys (each window of the admission filter is
+/// ~430 of them with this cache), and a key whose RMW replaced its kept copy is kept again, round
+/// after round, without another device read.
+#[test]
+fn keys_used_beyond_memory_stay_kept_round_after_round() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough buckets that the index does not grow: a split writes cached entries as their
+    // log addresses, which would drop the kept copies between rounds.
+    let config = config(256 << 10)
+        .table_size(1 << 12)
+        .read_cache_admission(CacheAdmission::default());
+    let kv: Kv = RsKv::open(config, disk(dir.path())).unwrap();
+    let n = 5_000u64;
+    for k in 0..n {
+        kv.insert(&k, &value(k, 0)).unwrap();
+    }
+    let bump = |v: Option<Vec<u8>>| {
+        let mut v = v.expect("present");
+        v[99] = v[99].wrapping_add(1);
+        v
+    };
+    // Two log memories of new keys (records of 136 bytes, 256 KiB of log).
+    let mut filler = 1_000_000u64;
+    let mut push_out = || {
+        for _ in 0..4_000 {
+            kv.insert(&filler, &value(filler, 0)).unwrap();
+            filler += 1;
+        }
+    };
+    let hot = 0..200u64;
+    let mut cold = 1_000..n;
+    for round in 1..=3u64 {
+        let read = kv.stats().bytes_read;
+        for k in hot.clone() {
+            kv.rmw(&k, bump).unwrap();
+        }
+        let device = kv.stats().bytes_read - read;
+        if round == 1 {
+            assert!(device >= 150 * 512, "round 1 read {device} bytes");
+        } else {
+            assert!(
+                device < 10 * 4096,
+                "round {round}: kept records were read from the device: {device} bytes"
+            );
+        }
+        // Misses of other keys, more than three admission windows of them.
+        for k in cold.by_ref().take(1_500) {
+            assert_eq!(kv.get(&k).unwrap(), Some(value(k, 0)));
+        }
+        let kept = cache_stats(&kv).kept;
+        push_out();
+        let s = cache_stats(&kv);
+        assert!(
+            s.kept - kept >= 190,
+            "round {round}: {} of 200 kept ({s:?})",
+            s.kept - kept
+        );
+    }
+    for k in hot {
+        let want = (0..3).fold(value(k, 0), |v, _| bump(Some(v)));
+        assert_eq!(kv.get(&k).unwrap(), Some(want));
+    }
+}
+
 /// Keeping races updates of the same keys: increments stay exact while pages leave memory and
 /// their records are kept, with compaction and index growth running.
 #[test]

@@ -51,7 +51,8 @@
 //!    filled (its tail reached page `FRAMES - KEEP_FREE`), a miss is offered a copy only if its
 //!    key missed before within a recent window ([`super::admission`]); the filter decides
 //!    nothing else, so invariants 1-7 hold for every copy that is made. Updates that read their
-//!    old value from the device note their key's miss too (they make no copy).
+//!    old value from the device note their key's miss too (they make no copy). Every miss is
+//!    also noted in the keep filter of invariant 9.
 //! 9. *Keeping records that leave the log's memory* (with the admission filter, unless
 //!    `Config::read_cache_keeps_evicted` is off). Each log page is walked once, after it
 //!    passed `safe_read_only` and before it leaves memory: the first operation to start while
@@ -60,9 +61,11 @@
 //!    above `head` (so the frame is not reused before it is done, whatever `head` does
 //!    meanwhile), walks its records.
 //!    A record is copied if it is live, heads its chain (its entry names it: then it is its
-//!    key's newest record, and nothing is cached in front of it), and its key missed within the
-//!    admission window; the copy is linked by invariant 1's CAS from that entry, with the record
-//!    as its source. Only pages below `safe_read_only` are walked, where no record changes any
+//!    key's newest record, and nothing is cached in front of it), and its key is in the keep
+//!    filter ([`super::admission`], invariants 4-6): it missed, or an update replaced its linked
+//!    copy, within the last one or two log memories of appends (the filter's clock is this
+//!    walk). The copy is linked by invariant 1's CAS from that entry, with the record as its
+//!    source. Only pages below `safe_read_only` are walked, where no record changes any
 //!    more; a page walked early stays in the log's memory for a while, and an update of one
 //!    of its keys meanwhile simply unlinks the copy (invariant 2). Pages that left memory
 //!    before anyone claimed them are skipped; a copy that finds no
@@ -80,7 +83,7 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-use super::admission::MissFilter;
+use super::admission::{KeepFilter, MissFilter};
 use crate::config::CacheAdmission;
 use crate::core::address::Address;
 use crate::core::codec::Encoded;
@@ -215,6 +218,16 @@ impl CachedRecord<'_> {
     }
 }
 
+/// The log whose records leaving memory the cache keeps (invariant 9): its keep filter
+/// remembers a key for one or two of its memories ([`super::admission`], invariant 4).
+#[derive(Debug, Clone, Copy)]
+pub struct LogShape {
+    /// Bytes of the log's memory.
+    pub memory_bytes: u64,
+    /// Its frames (pages in memory).
+    pub frames: u64,
+}
+
 /// The read cache's memory and markers.
 pub struct ReadCache {
     frames: Box<[Box<[AtomicU64]>]>,
@@ -234,8 +247,9 @@ pub struct ReadCache {
     epoch: Arc<LightEpoch>,
     /// Which misses are offered a copy (`None`: every one).
     admission: Option<MissFilter>,
-    /// Whether records leaving the log's memory are offered copies (invariant 9).
-    keeps_evicted: bool,
+    /// Which records leaving the log's memory are offered copies (invariant 9; `None`:
+    /// none are).
+    keep: Option<KeepFilter>,
     /// The next log page whose records may be kept (invariant 9): pages below it were looked
     /// at, or left memory before anyone did.
     kept_until: CachePadded<AtomicU64>,
@@ -245,7 +259,8 @@ pub struct ReadCache {
 
 impl ReadCache {
     /// A cache of `bytes` (rounded down to [`FRAMES`] pages of a multiple of 8 bytes), the
-    /// admission filter's memory included when `admission` has one.
+    /// filters' memory included. `keep`: with the admission filter, records leaving the
+    /// memory of a log of this shape are offered copies (invariant 9).
     ///
     /// # Panics
     /// If `bytes` is outside [`MIN_BYTES`]..=[`MAX_BYTES`] (the configuration checks it).
@@ -254,17 +269,19 @@ impl ReadCache {
         bytes: u64,
         epoch: Arc<LightEpoch>,
         admission: CacheAdmission,
-        keeps_evicted: bool,
+        keep: Option<LogShape>,
     ) -> Self {
         assert!((MIN_BYTES..=MAX_BYTES).contains(&bytes));
-        let (filter, copies) = match admission {
-            CacheAdmission::Every => (None, bytes),
-            CacheAdmission::SecondMiss => {
-                let filter = MissFilter::new(bytes);
-                let copies = bytes - filter.memory_bytes();
-                (Some(filter), copies)
-            }
+        let filter = match admission {
+            CacheAdmission::Every => None,
+            CacheAdmission::SecondMiss => Some(MissFilter::new(bytes)),
         };
+        let keep = keep
+            .filter(|_| filter.is_some())
+            .map(|log| KeepFilter::new(log.memory_bytes, log.frames, bytes));
+        let copies = bytes
+            - filter.as_ref().map_or(0, MissFilter::memory_bytes)
+            - keep.as_ref().map_or(0, KeepFilter::memory_bytes);
         let page_bytes = copies / FRAMES / 8 * 8;
         let frames = (0..FRAMES)
             .map(|_| (0..page_bytes / 8).map(|_| AtomicU64::new(0)).collect())
@@ -279,7 +296,7 @@ impl ReadCache {
             released: Arc::new(AtomicU64::new(0)),
             unlinking: AtomicBool::new(false),
             epoch,
-            keeps_evicted: keeps_evicted && filter.is_some(),
+            keep,
             admission: filter,
             kept_until: CachePadded::new(AtomicU64::new(0)),
             counters: CacheCounters::default(),
@@ -290,7 +307,7 @@ impl ReadCache {
     /// walked for records to keep (invariant 9): one relaxed load, what operations ask first.
     #[inline]
     pub fn keeps_below(&self, read_only_page: u64) -> bool {
-        self.keeps_evicted && self.kept_until.load(Ordering::Relaxed) < read_only_page
+        self.keep.is_some() && self.kept_until.load(Ordering::Relaxed) < read_only_page
     }
 
     /// Claims the log page to walk for records to keep (invariant 9): the first not yet
@@ -309,17 +326,23 @@ impl ReadCache {
             }
             return None;
         }
-        self.kept_until
+        let claimed = self
+            .kept_until
             .compare_exchange(at, page + 1, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-            .then_some(page)
+            .is_ok();
+        if claimed {
+            if let Some(keep) = &self.keep {
+                keep.tick(page);
+            }
+        }
+        claimed.then_some(page)
     }
 
-    /// Whether a record of `hash` leaving the log's memory is offered a copy: its key missed
-    /// within the admission window (invariant 9). Notes nothing.
+    /// Whether a record of `hash` leaving the log's memory is offered a copy: its key was used
+    /// beyond the log's memory within the last log memory or two (invariant 9). Notes nothing.
     #[must_use]
     pub fn keeps(&self, hash: KeyHash) -> bool {
-        self.admission.as_ref().is_some_and(|f| f.seen(hash))
+        self.keep.as_ref().is_some_and(|f| f.seen(hash))
     }
 
     /// Notes a miss of `hash` that makes no copy (an update that read its old value from the
@@ -329,12 +352,23 @@ impl ReadCache {
         if let Some(filter) = &self.admission {
             let _ = filter.admit(hash, Self::copy_size(key_len, value_len));
         }
+        self.note_use(hash);
     }
 
-    /// Bytes of cache memory (the admission filter's included).
+    /// Notes that an update replaced `hash`'s linked copy: the key came back while it was only
+    /// in the cache, so the record the update writes is kept when it leaves the log's memory.
+    pub fn note_use(&self, hash: KeyHash) {
+        if let Some(keep) = &self.keep {
+            keep.note(hash);
+        }
+    }
+
+    /// Bytes of cache memory (the filters' included).
     #[must_use]
     pub fn memory_bytes(&self) -> u64 {
-        self.page_bytes * FRAMES + self.admission.as_ref().map_or(0, MissFilter::memory_bytes)
+        self.page_bytes * FRAMES
+            + self.admission.as_ref().map_or(0, MissFilter::memory_bytes)
+            + self.keep.as_ref().map_or(0, KeepFilter::memory_bytes)
     }
 
     /// Whether a miss of `hash` (a record of `key_len` and `value_len` bytes) is offered a copy
@@ -346,6 +380,7 @@ impl ReadCache {
             return true;
         };
         let seen = filter.admit(hash, Self::copy_size(key_len, value_len));
+        self.note_use(hash);
         let filling = self.tail.load(Ordering::Relaxed) >> OFFSET_BITS < FRAMES - KEEP_FREE;
         let admitted = seen || filling;
         if !admitted {

@@ -111,6 +111,18 @@ impl<D: Disk> Engine<D> {
         Ok(Some(found))
     }
 
+    /// After an update swung an entry away from the copy at `at` (under the protection it
+    /// loaded the entry with): if the copy was `key`'s, notes that the key came back while it
+    /// was only in the cache, so its new record is kept when it leaves the log's memory
+    /// (invariant 9).
+    pub(crate) fn note_replaced_copy(&self, at: CacheAddress, key: &Encoded) {
+        if let (Some(cache), Ok(copy)) = (&self.read_cache, self.copy_at(at)) {
+            if copy.record.key_is(key) {
+                cache.note_use(copy.hash());
+            }
+        }
+    }
+
     /// After a hit on a copy about to be evicted: copies it to the cache's tail (invariant 7),
     /// from `slot`, the entry the read found it through.
     pub(crate) fn refresh_copy(

@@ -200,7 +200,12 @@ impl<D: Disk> Engine<D> {
                 bytes,
                 self.epoch.clone(),
                 config.read_cache_admission,
-                config.read_cache_keeps_evicted,
+                config
+                    .read_cache_keeps_evicted
+                    .then(|| crate::hlog::read_cache::LogShape {
+                        memory_bytes: self.hlog.memory_bytes() as u64,
+                        frames: self.hlog.geometry().frames,
+                    }),
             )
         });
     }
@@ -340,7 +345,14 @@ impl<D: Disk> Engine<D> {
         value: Option<&Encoded>,
     ) -> Result<(), Stop> {
         let (address, rec) = self.append(ov, self.log_head(entry)?, key, value)?;
+        let replaced = match entry.target() {
+            crate::index::hash_bucket::Target::Cache(copy) => Some(copy),
+            crate::index::hash_bucket::Target::Log(_) => None,
+        };
         if entry.try_update(address).is_ok() {
+            if let Some(copy) = replaced {
+                self.note_replaced_copy(copy, key);
+            }
             Ok(())
         } else {
             rec.set_invalid();
