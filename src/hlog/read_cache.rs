@@ -355,8 +355,9 @@ impl ReadCache {
         self.note_use(hash);
     }
 
-    /// Notes that an update replaced `hash`'s linked copy: the key came back while it was only
-    /// in the cache, so the record the update writes is kept when it leaves the log's memory.
+    /// Notes that `hash` was used beyond the log's memory: it missed, or an update replaced its
+    /// linked copy (the key came back while it was only in the cache). The record the update
+    /// writes next is kept when it leaves the log's memory (invariant 9).
     pub fn note_use(&self, hash: KeyHash) {
         if let Some(keep) = &self.keep {
             keep.note(hash);
