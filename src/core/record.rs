@@ -399,21 +399,29 @@ impl<'a> RecordRef<'a> {
         ValueState(self.words[2].load(Ordering::Acquire))
     }
 
-    /// The key's words (its encoding, zero-padded to whole words; never changed once the
-    /// record is published).
-    #[inline]
     /// A copy of the key's bytes (keys never change once written).
     #[must_use]
     pub fn key_bytes(&self) -> Vec<u8> {
-        let mut out: Vec<u8> = self
-            .key_words()
-            .iter()
-            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
-            .collect();
-        out.truncate(self.key_len);
+        let mut out = Vec::with_capacity(self.key_len.next_multiple_of(8));
+        self.key_bytes_into(&mut out);
         out
     }
 
+    /// The key's bytes into `out` (cleared first): [`RecordRef::key_bytes`] into a buffer the
+    /// caller reuses, for walks over many records.
+    pub fn key_bytes_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend(
+            self.key_words()
+                .iter()
+                .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes()),
+        );
+        out.truncate(self.key_len);
+    }
+
+    /// The key's words (its encoding, zero-padded to whole words; never changed once the
+    /// record is published).
+    #[inline]
     pub(crate) fn key_words(&self) -> &'a [AtomicU64] {
         &self.words[HEADER_WORDS..HEADER_WORDS + self.key_len.div_ceil(8)]
     }

@@ -287,13 +287,14 @@ impl<D: Disk> Engine<D> {
         let mut a = Address::new(geo.page_start(page).raw() + first_record_offset(page) as u64);
         let end = geo.page_start(page + 1);
         let mut buf = ValueBuf::default();
+        let mut key = Vec::new();
         while a < end {
             let Ok(Some(rec)) = self.hlog.record_in_page(a) else {
                 break;
             };
             let next = Address::new(a.raw() + rec.size() as u64);
             if !rec.info().invalid() {
-                let key = rec.key_bytes();
+                rec.key_bytes_into(&mut key);
                 // A store whose hash cannot rehash logged keys keeps nothing.
                 let Ok(hash) = self.hasher.rehash(&key).map(KeyHash::new) else {
                     return;
