@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
-use rskv::{CacheAdmission, Config, Error, RsKv};
+use rskv::{CacheAdmission, Config, Error, ReadContext, RsKv, UpsertContext};
 
 const MIB: u64 = 1 << 20;
 
@@ -39,6 +39,10 @@ fn open(dir: &std::path::Path, cache: u64) -> Kv {
 }
 
 fn cache_stats(kv: &Kv) -> rskv::ReadCacheStats {
+    cache_stats_of(kv)
+}
+
+fn cache_stats_of<V: rskv::Codec>(kv: &RsKv<u64, V, FileSystemDisk>) -> rskv::ReadCacheStats {
     kv.stats().read_cache.expect("the read cache is on")
 }
 
@@ -675,6 +679,92 @@ fn keys_used_beyond_memory_stay_kept_round_after_round() {
     for k in hot {
         let want = (0..3).fold(value(k, 0), |v, _| bump(Some(v)));
         assert_eq!(kv.get(&k).unwrap(), Some(want));
+    }
+}
+
+/// A store whose contexts file keys under their own hash cannot rehash the records leaving its
+/// log unless it was opened with that hash: then it keeps none of them (the walk stops at the
+/// first key), and every read stays right. Opened with the hash, the same run keeps them.
+#[test]
+fn a_store_that_cannot_rehash_its_keys_keeps_nothing() {
+    fn their_hash(k: &u64) -> u64 {
+        k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555
+    }
+    struct Put(u64, u64);
+    impl UpsertContext for Put {
+        type Key = u64;
+        type Value = u64;
+        fn key(&self) -> &u64 {
+            &self.0
+        }
+        fn value(&self) -> &u64 {
+            &self.1
+        }
+        fn key_hash(&self) -> u64 {
+            their_hash(&self.0)
+        }
+    }
+    struct Get(u64, Option<u64>);
+    impl ReadContext for Get {
+        type Key = u64;
+        type Value = u64;
+        fn key(&self) -> &u64 {
+            &self.0
+        }
+        fn get(&mut self, v: &u64) {
+            self.1 = Some(*v);
+        }
+        fn key_hash(&self) -> u64 {
+            their_hash(&self.0)
+        }
+    }
+    for told in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        // Enough buckets for 40K keys without an index growth (see the test above).
+        let config = config(256 << 10)
+            .table_size(1 << 14)
+            .read_cache_admission(CacheAdmission::default());
+        let kv: RsKv<u64, u64, FileSystemDisk> = if told {
+            RsKv::open_with_hash(config, disk(dir.path()), their_hash).unwrap()
+        } else {
+            RsKv::open(config, disk(dir.path())).unwrap()
+        };
+        let get = |k: u64| {
+            let mut g = Get(k, None);
+            let _ = kv.read(&mut g).unwrap();
+            g.1
+        };
+        // Records of 40 bytes: 20K keys are three log memories.
+        for k in 0..20_000 {
+            let _ = kv.upsert(&Put(k, k)).unwrap();
+        }
+        for k in 0..200 {
+            assert_eq!(get(k), Some(k), "missed key {k}");
+        }
+        for k in 0..200 {
+            let _ = kv.upsert(&Put(k, k + 1)).unwrap();
+        }
+        for k in 20_000..40_000 {
+            let _ = kv.upsert(&Put(k, k)).unwrap();
+        }
+        let kept = cache_stats_of(&kv).kept;
+        if told {
+            assert!(
+                kept >= 190,
+                "{kept} of 200 kept with the store's hash known"
+            );
+        } else {
+            assert_eq!(
+                kept, 0,
+                "records kept under a hash the store cannot compute"
+            );
+        }
+        for k in 0..200 {
+            assert_eq!(get(k), Some(k + 1), "key {k}");
+        }
+        for k in (200..40_000).step_by(97) {
+            assert_eq!(get(k), Some(k), "key {k}");
+        }
     }
 }
 
