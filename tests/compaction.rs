@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use rskv::device::faulty_disk::FaultyDisk;
 use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
-use rskv::{hash_key, Address, Config, Disk, Error, ReadContext, RsKv, UpsertContext};
+use rskv::{hash_key, Address, Config, Disk, Error, RsKv};
+
+mod common;
+use common::{HashedGet, HashedPut};
 
 const MIB: u64 = 1 << 20;
 
@@ -256,38 +259,10 @@ fn a_read_on_its_way_to_a_truncated_record_finds_the_copy() {
             hash_key(k)
         }
     }
-    struct Put(u64, u64);
-    impl UpsertContext for Put {
-        type Key = u64;
-        type Value = u64;
-        fn key(&self) -> &u64 {
-            &self.0
-        }
-        fn value(&self) -> &u64 {
-            &self.1
-        }
-        fn key_hash(&self) -> u64 {
-            shared(&self.0)
-        }
-    }
-    struct Get(u64, Arc<std::sync::Mutex<Option<u64>>>);
-    impl ReadContext for Get {
-        type Key = u64;
-        type Value = u64;
-        fn key(&self) -> &u64 {
-            &self.0
-        }
-        fn get(&mut self, v: &u64) {
-            *self.1.lock().unwrap() = Some(*v);
-        }
-        fn key_hash(&self) -> u64 {
-            shared(&self.0)
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let kv: RsKv<u64, u64, _> = RsKv::open_with_hash(config(), disk(dir.path()), shared).unwrap();
-    let _ = kv.upsert(&Put(0, 100)).unwrap();
-    let _ = kv.upsert(&Put(1, 101)).unwrap();
+    let _ = kv.upsert(&HashedPut(0, 100, shared)).unwrap();
+    let _ = kv.upsert(&HashedPut(1, 101, shared)).unwrap();
     let _ = kv.get(&5); // a facade read: its hash agrees with `shared`
     for k in 2..100_000u64 {
         kv.insert(&k, &k).unwrap();
@@ -295,7 +270,7 @@ fn a_read_on_its_way_to_a_truncated_record_finds_the_copy() {
     let seen = Arc::new(std::sync::Mutex::new(None));
     let mut s = kv.start_session();
     assert_eq!(
-        s.read(Get(0, seen.clone())).unwrap(),
+        s.read(HashedGet(0, seen.clone(), shared)).unwrap(),
         rskv::Status::Pending,
         "key 0 should be on disk"
     );
@@ -303,7 +278,7 @@ fn a_read_on_its_way_to_a_truncated_record_finds_the_copy() {
     assert!(c.bytes_freed() > 0, "{c:?}");
     assert!(s.complete_pending(true));
     assert_eq!(*seen.lock().unwrap(), Some(100));
-    let mut direct = Get(1, Arc::new(std::sync::Mutex::new(None)));
+    let mut direct = HashedGet(1, Arc::new(std::sync::Mutex::new(None)), shared);
     let _ = kv.read(&mut direct).unwrap();
     assert_eq!(*direct.1.lock().unwrap(), Some(101));
 }
@@ -312,24 +287,13 @@ fn a_read_on_its_way_to_a_truncated_record_finds_the_copy() {
 /// filing copies under the wrong hash.
 #[test]
 fn compaction_refuses_an_unknown_context_hash() {
-    struct Put(u64);
-    impl UpsertContext for Put {
-        type Key = u64;
-        type Value = u64;
-        fn key(&self) -> &u64 {
-            &self.0
-        }
-        fn value(&self) -> &u64 {
-            &self.0
-        }
-        fn key_hash(&self) -> u64 {
-            self.0
-        }
+    fn identity(k: &u64) -> u64 {
+        *k
     }
     let dir = tempfile::tempdir().unwrap();
     let kv: RsKv<u64, u64, _> = RsKv::open(config(), disk(dir.path())).unwrap();
     for k in 0..50_000 {
-        let _ = kv.upsert(&Put(k)).unwrap();
+        let _ = kv.upsert(&HashedPut(k, k, identity)).unwrap();
     }
     let err = kv.compact(safe_head(&kv)).unwrap_err();
     assert!(

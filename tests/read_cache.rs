@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
-use rskv::{CacheAdmission, Config, Error, ReadContext, RsKv, UpsertContext};
+use rskv::{CacheAdmission, Config, Error, RsKv};
+
+mod common;
+use common::{HashedGet, HashedPut};
 
 const MIB: u64 = 1 << 20;
 
@@ -690,34 +693,6 @@ fn a_store_that_cannot_rehash_its_keys_keeps_nothing() {
     fn their_hash(k: &u64) -> u64 {
         k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555
     }
-    struct Put(u64, u64);
-    impl UpsertContext for Put {
-        type Key = u64;
-        type Value = u64;
-        fn key(&self) -> &u64 {
-            &self.0
-        }
-        fn value(&self) -> &u64 {
-            &self.1
-        }
-        fn key_hash(&self) -> u64 {
-            their_hash(&self.0)
-        }
-    }
-    struct Get(u64, Option<u64>);
-    impl ReadContext for Get {
-        type Key = u64;
-        type Value = u64;
-        fn key(&self) -> &u64 {
-            &self.0
-        }
-        fn get(&mut self, v: &u64) {
-            self.1 = Some(*v);
-        }
-        fn key_hash(&self) -> u64 {
-            their_hash(&self.0)
-        }
-    }
     for told in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         // Enough buckets for 40K keys without an index growth (see the test above).
@@ -730,22 +705,23 @@ fn a_store_that_cannot_rehash_its_keys_keeps_nothing() {
             RsKv::open(config, disk(dir.path())).unwrap()
         };
         let get = |k: u64| {
-            let mut g = Get(k, None);
+            let mut g = HashedGet(k, Arc::default(), their_hash);
             let _ = kv.read(&mut g).unwrap();
-            g.1
+            let v = *g.1.lock().unwrap();
+            v
         };
         // Records of 40 bytes: 20K keys are three log memories.
         for k in 0..20_000 {
-            let _ = kv.upsert(&Put(k, k)).unwrap();
+            let _ = kv.upsert(&HashedPut(k, k, their_hash)).unwrap();
         }
         for k in 0..200 {
             assert_eq!(get(k), Some(k), "missed key {k}");
         }
         for k in 0..200 {
-            let _ = kv.upsert(&Put(k, k + 1)).unwrap();
+            let _ = kv.upsert(&HashedPut(k, k + 1, their_hash)).unwrap();
         }
         for k in 20_000..40_000 {
-            let _ = kv.upsert(&Put(k, k)).unwrap();
+            let _ = kv.upsert(&HashedPut(k, k, their_hash)).unwrap();
         }
         let kept = cache_stats_of(&kv).kept;
         if told {

@@ -60,3 +60,42 @@ impl rskv::RmwContext for Add {
         old + self.1
     }
 }
+
+/// Upsert context filing key `.0` (value `.1`) under the hash `.2` gives it instead of RsKv's.
+pub struct HashedPut(pub u64, pub u64, pub fn(&u64) -> u64);
+
+impl rskv::UpsertContext for HashedPut {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn value(&self) -> &u64 {
+        &self.1
+    }
+    fn key_hash(&self) -> u64 {
+        (self.2)(&self.0)
+    }
+}
+
+/// Read context looking key `.0` up under the hash `.2` gives it; the value lands in `.1`
+/// (shared, so a session's pending read can report it after the context was handed over).
+pub struct HashedGet(
+    pub u64,
+    pub std::sync::Arc<std::sync::Mutex<Option<u64>>>,
+    pub fn(&u64) -> u64,
+);
+
+impl rskv::ReadContext for HashedGet {
+    type Key = u64;
+    type Value = u64;
+    fn key(&self) -> &u64 {
+        &self.0
+    }
+    fn get(&mut self, v: &u64) {
+        *self.1.lock().unwrap() = Some(*v);
+    }
+    fn key_hash(&self) -> u64 {
+        (self.2)(&self.0)
+    }
+}
