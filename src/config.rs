@@ -123,6 +123,10 @@ pub struct Config {
     /// starts; so that such a moment exists, the log keeps at least one read-only page (at
     /// most `frames - 3` mutable pages). Default `true`.
     pub read_cache_keeps_evicted: bool,
+    /// Whether the log's memory and the read cache's trade bytes while the store runs (their
+    /// sum stays what it was configured to be). Default [`MemorySplit::Fixed`]. Needs a read
+    /// cache and a device that keeps data.
+    pub memory_split: MemorySplit,
     /// Compact the log in the background to keep it within a disk budget
     /// ([`LogCompaction`](crate::LogCompaction), F2's settings). Default off: the log grows
     /// until the user compacts or truncates it.
@@ -134,6 +138,32 @@ pub struct Config {
     /// then runs inside that operation call (as it would in `complete_pending`), before the
     /// new operation issues its read and returns [`Status::Pending`](crate::Status).
     pub pending_depth: usize,
+}
+
+/// How the log's memory and the read cache's share their bytes ([`Config::memory_split`]).
+///
+/// They form one *pool* of `log memory + read cache` bytes. With a split that moves, the log
+/// allocates frames for the whole pool and the cache pages of a 64th of it (address space
+/// only: memory is touched as it is used), and each keeps only its share *live*; memory that
+/// leaves a share is given back to the kernel (`madvise(MADV_DONTNEED)`), so the store's
+/// resident memory follows the shares, not the allocations. Each side keeps at least an
+/// eighth of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MemorySplit {
+    /// The configured sizes, for good.
+    #[default]
+    Fixed,
+    /// Moves only when [`RsKv::set_read_cache_share`](crate::rskv_core::RsKv::set_read_cache_share)
+    /// says so.
+    Manual,
+    /// The maintenance thread moves it towards the side that would save more device reads:
+    /// it counts the misses that an eighth of the pool more on each side would have turned
+    /// into hits (reads of records that left the log's memory within that many bytes; misses
+    /// of keys whose copies the cache evicted within that many bytes) and, when one side's
+    /// count beats the other's by a quarter, moves a sixteenth of the pool to it: first out of
+    /// the other side, then, once that memory is given back, into this one.
+    Adaptive,
 }
 
 /// Which reads that found their record on the device copy it into the read cache
@@ -174,6 +204,7 @@ impl Default for Config {
             read_cache_size: None,
             read_cache_admission: CacheAdmission::SecondMiss,
             read_cache_keeps_evicted: true,
+            memory_split: MemorySplit::Fixed,
             pending_depth: 128,
         }
     }
@@ -288,6 +319,13 @@ impl Resolved {
     pub fn log_memory_size(&self) -> u64 {
         self.frames << self.page_bits
     }
+    /// Pages of the log's and the read cache's memory together (the pool of
+    /// [`MemorySplit`]), at most [`MAX_FRAMES`].
+    #[must_use]
+    pub fn pool_frames(&self) -> u64 {
+        ((self.log_memory_size() + self.read_cache_bytes) >> self.page_bits).min(MAX_FRAMES)
+    }
+
     /// Bytes of one page.
     #[must_use]
     pub fn page_size(&self) -> u64 {
@@ -396,6 +434,13 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::memory_split`].
+    #[must_use]
+    pub fn memory_split(mut self, split: MemorySplit) -> Self {
+        self.memory_split = split;
+        self
+    }
+
     /// Sets [`Config::read_cache_admission`].
     #[must_use]
     pub fn read_cache_admission(mut self, admission: CacheAdmission) -> Self {
@@ -482,6 +527,12 @@ impl Config {
             None => None,
         };
         let read_cache_bytes = self.read_cache_bytes()?;
+        if self.memory_split != MemorySplit::Fixed && read_cache_bytes == 0 {
+            return Err(Error::Config {
+                field: "memory_split",
+                reason: "a split that moves needs a read cache to move memory to".into(),
+            });
+        }
         if let Some(total) = self.memory_budget {
             let (budget, page_bits) = MemoryBudget::split(
                 total.saturating_sub(read_cache_bytes),

@@ -44,7 +44,9 @@ pub mod rskv_core;
 pub(crate) mod session;
 pub(crate) mod sync;
 
-pub use crate::config::{CacheAdmission, Config, MemoryBudget, Resolved, MEMORY_BUDGET_SLACK};
+pub use crate::config::{
+    CacheAdmission, Config, MemoryBudget, MemorySplit, Resolved, MEMORY_BUDGET_SLACK,
+};
 pub use crate::core::address::Address;
 pub use crate::core::checkpoint::{CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token};
 pub use crate::core::codec::{Codec, Raw};
@@ -58,6 +60,7 @@ pub use crate::index::cold_index::{ColdIndexConfig, ColdIndexStats};
 pub use crate::ops::compact::{Compaction, LogCompaction};
 pub use crate::ops::counters::OpStats;
 pub use crate::ops::recover::RecoveryInfo;
+pub use crate::ops::split::SplitStats;
 pub use crate::ops::truncate::{CompactionTotals, Truncation};
 pub use crate::r2::{PassTotals, R2Config, R2Kv, R2Stats};
 pub use crate::rskv_core::{

@@ -47,6 +47,8 @@ pub(crate) struct Settings {
     pub(crate) grow_at: Option<f64>,
     /// Keep the log within a disk budget (`Config::log_compaction`).
     pub(crate) compaction: Option<LogCompaction>,
+    /// Move memory between the log and the read cache (`Config::memory_split`).
+    pub(crate) adapt_split: bool,
 }
 
 impl Settings {
@@ -55,12 +57,14 @@ impl Settings {
             interval: config.maintenance_interval,
             grow_at: config.auto_grow_index,
             compaction: config.log_compaction,
+            adapt_split: config.memory_split == crate::MemorySplit::Adaptive
+                && config.read_cache_size.is_some(),
         }
     }
 
     /// Whether any task is enabled (else no thread is started).
     pub(crate) fn any(&self) -> bool {
-        self.grow_at.is_some() || self.compaction.is_some()
+        self.grow_at.is_some() || self.compaction.is_some() || self.adapt_split
     }
 }
 
@@ -97,6 +101,7 @@ impl Maintainer {
             backoff: Cell::new(1),
             next_compaction: Cell::new(Instant::now()),
             last_compaction_failure: Cell::new(None),
+            split: std::cell::RefCell::new(crate::ops::split::Split::default()),
         };
         let handle = std::thread::Builder::new()
             .name("rskv-maintenance".into())
@@ -184,6 +189,8 @@ struct Worker<D: Disk> {
     next_compaction: Cell<Instant>,
     /// The last compaction failure logged.
     last_compaction_failure: Cell<Option<String>>,
+    /// The adaptive split's state (`ops::split`).
+    split: std::cell::RefCell<crate::ops::split::Split>,
 }
 
 /// Most check intervals the thread waits after wasted compaction passes.
@@ -208,6 +215,9 @@ impl<D: Disk> Worker<D> {
         self.rewrite_failed_pages();
         self.grow_index_if_needed();
         self.compact_if_needed();
+        if self.settings.adapt_split {
+            self.engine.adapt_split(&mut self.split.borrow_mut());
+        }
         self.engine
             .growth
             .maintenance_passes

@@ -478,6 +478,14 @@ impl<K: Codec, V: Codec, D: SubDevice> R2Kv<K, V, D> {
         hot_config.checkpoint_on_close = false;
         let hot = RsKv::<K, V, D>::open(hot_config, disk)?;
         let engine = hot.engine.clone();
+        if let Some(pool) = &engine.pool {
+            // A split that moves keeps the hot log's memory well below where hot-to-cold
+            // passes start (they move only what is on the device).
+            let cap =
+                (h.trigger * h.budget as f64 * 0.75) as u64 >> engine.hlog.geometry().page_bits;
+            pool.log_cap
+                .store(cap, std::sync::atomic::Ordering::Relaxed);
+        }
         // Hot truncation follows hot-to-cold, which moved every newest record (DESIGN.md,
         // "Kept copies outlive hot truncation"): a linked copy stays its key's newest value.
         engine

@@ -15,7 +15,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::config::{Config, MemoryBudget, Resolved};
+use crate::config::{Config, MemoryBudget, MemorySplit, Resolved};
 use crate::core::checkpoint::{
     CheckpointDir, CheckpointInfo, CheckpointKind, CommitPoint, LogMode, Token, TypeNames,
 };
@@ -101,6 +101,9 @@ pub struct Stats {
     pub compaction: crate::ops::truncate::CompactionTotals,
     /// What the read cache did, if it is on ([`Config::read_cache_size`]).
     pub read_cache: Option<crate::hlog::read_cache::ReadCacheStats>,
+    /// How the log's memory and the read cache's are split, if the split moves
+    /// ([`Config::memory_split`]).
+    pub memory_split: Option<crate::ops::split::SplitStats>,
 }
 
 /// The single-tier store: a latch-free hash index over a HybridLog on device `D`.
@@ -192,16 +195,28 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             crate::ops::recover::set_aside_newer(&dir, &tokens, Token(0))?;
         }
         let epoch = Arc::new(LightEpoch::new());
+        if config.memory_split != MemorySplit::Fixed && !disk.is_persistent() {
+            return Err(Error::Config {
+                field: "memory_split",
+                reason: "a log over a device that keeps nothing never leaves memory, so its \
+                         memory cannot move"
+                    .into(),
+            });
+        }
         let hlog = HybridLog::new(
             disk,
             epoch.clone(),
             resolved.page_bits,
-            resolved.frames,
+            if config.memory_split == MemorySplit::Fixed {
+                resolved.frames
+            } else {
+                resolved.pool_frames()
+            },
             config.mutable_fraction,
         )?;
         let mut engine = Engine::new(epoch, resolved.index_bits, hlog);
         engine.copy_reads = config.copy_reads_to_tail;
-        engine.set_read_cache(resolved.read_cache_bytes, &config);
+        engine.set_read_cache(resolved.read_cache_bytes, resolved.frames, &config);
         engine.pending_depth = config.pending_depth;
         engine.types = TypeNames::of::<K, V>(&config);
         if let Some(hash) = hash {
@@ -246,6 +261,23 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         self.resolved
     }
 
+    /// Gives the read cache `bytes` of the memory it shares with the log and the log the rest
+    /// ([`Config::memory_split`] other than `Fixed`), each rounded to its pages and kept at
+    /// least an eighth of the two; returns the shares now (log, cache). Memory leaving a share
+    /// is given back to the kernel as soon as nothing uses it (the log's pages once flushed,
+    /// the cache's once their copies are evicted). Nothing waits: operations in flight go on.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`memory_split`) if the store's split does not move.
+    pub fn set_read_cache_share(&self, bytes: u64) -> Result<(u64, u64)> {
+        self.engine
+            .set_cache_share(bytes)
+            .ok_or_else(|| Error::Config {
+                field: "memory_split",
+                reason: "the store was opened with a fixed split (or no read cache)".into(),
+            })
+    }
+
     /// Sizes and counters. Callable from any thread, inside an operation or not.
     #[must_use]
     pub fn stats(&self) -> Stats {
@@ -263,7 +295,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             index_memory: (tables + overflow) as usize,
             index_table_bytes: tables,
             overflow_bytes: overflow,
-            log_memory: self.engine.hlog.memory_bytes(),
+            log_memory: self.engine.hlog.live_bytes(),
             memory_budget: self.engine.budget,
             index_growths: growth.growths.load(std::sync::atomic::Ordering::Relaxed),
             growth_refused_by_budget: growth
@@ -285,6 +317,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
             disk_bytes: self.engine.hlog.disk().storage_bytes().unwrap_or(0),
             compaction: self.engine.retention.totals.snapshot(),
             read_cache: self.engine.read_cache.as_ref().map(|c| c.stats()),
+            memory_split: self.engine.split_stats(),
         }
     }
 
@@ -452,13 +485,19 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
                 .memory_budget
                 .map(|total| total - resolved.read_cache_bytes),
             mutable_fraction: config.mutable_fraction,
+            pool_extra: if config.memory_split == MemorySplit::Fixed {
+                0
+            } else {
+                resolved.read_cache_bytes
+            },
             fallback: config.recovery_fallback,
             types: &types,
             custom_hash: custom.is_some(),
         };
         let (mut engine, info) = Engine::recover(disk, &layout, token)?;
         engine.copy_reads = config.copy_reads_to_tail;
-        engine.set_read_cache(resolved.read_cache_bytes, &config);
+        let log_pages = engine.hlog.live_pages();
+        engine.set_read_cache(resolved.read_cache_bytes, log_pages, &config);
         engine.budget = engine
             .budget
             .map(|b| b.with_read_cache(resolved.read_cache_bytes));
@@ -471,7 +510,7 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
         let resolved = Resolved {
             index_bits: engine.index.bits(),
             page_bits: geo.page_bits,
-            frames: geo.frames,
+            frames: log_pages,
             budget: engine.budget,
             read_cache_bytes: resolved.read_cache_bytes,
         };
@@ -553,6 +592,7 @@ fn start_maintainer<D: Disk>(
             .hlog
             .set_size_limit(c.budget.saturating_add(c.max_pass));
     }
+    engine.start_ghosts();
     if settings.any() {
         Maintainer::start(engine.clone(), settings).map(Some)
     } else {

@@ -170,6 +170,12 @@ pub struct Args {
     #[arg(long)]
     pub read_cache_every: bool,
 
+    /// RsKv and R2Kv with a read cache: the log's memory and the read cache's trade bytes
+    /// while the store runs (`MemorySplit::Adaptive`; their sum stays what --read-cache and
+    /// the budget gave them).
+    #[arg(long)]
+    pub adaptive_split: bool,
+
     /// After the run, read every key once more and verify it (slow on disk-bound runs). In
     /// checkpoint runs: read every key after recovery instead of a sample.
     #[arg(long)]
@@ -404,6 +410,7 @@ impl Args {
                             copy_reads_to_tail: self.copy_reads_to_tail,
                             read_cache: self.read_cache,
                             read_cache_every: self.read_cache_every,
+                            adaptive_split: self.adaptive_split,
                             no_auto_grow: self.no_auto_grow,
                             glibc_malloc_defaults: self.glibc_malloc_defaults,
                             verify_all: self.verify_all,

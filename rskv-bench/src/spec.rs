@@ -57,6 +57,9 @@ pub struct RunSpec {
     /// The read cache copies every miss (see `--read-cache-every`).
     #[serde(default)]
     pub read_cache_every: bool,
+    /// The log's and the read cache's memory trade bytes (see `--adaptive-split`).
+    #[serde(default)]
+    pub adaptive_split: bool,
     /// RsKv without automatic index growth (see `--no-auto-grow`).
     #[serde(default)]
     pub no_auto_grow: bool,

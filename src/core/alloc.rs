@@ -60,6 +60,45 @@ impl AlignedBuf {
         }
     }
 
+    /// Like [`AlignedBuf::zeroed`] with 4 KiB alignment, but from 64 KiB up always an
+    /// anonymous mapping of its own (under 2 MiB one of exactly the buffer's 4 KiB pages,
+    /// without huge pages), so that memory the buffer never touches, or gives back with
+    /// [`AlignedBuf::discard`], costs no RSS whatever the allocator would have done: what log
+    /// frames and the read cache's frames are made of.
+    #[must_use]
+    pub fn zeroed_lazy(len: usize) -> Self {
+        #[cfg(target_os = "linux")]
+        if (LAZY_FROM..HUGE_PAGE).contains(&len) {
+            let size = len.next_multiple_of(4096);
+            // SAFETY: an anonymous private mapping at an address of the kernel's choosing
+            // touches no existing memory.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                if let (Some(ptr), Ok(layout)) = (
+                    NonNull::new(p.cast::<u8>()),
+                    Layout::from_size_align(size, 4096),
+                ) {
+                    return Self {
+                        ptr,
+                        len,
+                        layout,
+                        mapped: true,
+                    };
+                }
+            }
+        }
+        Self::zeroed(len, 4096)
+    }
+
     #[cfg(target_os = "linux")]
     fn mapped(asked: usize) -> Option<Self> {
         let len = asked.next_multiple_of(HUGE_PAGE);
@@ -146,6 +185,121 @@ impl AlignedBuf {
     }
 }
 
+impl AlignedBuf {
+    /// Gives the buffer's memory back to the kernel while keeping the allocation: every byte
+    /// reads as zero afterwards, and the memory costs no RSS until it is written again (on
+    /// Linux, `madvise(MADV_DONTNEED)` of the whole 4 KiB pages inside the buffer, with the
+    /// bytes outside them zeroed by hand; elsewhere, the bytes are zeroed).
+    ///
+    /// # Safety
+    /// No other thread may access the buffer while this runs (a concurrent write could be
+    /// lost, a concurrent read could see either contents), and no device I/O may be in flight
+    /// on it.
+    pub unsafe fn discard(&self) {
+        let start = self.ptr.as_ptr() as usize;
+        let end = start + self.len;
+        #[cfg(target_os = "linux")]
+        {
+            let first = start.next_multiple_of(4096);
+            let last = end & !4095;
+            if last > first {
+                // SAFETY: [first, last) is whole pages inside this live allocation (ours
+                // alone), and the caller guarantees nobody accesses it meanwhile; private
+                // anonymous memory reads back as zeros after MADV_DONTNEED.
+                let r = unsafe {
+                    libc::madvise(
+                        first as *mut libc::c_void,
+                        last - first,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                if r == 0 {
+                    // SAFETY: the edges are inside the buffer, accessed by nobody else.
+                    unsafe {
+                        std::ptr::write_bytes(start as *mut u8, 0, first - start);
+                        std::ptr::write_bytes(last as *mut u8, 0, end - last);
+                    }
+                    return;
+                }
+            }
+        }
+        // SAFETY: the whole buffer, accessed by nobody else meanwhile.
+        unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+    }
+}
+
+/// Zero-initialised 8-byte words accessed only as atomics, whose memory can be given back to
+/// the kernel ([`AtomicWords::discard`]) while shared: what the read cache's frames are.
+pub struct AtomicWords {
+    buf: AlignedBuf,
+}
+
+impl AtomicWords {
+    /// `n` zeroed words (lazily backed by the kernel when large).
+    #[must_use]
+    pub fn zeroed(n: usize) -> Self {
+        Self {
+            buf: AlignedBuf::zeroed_lazy(n * 8),
+        }
+    }
+
+    /// The words.
+    #[must_use]
+    pub fn words(&self) -> &[crate::sync::AtomicU64] {
+        // SAFETY: the buffer is 4096-aligned, `n * 8` bytes, zero-initialised, owned by
+        // `self` and only ever accessed through these atomics (and `discard`, below);
+        // AtomicU64 has the size and alignment of u64 and every bit pattern is valid.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.buf.as_ptr().cast::<crate::sync::AtomicU64>(),
+                self.buf.len() / 8,
+            )
+        }
+    }
+
+    /// Every word reads as zero afterwards, and the memory costs no RSS until written again.
+    /// Callers discard words nobody uses any more; if a thread did touch them meanwhile, it
+    /// would see old values or zeros (the kernel swaps whole pages of words under it), each a
+    /// valid `AtomicU64`, so this is memory safe either way.
+    pub fn discard(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let start = self.buf.as_ptr() as usize;
+            let len = self.buf.len() & !4095;
+            if len > 0 {
+                // SAFETY: whole pages at the start of this live allocation (4096-aligned),
+                // which only atomics access (see above): MADV_DONTNEED replaces each page
+                // with zeros at once, never a word in part.
+                let r =
+                    unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+                if r == 0 {
+                    for w in &self.words()[len / 8..] {
+                        w.store(0, crate::sync::Ordering::Relaxed);
+                    }
+                    return;
+                }
+            }
+        }
+        for w in self.words() {
+            w.store(0, crate::sync::Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes of the words.
+    #[must_use]
+    pub fn len_bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+impl std::fmt::Debug for AtomicWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicWords")
+            .field("bytes", &self.buf.len())
+            .finish()
+    }
+}
+
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
@@ -167,6 +321,9 @@ impl std::fmt::Debug for AlignedBuf {
             .finish()
     }
 }
+
+/// Buffers from this size up are mappings of their own in [`AlignedBuf::zeroed_lazy`].
+const LAZY_FROM: usize = 64 << 10;
 
 /// Size of a transparent huge page on x86-64 and aarch64 (4 KiB base pages).
 pub const HUGE_PAGE: usize = 2 << 20;

@@ -76,6 +76,9 @@ const BYTES_PER_BIT: u64 = 32;
 /// Log memory bytes per keep-filter bit (per generation).
 const LOG_BYTES_PER_KEEP_BIT: u64 = 16;
 /// Fewest bits per generation.
+/// Cache bytes of the ghost's probe per bit of each of its generations: copies are at least
+/// ~40 bytes, so a generation holds ~5 bits per evicted copy or more.
+const GHOST_BYTES_PER_BIT: u64 = 8;
 const MIN_BITS: u64 = 1 << 9;
 
 /// Two Bloom filters over key hashes, one current (notes go there) and one previous: what both
@@ -205,8 +208,8 @@ pub struct KeepFilter {
     generations: Generations,
     /// The log page at which the current generation began (as ticked by the walk).
     began: AtomicU64,
-    /// Log pages a generation lasts: the log's frames.
-    period: u64,
+    /// Log pages a generation lasts: the pages the log keeps in memory.
+    period: AtomicU64,
     /// Notes taken into the current generation.
     notes: AtomicU64,
 }
@@ -223,9 +226,15 @@ impl KeepFilter {
         Self {
             generations: Generations::new(Self::bits(log_memory, cache_bytes)),
             began: AtomicU64::new(0),
-            period: frames.max(1),
+            period: AtomicU64::new(frames.max(1)),
             notes: AtomicU64::new(0),
         }
+    }
+
+    /// The log now keeps `pages` pages in memory (`hlog`, invariant 10): a generation lasts
+    /// that many walked pages from now on.
+    pub fn set_period(&self, pages: u64) {
+        self.period.store(pages.max(1), Ordering::Relaxed);
     }
 
     /// Bytes of memory the filter holds.
@@ -259,7 +268,7 @@ impl KeepFilter {
     /// period.
     pub fn tick(&self, page: u64) {
         let began = self.began.load(Ordering::Relaxed);
-        if page >= began + self.period
+        if page >= began + self.period.load(Ordering::Relaxed)
             && self
                 .began
                 .compare_exchange(began, page, Ordering::Relaxed, Ordering::Relaxed)
@@ -272,6 +281,65 @@ impl KeepFilter {
     fn retire(&self, current: usize) {
         self.generations.retire(current);
         self.notes.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The cache's ghost filter (`read_cache`, invariant 10): keys whose copies the cache evicted
+/// within its last *probe* bytes of pages, so that a miss of one of them can be counted as a
+/// miss that that much more cache would have saved. Noted by the eviction walk, clocked by
+/// evicted pages: a generation lasts two thirds of the probe's pages, so a key is remembered
+/// for two thirds to four thirds of the probe, about the probe on average (as far as the
+/// log's side of the signal looks). Approximate like the other filters (a false positive
+/// counts a miss the cache would not have saved); it decides nothing but a counter.
+pub struct GhostFilter {
+    generations: Generations,
+    began: AtomicU64,
+    period: u64,
+    notes: AtomicU64,
+}
+
+impl GhostFilter {
+    /// A ghost of `probe_pages` cache pages holding `probe_bytes`.
+    #[must_use]
+    pub fn new(probe_bytes: u64, probe_pages: u64) -> Self {
+        Self {
+            generations: Generations::new(probe_bytes / GHOST_BYTES_PER_BIT),
+            began: AtomicU64::new(0),
+            period: (probe_pages * 2 / 3).max(1),
+            notes: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes of memory the filter holds.
+    #[must_use]
+    pub fn memory_bytes(&self) -> u64 {
+        self.generations.memory_bytes()
+    }
+
+    /// The copy of `hash` was evicted.
+    pub fn note(&self, hash: KeyHash) {
+        let g = &self.generations;
+        let current = g.current();
+        g.insert(current, hash);
+        if self.notes.fetch_add(1, Ordering::Relaxed) + 1 == g.bits() / 8 {
+            g.retire(current);
+            self.notes.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a copy of `hash` was evicted within the probe.
+    #[must_use]
+    pub fn seen(&self, hash: KeyHash) -> bool {
+        self.generations.seen(hash)
+    }
+
+    /// The eviction walk finished cache page `page` (one thread at a time).
+    pub fn tick(&self, page: u64) {
+        if page >= self.began.load(Ordering::Relaxed) + self.period {
+            self.began.store(page, Ordering::Relaxed);
+            self.generations.retire(self.generations.current());
+            self.notes.store(0, Ordering::Relaxed);
+        }
     }
 }
 

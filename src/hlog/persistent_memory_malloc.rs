@@ -16,8 +16,9 @@
 //! 3. Pages are flushed only below `safe_read_only` (the safe-read-only action issues the
 //!    writes), so their bytes no longer change while the device reads them.
 //! 4. `head` never passes `flushed_until`: a record below `head` is on the device.
-//! 5. Page `p` lives in frame `p % frames`. The frame is zeroed and reused for `p` only after
-//!    `safe_head` has passed page `p - frames` (so it was flushed and nobody reads it).
+//! 5. Page `p` lives in frame `p % frames`. The frame is zeroed (unless it was released,
+//!    which zeroed it: 11) and reused for `p` only after `safe_head` has passed page
+//!    `p - frames` (so it was flushed and nobody reads it).
 //! 6. Records never straddle pages. The tail word is `page << 32 | offset`; an offset past the
 //!    page size means the page is closed and the next one not yet open. Exactly one thread (the
 //!    one that wins the `opening` claim) zeroes the frame and opens the next page.
@@ -36,6 +37,28 @@
 //!    run one call at a time and only for pages whose last write has called back, so a page
 //!    never has two writes in flight. When the last failed page is written the poison lifts and
 //!    the log is as it would be after a slow device: `flushed_until` and `head` move on.
+//! 10. **Live pages.** The log keeps at most `live_pages` (at most `frames`) pages in memory:
+//!    `head` trails the tail page by `live_pages - 2` and read-only by at most `live_pages - 2`
+//!    (`- 3` with a read-only page kept), and page `p` opens only once `safe_head` passed
+//!    page `p - live_pages` (which implies 5's condition), so slow flushes cannot let the tail
+//!    run ahead into free frames. So a store can move memory between its log and its
+//!    read cache while running ([`HybridLog::set_live_pages`]). Lowering it moves `head` up at
+//!    the next page opening (once the pages below are flushed, 4); raising it lets `head` lag
+//!    further as the tail moves on. Frame reuse (5) is unchanged: page `p` still lives in frame
+//!    `p % frames`.
+//! 11. **Released frames.** While `live_pages < frames`, a frame whose page `safe_head`
+//!    passed is *released*: its memory goes back to the kernel (`AlignedBuf::discard`) and
+//!    reads as zeros, so it costs no RSS until its next page opens (which then skips zeroing
+//!    it). Each frame has a state word `page << 2 | tag`: the releaser claims a frame by CAS
+//!    from (`p`, LIVE) to (`p`, RELEASING) only for a page `p` below `safe_head` (no reader,
+//!    no I/O: 2, 4, 5), discards it and stores (`p`, RELEASED); the thread that opens page `q`
+//!    claims the frame by CAS from its old state to (`q`, OPENING) *before* it claims
+//!    `opening`, and backs off with `RetryLater` while the frame is RELEASING (7). So a
+//!    release and a reuse of the same frame never overlap, and each frame is released at most
+//!    once per page. A frame starts RELEASED (fresh memory is zero and costs nothing) and
+//!    becomes LIVE when its first page opens, a recovered page is loaded into it, or the tail
+//!    starts in it (page 0 of a new log, the first page of a recovered one: open without
+//!    `open_page`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
@@ -97,6 +120,13 @@ pub struct RecordReads {
 /// Fewest in-memory frames a log may have.
 pub const MIN_FRAMES: u64 = 4;
 
+/// Frame state tags (invariant 11), in the low two bits of `page << 2 | tag`.
+const FRAME_TAG: u64 = 3;
+const FRAME_LIVE: u64 = 0;
+const FRAME_RELEASING: u64 = 1;
+const FRAME_RELEASED: u64 = 2;
+const FRAME_OPENING: u64 = 3;
+
 /// Why an allocation did not succeed now.
 #[derive(Debug)]
 pub enum AllocError {
@@ -131,7 +161,18 @@ pub struct HybridLog<D: Disk> {
     epoch: Arc<LightEpoch>,
     geo: PageGeometry,
     frames: Box<[Frame]>,
-    mutable_pages: u64,
+    /// Fraction of the live pages that is mutable.
+    mutable_fraction: f64,
+    /// Whether at least one read-only page is kept ([`HybridLog::keep_read_only_page`]).
+    keeps_read_only_page: AtomicBool,
+    /// Pages kept in memory (invariant 10), at most `frames`.
+    live_pages: AtomicU64,
+    /// Per frame: `page << 2 | tag` (invariant 11).
+    frame_state: Box<[AtomicU64]>,
+    /// Device reads of records within this many bytes below `head` are counted in
+    /// `ghost_reads` (0: not counted): reads that this much more log memory would have saved.
+    ghost_probe: StdAtomicU64,
+    ghost_reads: StdAtomicU64,
     tail: CachePadded<AtomicU64>,
     opening: CachePadded<AtomicU64>,
     begin: CachePadded<AtomicU64>,
@@ -257,13 +298,9 @@ impl<D: Disk> HybridLog<D> {
         }
         let read_unit = read_unit.max(8) as u64;
         let geo = PageGeometry::new(page_bits, frames);
-        // At least one page stays mutable; head keeps one frame free ahead of the tail, so
-        // read-only can sit at most frames - 2 pages behind the tail page.
-        let mutable_pages =
-            ((frames as f64 * mutable_fraction).floor() as u64).clamp(1, frames - 2);
         let frames_vec: Box<[Frame]> = (0..frames)
             .map(|_| Frame {
-                buf: AlignedBuf::zeroed(1 << page_bits, 4096),
+                buf: AlignedBuf::zeroed_lazy(1 << page_bits),
             })
             .collect();
         let first = Address::FIRST_VALID.raw();
@@ -272,7 +309,15 @@ impl<D: Disk> HybridLog<D> {
             epoch,
             geo,
             frames: frames_vec,
-            mutable_pages,
+            mutable_fraction,
+            keeps_read_only_page: AtomicBool::new(false),
+            live_pages: AtomicU64::new(frames),
+            // Page 0 is open from the start (the tail is in it); the other frames are fresh.
+            frame_state: (0..frames)
+                .map(|f| AtomicU64::new(f << 2 | if f == 0 { FRAME_LIVE } else { FRAME_RELEASED }))
+                .collect(),
+            ghost_probe: StdAtomicU64::new(0),
+            ghost_reads: StdAtomicU64::new(0),
             tail: CachePadded::new(AtomicU64::new(tail_word(0, first))),
             opening: CachePadded::new(AtomicU64::new(0)),
             begin: CachePadded::new(AtomicU64::new(first)),
@@ -307,7 +352,67 @@ impl<D: Disk> HybridLog<D> {
     /// `head` and `read_only` would otherwise sit on the same page, and a page would go from
     /// mutable to the device with no moment at which it is both immutable and in memory.
     pub fn keep_read_only_page(&mut self) {
-        self.mutable_pages = self.mutable_pages.min(self.geo.frames - 3).max(1);
+        self.keeps_read_only_page.store(true, StdOrdering::Relaxed);
+    }
+
+    /// Mutable pages when `live` pages are kept in memory: the mutable fraction of them, at
+    /// least one; head keeps one frame free ahead of the tail, so read-only sits at most
+    /// `live - 2` pages behind the tail page (`live - 3` with a read-only page kept).
+    fn mutable_pages(&self, live: u64) -> u64 {
+        let keep = if self.keeps_read_only_page.load(StdOrdering::Relaxed) {
+            3
+        } else {
+            2
+        };
+        ((live as f64 * self.mutable_fraction).floor() as u64)
+            .min(live.saturating_sub(keep))
+            .max(1)
+    }
+
+    /// Pages the log keeps in memory (invariant 10).
+    #[must_use]
+    pub fn live_pages(&self) -> u64 {
+        self.live_pages.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `pages` pages in memory from now on, clamped to [`MIN_FRAMES`]..=frames
+    /// (invariant 10); returns the value set. Lowering it moves `head` up as soon as the
+    /// pages below are flushed, and the frames it passes are released (invariant 11).
+    pub fn set_live_pages(&self, pages: u64) -> u64 {
+        let pages = pages.clamp(MIN_FRAMES, self.geo.frames);
+        self.live_pages.store(pages, Ordering::Relaxed);
+        let tail_page = self.tail.load(Ordering::Acquire) >> 32;
+        self.shift_markers(tail_page);
+        pages
+    }
+
+    /// Bytes of the pages the log keeps in memory (invariant 10).
+    #[must_use]
+    pub fn live_bytes(&self) -> usize {
+        (self.live_pages() as usize) << self.geo.page_bits
+    }
+
+    /// Frames whose memory is not released (a page in memory, or one that left it while all
+    /// frames were live): what the log's memory costs in RSS, in frames.
+    #[must_use]
+    pub fn resident_frames(&self) -> u64 {
+        let released = self
+            .frame_state
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) & FRAME_TAG == FRAME_RELEASED)
+            .count() as u64;
+        self.geo.frames - released
+    }
+
+    /// Counts device reads of records within `bytes` below `head` from now on (0: stops).
+    pub fn set_ghost_probe(&self, bytes: u64) {
+        self.ghost_probe.store(bytes, StdOrdering::Relaxed);
+    }
+
+    /// Device reads of records within the ghost probe below `head` so far.
+    #[must_use]
+    pub fn ghost_reads(&self) -> u64 {
+        self.ghost_reads.load(StdOrdering::Relaxed)
     }
 
     /// A log over `disk` whose records up to `start` (a page boundary) are on the device and
@@ -346,6 +451,9 @@ impl<D: Disk> HybridLog<D> {
         log.begin.store(begin.raw(), Ordering::Release);
         log.opening.store(page, Ordering::Release);
         log.tail.store(tail_word(page, 0), Ordering::Release);
+        // The tail's page is open without `open_page`: its frame is in use (invariant 11).
+        log.frame_state[0].store(FRAME_RELEASED, Ordering::Relaxed);
+        log.frame_state[log.geo.frame(page)].store(page << 2 | FRAME_LIVE, Ordering::Release);
         Ok(log)
     }
 
@@ -366,7 +474,7 @@ impl<D: Disk> HybridLog<D> {
         let tail_page = self.geo.page(self.tail_address());
         let first_page = self.geo.page(self.begin());
         let first = tail_page
-            .saturating_sub(self.geo.frames - 2)
+            .saturating_sub(self.live_pages() - 2)
             .max(first_page);
         let mut loaded = tail_page;
         for page in (first..tail_page).rev() {
@@ -384,6 +492,7 @@ impl<D: Disk> HybridLog<D> {
             let frame = self.frames[self.geo.frame(page)].buf.as_mut_slice();
             frame.copy_from_slice(buf.as_slice());
             crate::core::record::clear_transient_bits(frame, first_record_offset(page));
+            self.frame_state[self.geo.frame(page)].store(page << 2 | FRAME_LIVE, Ordering::Release);
             loaded = page;
         }
         let head = self.geo.page_start(loaded).max(self.begin()).raw();
@@ -660,8 +769,11 @@ impl<D: Disk> HybridLog<D> {
             return Ok(());
         }
         let frames = self.geo.frames;
-        if page >= frames {
-            let must_be_gone = self.geo.page_start(page - frames + 1).raw();
+        // At most `live_pages` pages in memory (invariant 10), whatever the flushes' pace;
+        // with all frames live this is invariant 5's condition for reusing the frame.
+        let live = self.live_pages();
+        if page >= live {
+            let must_be_gone = self.geo.page_start(page - live + 1).raw();
             if self.safe_head.load(Ordering::Acquire) < must_be_gone {
                 if !self.disk.is_persistent() {
                     return Err(AllocError::Fatal(Error::LogFull {
@@ -672,19 +784,54 @@ impl<D: Disk> HybridLog<D> {
                 return Err(AllocError::RetryLater);
             }
         }
+        // Invariant 11: claim the frame before `opening`, so that no release overlaps its reuse.
+        let claimed = if page >= frames {
+            let state = &self.frame_state[self.geo.frame(page)];
+            let s = state.load(Ordering::Acquire);
+            if s & FRAME_TAG == FRAME_RELEASING || s >> 2 >= page {
+                return Err(AllocError::RetryLater);
+            }
+            if state
+                .compare_exchange(
+                    s,
+                    page << 2 | FRAME_OPENING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                return Err(AllocError::RetryLater);
+            }
+            Some((state, s))
+        } else {
+            None
+        };
         if self
             .opening
             .compare_exchange(page - 1, page, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
+            if let Some((state, s)) = claimed {
+                state.store(s, Ordering::Release);
+            }
             return Err(AllocError::RetryLater);
         }
-        if page >= frames {
-            let frame = &self.frames[self.geo.frame(page)];
-            // SAFETY: invariant 5: safe_head passed the frame's old page, so no thread can read
-            // it, and it was flushed (head <= flushed_until), so the device no longer reads it.
-            // Only this thread (winner of `opening`) writes the frame until the tail opens it.
-            unsafe { std::ptr::write_bytes(frame.buf.as_ptr().cast_mut(), 0, frame.buf.len()) };
+        if let Some((state, s)) = claimed {
+            if s & FRAME_TAG != FRAME_RELEASED {
+                let frame = &self.frames[self.geo.frame(page)];
+                // SAFETY: invariant 5: safe_head passed the frame's old page, so no thread can
+                // read it, and it was flushed (head <= flushed_until), so the device no longer
+                // reads it. Only this thread (winner of the frame's claim and of `opening`)
+                // writes the frame until the tail opens it; no release runs on it (11).
+                unsafe {
+                    std::ptr::write_bytes(frame.buf.as_ptr().cast_mut(), 0, frame.buf.len());
+                }
+            }
+            state.store(page << 2 | FRAME_LIVE, Ordering::Release);
+        } else {
+            // First use of a fresh frame (zeroed by the kernel): no release can target it
+            // before this (its state names no live page), so a plain store claims it.
+            self.frame_state[self.geo.frame(page)].store(page << 2 | FRAME_LIVE, Ordering::Release);
         }
         self.tail.store(tail_word(page, 0), Ordering::Release);
         self.shift_markers(page);
@@ -722,11 +869,13 @@ impl<D: Disk> HybridLog<D> {
         if !self.disk.is_persistent() {
             return;
         }
-        if tail_page >= self.mutable_pages {
-            self.shift_read_only(self.geo.page_start(tail_page - self.mutable_pages));
+        let live = self.live_pages();
+        let mutable = self.mutable_pages(live);
+        if tail_page >= mutable {
+            self.shift_read_only(self.geo.page_start(tail_page - mutable));
         }
-        if tail_page + 2 > self.geo.frames {
-            let target = self.geo.page_start(tail_page + 2 - self.geo.frames).raw();
+        if tail_page + 2 > live {
+            let target = self.geo.page_start(tail_page + 2 - live).raw();
             self.head_target.fetch_max(target, Ordering::AcqRel);
             self.try_shift_head();
         }
@@ -837,8 +986,41 @@ impl<D: Disk> HybridLog<D> {
         self.epoch.bump_epoch(move || {
             // SAFETY: invariant 8.
             let this = unsafe { &*(me as *const Self) };
-            this.safe_head.fetch_max(target, Ordering::AcqRel);
+            let old = this.safe_head.fetch_max(target, Ordering::AcqRel);
+            if old < target && this.live_pages() < this.geo.frames {
+                let to = this.geo.page(Address::new(target));
+                let from = this
+                    .geo
+                    .page(Address::new(old))
+                    .max(to.saturating_sub(this.geo.frames));
+                this.release_frames(from, to);
+            }
         });
+    }
+
+    /// Releases the frames of pages `from..to`, which `safe_head` passed (invariant 11).
+    fn release_frames(&self, from: u64, to: u64) {
+        for page in from..to {
+            let f = self.geo.frame(page);
+            let state = &self.frame_state[f];
+            let live = page << 2 | FRAME_LIVE;
+            if state
+                .compare_exchange(
+                    live,
+                    page << 2 | FRAME_RELEASING,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            // SAFETY: invariant 11: the frame holds page `page`, below `safe_head`, so no
+            // thread reads it (2) and its flush completed (4: head <= flushed_until); the
+            // RELEASING claim keeps every opener out until the store below.
+            unsafe { self.frames[f].buf.discard() };
+            state.store(page << 2 | FRAME_RELEASED, Ordering::Release);
+        }
     }
 
     /// Reads the record at `address` (below head) from the device; then, while `follow` says
@@ -855,6 +1037,10 @@ impl<D: Disk> HybridLog<D> {
     /// checks one record and issues one read; after [`CHAIN_HOPS`] hops in a row it hands the
     /// record to `done` anyway, which bounds the stack of a device that calls back inline.
     pub fn read_chain_async(&self, address: Address, follow: Option<ChainStep>, done: FetchDone) {
+        let probe = self.ghost_probe.load(StdOrdering::Relaxed);
+        if probe > 0 && address.raw().saturating_add(probe) >= self.head.load(Ordering::Relaxed) {
+            self.ghost_reads.fetch_add(1, StdOrdering::Relaxed);
+        }
         // Held across the whole chain: invariant 8.
         self.inflight.fetch_add(1, StdOrdering::AcqRel);
         self.read_part(

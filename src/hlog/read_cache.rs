@@ -73,6 +73,18 @@
 //!    key written repeatedly stays in memory across the log's eviction, in the cache's bytes,
 //!    which update-heavy workloads would otherwise leave idle.
 //!
+//! 10. *Live frames* (a cache made [`Movable`](ReadCache::new)). The cache keeps copies in at
+//!    most `live` of its frames ([`ReadCache::set_live_frames`], at least [`MIN_LIVE`]): the
+//!    eviction of invariant 5 unlinks pages up to `live - KEEP_FREE` behind the tail instead
+//!    of `FRAMES - KEEP_FREE`, so lowering `live` makes it evict ahead, and raising it lets
+//!    the tail run further before it evicts. While `live < FRAMES`, the eviction also gives
+//!    the memory of each released frame back to the kernel (`AtomicWords::discard`) before it
+//!    moves `reusable` past the frame's page; a page opens only in a frame below
+//!    `reusable + FRAMES`, so no discard overlaps a reuse (and nobody reads a released frame:
+//!    invariant 5). Its *ghost* remembers the keys of copies evicted within the last *probe*
+//!    bytes of pages ([`super::admission::GhostFilter`]); a miss of such a key counts as one
+//!    that that much more cache would have saved (the split's signal, `ops::split`).
+//!
 //! The cache holds no state a checkpoint needs: index checkpoints write each cached entry's log
 //! address, and recovery starts with an empty cache. Index growth splits write the log address
 //! as well (see [`crate::index::split`]).
@@ -83,9 +95,10 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-use super::admission::{KeepFilter, MissFilter};
+use super::admission::{GhostFilter, KeepFilter, MissFilter};
 use crate::config::CacheAdmission;
 use crate::core::address::Address;
+use crate::core::alloc::AtomicWords;
 use crate::core::codec::Encoded;
 use crate::core::light_epoch::{LightEpoch, Protected};
 use crate::core::record::{record_size, RecordInfo, RecordRef, Version};
@@ -103,6 +116,8 @@ pub const COLD_PAGES: u64 = 8;
 /// Pages the eviction keeps unlinked ahead of the tail: at most `FRAMES - KEEP_FREE` hold
 /// copies.
 const KEEP_FREE: u64 = 2;
+/// Fewest frames a movable cache keeps live (invariant 10).
+pub const MIN_LIVE: u64 = 8;
 /// Words a copy carries after its value: its source address and its key's hash.
 const TRAILER_WORDS: usize = 2;
 /// Smallest cache: pages of 512 bytes (records longer than a page are not cached).
@@ -230,7 +245,7 @@ pub struct LogShape {
 
 /// The read cache's memory and markers.
 pub struct ReadCache {
-    frames: Box<[Box<[AtomicU64]>]>,
+    frames: Box<[AtomicWords]>,
     page_bytes: u64,
     /// `page << OFFSET_BITS | offset` of the next allocation.
     tail: CachePadded<AtomicU64>,
@@ -244,6 +259,15 @@ pub struct ReadCache {
     released: Arc<AtomicU64>,
     /// Held by the thread unlinking pages.
     unlinking: AtomicBool,
+    /// Frames that may hold copies (invariant 10; `FRAMES` unless movable).
+    live: AtomicU64,
+    /// Movable: pages below this have free frames whose memory was given back when `live`
+    /// was below `FRAMES` (invariant 10). `None`: frames are reused once released.
+    reusable: Option<AtomicU64>,
+    /// Keys of copies evicted within the probe (invariant 10), movable caches only.
+    ghost: Option<GhostFilter>,
+    /// Misses of keys in the ghost.
+    ghost_hits: AtomicU64,
     epoch: Arc<LightEpoch>,
     /// Which misses are offered a copy (`None`: every one).
     admission: Option<MissFilter>,
@@ -270,6 +294,7 @@ impl ReadCache {
         epoch: Arc<LightEpoch>,
         admission: CacheAdmission,
         keep: Option<LogShape>,
+        movable: Option<Movable>,
     ) -> Self {
         assert!((MIN_BYTES..=MAX_BYTES).contains(&bytes));
         let filter = match admission {
@@ -279,13 +304,24 @@ impl ReadCache {
         let keep = keep
             .filter(|_| filter.is_some())
             .map(|log| KeepFilter::new(log.memory_bytes, log.frames, bytes));
-        let copies = bytes
-            - filter.as_ref().map_or(0, MissFilter::memory_bytes)
-            - keep.as_ref().map_or(0, KeepFilter::memory_bytes);
-        let page_bytes = copies / FRAMES / 8 * 8;
+        // A movable cache allocates frames for the whole pool and keeps `bytes` of them live
+        // (invariant 10); the filters are sized for `bytes`.
+        let alloc = movable.map_or(bytes, |m| m.pool_bytes.clamp(bytes, MAX_BYTES));
+        let ghost = movable.map(|m| {
+            let probe_pages = m.probe_pages.clamp(1, FRAMES);
+            GhostFilter::new(alloc / FRAMES * probe_pages, probe_pages)
+        });
+        let filters = filter.as_ref().map_or(0, MissFilter::memory_bytes)
+            + keep.as_ref().map_or(0, KeepFilter::memory_bytes)
+            + ghost.as_ref().map_or(0, GhostFilter::memory_bytes);
+        let page_bytes = (alloc - filters) / FRAMES / 8 * 8;
         let frames = (0..FRAMES)
-            .map(|_| (0..page_bytes / 8).map(|_| AtomicU64::new(0)).collect())
+            .map(|_| AtomicWords::zeroed((page_bytes / 8) as usize))
             .collect();
+        let live = match movable {
+            None => FRAMES,
+            Some(_) => (bytes.saturating_sub(filters) / page_bytes.max(1)).clamp(MIN_LIVE, FRAMES),
+        };
         Self {
             frames,
             page_bytes,
@@ -295,11 +331,77 @@ impl ReadCache {
             unlinked: AtomicU64::new(0),
             released: Arc::new(AtomicU64::new(0)),
             unlinking: AtomicBool::new(false),
+            live: AtomicU64::new(live),
+            reusable: movable.map(|_| AtomicU64::new(0)),
+            ghost,
+            ghost_hits: AtomicU64::new(0),
             epoch,
             keep,
             admission: filter,
             kept_until: CachePadded::new(AtomicU64::new(0)),
             counters: CacheCounters::default(),
+        }
+    }
+
+    /// Frames that may hold copies (invariant 10).
+    #[must_use]
+    pub fn live_frames(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of one frame.
+    #[must_use]
+    pub fn page_bytes(&self) -> u64 {
+        self.page_bytes
+    }
+
+    /// Keeps copies in at most `frames` frames from now on (invariant 10), clamped to
+    /// [`MIN_LIVE`]..=[`FRAMES`]; returns the value set. Only a movable cache moves
+    /// (otherwise this returns [`FRAMES`]).
+    pub fn set_live_frames(&self, frames: u64) -> u64 {
+        if self.reusable.is_none() {
+            return FRAMES;
+        }
+        let frames = frames.clamp(MIN_LIVE, FRAMES);
+        self.live.store(frames, Ordering::Relaxed);
+        frames
+    }
+
+    /// Frames whose memory is not given back (invariant 10): from the oldest page not yet
+    /// released to the tail, or every frame of a cache that is not movable.
+    #[must_use]
+    pub fn resident_frames(&self) -> u64 {
+        let Some(reusable) = &self.reusable else {
+            return FRAMES;
+        };
+        let tail_page = self.tail.load(Ordering::Acquire) >> OFFSET_BITS;
+        let live_from = if self.live_frames() < FRAMES {
+            reusable.load(Ordering::Acquire)
+        } else {
+            0
+        };
+        (tail_page + 1).saturating_sub(live_from).min(FRAMES)
+    }
+
+    /// Misses of keys whose copies were evicted within the probe (invariant 10).
+    #[must_use]
+    pub fn ghost_hits(&self) -> u64 {
+        self.ghost_hits.load(Ordering::Relaxed)
+    }
+
+    fn count_ghost(&self, hash: KeyHash) {
+        if let Some(ghost) = &self.ghost {
+            if ghost.seen(hash) {
+                self.ghost_hits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The log now keeps `pages` pages in memory: the keep filter's clock follows
+    /// (`admission`, invariant 4).
+    pub fn set_log_pages(&self, pages: u64) {
+        if let Some(keep) = &self.keep {
+            keep.set_period(pages);
         }
     }
 
@@ -349,6 +451,7 @@ impl ReadCache {
     /// device writes it to the log instead), so that its record is kept when it leaves the
     /// log's memory, and a read's next miss of the key is admitted.
     pub fn note_miss(&self, hash: KeyHash, key_len: usize, value_len: usize) {
+        self.count_ghost(hash);
         if let Some(filter) = &self.admission {
             let _ = filter.admit(hash, Self::copy_size(key_len, value_len));
         }
@@ -367,9 +470,10 @@ impl ReadCache {
     /// Bytes of cache memory (the filters' included).
     #[must_use]
     pub fn memory_bytes(&self) -> u64 {
-        self.page_bytes * FRAMES
+        self.page_bytes * self.live_frames()
             + self.admission.as_ref().map_or(0, MissFilter::memory_bytes)
             + self.keep.as_ref().map_or(0, KeepFilter::memory_bytes)
+            + self.ghost.as_ref().map_or(0, GhostFilter::memory_bytes)
     }
 
     /// Whether a miss of `hash` (a record of `key_len` and `value_len` bytes) is offered a copy
@@ -377,12 +481,14 @@ impl ReadCache {
     /// Until the cache first fills, every miss is (the filter still notes it): a copy then
     /// evicts nothing, and a cold cache warms up as fast as FASTER's.
     pub fn admits(&self, hash: KeyHash, key_len: usize, value_len: usize) -> bool {
+        self.count_ghost(hash);
         let Some(filter) = &self.admission else {
             return true;
         };
         let seen = filter.admit(hash, Self::copy_size(key_len, value_len));
         self.note_use(hash);
-        let filling = self.tail.load(Ordering::Relaxed) >> OFFSET_BITS < FRAMES - KEEP_FREE;
+        let filling =
+            self.tail.load(Ordering::Relaxed) >> OFFSET_BITS < self.live_frames() - KEEP_FREE;
         let admitted = seen || filling;
         if !admitted {
             self.counters.not_admitted.fetch_add(1, Ordering::Relaxed);
@@ -425,7 +531,7 @@ impl ReadCache {
     /// page's. `None` if the words there do not parse as a copy.
     #[must_use]
     pub fn record_unguarded(&self, address: CacheAddress) -> Option<CachedRecord<'_>> {
-        let frame = &self.frames[(address.wrapped_page() % FRAMES) as usize];
+        let frame = self.frames[(address.wrapped_page() % FRAMES) as usize].words();
         let words = frame.get((address.offset() / 8) as usize..)?;
         let record = RecordRef::parse(words).ok()??;
         (record.value_capacity() >= TRAILER_WORDS * 8).then_some(CachedRecord { record, address })
@@ -436,7 +542,8 @@ impl ReadCache {
     pub fn is_cold(&self, address: CacheAddress) -> bool {
         let tail_page = self.tail.load(Ordering::Relaxed) >> OFFSET_BITS;
         let age = (tail_page & PAGE_MASK).wrapping_sub(address.wrapped_page()) & PAGE_MASK;
-        age + COLD_PAGES >= FRAMES - KEEP_FREE
+        let live = self.live_frames();
+        age + (live * COLD_PAGES / FRAMES).max(1) >= live - KEEP_FREE
     }
 
     /// Writes a copy of `key -> value` read from `source`, whose chain continues at `next`,
@@ -455,7 +562,7 @@ impl ReadCache {
         let cap = Self::copy_capacity(value.len());
         let size = record_size(key.len(), cap) as u64;
         let address = self.allocate(size)?;
-        let frame = &self.frames[(address.wrapped_page() % FRAMES) as usize];
+        let frame = self.frames[(address.wrapped_page() % FRAMES) as usize].words();
         let first = (address.offset() / 8) as usize;
         let words = &frame[first..first + (size / 8) as usize];
         let record = RecordRef::write_with_capacity(
@@ -490,7 +597,11 @@ impl ReadCache {
                 continue;
             }
             let next = page + 1;
-            if next >= self.released.load(Ordering::Acquire) + FRAMES {
+            let free_below = match &self.reusable {
+                Some(reusable) => reusable.load(Ordering::Acquire),
+                None => self.released.load(Ordering::Acquire),
+            };
+            if next >= free_below + FRAMES {
                 return None;
             }
             match self.tail.compare_exchange(
@@ -517,12 +628,16 @@ impl ReadCache {
     #[must_use]
     pub fn needs_unlinking(&self) -> bool {
         self.unlinked.load(Ordering::Acquire) < self.unlink_target()
+            || self
+                .reusable
+                .as_ref()
+                .is_some_and(|r| r.load(Ordering::Relaxed) < self.released.load(Ordering::Relaxed))
     }
 
     fn unlink_target(&self) -> u64 {
         let tail_page = self.tail.load(Ordering::Acquire) >> OFFSET_BITS;
         (tail_page + 1 + KEEP_FREE)
-            .saturating_sub(FRAMES)
+            .saturating_sub(self.live_frames())
             .min(self.sealed.load(Ordering::Acquire))
     }
 
@@ -535,12 +650,13 @@ impl ReadCache {
             return;
         }
         let _claim = Claim(&self.unlinking);
+        self.give_back_released();
         loop {
             let page = self.unlinked.load(Ordering::Acquire);
             if page >= self.unlink_target() {
                 return;
             }
-            let frame = &self.frames[(page % FRAMES) as usize];
+            let frame = self.frames[(page % FRAMES) as usize].words();
             let used = self.used[(page % FRAMES) as usize].load(Ordering::Acquire);
             let mut at = 0;
             while at < used {
@@ -551,13 +667,18 @@ impl ReadCache {
                     record,
                     address: CacheAddress::of(page, at),
                 };
-                if !record.info().invalid()
-                    && record.value_capacity() >= TRAILER_WORDS * 8
-                    && !unlink(copy)
-                {
-                    return;
+                if !record.info().invalid() && record.value_capacity() >= TRAILER_WORDS * 8 {
+                    if !unlink(copy) {
+                        return;
+                    }
+                    if let Some(ghost) = &self.ghost {
+                        ghost.note(copy.hash());
+                    }
                 }
                 at += record.size() as u64;
+            }
+            if let Some(ghost) = &self.ghost {
+                ghost.tick(page);
             }
             self.unlinked.store(page + 1, Ordering::Release);
             let released = self.released.clone();
@@ -566,6 +687,39 @@ impl ReadCache {
             });
         }
     }
+}
+
+impl ReadCache {
+    /// Moves `reusable` up to `released`, giving back the memory of the frames it passes while
+    /// fewer than [`FRAMES`] are live (invariant 10). Runs under the unlinking claim.
+    fn give_back_released(&self) {
+        let Some(reusable) = &self.reusable else {
+            return;
+        };
+        let from = reusable.load(Ordering::Acquire);
+        let to = self.released.load(Ordering::Acquire);
+        if from >= to {
+            return;
+        }
+        if self.live_frames() < FRAMES {
+            for page in to.saturating_sub(FRAMES).max(from)..to {
+                // Invariant 10: the page was released (nobody reads it, 5), and no page opens
+                // in its frame before `reusable` passes it below.
+                self.frames[(page % FRAMES) as usize].discard();
+            }
+        }
+        reusable.store(to, Ordering::Release);
+    }
+}
+
+/// How a movable cache starts (invariant 10).
+#[derive(Debug, Clone, Copy)]
+pub struct Movable {
+    /// Bytes of the pool the cache's frames are allocated for (it keeps its own `bytes` of
+    /// them live at first).
+    pub pool_bytes: u64,
+    /// Frames of the ghost's probe.
+    pub probe_pages: u64,
 }
 
 /// Resets a flag when dropped.

@@ -359,7 +359,7 @@ impl<D: Disk> Engine<D> {
     /// Unlinks the cache pages the tail is about to need (invariant 5), under `g`, which it
     /// refreshes while the index switches tables. Not from a nested protection (the
     /// switch would wait for the outer one): the pages are left to a later insertion.
-    fn unlink_cache_pages(&self, g: &mut EpochGuard<'_>) {
+    pub(crate) fn unlink_cache_pages(&self, g: &mut EpochGuard<'_>) {
         let Some(cache) = &self.read_cache else {
             return;
         };

@@ -56,6 +56,9 @@ pub struct Engine<D: Disk> {
     /// tier (`read_cache`, invariant 3; docs/DESIGN.md, "Kept copies outlive hot truncation").
     /// Set once, before the store's first operation.
     pub(crate) copies_outlive_truncation: std::sync::atomic::AtomicBool,
+    /// The pool the log and the read cache share when their split moves
+    /// (`Config::memory_split`; `ops::split`).
+    pub(crate) pool: Option<crate::ops::split::Pool>,
 }
 
 /// `prev` of the record at `a`, checked to point below it (a chain that does not go backwards
@@ -187,14 +190,32 @@ impl<D: Disk> Engine<D> {
             growth: crate::ops::growth::GrowthBook::default(),
             read_cache: None,
             copies_outlive_truncation: std::sync::atomic::AtomicBool::new(false),
+            pool: None,
         }
     }
 
-    /// Turns the read cache on with `bytes` of memory (0: off).
-    pub(crate) fn set_read_cache(&mut self, bytes: u64, config: &crate::Config) {
+    /// Turns the read cache on with `bytes` of memory (0: off), beside a log that keeps
+    /// `log_pages` pages in memory (fewer than its frames when the split moves: the log's
+    /// frames then cover the pool, `ops::split`).
+    pub(crate) fn set_read_cache(&mut self, bytes: u64, log_pages: u64, config: &crate::Config) {
         if bytes > 0 && config.read_cache_keeps_evicted {
             self.hlog.keep_read_only_page();
         }
+        let page_bits = self.hlog.geometry().page_bits;
+        let log_bytes = log_pages << page_bits;
+        let movable = (bytes > 0 && config.memory_split != crate::MemorySplit::Fixed).then(|| {
+            let pool = log_bytes + bytes;
+            self.pool = Some(crate::ops::split::Pool {
+                bytes: pool,
+                log_cap: self.hlog.geometry().frames.into(),
+                moves: 0.into(),
+            });
+            crate::hlog::read_cache::Movable {
+                pool_bytes: pool,
+                probe_pages: crate::hlog::read_cache::FRAMES / 8,
+            }
+        });
+        self.hlog.set_live_pages(log_pages);
         self.read_cache = (bytes > 0).then(|| {
             crate::hlog::read_cache::ReadCache::new(
                 bytes,
@@ -203,9 +224,10 @@ impl<D: Disk> Engine<D> {
                 config
                     .read_cache_keeps_evicted
                     .then(|| crate::hlog::read_cache::LogShape {
-                        memory_bytes: self.hlog.memory_bytes() as u64,
-                        frames: self.hlog.geometry().frames,
+                        memory_bytes: log_bytes,
+                        frames: log_pages,
                     }),
+                movable,
             )
         });
     }

@@ -42,6 +42,7 @@ pub mod read;
 pub mod recover;
 pub mod rmw;
 pub mod scan;
+pub mod split;
 pub mod tiered;
 pub mod truncate;
 pub mod upsert;

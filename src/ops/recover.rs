@@ -72,6 +72,9 @@ pub(crate) struct Layout<'h> {
     /// recovered index's size and the checkpoint's page size).
     pub(crate) budget: Option<u64>,
     pub(crate) mutable_fraction: f64,
+    /// Bytes of read cache that share a pool with the log memory (`Config::memory_split`
+    /// moves): the log gets frames for both and keeps its own share live. 0 otherwise.
+    pub(crate) pool_extra: u64,
     /// `Config::recovery_fallback`.
     pub(crate) fallback: bool,
     /// The recovering store's key and value types.
@@ -285,11 +288,12 @@ impl<D: Disk> Engine<D> {
                 None,
             ),
         };
+        let pool_frames = (frames + (layout.pool_extra >> log.page_bits)).min(1 << 20);
         let hlog = HybridLog::recovered(
             disk,
             rebuilt.epoch.clone(),
             log.page_bits,
-            frames,
+            pool_frames,
             layout.mutable_fraction,
             Address::new(log.begin),
             Address::new(log.end),
@@ -306,7 +310,9 @@ impl<D: Disk> Engine<D> {
         hlog.disk()
             .flush()
             .map_err(|e| Error::io("syncing the log after recovery", e))?;
-        // Warm start: the newest pages come back into memory (read-only), as they were.
+        // Warm start: the newest pages come back into memory (read-only), as they were: as
+        // many as the log's share holds.
+        hlog.set_live_pages(frames);
         hlog.load_tail()?;
         let mut engine = Engine::with_index(rebuilt.epoch, rebuilt.index, hlog);
         engine.set_budget(budget);

@@ -31,7 +31,7 @@ const SCAN_SHARE: usize = 16;
 
 /// Pages one scan read of `log` covers.
 pub(crate) fn pages_per_read<D: Disk>(log: &HybridLog<D>) -> u64 {
-    let bytes = SCAN_READ.min(log.memory_bytes() / SCAN_SHARE);
+    let bytes = SCAN_READ.min(log.live_bytes() / SCAN_SHARE);
     (bytes / log.page_size()).max(1) as u64
 }
 

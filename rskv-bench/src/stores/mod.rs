@@ -42,6 +42,32 @@ pub fn run(spec: &RunSpec, plan: &MemoryPlan) -> anyhow::Result<RunResult> {
     }
 }
 
+/// How RsKv and R2Kv split memory between the log and the read cache (`--adaptive-split`).
+fn memory_split(spec: &RunSpec) -> rskv::MemorySplit {
+    if spec.adaptive_split {
+        rskv::MemorySplit::Adaptive
+    } else {
+        rskv::MemorySplit::Fixed
+    }
+}
+
+/// Adds the split's figures to a JSON line's `extra` (zeros for a fixed split).
+fn with_split(mut extra: serde_json::Value, s: Option<rskv::SplitStats>) -> serde_json::Value {
+    let split = serde_json::json!({
+        "split_log_bytes": s.map_or(0, |s| s.log_bytes),
+        "split_cache_bytes": s.map_or(0, |s| s.cache_bytes),
+        "split_log_resident_bytes": s.map_or(0, |s| s.log_resident_bytes),
+        "split_cache_resident_bytes": s.map_or(0, |s| s.cache_resident_bytes),
+        "split_log_ghosts": s.map_or(0, |s| s.log_ghosts),
+        "split_cache_ghosts": s.map_or(0, |s| s.cache_ghosts),
+        "split_moves": s.map_or(0, |s| s.moves),
+    });
+    if let (Some(extra), serde_json::Value::Object(split)) = (extra.as_object_mut(), split) {
+        extra.extend(split);
+    }
+    extra
+}
+
 /// The read cache's admission of RsKv and R2Kv runs (`--read-cache-every`).
 fn admission(spec: &RunSpec) -> rskv::CacheAdmission {
     if spec.read_cache_every {

@@ -47,7 +47,8 @@ fn config(spec: &RunSpec, plan: &MemoryPlan, r2: &R2Plan) -> R2Config {
         0 => hot,
         bytes => hot
             .read_cache(bytes)
-            .read_cache_admission(crate::stores::admission(spec)),
+            .read_cache_admission(crate::stores::admission(spec))
+            .memory_split(crate::stores::memory_split(spec)),
     };
     // --compaction-threads and --compaction-lookups set both kinds of pass.
     let passes = |mut c: LogCompaction| {
@@ -264,7 +265,8 @@ impl<K: BenchKey, V: BenchValue> Store for R2KvStore<K, V> {
     }
 
     fn extra(&self) -> serde_json::Value {
-        extra(&self.kv.stats(), self.keys)
+        let s = self.kv.stats();
+        crate::stores::with_split(extra(&s, self.keys), s.hot.memory_split)
     }
 }
 

@@ -60,7 +60,8 @@ fn config(spec: &RunSpec, plan: &MemoryPlan) -> Config {
         0 => config,
         bytes => config
             .read_cache(bytes)
-            .read_cache_admission(crate::stores::admission(spec)),
+            .read_cache_admission(crate::stores::admission(spec))
+            .memory_split(crate::stores::memory_split(spec)),
     };
     match spec.log_budget {
         Some(budget) => {
@@ -293,7 +294,8 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
         let s = with_kv!(self, kv => kv.stats());
         let m = s.markers;
         let cache = s.read_cache;
-        serde_json::json!({
+        let split = s.memory_split;
+        let extra = serde_json::json!({
             "read_cache_hits": cache.map_or(0, |c| c.hits),
             "read_cache_misses": cache.map_or(0, |c| c.misses),
             "read_cache_inserted": cache.map_or(0, |c| c.inserted),
@@ -310,7 +312,8 @@ impl<K: BenchKey, V: BenchValue> Store for RsKvStore<K, V> {
             "log_read_only": m.read_only.raw(),
             "log_tail": m.tail.raw(),
             "log_flushed_until": m.flushed_until.raw(),
-        })
+        });
+        crate::stores::with_split(extra, split)
     }
 }
 
