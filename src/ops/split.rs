@@ -111,6 +111,10 @@ impl<D: Disk> Engine<D> {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 .max(log_floor),
         );
+        // What a capped log leaves goes to the cache.
+        let frames = frames
+            .max(pool.bytes.saturating_sub(pages << page_bits) / cache_page)
+            .min(frames_cap);
         Some((pages, frames))
     }
 
@@ -234,12 +238,20 @@ impl<D: Disk> Engine<D> {
         let Some((pages, frames)) = self.shares(pool, target) else {
             return;
         };
-        if frames < cache.live_frames() && pages > self.hlog.live_pages() {
+        let (live_pages, live_frames) = (self.hlog.live_pages(), cache.live_frames());
+        if frames < live_frames {
             cache.set_live_frames(frames);
             split.pending = Some(Pending::ToLog { frames, log: pages });
-        } else if pages < self.hlog.live_pages() && frames > cache.live_frames() {
+        } else if pages < live_pages {
             self.set_log_pages(pages);
             split.pending = Some(Pending::ToCache { pages, frames });
+        } else if frames > live_frames || pages > live_pages {
+            // Memory of the pool neither side holds (a capped log left it): no giver to wait
+            // for.
+            self.set_log_pages(pages);
+            cache.set_live_frames(frames);
+            pool.moves
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
