@@ -115,7 +115,7 @@ fn shares_are_clamped_and_memory_leaving_a_share_is_given_back() {
     // reads go on.
     let (log, cache) = kv.set_read_cache_share(0).unwrap();
     assert!(
-        cache >= MIB / 8 - PAGE && cache <= MIB / 8 + PAGE,
+        (MIB / 8 - PAGE..=MIB / 8 + PAGE).contains(&cache),
         "{cache}"
     );
     assert!(log >= MIB - MIB / 8 - PAGE, "{log}");

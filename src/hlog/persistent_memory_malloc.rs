@@ -38,27 +38,27 @@
 //!    never has two writes in flight. When the last failed page is written the poison lifts and
 //!    the log is as it would be after a slow device: `flushed_until` and `head` move on.
 //! 10. **Live pages.** The log keeps at most `live_pages` (at most `frames`) pages in memory:
-//!    `head` trails the tail page by `live_pages - 2` and read-only by at most `live_pages - 2`
-//!    (`- 3` with a read-only page kept), and page `p` opens only once `safe_head` passed
-//!    page `p - live_pages` (which implies 5's condition), so slow flushes cannot let the tail
-//!    run ahead into free frames. So a store can move memory between its log and its
-//!    read cache while running ([`HybridLog::set_live_pages`]). Lowering it moves `head` up at
-//!    the next page opening (once the pages below are flushed, 4); raising it lets `head` lag
-//!    further as the tail moves on. Frame reuse (5) is unchanged: page `p` still lives in frame
-//!    `p % frames`.
+//!     `head` trails the tail page by `live_pages - 2` and read-only by at most `live_pages - 2`
+//!     (`- 3` with a read-only page kept), and page `p` opens only once `safe_head` passed
+//!     page `p - live_pages` (which implies 5's condition), so slow flushes cannot let the tail
+//!     run ahead into free frames. So a store can move memory between its log and its
+//!     read cache while running ([`HybridLog::set_live_pages`]). Lowering it moves `head` up at
+//!     the next page opening (once the pages below are flushed, 4); raising it lets `head` lag
+//!     further as the tail moves on. Frame reuse (5) is unchanged: page `p` still lives in frame
+//!     `p % frames`.
 //! 11. **Released frames.** While `live_pages < frames`, a frame whose page `safe_head`
-//!    passed is *released*: its memory goes back to the kernel (`AlignedBuf::discard`) and
-//!    reads as zeros, so it costs no RSS until its next page opens (which then skips zeroing
-//!    it). Each frame has a state word `page << 2 | tag`: the releaser claims a frame by CAS
-//!    from (`p`, LIVE) to (`p`, RELEASING) only for a page `p` below `safe_head` (no reader,
-//!    no I/O: 2, 4, 5), discards it and stores (`p`, RELEASED); the thread that opens page `q`
-//!    claims the frame by CAS from its old state to (`q`, OPENING) *before* it claims
-//!    `opening`, and backs off with `RetryLater` while the frame is RELEASING (7). So a
-//!    release and a reuse of the same frame never overlap, and each frame is released at most
-//!    once per page. A frame starts RELEASED (fresh memory is zero and costs nothing) and
-//!    becomes LIVE when its first page opens, a recovered page is loaded into it, or the tail
-//!    starts in it (page 0 of a new log, the first page of a recovered one: open without
-//!    `open_page`).
+//!     passed is *released*: its memory goes back to the kernel (`AlignedBuf::discard`) and
+//!     reads as zeros, so it costs no RSS until its next page opens (which then skips zeroing
+//!     it). Each frame has a state word `page << 2 | tag`: the releaser claims a frame by CAS
+//!     from (`p`, LIVE) to (`p`, RELEASING) only for a page `p` below `safe_head` (no reader,
+//!     no I/O: 2, 4, 5), discards it and stores (`p`, RELEASED); the thread that opens page `q`
+//!     claims the frame by CAS from its old state to (`q`, OPENING) *before* it claims
+//!     `opening`, and backs off with `RetryLater` while the frame is RELEASING (7). So a
+//!     release and a reuse of the same frame never overlap, and each frame is released at most
+//!     once per page. A frame starts RELEASED (fresh memory is zero and costs nothing) and
+//!     becomes LIVE when its first page opens, a recovered page is loaded into it, or the tail
+//!     starts in it (page 0 of a new log, the first page of a recovered one: open without
+//!     `open_page`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};

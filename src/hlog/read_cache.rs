@@ -74,16 +74,16 @@
 //!    which update-heavy workloads would otherwise leave idle.
 //!
 //! 10. *Live frames* (a cache made [`Movable`](ReadCache::new)). The cache keeps copies in at
-//!    most `live` of its frames ([`ReadCache::set_live_frames`], at least [`MIN_LIVE`]): the
-//!    eviction of invariant 5 unlinks pages up to `live - KEEP_FREE` behind the tail instead
-//!    of `FRAMES - KEEP_FREE`, so lowering `live` makes it evict ahead, and raising it lets
-//!    the tail run further before it evicts. While `live < FRAMES`, the eviction also gives
-//!    the memory of each released frame back to the kernel (`AtomicWords::discard`) before it
-//!    moves `reusable` past the frame's page; a page opens only in a frame below
-//!    `reusable + FRAMES`, so no discard overlaps a reuse (and nobody reads a released frame:
-//!    invariant 5). Its *ghost* remembers the keys of copies evicted within the last *probe*
-//!    bytes of pages ([`super::admission::GhostFilter`]); a miss of such a key counts as one
-//!    that that much more cache would have saved (the split's signal, `ops::split`).
+//!     most `live` of its frames ([`ReadCache::set_live_frames`], at least [`MIN_LIVE`]): the
+//!     eviction of invariant 5 unlinks pages up to `live - KEEP_FREE` behind the tail instead
+//!     of `FRAMES - KEEP_FREE`, so lowering `live` makes it evict ahead, and raising it lets
+//!     the tail run further before it evicts. While `live < FRAMES`, the eviction also gives
+//!     the memory of each released frame back to the kernel (`AtomicWords::discard`) before it
+//!     moves `reusable` past the frame's page; a page opens only in a frame below
+//!     `reusable + FRAMES`, so no discard overlaps a reuse (and nobody reads a released frame:
+//!     invariant 5). Its *ghost* remembers the keys of copies evicted within the last *probe*
+//!     bytes of pages ([`super::admission::GhostFilter`]); a miss of such a key counts as one
+//!     that that much more cache would have saved (the split's signal, `ops::split`).
 //!
 //! The cache holds no state a checkpoint needs: index checkpoints write each cached entry's log
 //! address, and recovery starts with an empty cache. Index growth splits write the log address

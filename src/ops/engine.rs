@@ -223,7 +223,7 @@ impl<D: Disk> Engine<D> {
                 config.read_cache_admission,
                 config
                     .read_cache_keeps_evicted
-                    .then(|| crate::hlog::read_cache::LogShape {
+                    .then_some(crate::hlog::read_cache::LogShape {
                         memory_bytes: log_bytes,
                         frames: log_pages,
                     }),
