@@ -458,4 +458,32 @@ mod tests {
             16 << 10
         );
     }
+
+    #[test]
+    fn an_evicted_key_is_a_ghost_for_about_the_probe_and_then_forgotten() {
+        // A probe of 9 pages: generations of 6 pages.
+        let g = GhostFilter::new(9 << 16, 9);
+        let mut page = 0;
+        for k in 0..100 {
+            g.note(hash(k));
+        }
+        g.tick(page);
+        // Remembered while the eviction walks the next 6 pages (the first generation) ...
+        for _ in 0..6 {
+            page += 1;
+            g.tick(page);
+            assert!((0..100).all(|k| g.seen(hash(k))), "page {page}");
+        }
+        // ... and the 6 after (now the previous generation), then forgotten.
+        for _ in 0..5 {
+            page += 1;
+            g.tick(page);
+            assert!((0..100).all(|k| g.seen(hash(k))), "page {page}");
+        }
+        page += 1;
+        g.tick(page);
+        let left = (0..100).filter(|&k| g.seen(hash(k))).count();
+        assert!(left < 5, "{left} of 100 still ghosts two generations later");
+        assert!(!g.seen(hash(1_000)), "a key never evicted");
+    }
 }
