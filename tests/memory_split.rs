@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
 use rskv::{CacheAdmission, Config, Error, MemorySplit, RsKv, SplitStats};
 
+mod common;
+use common::spawn_incrementers;
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 /// Pages of the log (and about the cache's pages too: 64 of a 64th of the pool).
@@ -163,22 +166,13 @@ fn increments_stay_exact_while_the_split_swings() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = 4u64;
-    let incrementers: Vec<_> = (0..2u64)
-        .map(|t| {
-            let kv = kv.clone();
-            std::thread::spawn(move || {
-                for r in 0..rounds {
-                    for i in 0..keys {
-                        let k = (i * 17 + t * 7 + r * 3) % keys;
-                        kv.rmw(&k, |old| with(counter(&old.expect("present")) + 1, 200))
-                            .unwrap();
-                        kv.insert(&(1_000_000 + (i + t * keys) % 3_000), &with(0, 300))
-                            .unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
+    let incrementers = spawn_incrementers(
+        &kv,
+        keys,
+        rounds,
+        |c| with(c, 200),
+        |t, i| (1_000_000 + (i + t * 1_500) % 3_000, with(0, 300)),
+    );
     let reader = {
         let (kv, stop) = (kv.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -220,7 +214,11 @@ fn increments_stay_exact_while_the_split_swings() {
     let s = kv.stats();
     let c = s.read_cache.unwrap();
     assert!(c.hits > 0 && c.evicted > 0, "{c:?}");
-    assert!(s.markers.head.raw() > 0);
+    assert!(
+        s.markers.head.raw() > 4 * MIB,
+        "records should have left the 1 MiB pool many times over: {:?}",
+        s.markers
+    );
     kv.checkpoint().unwrap();
     let kv = Arc::into_inner(kv).unwrap();
     drop(kv);

@@ -10,7 +10,7 @@ use rskv::device::file_system_disk::{DiskOptions, FileSystemDisk};
 use rskv::{CacheAdmission, Config, Error, RsKv};
 
 mod common;
-use common::{HashedGet, HashedPut};
+use common::{spawn_incrementers, HashedGet, HashedPut};
 
 const MIB: u64 = 1 << 20;
 
@@ -509,32 +509,18 @@ fn increments_through_cached_copies_keep_exact_totals() {
     let kv = Arc::new(open(dir.path(), 64 << 10));
     let keys = 2_000u64;
     let counter = |b: &[u8]| u64::from_le_bytes(b[..8].try_into().unwrap());
-    let with = |c: u64| {
+    fn with(c: u64) -> Vec<u8> {
         let mut v = vec![7u8; 100];
         v[..8].copy_from_slice(&c.to_le_bytes());
         v
-    };
+    }
     for k in 0..keys {
         kv.insert(&k, &with(0)).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = 3u64;
-    let incrementers: Vec<_> = (0..2u64)
-        .map(|t| {
-            let kv = kv.clone();
-            std::thread::spawn(move || {
-                for r in 0..rounds {
-                    for i in 0..keys {
-                        let k = (i * 17 + t * 7 + r * 3) % keys;
-                        kv.rmw(&k, |old| with(counter(&old.expect("present")) + 1))
-                            .unwrap();
-                        // Filler pushes records out of memory.
-                        kv.insert(&(1_000_000 + i), &with(0)).unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
+    // Filler pushes records out of memory.
+    let incrementers = spawn_incrementers(&kv, keys, rounds, with, |_, i| (1_000_000 + i, with(0)));
     let readers: Vec<_> = (0..2u64)
         .map(|t| {
             let (kv, stop) = (kv.clone(), stop.clone());

@@ -284,12 +284,6 @@ impl AtomicWords {
             w.store(0, crate::sync::Ordering::Relaxed);
         }
     }
-
-    /// Bytes of the words.
-    #[must_use]
-    pub fn len_bytes(&self) -> usize {
-        self.buf.len()
-    }
 }
 
 impl std::fmt::Debug for AtomicWords {

@@ -164,7 +164,7 @@ pub struct HybridLog<D: Disk> {
     /// Fraction of the live pages that is mutable.
     mutable_fraction: f64,
     /// Whether at least one read-only page is kept ([`HybridLog::keep_read_only_page`]).
-    keeps_read_only_page: AtomicBool,
+    keeps_read_only_page: bool,
     /// Pages kept in memory (invariant 10), at most `frames`.
     live_pages: AtomicU64,
     /// Per frame: `page << 2 | tag` (invariant 11).
@@ -310,7 +310,7 @@ impl<D: Disk> HybridLog<D> {
             geo,
             frames: frames_vec,
             mutable_fraction,
-            keeps_read_only_page: AtomicBool::new(false),
+            keeps_read_only_page: false,
             live_pages: AtomicU64::new(frames),
             // Page 0 is open from the start (the tail is in it); the other frames are fresh.
             frame_state: (0..frames)
@@ -352,18 +352,14 @@ impl<D: Disk> HybridLog<D> {
     /// `head` and `read_only` would otherwise sit on the same page, and a page would go from
     /// mutable to the device with no moment at which it is both immutable and in memory.
     pub fn keep_read_only_page(&mut self) {
-        self.keeps_read_only_page.store(true, StdOrdering::Relaxed);
+        self.keeps_read_only_page = true;
     }
 
     /// Mutable pages when `live` pages are kept in memory: the mutable fraction of them, at
     /// least one; head keeps one frame free ahead of the tail, so read-only sits at most
     /// `live - 2` pages behind the tail page (`live - 3` with a read-only page kept).
     fn mutable_pages(&self, live: u64) -> u64 {
-        let keep = if self.keeps_read_only_page.load(StdOrdering::Relaxed) {
-            3
-        } else {
-            2
-        };
+        let keep = if self.keeps_read_only_page { 3 } else { 2 };
         ((live as f64 * self.mutable_fraction).floor() as u64)
             .min(live.saturating_sub(keep))
             .max(1)

@@ -116,6 +116,8 @@ pub const COLD_PAGES: u64 = 8;
 /// Pages the eviction keeps unlinked ahead of the tail: at most `FRAMES - KEEP_FREE` hold
 /// copies.
 const KEEP_FREE: u64 = 2;
+/// Frames of a movable cache's ghost probe (invariant 10): an eighth of the pool, as the log's.
+const PROBE_PAGES: u64 = FRAMES / 8;
 /// Fewest frames a movable cache keeps live (invariant 10).
 pub const MIN_LIVE: u64 = 8;
 /// Words a copy carries after its value: its source address and its key's hash.
@@ -307,10 +309,7 @@ impl ReadCache {
         // A movable cache allocates frames for the whole pool and keeps `bytes` of them live
         // (invariant 10); the filters are sized for `bytes`.
         let alloc = movable.map_or(bytes, |m| m.pool_bytes.clamp(bytes, MAX_BYTES));
-        let ghost = movable.map(|m| {
-            let probe_pages = m.probe_pages.clamp(1, FRAMES);
-            GhostFilter::new(alloc / FRAMES * probe_pages, probe_pages)
-        });
+        let ghost = movable.map(|_| GhostFilter::new(alloc / FRAMES * PROBE_PAGES, PROBE_PAGES));
         let filters = filter.as_ref().map_or(0, MissFilter::memory_bytes)
             + keep.as_ref().map_or(0, KeepFilter::memory_bytes)
             + ghost.as_ref().map_or(0, GhostFilter::memory_bytes);
@@ -718,8 +717,6 @@ pub struct Movable {
     /// Bytes of the pool the cache's frames are allocated for (it keeps its own `bytes` of
     /// them live at first).
     pub pool_bytes: u64,
-    /// Frames of the ghost's probe.
-    pub probe_pages: u64,
 }
 
 /// Resets a flag when dropped.

@@ -210,10 +210,7 @@ impl<D: Disk> Engine<D> {
                 log_cap: self.hlog.geometry().frames.into(),
                 moves: 0.into(),
             });
-            crate::hlog::read_cache::Movable {
-                pool_bytes: pool,
-                probe_pages: crate::hlog::read_cache::FRAMES / 8,
-            }
+            crate::hlog::read_cache::Movable { pool_bytes: pool }
         });
         self.hlog.set_live_pages(log_pages);
         self.read_cache = (bytes > 0).then(|| {

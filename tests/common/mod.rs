@@ -99,3 +99,37 @@ impl rskv::ReadContext for HashedGet {
         (self.2)(&self.0)
     }
 }
+
+/// The counter at the front of an incremented value (8 bytes, little-endian).
+pub fn counter_of(value: &[u8]) -> u64 {
+    u64::from_le_bytes(value[..8].try_into().expect("an 8-byte counter"))
+}
+
+/// Two threads that each increment every key of `0..keys` once per round by RMW (the counter
+/// of [`counter_of`]; `value(c)` is the value holding counter `c`), in orders that overlap, and
+/// upsert `filler(thread, i)` after each RMW so that records leave the log's memory. After
+/// they are joined, every key's counter is `2 * rounds` more than before.
+pub fn spawn_incrementers(
+    kv: &std::sync::Arc<RsKv<u64, Vec<u8>, FileSystemDisk>>,
+    keys: u64,
+    rounds: u64,
+    value: fn(u64) -> Vec<u8>,
+    filler: fn(u64, u64) -> (u64, Vec<u8>),
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..2u64)
+        .map(|t| {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                for r in 0..rounds {
+                    for i in 0..keys {
+                        let k = (i * 17 + t * 7 + r * 3) % keys;
+                        kv.rmw(&k, |old| value(counter_of(&old.expect("present")) + 1))
+                            .unwrap();
+                        let (key, v) = filler(t, i);
+                        kv.insert(&key, &v).unwrap();
+                    }
+                }
+            })
+        })
+        .collect()
+}
