@@ -268,14 +268,12 @@ impl<K: Codec, V: Codec, D: Disk> RsKv<K, V, D> {
     /// the cache's once their copies are evicted). Nothing waits: operations in flight go on.
     ///
     /// # Errors
-    /// [`Error::Config`] (`memory_split`) if the store's split does not move.
+    /// [`Error::Config`] (`memory_split`) if the store's split does not move;
+    /// [`Error::Busy`] while another move (another caller's, or the adaptive split's) is
+    /// setting the shares: nobody waits for it, so this can be called from inside an
+    /// operation's function.
     pub fn set_read_cache_share(&self, bytes: u64) -> Result<(u64, u64)> {
-        self.engine
-            .set_cache_share(bytes)
-            .ok_or_else(|| Error::Config {
-                field: "memory_split",
-                reason: "the store was opened with a fixed split (or no read cache)".into(),
-            })
+        self.engine.set_cache_share(bytes)
     }
 
     /// Sizes and counters. Callable from any thread, inside an operation or not.

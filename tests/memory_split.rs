@@ -147,6 +147,37 @@ fn shares_are_clamped_and_memory_leaving_a_share_is_given_back() {
     }
 }
 
+/// Two callers moving the split at once: one move sets the shares at a time, the other gets
+/// `Error::Busy` (nobody waits), so the shares a move leaves (read back under its claim) never
+/// add up to more than the pool, whichever decisions interleave.
+#[test]
+fn racing_moves_never_overcommit_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = Arc::new(Kv::open(config(MemorySplit::Manual), disk(dir.path())).unwrap());
+    let movers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut busy) = (0, 0);
+                for i in 0..5_000u64 {
+                    let want = if (i + t) % 2 == 0 { 0 } else { MIB };
+                    match kv.set_read_cache_share(want) {
+                        Ok((log, cache)) => {
+                            ok += 1;
+                            assert!(log + cache <= MIB, "{log} + {cache} over the pool");
+                        }
+                        Err(Error::Busy(_)) => busy += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (ok, busy)
+            })
+        })
+        .collect();
+    let ok: u64 = movers.into_iter().map(|m| m.join().unwrap().0).sum();
+    assert!(ok > 0);
+}
+
 /// The worst interleavings on purpose: the split swings between its extremes every few
 /// hundred microseconds while two threads increment shared counters (appending filler so
 /// that records leave memory and are kept or read back), a reader fills the cache, and a

@@ -209,6 +209,7 @@ impl<D: Disk> Engine<D> {
                 bytes: pool,
                 log_cap: self.hlog.geometry().frames.into(),
                 moves: 0.into(),
+                moving: false.into(),
             });
             crate::hlog::read_cache::Movable { pool_bytes: pool }
         });

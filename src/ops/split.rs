@@ -11,7 +11,7 @@
 //! # Invariants
 //! 1. *Within the pool.* A move lowers the giving side's share first and raises the taking
 //!    side's only once the giver's resident memory is down to its new share (checked at each
-//!    maintenance pass; [`Split::pass`]). Between the two the store holds less than the pool,
+//!    maintenance pass; `Engine::adapt_split`). Between the two the store holds less than the pool,
 //!    never more (up to a page of rounding).
 //! 2. *Floors.* Each side keeps at least an eighth of the pool (the log at least
 //!    [`MIN_FRAMES`] + 2 pages, the cache [`MIN_LIVE`] frames).
@@ -21,6 +21,13 @@
 //!    and an operation never waits for a move.
 //! 4. *The signal is advice.* Ghost counts decide only which way the next move goes; a wrong
 //!    guess costs device reads, never correctness.
+//! 5. *One move at a time.* Whoever reads and sets the two shares (a user's
+//!    [`RsKv::set_read_cache_share`](crate::rskv_core::RsKv::set_read_cache_share), the
+//!    controller) holds a claim, so two moves never leave shares from different decisions
+//!    that add up to more than the pool. Nobody waits for it: a user's call made meanwhile
+//!    gets `Error::Busy`, the controller skips its pass. (Waiting could deadlock: a call
+//!    made from inside an operation holds epoch protection, which the holder's eviction may
+//!    wait on.)
 //!
 //! # The signal
 //! Each side counts the misses that a probe of an eighth of the pool more on its side would
@@ -31,9 +38,10 @@
 //! two add up to at least [`MIN_EVENTS`]), a sixteenth of the pool moves to that side.
 #![forbid(unsafe_code)]
 
+use crate::core::status::{Error, Result};
 use crate::device::Disk;
 use crate::hlog::persistent_memory_malloc::MIN_FRAMES;
-use crate::hlog::read_cache::{FRAMES, MIN_LIVE};
+use crate::hlog::read_cache::{ReadCache, FRAMES, MIN_LIVE};
 use crate::ops::Engine;
 
 /// Ghost misses (both sides together) a pass needs before it moves anything.
@@ -49,6 +57,30 @@ pub(crate) struct Pool {
     pub(crate) log_cap: std::sync::atomic::AtomicU64,
     /// Moves the adaptive split finished.
     pub(crate) moves: std::sync::atomic::AtomicU64,
+    /// Held while one caller reads and sets the two shares (invariant 5).
+    pub(crate) moving: std::sync::atomic::AtomicBool,
+}
+
+/// The claim on [`Pool::moving`]; released when dropped.
+struct Moving<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> Moving<'a> {
+    /// The claim, unless another caller holds it (nobody waits for it). The guard is made
+    /// only when the swap won: a guard made and dropped on a lost swap would release the
+    /// holder's claim.
+    fn try_claim(pool: &'a Pool) -> Option<Self> {
+        if pool.moving.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            None
+        } else {
+            Some(Moving(&pool.moving))
+        }
+    }
+}
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Where the split stands ([`crate::Stats::memory_split`]).
@@ -93,8 +125,7 @@ pub(crate) struct Split {
 impl<D: Disk> Engine<D> {
     /// Pages and frames of a share: the log's pages and the cache's frames for `cache_bytes`
     /// of the pool going to the cache, each clamped to its floor and cap (invariant 2).
-    fn shares(&self, pool: &Pool, cache_bytes: u64) -> Option<(u64, u64)> {
-        let cache = self.read_cache.as_ref()?;
+    fn shares(&self, pool: &Pool, cache: &ReadCache, cache_bytes: u64) -> (u64, u64) {
         let page_bits = self.hlog.geometry().page_bits;
         let cache_page = cache.page_bytes().max(1);
         let eighth = pool.bytes / 8;
@@ -115,29 +146,44 @@ impl<D: Disk> Engine<D> {
         let frames = frames
             .max(pool.bytes.saturating_sub(pages << page_bits) / cache_page)
             .min(frames_cap);
-        Some((pages, frames))
+        (pages, frames)
     }
 
     /// Gives the read cache `bytes` of the pool and the log the rest (rounded to their pages,
     /// within their floors); returns the bytes each side now has (log, cache). Lowers the
     /// shrinking side first; the growing side's share is raised at once (a user's call, not
     /// the adaptive controller, which waits: invariant 1).
-    pub(crate) fn set_cache_share(&self, bytes: u64) -> Option<(u64, u64)> {
-        let pool = self.pool.as_ref()?;
-        let (pages, frames) = self.shares(pool, bytes)?;
-        let cache = self.read_cache.as_ref()?;
+    ///
+    /// # Errors
+    /// [`Error::Config`] without a split that moves; [`Error::Busy`] while another move sets
+    /// the shares (invariant 5).
+    pub(crate) fn set_cache_share(&self, bytes: u64) -> Result<(u64, u64)> {
+        let (Some(pool), Some(cache)) = (&self.pool, &self.read_cache) else {
+            return Err(Error::Config {
+                field: "memory_split",
+                reason: "the store was opened with a fixed split (or no read cache)".into(),
+            });
+        };
+        let Some(claim) = Moving::try_claim(pool) else {
+            return Err(Error::Busy(
+                "another move of the memory split is setting the shares",
+            ));
+        };
+        let (pages, frames) = self.shares(pool, cache, bytes);
         if frames < cache.live_frames() {
             cache.set_live_frames(frames);
-            self.evict_ahead();
             self.set_log_pages(pages);
         } else {
             self.set_log_pages(pages);
             cache.set_live_frames(frames);
         }
-        Some((
+        let shares = (
             self.hlog.live_bytes() as u64,
             cache.live_frames() * cache.page_bytes(),
-        ))
+        );
+        drop(claim);
+        self.evict_ahead();
+        Ok(shares)
     }
 
     /// A shrunk cache evicts ahead of its tail, and released frames are given back by the
@@ -198,6 +244,9 @@ impl<D: Disk> Engine<D> {
         let (log, rc) = (log_ghosts - split.last_log, cache_ghosts - split.last_cache);
         (split.last_log, split.last_cache) = (log_ghosts, cache_ghosts);
         self.evict_ahead();
+        let Some(_claim) = Moving::try_claim(pool) else {
+            return;
+        };
         if let Some(pending) = split.pending {
             // Invariant 1: the taker grows only once the giver gave its memory back.
             let done = match pending {
@@ -235,9 +284,7 @@ impl<D: Disk> Engine<D> {
         } else {
             return;
         };
-        let Some((pages, frames)) = self.shares(pool, target) else {
-            return;
-        };
+        let (pages, frames) = self.shares(pool, cache, target);
         let (live_pages, live_frames) = (self.hlog.live_pages(), cache.live_frames());
         if frames < live_frames {
             cache.set_live_frames(frames);
